@@ -1,0 +1,86 @@
+"""SQL plumbing shared by every service: engines, Alembic, the projection tracking table."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import BigInteger, Column, Engine, MetaData, String, Table, create_engine, event, inspect, text
+
+TRACKING_TABLE = "projection_positions"
+
+
+def tracking_table(metadata: MetaData) -> Table:
+    """The table where each projection runner records the last stream sequence it applied."""
+    return Table(
+        TRACKING_TABLE,
+        metadata,
+        Column("name", String(100), primary_key=True),
+        Column("position", BigInteger, nullable=False),
+    )
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            # WAL: readers never block the projection writer. synchronous=NORMAL is safe here:
+            # a read model that loses its last transactions replays them from the log.
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    return create_engine(url, pool_pre_ping=True)
+
+
+def alembic_config(script_location: Path, engine: Engine) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(script_location))
+    cfg.attributes["engine"] = engine
+    return cfg
+
+
+def upgrade(script_location: Path, engine: Engine) -> None:
+    """Apply the service's migrations (run at every start)."""
+    command.upgrade(alembic_config(script_location, engine), "head")
+
+
+def downgrade_to_base(script_location: Path, engine: Engine) -> None:
+    """Drop every read model of the service (the first step of a rebuild)."""
+    command.downgrade(alembic_config(script_location, engine), "base")
+
+
+def run_env(target_metadata: MetaData | None = None) -> None:
+    """Body of every service's ``migrations/env.py``: migrate the engine handed in by ``upgrade``."""
+    from alembic import context
+
+    engine: Engine = context.config.attributes["engine"]
+    with engine.begin() as conn:
+        context.configure(connection=conn, target_metadata=target_metadata)
+        context.run_migrations()
+
+
+def table_digest(engine: Engine, exclude: tuple[str, ...] = ("alembic_version", TRACKING_TABLE)) -> str:
+    """A hash of every row of every table (sorted): equal digests mean equal read models."""
+    h = hashlib.sha256()
+    names = sorted(n for n in inspect(engine).get_table_names() if n not in exclude)
+    with engine.connect() as conn:
+        for name in names:
+            rows = conn.execute(text(f'SELECT * FROM "{name}"')).fetchall()  # noqa: S608 - names from the schema
+            h.update(name.encode())
+            for row in sorted(repr(tuple(r)) for r in rows):
+                h.update(row.encode())
+    return h.hexdigest()

@@ -1,0 +1,86 @@
+"""Events: frozen pydantic models with a stable type name and a version.
+
+The stored name is explicit (never a Python path) so modules can move without
+stranding old events. When an event's shape changes, bump ``version`` and
+register an upcaster from the old version; stored events are upcast on read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    TYPE: ClassVar[str] = ""
+    VERSION: ClassVar[int] = 1
+
+
+class UnknownEvent(Event):
+    """An event whose type this process does not know (written by a newer service): skipped, not fatal."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+    type_name: str = ""
+    type_version: int = 0
+
+
+E = TypeVar("E", bound=type[Event])
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+
+_TYPES: dict[str, type[Event]] = {}
+_UPCASTERS: dict[tuple[str, int], Upcaster] = {}
+
+
+def event(name: str, version: int = 1) -> Callable[[E], E]:
+    """Class decorator: register ``cls`` under the stable ``name`` at ``version``."""
+
+    def register(cls: E) -> E:
+        existing = _TYPES.get(name)
+        if existing is not None and existing.__qualname__ != cls.__qualname__:
+            raise ValueError(f"event type {name!r} is registered twice")
+        cls.TYPE = name
+        cls.VERSION = version
+        _TYPES[name] = cls
+        return cls
+
+    return register
+
+
+def upcaster(name: str, from_version: int) -> Callable[[Upcaster], Upcaster]:
+    """Register a function turning the data of ``name`` v``from_version`` into v``from_version+1``."""
+
+    def register(fn: Upcaster) -> Upcaster:
+        _UPCASTERS[(name, from_version)] = fn
+        return fn
+
+    return register
+
+
+def encode(ev: Event) -> dict[str, Any]:
+    if not ev.TYPE:
+        raise ValueError(f"{type(ev).__name__} has no registered event type name")
+    return {"type": ev.TYPE, "version": ev.VERSION, "data": ev.model_dump(mode="json")}
+
+
+def decode(raw: dict[str, Any]) -> Event:
+    name = raw["type"]
+    version = int(raw.get("version", 1))
+    data = dict(raw.get("data", {}))
+    cls = _TYPES.get(name)
+    if cls is None:
+        return UnknownEvent(type_name=name, type_version=version, **data)
+    while version < cls.VERSION:
+        step = _UPCASTERS.get((name, version))
+        if step is None:
+            raise ValueError(f"no upcaster for event {name} v{version} -> v{version + 1}")
+        data = step(data)
+        version += 1
+    return cls.model_validate(data)
+
+
+def registered_types() -> dict[str, type[Event]]:
+    return dict(_TYPES)

@@ -1,0 +1,193 @@
+"""The runtime every service shares: connect NATS, migrate, catch up, serve gRPC, reconcile.
+
+A service is declared by a ``ServiceDefinition`` (its projections, its gRPC
+servicers, its background loops); ``Service`` runs it, in its own process
+(``main``) or inside a test's event loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from sqlalchemy import Engine
+
+from . import db, grpcutil, tracing
+from .eventstore import EventStore
+from .projection import Projection, ProjectionRunner, rebuild
+from .settings import ServiceSettings
+from .streams import ensure_streams
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServiceContext:
+    name: str
+    settings: ServiceSettings
+    nc: NatsClient
+    js: JetStreamContext
+    store: EventStore
+    engine: Engine
+    runner: ProjectionRunner
+    channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def channel(self, address: str) -> grpc.aio.Channel:
+        ch = self.channels.get(address)
+        if ch is None:
+            ch = self.channels[address] = grpcutil.channel(address)
+        return ch
+
+    async def await_projection(self, seq: int, timeout: float = 5.0) -> None:
+        """Read-your-writes: answer a command only once this service's read models hold it."""
+        await self.runner.wait_for(seq, timeout)
+
+
+@dataclass
+class ServiceDefinition:
+    name: str
+    migrations: Path
+    projections: Callable[[], Sequence[Projection]]
+    register: Callable[[ServiceContext, grpcutil.GrpcServer], None]
+    background: Sequence[Callable[[ServiceContext], Awaitable[None]]] = ()
+
+
+async def connect_nats(url: str, name: str) -> NatsClient:
+    return await nats.connect(
+        url,
+        name=f"capstan-{name}",
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.25,
+        connect_timeout=5,
+        allow_reconnect=True,
+    )
+
+
+class Service:
+    def __init__(self, definition: ServiceDefinition, settings: ServiceSettings) -> None:
+        self.definition = definition
+        self.settings = settings
+        self.ctx: ServiceContext | None = None
+        self.grpc: grpcutil.GrpcServer | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    @property
+    def address(self) -> str:
+        assert self.grpc is not None
+        return self.grpc.address
+
+    async def start(self) -> None:
+        d, s = self.definition, self.settings
+        nc = await connect_nats(s.nats_url, d.name)
+        js = nc.jetstream(timeout=10)
+        await ensure_streams(js)
+        engine = db.make_engine(s.database_url_for(d.name))
+        await asyncio.to_thread(db.upgrade, d.migrations, engine)
+        runner = ProjectionRunner(d.name, js, engine, d.projections(), service=d.name)
+        ctx = ServiceContext(d.name, s, nc, js, EventStore(js), engine, runner)
+        runner.on_advance(lambda _pos: ctx.wake.set())
+        await runner.start()  # catch up from the recorded sequence before serving
+        self.ctx = ctx
+        self.grpc = grpcutil.GrpcServer(d.name, s.grpc_listen)
+        d.register(ctx, self.grpc)
+        await self.grpc.start()
+        for loop_fn in d.background:
+            self._tasks.append(asyncio.create_task(_supervised(loop_fn, ctx), name=f"{d.name}-bg"))
+        log.info("%s serving gRPC on %s", d.name, self.grpc.address)
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self.grpc:
+            await self.grpc.stop(0.5)
+        if self.ctx:
+            await self.ctx.runner.stop()
+            for ch in self.ctx.channels.values():
+                await ch.close()
+            with contextlib.suppress(Exception):
+                await self.ctx.nc.close()
+            self.ctx.engine.dispose()
+
+
+async def _supervised(fn: Callable[[ServiceContext], Awaitable[None]], ctx: ServiceContext) -> None:
+    """Background loops restart after an error instead of dying silently."""
+    while True:
+        try:
+            await fn(ctx)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s: background loop failed; restarting in 1s", ctx.name)
+            await asyncio.sleep(1.0)
+
+
+async def reconcile_forever(
+    ctx: ServiceContext, step: Callable[[ServiceContext], Awaitable[None]], interval: float = 1.0
+) -> None:
+    """Level-triggered control loop: run ``step`` whenever the read models advance, or every ``interval``."""
+    while True:
+        ctx.wake.clear()
+        await step(ctx)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(ctx.wake.wait(), interval)
+
+
+def main(definition: ServiceDefinition, argv: Sequence[str] | None = None) -> None:
+    """Entry point of a service process: ``serve`` (default) or ``rebuild``."""
+    parser = argparse.ArgumentParser(prog=f"capstan-{definition.name}")
+    parser.add_argument("command", nargs="?", default="serve", choices=["serve", "rebuild"])
+    parser.add_argument("--ready-file", help="write the gRPC address here once serving")
+    args = parser.parse_args(argv)
+    settings = ServiceSettings()
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format=f"%(asctime)s {definition.name} %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    tracing.setup_tracing(definition.name)
+    if args.command == "rebuild":
+        asyncio.run(_rebuild(definition, settings))
+    else:
+        asyncio.run(_serve(definition, settings, args.ready_file))
+
+
+async def _rebuild(definition: ServiceDefinition, settings: ServiceSettings) -> None:
+    nc = await connect_nats(settings.nats_url, definition.name)
+    js = nc.jetstream(timeout=10)
+    await ensure_streams(js)
+    engine = db.make_engine(settings.database_url_for(definition.name))
+    position = await rebuild(definition.name, js, engine, definition.projections(), definition.migrations, definition.name)
+    print(f"{definition.name}: read models rebuilt up to stream sequence {position}")
+    await nc.close()
+
+
+async def _serve(definition: ServiceDefinition, settings: ServiceSettings, ready_file: str | None) -> None:
+    service = Service(definition, settings)
+    await service.start()
+    if ready_file:
+        tmp = Path(ready_file + ".tmp")
+        tmp.write_text(service.address)
+        tmp.replace(ready_file)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await service.stop()

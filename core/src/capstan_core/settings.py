@@ -1,0 +1,27 @@
+"""Settings from the environment (``CAPSTAN_*``), shared by every service process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CAPSTAN_", extra="ignore")
+
+    data_dir: Path = Path(".capstan")
+    nats_url: str = "nats://127.0.0.1:4222"
+    # Empty: SQLite at <data_dir>/<service>.db. PostgreSQL: postgresql://user@host:port/db
+    database_url: str = ""
+    grpc_listen: str = "127.0.0.1:0"
+    scheduler_addr: str = ""
+    trainer_addr: str = ""
+    registry_addr: str = ""
+    inference_addr: str = ""
+    log_level: str = "INFO"
+
+    def database_url_for(self, service: str) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / f'{service}.db').resolve()}"

@@ -1,0 +1,67 @@
+"""The JetStream streams Capstan uses, and their limits.
+
+- ``CAPSTAN_EVENTS`` (``capstan.evt.<aggregate-kind>.<id>``): the event log. File
+  storage, no age limit, kept forever. Deduplication window 24 h for
+  ``Nats-Msg-Id``; creates also derive their id from the idempotency key, so a
+  retry after the window still appends nothing more (it hits the
+  expected-sequence check).
+- ``CAPSTAN_LOGS`` (``capstan.log.<task>.<instance>``): instance stdout/stderr,
+  15-day age limit (SPEC §0).
+"""
+
+from __future__ import annotations
+
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+EVENTS_STREAM = "CAPSTAN_EVENTS"
+EVENTS_SUBJECTS = "capstan.evt.>"
+LOGS_STREAM = "CAPSTAN_LOGS"
+LOGS_SUBJECTS = "capstan.log.>"
+LOG_MAX_AGE_S = 15 * 24 * 3600
+DAY_S = 24 * 3600
+
+
+def event_subject(kind: str, aggregate_id: str) -> str:
+    return f"capstan.evt.{kind}.{aggregate_id}"
+
+
+def log_subject(task_id: str, instance_index: int) -> str:
+    return f"capstan.log.{task_id}.{instance_index}"
+
+
+def stream_configs() -> list[StreamConfig]:
+    return [
+        StreamConfig(
+            name=EVENTS_STREAM,
+            subjects=[EVENTS_SUBJECTS],
+            storage=StorageType.FILE,
+            retention=RetentionPolicy.LIMITS,
+            discard=DiscardPolicy.OLD,
+            duplicate_window=DAY_S,
+            allow_direct=True,
+        ),
+        StreamConfig(
+            name=LOGS_STREAM,
+            subjects=[LOGS_SUBJECTS],
+            storage=StorageType.FILE,
+            retention=RetentionPolicy.LIMITS,
+            discard=DiscardPolicy.OLD,
+            max_age=LOG_MAX_AGE_S,
+            duplicate_window=600,
+        ),
+    ]
+
+
+async def ensure_streams(js: JetStreamContext) -> None:
+    """Create the streams if missing (idempotent; every service may call it at start)."""
+    for cfg in stream_configs():
+        try:
+            await js.stream_info(cfg.name)
+        except NotFoundError:
+            try:
+                await js.add_stream(cfg)
+            except Exception:
+                # Another service created it between our check and our add.
+                await js.stream_info(cfg.name)

@@ -1,0 +1,145 @@
+"""Contract tests of the event store, against a real nats-server started per test."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from nats.aio.client import Client
+
+from capstan_core.errors import Conflict
+from capstan_core.events import Event, UnknownEvent, decode, encode, event, upcaster
+from capstan_core.eventstore import EventStore, encode_commit
+from capstan_core.streams import EVENTS_STREAM, ensure_streams, event_subject
+
+
+@event("TestThingCreated", version=1)
+class ThingCreated(Event):
+    name: str
+
+
+@event("TestThingRenamed", version=2)
+class ThingRenamed(Event):
+    """v1 had ``new`` ; v2 calls it ``name`` and adds ``reason``."""
+
+    name: str
+    reason: str
+
+
+@upcaster("TestThingRenamed", from_version=1)
+def _renamed_v1_v2(data: dict) -> dict:
+    return {"name": data["new"], "reason": "unknown"}
+
+
+class EventStoreContract:
+    """The store's contract. Subclass with a ``store`` fixture for each backend."""
+
+    async def test_append_then_load_in_order(self, store: EventStore) -> None:
+        subj = event_subject("thing", "t1")
+        r1 = await store.append(subj, [ThingCreated(name="a")], expected_seq=0)
+        r2 = await store.append(subj, [ThingRenamed(name="b", reason="x"), ThingRenamed(name="c", reason="y")], expected_seq=r1.seq)
+        events, last = await store.load(subj)
+        assert [type(e.event) for e in events] == [ThingCreated, ThingRenamed, ThingRenamed]
+        assert [e.event.name for e in events] == ["a", "b", "c"]  # type: ignore[attr-defined]
+        assert last == r2.seq
+        assert [e.seq for e in events] == [r1.seq, r2.seq, r2.seq]
+        assert [e.index for e in events] == [0, 0, 1]
+
+    async def test_load_of_unknown_aggregate_is_empty(self, store: EventStore) -> None:
+        assert await store.load(event_subject("thing", "nope")) == ([], 0)
+
+    async def test_expected_sequence_conflict_is_typed_and_appends_nothing(self, store: EventStore) -> None:
+        subj = event_subject("thing", "t2")
+        r1 = await store.append(subj, [ThingCreated(name="a")], expected_seq=0)
+        with pytest.raises(Conflict):
+            await store.append(subj, [ThingCreated(name="dup")], expected_seq=0)
+        await store.append(subj, [ThingRenamed(name="b", reason="")], expected_seq=r1.seq)
+        with pytest.raises(Conflict):
+            await store.append(subj, [ThingRenamed(name="stale", reason="")], expected_seq=r1.seq)
+        events, _ = await store.load(subj)
+        assert [e.event.name for e in events] == ["a", "b"]  # type: ignore[attr-defined]
+
+    async def test_other_subjects_do_not_affect_expected_sequence(self, store: EventStore) -> None:
+        a, b = event_subject("thing", "a"), event_subject("thing", "b")
+        ra = await store.append(a, [ThingCreated(name="a")], expected_seq=0)
+        await store.append(b, [ThingCreated(name="b")], expected_seq=0)
+        await store.append(a, [ThingRenamed(name="a2", reason="")], expected_seq=ra.seq)
+
+    async def test_retry_with_same_msg_id_appends_nothing_more(self, store: EventStore) -> None:
+        subj = event_subject("thing", "t3")
+        r1 = await store.append(subj, [ThingCreated(name="a")], expected_seq=0, msg_id="cmd-1")
+        r2 = await store.append(subj, [ThingCreated(name="a")], expected_seq=0, msg_id="cmd-1")
+        assert r2.duplicate and r2.seq == r1.seq
+        events, _ = await store.load(subj)
+        assert len(events) == 1
+
+    async def test_concurrent_writers_exactly_one_wins(self, store: EventStore) -> None:
+        subj = event_subject("thing", "race")
+        r0 = await store.append(subj, [ThingCreated(name="0")], expected_seq=0)
+        results = await asyncio.gather(
+            *[store.append(subj, [ThingRenamed(name=str(i), reason="")], expected_seq=r0.seq) for i in range(10)],
+            return_exceptions=True,
+        )
+        assert sum(1 for r in results if not isinstance(r, Exception)) == 1
+        assert all(isinstance(r, Conflict) for r in results if isinstance(r, Exception))
+
+    async def test_upcasting_old_versions(self, store: EventStore, nc: Client) -> None:
+        # A v1 event as an older service would have written it.
+        subj = event_subject("thing", "old")
+        old = {"t": 1, "events": [{"type": "TestThingRenamed", "version": 1, "data": {"new": "z"}}]}
+        import json
+
+        await nc.jetstream().publish(subj, json.dumps(old).encode(), stream=EVENTS_STREAM)
+        events, _ = await store.load(subj)
+        assert events[0].event == ThingRenamed(name="z", reason="unknown")
+
+    async def test_unknown_event_types_are_skippable(self, store: EventStore, nc: Client) -> None:
+        subj = event_subject("thing", "future")
+        body = {"t": 1, "events": [{"type": "FromTheFuture", "version": 3, "data": {"x": 1}}]}
+        import json
+
+        await nc.jetstream().publish(subj, json.dumps(body).encode(), stream=EVENTS_STREAM)
+        events, _ = await store.load(subj)
+        assert isinstance(events[0].event, UnknownEvent) and events[0].event.type_name == "FromTheFuture"
+
+    async def test_loads_see_appends_by_another_store_instance(self, store: EventStore, nc: Client) -> None:
+        subj = event_subject("thing", "shared")
+        other = EventStore(nc.jetstream())
+        r1 = await store.append(subj, [ThingCreated(name="a")], expected_seq=0)
+        assert len((await other.load(subj))[0]) == 1  # warms other's cache
+        await store.append(subj, [ThingRenamed(name="b", reason="")], expected_seq=r1.seq)
+        events, last = await other.load(subj)
+        assert len(events) == 2 and last > r1.seq
+
+    async def test_trace_context_rides_in_headers(self, store: EventStore) -> None:
+        from opentelemetry.sdk.trace import TracerProvider
+
+        tracer = TracerProvider().get_tracer("t")
+        subj = event_subject("thing", "traced")
+        with tracer.start_as_current_span("cmd") as span:
+            await store.append(subj, [ThingCreated(name="a")], expected_seq=0)
+            trace_id = format(span.get_span_context().trace_id, "032x")
+        events, _ = await store.load(subj)
+        assert trace_id in events[0].headers.get("traceparent", "")
+
+
+class TestJetStreamEventStore(EventStoreContract):
+    @pytest.fixture
+    async def store(self, nc: Client) -> EventStore:
+        js = nc.jetstream()
+        await ensure_streams(js)
+        return EventStore(js)
+
+
+def test_event_codec_roundtrip() -> None:
+    ev = ThingCreated(name="ü")
+    assert decode(encode(ev)) == ev
+    assert b'"TestThingCreated"' in encode_commit([ev], 5)
+
+
+def test_registering_a_name_twice_is_refused() -> None:
+    with pytest.raises(ValueError):
+
+        @event("TestThingCreated")
+        class Other(Event):
+            pass

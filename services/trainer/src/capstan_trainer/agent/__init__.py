@@ -1,0 +1,1 @@
+"""Trainer node agent: runs assigned training-task instances on this node."""

@@ -1,0 +1,166 @@
+"""What one training-task instance runs, and where its state lives on disk.
+
+The instance directory is the only channel between the agent (executor) and
+the detached runner process, so its layout is defined once, here, and both
+sides use :class:`InstancePaths`.  Everything in it is plain files so that a
+restarted agent can pick up where a killed one left off.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Exit codes the platform itself produces (the user's own codes pass through;
+# death by signal N is reported as 128+N, as a shell would).
+EXIT_SANDBOX_UNAVAILABLE = 127  # bwrap missing: we refuse to run unsandboxed
+EXIT_RUNNER_ERROR = 125  # the runner itself failed (Docker uses 125 likewise)
+EXIT_RUNNER_LOST = 137  # runner vanished without recording a code: as SIGKILL
+EXIT_STOPPED_BEFORE_START = 143  # stop arrived before the sandbox started: as SIGTERM
+
+# Task ids become directory names, so they must be a single safe path component.
+_TASK_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """One instance of a training task, as the agent was told to run it.
+
+    ``command`` is a user-written shell script; it is executed *inside* the
+    sandbox with ``/bin/sh -c`` and never interpreted on the host.
+    """
+
+    task_id: str
+    instance_index: int
+    command: str
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    stop_grace_seconds: int = 30
+    cpu: float = 0.0  # informational only: no cgroup limits are applied yet
+    memory_gib: float = 0.0  # informational only
+
+    def __post_init__(self) -> None:
+        validate_instance_key(self.task_id, self.instance_index)
+        if not isinstance(self.command, str) or "\0" in self.command:
+            raise ValueError("command must be a string without NUL bytes")
+        if not isinstance(self.stop_grace_seconds, int) or self.stop_grace_seconds < 0:
+            raise ValueError("stop_grace_seconds must be a non-negative int")
+        for name, value in self.env.items():
+            # Names/values go into an argv (--setenv), where NUL cannot travel
+            # and '=' in a name would silently define a different variable.
+            if not _ENV_NAME_RE.match(name):
+                raise ValueError(f"invalid environment variable name: {name!r}")
+            if not isinstance(value, str) or "\0" in value:
+                raise ValueError(f"environment value for {name} must be a str without NUL")
+        # Fail at construction rather than later in the runner.
+        json.dumps(self.hyperparameters)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> InstanceSpec:
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("instance spec JSON must be an object")
+        return cls(
+            task_id=data["task_id"],
+            instance_index=data["instance_index"],
+            command=data["command"],
+            hyperparameters=dict(data.get("hyperparameters") or {}),
+            env={str(k): v for k, v in (data.get("env") or {}).items()},
+            stop_grace_seconds=int(data.get("stop_grace_seconds", 30)),
+            cpu=float(data.get("cpu", 0.0)),
+            memory_gib=float(data.get("memory_gib", 0.0)),
+        )
+
+
+def validate_instance_key(task_id: str, instance_index: int) -> None:
+    """Reject keys that would not map to exactly one directory under the root."""
+    if not isinstance(task_id, str) or not _TASK_ID_RE.match(task_id):
+        raise ValueError(f"invalid task_id for an instance directory: {task_id!r}")
+    if isinstance(instance_index, bool) or not isinstance(instance_index, int) or instance_index < 0:
+        raise ValueError(f"invalid instance_index: {instance_index!r}")
+
+
+@dataclass(frozen=True)
+class InstancePaths:
+    """File layout of one instance directory ``<root>/<task_id>-<index>/``."""
+
+    dir: Path
+
+    @classmethod
+    def under(cls, root: Path, task_id: str, instance_index: int) -> InstancePaths:
+        validate_instance_key(task_id, instance_index)
+        return cls(root / f"{task_id}-{instance_index}")
+
+    @property
+    def spec(self) -> Path:
+        return self.dir / "spec.json"
+
+    @property
+    def code(self) -> Path:
+        return self.dir / "code"
+
+    @property
+    def input_config(self) -> Path:
+        return self.dir / "input" / "config"
+
+    @property
+    def hyperparameters(self) -> Path:
+        return self.input_config / "hyperparameters.json"
+
+    @property
+    def output(self) -> Path:
+        return self.dir / "output"
+
+    @property
+    def model(self) -> Path:
+        return self.dir / "model"
+
+    @property
+    def runner_pid(self) -> Path:
+        return self.dir / "runner.pid"
+
+    @property
+    def runner_err(self) -> Path:
+        return self.dir / "runner.err"
+
+    @property
+    def exit_code(self) -> Path:
+        return self.dir / "exit_code"
+
+    @property
+    def log(self) -> Path:
+        return self.dir / "log.jsonl"
+
+    @property
+    def stop_requested(self) -> Path:
+        return self.dir / "stop_requested"
+
+    def read_int(self, path: Path) -> int | None:
+        """Read a small integer file; ``None`` if absent or not (yet) valid."""
+        try:
+            return int(path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` so readers see either the old file or the whole new one.
+
+    The temporary name is unique per process and thread because the executor
+    and the runner may both write ``runner.pid`` at about the same time.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
