@@ -84,3 +84,18 @@ def table_digest(engine: Engine, exclude: tuple[str, ...] = ("alembic_version", 
             for row in sorted(repr(tuple(r)) for r in rows):
                 h.update(row.encode())
     return h.hexdigest()
+
+
+def create_tracking_table(op: Any) -> None:
+    """For a service's first Alembic migration: the projection position table."""
+    import sqlalchemy as sa
+
+    op.create_table(
+        TRACKING_TABLE,
+        sa.Column("name", sa.String(100), primary_key=True),
+        sa.Column("position", sa.BigInteger, nullable=False),
+    )
+
+
+def drop_tracking_table(op: Any) -> None:
+    op.drop_table(TRACKING_TABLE)

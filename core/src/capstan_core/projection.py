@@ -16,9 +16,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
-from nats.errors import TimeoutError as NatsTimeout
 from sqlalchemy import Connection, Engine, MetaData, select
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -197,7 +197,7 @@ class ProjectionRunner:
         try:
             await asyncio.wait_for(_wait(), timeout)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
 
 

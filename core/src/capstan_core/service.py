@@ -58,11 +58,15 @@ class ServiceContext:
 
 @dataclass
 class ServiceDefinition:
+    """``build`` makes the service's application object from its context; ``register`` adds its
+    gRPC servicers; each ``background`` loop gets the application object."""
+
     name: str
     migrations: Path
     projections: Callable[[], Sequence[Projection]]
-    register: Callable[[ServiceContext, grpcutil.GrpcServer], None]
-    background: Sequence[Callable[[ServiceContext], Awaitable[None]]] = ()
+    build: Callable[[ServiceContext], Any]
+    register: Callable[[Any, grpcutil.GrpcServer], None]
+    background: Sequence[Callable[[Any], Awaitable[None]]] = ()
 
 
 async def connect_nats(url: str, name: str) -> NatsClient:
@@ -81,6 +85,7 @@ class Service:
         self.definition = definition
         self.settings = settings
         self.ctx: ServiceContext | None = None
+        self.app: Any = None
         self.grpc: grpcutil.GrpcServer | None = None
         self._tasks: list[asyncio.Task[Any]] = []
 
@@ -101,11 +106,12 @@ class Service:
         runner.on_advance(lambda _pos: ctx.wake.set())
         await runner.start()  # catch up from the recorded sequence before serving
         self.ctx = ctx
+        self.app = d.build(ctx)
         self.grpc = grpcutil.GrpcServer(d.name, s.grpc_listen)
-        d.register(ctx, self.grpc)
+        d.register(self.app, self.grpc)
         await self.grpc.start()
         for loop_fn in d.background:
-            self._tasks.append(asyncio.create_task(_supervised(loop_fn, ctx), name=f"{d.name}-bg"))
+            self._tasks.append(asyncio.create_task(_supervised(loop_fn, self.app, d.name), name=f"{d.name}-bg"))
         log.info("%s serving gRPC on %s", d.name, self.grpc.address)
 
     async def stop(self) -> None:
@@ -125,26 +131,24 @@ class Service:
             self.ctx.engine.dispose()
 
 
-async def _supervised(fn: Callable[[ServiceContext], Awaitable[None]], ctx: ServiceContext) -> None:
+async def _supervised(fn: Callable[[Any], Awaitable[None]], app: Any, name: str) -> None:
     """Background loops restart after an error instead of dying silently."""
     while True:
         try:
-            await fn(ctx)
+            await fn(app)
             return
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("%s: background loop failed; restarting in 1s", ctx.name)
+            log.exception("%s: background loop failed; restarting in 1s", name)
             await asyncio.sleep(1.0)
 
 
-async def reconcile_forever(
-    ctx: ServiceContext, step: Callable[[ServiceContext], Awaitable[None]], interval: float = 1.0
-) -> None:
+async def reconcile_forever(ctx: ServiceContext, step: Callable[[], Awaitable[None]], interval: float = 1.0) -> None:
     """Level-triggered control loop: run ``step`` whenever the read models advance, or every ``interval``."""
     while True:
         ctx.wake.clear()
-        await step(ctx)
+        await step()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(ctx.wake.wait(), interval)
 

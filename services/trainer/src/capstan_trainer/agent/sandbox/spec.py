@@ -16,6 +16,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+# Lives here, not in runner.py, so the package never imports the runner module
+# (that would make ``python -m`` of it warn about a double import).
+RUNNER_MODULE = "capstan_trainer.agent.sandbox.runner"
+
 # Exit codes the platform itself produces (the user's own codes pass through;
 # death by signal N is reported as 128+N, as a shell would).
 EXIT_SANDBOX_UNAVAILABLE = 127  # bwrap missing: we refuse to run unsandboxed
@@ -68,7 +72,7 @@ class InstanceSpec:
     def from_json(cls, text: str) -> InstanceSpec:
         data = json.loads(text)
         if not isinstance(data, dict):
-            raise ValueError("instance spec JSON must be an object")
+            raise TypeError("instance spec JSON must be an object")
         return cls(
             task_id=data["task_id"],
             instance_index=data["instance_index"],

@@ -1,0 +1,368 @@
+"""``up``, ``down``, ``restart-component`` and ``agent start/stop``: the process table put to work."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from capstan_core.natsserver import NatsServer, free_port
+
+from . import procs
+from .client import ApiClient, ApiError, read_token_file, wait_until
+from .health import ComponentFailed, all_healthy, wait_healthy
+from .platform import (
+    AGENT_NAME_RE,
+    AGENTS,
+    CORE,
+    EXTRA_AGENT_PREFIX,
+    SERVICES,
+    Component,
+    ExtraAgent,
+    Paths,
+    PlatformError,
+    Ports,
+    components,
+    extra_agent_component,
+    inherited_env,
+    load_env,
+    load_extra_agents,
+    nats_binary,
+    process_env,
+    read_text,
+    save_env,
+    save_extra_agents,
+    stop_order,
+    write_atomic,
+)
+
+Say = Callable[[str], None]
+TIMEOUT = 60.0
+STOP_TIMEOUT = 10.0
+DEFAULT_RG = "default"
+
+
+def _report(say: Say) -> Callable[[Component, float], None]:
+    return lambda comp, elapsed: say(f"  {comp.name:<16} healthy  ({elapsed:.1f}s)")
+
+
+def _failed(paths: Paths, e: ComponentFailed, hint: bool = True) -> PlatformError:
+    log = e.component.log_file
+    msg = f"{e.component.name} {e.reason}; last lines of {log}:\n{procs.tail(log)}"
+    if hint:
+        msg += f"\nWhat did start is left running; stop it with: capstan down --data-dir {paths.root}"
+    return PlatformError(msg)
+
+
+def start_component(paths: Paths, comp: Component, saved_env: dict[str, str]) -> int:
+    """Start one component detached and record its pid; nats-server through capstan_core's NatsServer."""
+    if comp.kind == "nats":
+        assert comp.listen is not None
+        server = NatsServer(dir=paths.nats, port=comp.listen[1], binary=nats_binary())
+        try:
+            server.start(detach=True)
+        except TimeoutError as e:
+            if server.proc is not None:
+                procs.record_pid(paths, comp.name, server.proc.pid)
+            raise PlatformError(f"{e}; last lines of {comp.log_file}:\n{procs.tail(comp.log_file)}") from e
+        assert server.proc is not None
+        pid = server.proc.pid
+    else:
+        if comp.ready_file is not None:
+            comp.ready_file.unlink(missing_ok=True)
+        pid = procs.spawn(comp, process_env(comp, saved_env), cwd=paths.root).pid
+    procs.record_pid(paths, comp.name, pid)
+    return pid
+
+
+def _running(paths: Paths, table: dict[str, Component]) -> dict[str, int]:
+    found = {}
+    for name, comp in table.items():
+        pid = procs.running_pid(paths, comp)
+        if pid is not None:
+            found[name] = pid
+    return found
+
+
+def _settle_ports(paths: Paths, ports: Ports | None, port: int, host: str, running: dict[str, int], say: Say) -> Ports:
+    """Check --port first (refuse one taken by something else), then reuse the saved ports,
+    picking a new one only for a port now taken while none of the platform runs."""
+    if "gateway" not in running:
+        problem = procs.port_problem(host, port)
+        if problem:
+            raise PlatformError(f"{problem}; choose another --port")
+    if ports is None:
+        return Ports.allocate(port, host)
+    ports.http, ports.http_host = port, host
+    for name in ("nats", *SERVICES):
+        if name in running:
+            continue
+        current = int(getattr(ports, name))
+        problem = procs.port_problem("127.0.0.1", current) if current != port else "it is now the --port"
+        if not problem:
+            continue
+        if running:
+            raise PlatformError(
+                f"{name}'s saved port {current} is taken ({problem}) while other components run; "
+                f"stop them with capstan down --data-dir {paths.root}, then run up again"
+            )
+        new = free_port()
+        say(f"  {name}: saved port {current} is taken ({problem}); using {new}")
+        setattr(ports, name, new)
+    return ports
+
+
+def ensure_default_rg(paths: Paths, api_url: str, token: str | None) -> str:
+    with ApiClient(api_url, token) as client:
+        saved = read_text(paths.default_rg)
+        if saved:
+            try:
+                wait_until(lambda: client.get(f"/resource-groups/{saved}"), TIMEOUT)
+                return saved
+            except ApiError as e:
+                if e.status != 404:
+                    raise
+        try:
+            rg = wait_until(
+                lambda: client.post(
+                    "/resource-groups", {"name": DEFAULT_RG}, headers={"Idempotency-Key": "capstan-up-default"}
+                ),
+                TIMEOUT,
+            )
+        except ApiError as e:
+            if e.status != 409:
+                raise
+            found = [g for g in client.paginate("/resource-groups") if g.get("name") == DEFAULT_RG]
+            if not found:
+                raise
+            rg = found[0]
+    rg_id = str(rg["id"])
+    write_atomic(paths.default_rg, rg_id + "\n")
+    return rg_id
+
+
+def up(data_dir: str, port: int, host: str, say: Say, hint_data_dir: bool = True) -> dict[str, Any]:
+    """Start whatever of the platform is not running; return a summary (api url, token path, ...)."""
+    started = time.monotonic()
+    paths = Paths.of(data_dir)
+    paths.make()
+    ports = Ports.load(paths)
+    saved_rg = read_text(paths.default_rg)
+    table = components(paths, ports, saved_rg) if ports else {}
+    running = _running(paths, table)
+    if "gateway" in running and ports and (ports.http, ports.http_host) != (port, host):
+        raise PlatformError(
+            f"the platform in {paths.root} is already up with its API at {ports.api_url}; "
+            f"to change --port or --host, first run capstan down --data-dir {paths.root}"
+        )
+    if ports and saved_rg and running.keys() >= table.keys() and asyncio.run(all_healthy(list(table.values()))):
+        return _summary(paths, ports, saved_rg, already=True)
+
+    ports = _settle_ports(paths, ports, port, host, running, say)
+    ports.save(paths)
+    if not running:
+        save_env(paths, inherited_env())
+    saved_env = load_env(paths)
+    say(f"Starting Capstan in {paths.root}")
+    table = components(paths, ports)
+    report = _report(say)
+    if "nats" not in running:
+        start_component(paths, table["nats"], saved_env)  # returns once nats-server listens
+        report(table["nats"], time.monotonic() - started)
+    waiting: list[tuple[Component, int]] = []
+    for name in (*SERVICES, "gateway"):
+        pid = running.get(name) or start_component(paths, table[name], saved_env)
+        waiting.append((table[name], pid))
+    try:
+        asyncio.run(wait_healthy(waiting, TIMEOUT, report, started))
+    except ComponentFailed as e:
+        raise _failed(paths, e) from e
+
+    token = read_token_file(paths.admin_token, 15.0)
+    if not token:
+        raise PlatformError(f"the gateway is healthy but did not write {paths.admin_token}; see {paths.log_file('gateway')}")
+    try:
+        rg = ensure_default_rg(paths, ports.api_url, token)
+    except ApiError as e:
+        raise PlatformError(f"could not ensure the default resource group: {e.message}") from e
+
+    table = components(paths, ports, rg)
+    waiting = []
+    for name, comp in table.items():
+        if comp.kind == "agent":
+            pid = running.get(name) or start_component(paths, comp, saved_env)
+            waiting.append((comp, pid))
+    try:
+        asyncio.run(wait_healthy(waiting, TIMEOUT, report, started))
+    except ComponentFailed as e:
+        raise _failed(paths, e) from e
+    write_atomic(paths.api_url, ports.api_url + "\n")
+    return _summary(paths, ports, rg, already=False)
+
+
+def _summary(paths: Paths, ports: Ports, rg: str, already: bool) -> dict[str, Any]:
+    return {
+        "already_up": already,
+        "data_dir": str(paths.root),
+        "api_url": ports.api_url,
+        "admin_token_file": str(paths.admin_token),
+        "default_resource_group": rg,
+        "logs": str(paths.logs),
+    }
+
+
+def _pid_entries(paths: Paths, table: dict[str, Component]) -> list[list[tuple[str, str]]]:
+    """(name, match) per stop group, including pid files of agents no longer in the table."""
+    groups = [[(n, table[n].match) for n in group if n in table] for group in stop_order(table)]
+    known = set(table)
+    for pid_file in sorted(paths.run.glob("*.pid")):
+        if pid_file.stem not in known:
+            groups[0].append((pid_file.stem, str(paths.run)))
+    return groups
+
+
+def down(data_dir: str, say: Say) -> list[dict[str, Any]]:
+    """Stop everything in DIR: agents, instance runners, gateway, services, nats-server."""
+    paths = Paths.of(data_dir)
+    stopped: list[dict[str, Any]] = []
+    if not paths.run.is_dir():
+        say(f"Nothing to stop: no platform in {paths.root}")
+        return stopped
+    ports = Ports.load(paths) or Ports(0, 0, 0, 0, 0, 0)
+    table = components(paths, ports, read_text(paths.default_rg) or "-")
+    for i, group in enumerate(_pid_entries(paths, table)):
+        live: list[tuple[str, int, str]] = []
+        for name, match in group:
+            pid = procs.read_pid(paths.pid_file(name))
+            if pid is None:
+                continue
+            if procs.alive(pid, match):
+                live.append((name, pid, match))
+            else:
+                say(f"  {name} was not running (stale pid {pid})")
+                _forget(paths, table.get(name), name)
+        results = dict(procs.terminate([(pid, match) for _, pid, match in live], STOP_TIMEOUT))
+        for name, pid, _ in live:
+            killed = results.get(pid, False)
+            say(f"  stopped {name} (pid {pid}{', killed after {:.0f}s'.format(STOP_TIMEOUT) if killed else ''})")
+            stopped.append({"name": name, "pid": pid, "killed": killed})
+            _forget(paths, table.get(name), name)
+        if i == 0:
+            stopped.extend(_stop_runners(paths, say))
+    if not stopped:
+        say(f"Nothing was running in {paths.root}")
+    return stopped
+
+
+def _forget(paths: Paths, comp: Component | None, name: str) -> None:
+    paths.pid_file(name).unlink(missing_ok=True)
+    if comp is not None and comp.ready_file is not None:
+        comp.ready_file.unlink(missing_ok=True)
+
+
+def _stop_runners(paths: Paths, say: Say) -> list[dict[str, Any]]:
+    """Instance runners outlive their agent on purpose (an agent restart adopts them); down stops them.
+    runner.pid stays: it is the agent's record of the instance."""
+    found: list[tuple[int, str]] = []
+    for pid_file in sorted(paths.agents.glob("*/instances/*/runner.pid")):
+        pid = procs.read_pid(pid_file)
+        if pid is not None and procs.alive(pid, "runner"):
+            found.append((pid, str(pid_file.parent.relative_to(paths.root))))
+    results = dict(procs.terminate([(pid, "runner") for pid, _ in found], STOP_TIMEOUT))
+    out = []
+    for pid, where in found:
+        say(f"  stopped instance runner (pid {pid}, {where})")
+        out.append({"name": "instance-runner", "pid": pid, "killed": results.get(pid, False), "instance": where})
+    return out
+
+
+def _load_platform(paths: Paths) -> Ports:
+    ports = Ports.load(paths)
+    if ports is None:
+        raise PlatformError(f"no platform was started in {paths.root} (no {paths.ports}); run capstan up first")
+    return ports
+
+
+def restart_component(data_dir: str, name: str, say: Say) -> int:
+    """Stop ``name`` if it runs, start it again with the saved ports and environment, wait until healthy."""
+    paths = Paths.of(data_dir)
+    ports = _load_platform(paths)
+    rg = read_text(paths.default_rg)
+    table = components(paths, ports, rg)
+    if name not in table:
+        if name in AGENTS or name.startswith(EXTRA_AGENT_PREFIX):
+            raise PlatformError(f"{name} is not known yet: run capstan up first (it creates the default resource group)")
+        raise PlatformError(f"unknown component {name!r}; one of: {', '.join(table)}")
+    comp = table[name]
+    pid = procs.running_pid(paths, comp)
+    if pid is not None:
+        killed = dict(procs.terminate([(pid, comp.match)], STOP_TIMEOUT)).get(pid)
+        say(f"  stopped {name} (pid {pid}{', killed' if killed else ''})")
+    if comp.listen is not None:
+        problem = procs.port_problem(*comp.listen)
+        if problem:
+            raise PlatformError(f"cannot restart {name}: {problem}")
+    started = time.monotonic()
+    pid = start_component(paths, comp, load_env(paths))
+    try:
+        asyncio.run(wait_healthy([(comp, pid)], TIMEOUT, _report(say), started))
+    except ComponentFailed as e:
+        raise _failed(paths, e, hint=False) from e
+    return pid
+
+
+def agent_start(
+    data_dir: str,
+    name: str,
+    resource_group: str | None,
+    cpu: float | None,
+    memory_gib: float | None,
+    gpus: str | None,
+    say: Say,
+) -> dict[str, Any]:
+    """Start one more trainer agent on this machine, recorded so ``down`` stops it and ``up`` restarts it."""
+    if not AGENT_NAME_RE.match(name):
+        raise PlatformError(f"invalid agent name {name!r}: use letters, digits, '.', '_' and '-'")
+    paths = Paths.of(data_dir)
+    ports = _load_platform(paths)
+    if procs.running_pid(paths, components(paths, ports)["nats"]) is None:
+        raise PlatformError(f"the platform in {paths.root} is not running; run capstan up first")
+    rg = resource_group or read_text(paths.default_rg)
+    if not rg:
+        raise PlatformError("no --resource-group given and no default resource group; run capstan up first")
+    agent = ExtraAgent(name=name, resource_group=rg, cpu=cpu, memory_gib=memory_gib, gpus=gpus)
+    comp = extra_agent_component(paths, ports, agent)
+    pid = procs.running_pid(paths, comp)
+    if pid is not None:
+        raise PlatformError(f"agent {name} is already running (pid {pid}); stop it with capstan agent stop {name}")
+    agents = load_extra_agents(paths)
+    agents[name] = agent
+    save_extra_agents(paths, agents)
+    started = time.monotonic()
+    pid = start_component(paths, comp, load_env(paths))
+    try:
+        asyncio.run(wait_healthy([(comp, pid)], TIMEOUT, _report(say), started))
+    except ComponentFailed as e:
+        raise _failed(paths, e, hint=False) from e
+    assert comp.ready_file is not None
+    return {"name": name, "node_id": read_text(comp.ready_file), "pid": pid, "resource_group": rg}
+
+
+def agent_stop(data_dir: str, name: str, say: Say) -> None:
+    paths = Paths.of(data_dir)
+    agents = load_extra_agents(paths)
+    if name not in agents:
+        raise PlatformError(f"no agent named {name!r} was started with capstan agent start in {paths.root}")
+    ports = Ports.load(paths) or Ports(0, 0, 0, 0, 0, 0)
+    comp = extra_agent_component(paths, ports, agents[name])
+    pid = procs.running_pid(paths, comp)
+    if pid is not None:
+        procs.terminate([(pid, comp.match)], STOP_TIMEOUT)
+        say(f"  stopped agent {name} (pid {pid})")
+    _forget(paths, comp, comp.name)
+    del agents[name]
+    save_extra_agents(paths, agents)
+
+
+__all__ = ["CORE", "PlatformError", "agent_start", "agent_stop", "down", "restart_component", "up"]

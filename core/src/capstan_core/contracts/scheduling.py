@@ -1,0 +1,86 @@
+"""Events of resource groups, nodes and workloads (owner: scheduler service).
+
+Subjects: ``capstan.evt.rsg.<id>``, ``capstan.evt.node.<id>``, ``capstan.evt.workload.<id>``
+(a workload's id is the id of the task or service instance set it schedules).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from ..events import Event, event
+from .common import ResourceSpec
+
+RSG = "rsg"
+NODE = "node"
+WORKLOAD = "workload"
+
+
+@event("ResourceGroupCreated", version=1)
+class ResourceGroupCreated(Event):
+    rg_id: str
+    name: str
+    description: str = ""
+    tags: dict[str, str]
+    policy: dict[str, Any]
+    creator: str
+    at_ms: int
+
+
+@event("NodeJoined", version=1)
+class NodeJoined(Event):
+    node_id: str
+    resource_group_id: str
+    name: str
+    agent_kind: str
+    cpu: float
+    memory_gib: float
+    gpus: dict[str, int]
+    at_ms: int
+
+
+@event("NodeStateChanged", version=1)
+class NodeStateChanged(Event):
+    node_id: str
+    state: str
+    reason: str = ""
+    at_ms: int
+
+
+@event("WorkloadQueued", version=1)
+class WorkloadQueued(Event):
+    workload_id: str
+    kind: str
+    resource_group_id: str
+    at_ms: int
+
+
+@event("WorkloadRejected", version=1)
+class WorkloadRejected(Event):
+    workload_id: str
+    reason: str
+    at_ms: int
+
+
+class InstancePlacement(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    index: int
+    node_id: str
+
+
+@event("WorkloadPlaced", version=1)
+class WorkloadPlaced(Event):
+    workload_id: str
+    kind: str
+    resources: ResourceSpec
+    placements: list[InstancePlacement]
+    at_ms: int
+
+
+@event("WorkloadReleased", version=1)
+class WorkloadReleased(Event):
+    workload_id: str
+    at_ms: int

@@ -1,0 +1,72 @@
+"""The app factory: routers, error handlers, middleware; clients and auth built in the lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from pydantic import BaseModel
+
+from . import errors
+from .auth import build_authenticator
+from .clients import Clients
+from .middleware import GatewayMiddleware
+from .routers import api_router
+from .settings import GatewaySettings
+
+log = logging.getLogger(__name__)
+
+
+class Health(BaseModel):
+    status: str
+
+
+def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+    settings = settings or GatewaySettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.authenticator = build_authenticator(settings)
+        app.state.clients = Clients.connect(settings)
+        try:
+            yield
+        finally:
+            await app.state.clients.close()
+
+    app = FastAPI(
+        title="Capstan gateway",
+        version="0.1.0",
+        description="Management API of Capstan. Every /api/v1 route needs `Authorization: Bearer <token>`.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    errors.install(app)
+    app.add_middleware(GatewayMiddleware)
+    app.include_router(api_router)
+
+    @app.get("/healthz", tags=["health"], summary="Liveness: the gateway process is serving")
+    async def healthz() -> Health:
+        return Health(status="ok")
+
+    _document_errors_as_400(app)
+    return app
+
+
+def _document_errors_as_400(app: FastAPI) -> None:
+    """FastAPI documents validation failures as 422; this gateway answers them as 400 with ErrorBody."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = FastAPI.openapi(app)
+            for path_item in schema.get("paths", {}).values():
+                for operation in path_item.values():
+                    operation.get("responses", {}).pop("422", None)
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(name, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,173 @@
+"""One client per owning service: a traced channel, its stub, and error mapping at this edge.
+
+Every route goes through these; a failed call becomes the domain error the
+service raised, or ``Unavailable`` naming the service when it cannot be reached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.message import Message
+
+from capstan_core import grpcutil
+from capstan_core.errors import DomainError, Unavailable
+from capstan_proto import (
+    inference_pb2_grpc,
+    registry_pb2_grpc,
+    scheduler_pb2,
+    scheduler_pb2_grpc,
+    trainer_pb2,
+    trainer_pb2_grpc,
+)
+
+from .errors import Internal, NotImplementedYet, ResourceExhausted
+from .settings import GatewaySettings
+
+R = TypeVar("R", bound=Message)
+
+# Status details grpc-core itself writes when the transport fails (no server answered).
+_TRANSPORT_DETAILS = (
+    "failed to connect",
+    "connections to all backends failing",
+    "socket closed",
+    "connection reset",
+    "broken pipe",
+    "transport closed",
+    "connection refused",
+)
+
+
+def rpc_error(service: str, e: grpc.aio.AioRpcError, channel: grpc.aio.Channel) -> DomainError:
+    """Map a failed call to a domain error whose message a user can act on."""
+    code = e.code()
+    details = e.details() or ""
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return Unavailable(f"the {service} service did not answer in time; retry shortly")
+    if code == grpc.StatusCode.UNAVAILABLE:
+        # The service may raise Unavailable itself (e.g. NATS down) with its own message; keep
+        # that one. Otherwise nothing answered: say which service is down.
+        ready = channel.get_state(try_to_connect=False) == grpc.ChannelConnectivity.READY
+        if not ready or any(t in details.lower() for t in _TRANSPORT_DETAILS):
+            return Unavailable(f"the {service} service is not reachable; retry shortly")
+        return Unavailable(details)
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        return NotImplementedYet(f"the {service} service does not implement this call yet")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return ResourceExhausted(details or f"the {service} service is overloaded; retry later")
+    if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS):
+        return Internal(f"the {service} service failed unexpectedly; see its log")
+    if code in grpcutil.CODE_BY_GRPC:
+        return grpcutil.to_domain_error(e)
+    return Internal(f"the {service} service answered {code.name}: {details}")
+
+
+class ServiceClient:
+    """A channel to one service; ``call`` runs one unary RPC with a deadline and maps its failure."""
+
+    service = "platform"
+
+    def __init__(self, address: str, timeout: float) -> None:
+        self.address = address
+        self.timeout = timeout
+        self.channel = grpcutil.channel(address)
+
+    async def call(self, rpc: Callable[..., Awaitable[R]], request: Message) -> R:
+        try:
+            return await rpc(request, timeout=self.timeout)
+        except grpc.aio.AioRpcError as e:
+            raise rpc_error(self.service, e, self.channel) from e
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+class SchedulerClient(ServiceClient):
+    service = "scheduler"
+
+    def __init__(self, address: str, timeout: float) -> None:
+        super().__init__(address, timeout)
+        self.stub = scheduler_pb2_grpc.SchedulerStub(self.channel)
+
+    async def create_resource_group(self, req: scheduler_pb2.CreateResourceGroupRequest) -> scheduler_pb2.ResourceGroup:
+        return await self.call(self.stub.CreateResourceGroup, req)
+
+    async def get_resource_group(self, req: scheduler_pb2.GetResourceGroupRequest) -> scheduler_pb2.ResourceGroup:
+        return await self.call(self.stub.GetResourceGroup, req)
+
+    async def list_resource_groups(
+        self, req: scheduler_pb2.ListResourceGroupsRequest
+    ) -> scheduler_pb2.ListResourceGroupsResponse:
+        return await self.call(self.stub.ListResourceGroups, req)
+
+    async def list_nodes(self, req: scheduler_pb2.ListNodesRequest) -> scheduler_pb2.ListNodesResponse:
+        return await self.call(self.stub.ListNodes, req)
+
+
+class TrainerClient(ServiceClient):
+    service = "trainer"
+
+    def __init__(self, address: str, timeout: float) -> None:
+        super().__init__(address, timeout)
+        self.stub = trainer_pb2_grpc.TrainerStub(self.channel)
+
+    async def create_training_task(self, req: trainer_pb2.CreateTrainingTaskRequest) -> trainer_pb2.TrainingTask:
+        return await self.call(self.stub.CreateTrainingTask, req)
+
+    async def get_training_task(self, req: trainer_pb2.GetTrainingTaskRequest) -> trainer_pb2.TrainingTask:
+        return await self.call(self.stub.GetTrainingTask, req)
+
+    async def list_training_tasks(
+        self, req: trainer_pb2.ListTrainingTasksRequest
+    ) -> trainer_pb2.ListTrainingTasksResponse:
+        return await self.call(self.stub.ListTrainingTasks, req)
+
+    async def stop_training_task(self, req: trainer_pb2.StopTrainingTaskRequest) -> trainer_pb2.TrainingTask:
+        return await self.call(self.stub.StopTrainingTask, req)
+
+    async def get_logs(self, req: trainer_pb2.GetLogsRequest) -> trainer_pb2.GetLogsResponse:
+        return await self.call(self.stub.GetLogs, req)
+
+
+class RegistryClient(ServiceClient):
+    service = "registry"
+
+    def __init__(self, address: str, timeout: float) -> None:
+        super().__init__(address, timeout)
+        self.stub: Any = registry_pb2_grpc.RegistryStub(self.channel)
+
+
+class InferenceClient(ServiceClient):
+    service = "inference"
+
+    def __init__(self, address: str, timeout: float) -> None:
+        super().__init__(address, timeout)
+        self.stub: Any = inference_pb2_grpc.InferenceStub(self.channel)
+
+
+@dataclass
+class Clients:
+    """The gateway's clients, created in the app's lifespan (channels never open at import)."""
+
+    scheduler: SchedulerClient
+    trainer: TrainerClient
+    registry: RegistryClient | None = None
+    inference: InferenceClient | None = None
+
+    @classmethod
+    def connect(cls, settings: GatewaySettings) -> Clients:
+        t = settings.rpc_timeout_s
+        return cls(
+            scheduler=SchedulerClient(settings.scheduler_addr, t),
+            trainer=TrainerClient(settings.trainer_addr, t),
+            registry=RegistryClient(settings.registry_addr, t) if settings.registry_addr else None,
+            inference=InferenceClient(settings.inference_addr, t) if settings.inference_addr else None,
+        )
+
+    async def close(self) -> None:
+        for client in (self.scheduler, self.trainer, self.registry, self.inference):
+            if client is not None:
+                await client.close()

@@ -1,0 +1,38 @@
+"""/api/v1/resource-groups: owned by the scheduler service."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path
+
+from capstan_proto import scheduler_pb2
+
+from ..deps import CurrentPrincipal, IdempotencyKey, PageRequest, Scheduler
+from ..schemas import ResourceGroup, ResourceGroupCreate, ResourceGroupList
+
+router = APIRouter(prefix="/resource-groups", tags=["resource-groups"])
+
+ResourceGroupId = Annotated[str, Path(min_length=1, max_length=64)]
+
+
+@router.post("", status_code=201, summary="Create a resource group")
+async def create_resource_group(
+    body: ResourceGroupCreate,
+    principal: CurrentPrincipal,
+    scheduler: Scheduler,
+    idempotency_key: IdempotencyKey = "",
+) -> ResourceGroup:
+    req = body.to_proto(creator=principal.name, idempotency_key=idempotency_key)
+    return ResourceGroup.from_proto(await scheduler.create_resource_group(req))
+
+
+@router.get("", summary="List resource groups")
+async def list_resource_groups(scheduler: Scheduler, page: PageRequest) -> ResourceGroupList:
+    resp = await scheduler.list_resource_groups(scheduler_pb2.ListResourceGroupsRequest(page=page))
+    return ResourceGroupList.from_proto(resp)
+
+
+@router.get("/{id}", summary="Get a resource group")
+async def get_resource_group(id: ResourceGroupId, scheduler: Scheduler) -> ResourceGroup:
+    return ResourceGroup.from_proto(await scheduler.get_resource_group(scheduler_pb2.GetResourceGroupRequest(id=id)))

@@ -1,0 +1,65 @@
+"""Resource groups (SPEC §7.1): API models and their protobuf conversions."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field, StringConstraints
+
+from capstan_proto import scheduler_pb2
+
+from .common import Page, RequestModel, Tags, dump_json_object, from_ms_required, load_json_object
+
+ResourceGroupName = Annotated[str, StringConstraints(min_length=1, max_length=60)]
+
+
+class ResourceGroupCreate(RequestModel):
+    name: ResourceGroupName
+    tags: Tags = Field(default_factory=dict)
+    policy: dict[str, Any] | None = Field(
+        default=None, description="scheduling policy (SPEC §7.2); null: the default policy"
+    )
+    description: Annotated[str, StringConstraints(max_length=500)] = ""
+
+    def to_proto(self, *, creator: str, idempotency_key: str) -> scheduler_pb2.CreateResourceGroupRequest:
+        # The scheduler's contract has no description yet: it is validated here and not stored.
+        return scheduler_pb2.CreateResourceGroupRequest(
+            name=self.name,
+            tags=self.tags,
+            policy_json=dump_json_object(self.policy, "body.policy"),
+            creator=creator,
+            idempotency_key=idempotency_key,
+        )
+
+
+class ResourceGroup(BaseModel):
+    id: str
+    name: str
+    tags: dict[str, str]
+    policy: dict[str, Any]
+    creator: str
+    created_at: datetime
+    node_count: int
+
+    @classmethod
+    def from_proto(cls, rg: scheduler_pb2.ResourceGroup) -> ResourceGroup:
+        return cls(
+            id=rg.id,
+            name=rg.name,
+            tags=dict(rg.tags),
+            policy=load_json_object(rg.policy_json),
+            creator=rg.creator,
+            created_at=from_ms_required(rg.created_at_ms),
+            node_count=rg.node_count,
+        )
+
+
+class ResourceGroupList(Page[ResourceGroup]):
+    @classmethod
+    def from_proto(cls, resp: scheduler_pb2.ListResourceGroupsResponse) -> ResourceGroupList:
+        return cls(
+            items=[ResourceGroup.from_proto(rg) for rg in resp.items],
+            next_page_token=resp.next_page_token,
+            total=resp.total,
+        )

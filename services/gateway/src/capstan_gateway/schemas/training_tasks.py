@@ -1,0 +1,170 @@
+"""Training tasks (SPEC §3): API models and their protobuf conversions."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, StringConstraints
+
+from capstan_proto import common_pb2, trainer_pb2
+
+from .common import (
+    Id,
+    Page,
+    RequestModel,
+    Tags,
+    dump_json_object,
+    from_ms,
+    from_ms_required,
+    load_json_object,
+)
+
+TaskStatus = Literal["Submitting", "Queued", "Starting", "Running", "Stopping", "Succeeded", "Failed", "Stopped"]
+FINISHED: frozenset[str] = frozenset({"Succeeded", "Failed", "Stopped"})
+
+TaskName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+Command = Annotated[str, StringConstraints(max_length=8192)]
+
+
+class Resources(RequestModel):
+    """What one instance asks for."""
+
+    cpu: float = Field(ge=0, description="cores")
+    memory_gib: float = Field(ge=0)
+    gpu_type: Annotated[str, StringConstraints(max_length=64)] = Field(
+        default="", description='card type, e.g. "A100"; empty for CPU-only'
+    )
+    gpu: float = Field(default=0, ge=0, description="cards of gpu_type (0.1..1 in steps of 0.1, or whole cards)")
+
+    def to_proto(self) -> common_pb2.Resources:
+        return common_pb2.Resources(cpu=self.cpu, memory_gib=self.memory_gib, gpu_type=self.gpu_type, gpu=self.gpu)
+
+    @classmethod
+    def from_proto(cls, r: common_pb2.Resources) -> Resources:
+        return cls(cpu=r.cpu, memory_gib=r.memory_gib, gpu_type=r.gpu_type, gpu=r.gpu)
+
+
+class TrainingTaskCreate(RequestModel):
+    name: TaskName
+    resource_group_id: Id
+    command: Command = Field(description="multi-line shell, run in /opt/ml/code")
+    hyperparameters: dict[str, Any] = Field(
+        default_factory=dict, description="written to /opt/ml/input/config/hyperparameters.json"
+    )
+    resources: Resources
+    instance_count: int = Field(default=1, ge=1, le=64)
+    tags: Tags = Field(default_factory=dict)
+    stop_grace_seconds: int = Field(
+        default=30, ge=1, le=3600, description="seconds between SIGTERM and SIGKILL when stopped"
+    )
+
+    def to_proto(self, *, creator: str, idempotency_key: str) -> trainer_pb2.CreateTrainingTaskRequest:
+        return trainer_pb2.CreateTrainingTaskRequest(
+            name=self.name,
+            resource_group_id=self.resource_group_id,
+            command=self.command,
+            hyperparameters_json=dump_json_object(self.hyperparameters, "body.hyperparameters"),
+            resources=self.resources.to_proto(),
+            instance_count=self.instance_count,
+            tags=self.tags,
+            creator=creator,
+            idempotency_key=idempotency_key,
+            stop_grace_seconds=self.stop_grace_seconds,
+        )
+
+
+class TrainingInstance(BaseModel):
+    index: int
+    node_id: str | None
+    status: str
+    exit_code: int | None
+
+    @classmethod
+    def from_proto(cls, i: trainer_pb2.TrainingInstance) -> TrainingInstance:
+        return cls(
+            index=i.index,
+            node_id=i.node_id or None,
+            status=i.status,
+            exit_code=i.exit_code if i.has_exit_code else None,
+        )
+
+
+class TrainingTask(BaseModel):
+    id: str
+    name: str
+    resource_group_id: str
+    command: str
+    hyperparameters: dict[str, Any]
+    resources: Resources
+    instance_count: int
+    status: str
+    exit_code: int | None = Field(description="null unless the task has finished")
+    failure_reason: str
+    tags: dict[str, str]
+    creator: str
+    stop_grace_seconds: int
+    created_at: datetime
+    started_at: datetime | None
+    ended_at: datetime | None
+    instances: list[TrainingInstance]
+
+    @classmethod
+    def from_proto(cls, t: trainer_pb2.TrainingTask) -> TrainingTask:
+        return cls(
+            id=t.id,
+            name=t.name,
+            resource_group_id=t.resource_group_id,
+            command=t.command,
+            hyperparameters=load_json_object(t.hyperparameters_json),
+            resources=Resources.from_proto(t.resources),
+            instance_count=t.instance_count,
+            status=t.status,
+            # The task message has no has_exit_code: 0 is only meaningful once the task finished.
+            exit_code=t.exit_code if t.status in FINISHED else None,
+            failure_reason=t.failure_reason,
+            tags=dict(t.tags),
+            creator=t.creator,
+            stop_grace_seconds=t.stop_grace_seconds,
+            created_at=from_ms_required(t.created_at_ms),
+            started_at=from_ms(t.started_at_ms),
+            ended_at=from_ms(t.ended_at_ms),
+            instances=[TrainingInstance.from_proto(i) for i in t.instances],
+        )
+
+
+class TrainingTaskList(Page[TrainingTask]):
+    @classmethod
+    def from_proto(cls, resp: trainer_pb2.ListTrainingTasksResponse) -> TrainingTaskList:
+        return cls(
+            items=[TrainingTask.from_proto(t) for t in resp.items],
+            next_page_token=resp.next_page_token,
+            total=resp.total,
+        )
+
+
+class LogLine(BaseModel):
+    time: datetime
+    instance: int
+    stream: str = Field(description="stdout | stderr | platform")
+    line: str
+    seq: int
+
+    @classmethod
+    def from_proto(cls, ln: trainer_pb2.LogLine) -> LogLine:
+        return cls(
+            time=from_ms_required(ln.ts_ms),
+            instance=ln.instance_index,
+            stream=ln.stream,
+            line=ln.line,
+            seq=ln.seq,
+        )
+
+
+class LogPage(BaseModel):
+    lines: list[LogLine]
+    last_seq: int = Field(description="pass as after_seq to follow the log")
+
+    @classmethod
+    def from_proto(cls, resp: trainer_pb2.GetLogsResponse) -> LogPage:
+        return cls(lines=[LogLine.from_proto(ln) for ln in resp.lines], last_seq=resp.last_seq)

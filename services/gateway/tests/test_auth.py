@@ -1,0 +1,129 @@
+"""Authentication: bearer token required on /api/v1, the token file, and that no token ever leaks."""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from pydantic import ValidationError
+
+from capstan_gateway import GatewaySettings
+from capstan_gateway.auth import TokenFileAuthenticator
+
+GatewayFactory = Callable[[GatewaySettings | FastAPI], AbstractAsyncContextManager[httpx.AsyncClient]]
+
+ROUTES = [
+    ("GET", "/api/v1/resource-groups"),
+    ("POST", "/api/v1/resource-groups"),
+    ("GET", "/api/v1/resource-groups/rsg-12345678"),
+    ("GET", "/api/v1/nodes"),
+    ("GET", "/api/v1/training-tasks"),
+    ("POST", "/api/v1/training-tasks"),
+    ("GET", "/api/v1/training-tasks/train-12345678"),
+    ("POST", "/api/v1/training-tasks/train-12345678/stop"),
+    ("GET", "/api/v1/training-tasks/train-12345678/logs"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+async def test_every_api_route_needs_a_token(client: httpx.AsyncClient, method: str, path: str) -> None:
+    r = await client.request(method, path, json={})
+    assert r.status_code == 401, r.text
+    assert r.json()["error"]["code"] == "unauthenticated"
+    assert "Authorization: Bearer" in r.json()["error"]["message"]
+    assert r.headers["www-authenticate"] == "Bearer"
+
+
+async def test_wrong_token_and_wrong_scheme_are_refused(client: httpx.AsyncClient, admin_token: str) -> None:
+    for header in (f"Bearer {admin_token}x", "Bearer nope", f"Basic {admin_token}", admin_token):
+        r = await client.get("/api/v1/resource-groups", headers={"Authorization": header})
+        assert r.status_code == 401, header
+        assert r.json()["error"]["code"] == "unauthenticated"
+
+
+async def test_the_admin_token_passes_auth(admin: httpx.AsyncClient) -> None:
+    # Past authentication the scheduler is called; it is down here, hence 503 and not 401.
+    r = await admin.get("/api/v1/resource-groups")
+    assert r.status_code == 503
+
+
+async def test_healthz_needs_no_token(client: httpx.AsyncClient) -> None:
+    r = await client.get("/healthz")
+    assert r.status_code == 200
+    assert r.json() == {"status": "ok"}
+
+
+async def test_token_file_is_0600_and_never_echoed(
+    client: httpx.AsyncClient, settings: GatewaySettings, admin_token: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    token_file = settings.data_dir / "admin-token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert len(admin_token) >= 40  # token_urlsafe(32)
+    bodies = []
+    for headers in ({}, {"Authorization": f"Bearer {admin_token}"}, {"Authorization": f"Bearer {admin_token}x"}):
+        for method, path in [*ROUTES, ("GET", "/nope"), ("GET", "/healthz"), ("GET", "/openapi.json")]:
+            r = await client.request(method, path, headers=headers, json={"name": admin_token})
+            bodies.append(r.text + str(r.headers))
+    assert not [b for b in bodies if admin_token in b]
+    assert admin_token not in caplog.text
+
+
+async def test_token_survives_restart(settings: GatewaySettings, gateway_for: GatewayFactory, admin_token: str) -> None:
+    async with gateway_for(settings) as again:
+        assert (settings.data_dir / "admin-token").read_text() == admin_token
+        r = await again.get("/api/v1/nodes", headers={"Authorization": f"Bearer {admin_token}"})
+        assert r.status_code == 503  # authenticated; the scheduler is down
+
+
+def test_token_file_readable_by_others_is_tightened(tmp_path: Path) -> None:
+    path = tmp_path / "admin-token"
+    path.write_text("s3cret-token\n")
+    os.chmod(path, 0o644)
+    auth = TokenFileAuthenticator(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert auth.authenticate("s3cret-token").name == "admin"
+
+
+def test_empty_token_file_fails_fast(tmp_path: Path) -> None:
+    path = tmp_path / "admin-token"
+    path.touch(mode=0o600)
+    with pytest.raises(RuntimeError, match="empty"):
+        TokenFileAuthenticator(path)
+
+
+async def test_auth_disabled_acts_as_anonymous(
+    settings: GatewaySettings, gateway_for: GatewayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    s = settings.model_copy(update={"auth_disabled": True})
+    with caplog.at_level(logging.WARNING):
+        async with gateway_for(s) as c:
+            r = await c.get("/api/v1/resource-groups")
+            assert r.status_code == 503  # past auth without a token
+    assert "AUTHENTICATION IS DISABLED" in caplog.text
+    assert not (s.data_dir / "admin-token").exists()
+
+
+def test_auth_disabled_refused_beyond_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CAPSTAN_AUTH_DISABLED", "true")
+    monkeypatch.setenv("CAPSTAN_HTTP_LISTEN", "0.0.0.0:8080")
+    monkeypatch.setenv("CAPSTAN_SCHEDULER_ADDR", "127.0.0.1:1")
+    monkeypatch.setenv("CAPSTAN_TRAINER_ADDR", "127.0.0.1:2")
+    with pytest.raises(ValidationError, match="unauthenticated API beyond this machine"):
+        GatewaySettings()
+    monkeypatch.setenv("CAPSTAN_HTTP_LISTEN", "127.0.0.1:8080")
+    assert GatewaySettings().auth_disabled
+
+
+def test_service_addresses_are_required(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("CAPSTAN_SCHEDULER_ADDR", "CAPSTAN_TRAINER_ADDR"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ValidationError, match="CAPSTAN_SCHEDULER_ADDR is not set"):
+        GatewaySettings()

@@ -1,0 +1,1 @@
+"""Capstan scheduler: resource groups, nodes, queues and placement."""

@@ -1,0 +1,80 @@
+"""gRPC surface of the scheduler: thin translation between protobuf and the application layer."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import grpc
+
+from capstan_core.grpcutil import GrpcServer
+from capstan_proto import common_pb2, scheduler_pb2, scheduler_pb2_grpc
+
+from .app import SchedulerApp
+
+
+def _rg(d: dict[str, Any]) -> scheduler_pb2.ResourceGroup:
+    return scheduler_pb2.ResourceGroup(
+        id=d["id"], name=d["name"], tags=json.loads(d["tags"]), policy_json=d["policy"], creator=d["creator"],
+        created_at_ms=d["created_at_ms"], node_count=d["node_count"],
+    )
+
+
+def _node(d: dict[str, Any]) -> scheduler_pb2.Node:
+    return scheduler_pb2.Node(
+        id=d["id"], resource_group_id=d["resource_group_id"], name=d["name"], state=d["state"], cpu=d["cpu"],
+        memory_gib=d["memory_gib"], gpus=d["gpus"], cpu_allocated=d["cpu_allocated"],
+        memory_gib_allocated=d["memory_gib_allocated"], gpus_allocated=d["gpus_allocated"], agent_kind=d["agent_kind"],
+        last_heartbeat_ms=d["last_heartbeat_ms"], joined_at_ms=d["joined_at_ms"],
+    )
+
+
+class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
+    def __init__(self, app: SchedulerApp) -> None:
+        self.app = app
+
+    async def CreateResourceGroup(self, req: scheduler_pb2.CreateResourceGroupRequest, context: grpc.aio.ServicerContext) -> scheduler_pb2.ResourceGroup:  # noqa: N802
+        d = await self.app.create_resource_group(
+            name=req.name, description="", tags=dict(req.tags), policy_json=req.policy_json,
+            creator=req.creator or "anonymous", idempotency_key=req.idempotency_key,
+        )
+        return _rg(d)
+
+    async def GetResourceGroup(self, req: scheduler_pb2.GetResourceGroupRequest, context: grpc.aio.ServicerContext) -> scheduler_pb2.ResourceGroup:  # noqa: N802
+        return _rg(self.app.get_resource_group(req.id))
+
+    async def ListResourceGroups(self, req: scheduler_pb2.ListResourceGroupsRequest, context: grpc.aio.ServicerContext) -> scheduler_pb2.ListResourceGroupsResponse:  # noqa: N802
+        items, token, total = self.app.list_resource_groups(req.page.page_size, req.page.page_token)
+        return scheduler_pb2.ListResourceGroupsResponse(items=[_rg(i) for i in items], next_page_token=token, total=total)
+
+    async def JoinNode(self, req: scheduler_pb2.JoinNodeRequest, context: grpc.aio.ServicerContext) -> scheduler_pb2.Node:  # noqa: N802
+        d = await self.app.join_node(
+            rg_id=req.resource_group_id, name=req.name, agent_kind=req.agent_kind or "trainer", cpu=req.cpu,
+            memory_gib=req.memory_gib, gpus=dict(req.gpus),
+        )
+        return _node(d)
+
+    async def Heartbeat(self, req: scheduler_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext) -> scheduler_pb2.HeartbeatResponse:  # noqa: N802
+        return scheduler_pb2.HeartbeatResponse(state=await self.app.heartbeat(req.node_id))
+
+    async def ListNodes(self, req: scheduler_pb2.ListNodesRequest, context: grpc.aio.ServicerContext) -> scheduler_pb2.ListNodesResponse:  # noqa: N802
+        items, token, total = self.app.list_nodes(req.resource_group_id, req.page.page_size, req.page.page_token)
+        return scheduler_pb2.ListNodesResponse(items=[_node(i) for i in items], next_page_token=token, total=total)
+
+    async def ListNodeAssignments(self, req: scheduler_pb2.ListNodeAssignmentsRequest, context: grpc.aio.ServicerContext) -> scheduler_pb2.ListNodeAssignmentsResponse:  # noqa: N802
+        items = [
+            scheduler_pb2.Assignment(
+                workload_id=a["workload_id"], workload_kind=a["kind"], instance_index=a["idx"],
+                resources=common_pb2.Resources(cpu=a["cpu"], memory_gib=a["memory_gib"], gpu_type=a["gpu_type"], gpu=a["gpu"]),
+            )
+            for a in self.app.node_assignments(req.node_id)
+        ]
+        return scheduler_pb2.ListNodeAssignmentsResponse(items=items)
+
+
+def register(app: SchedulerApp, server: GrpcServer) -> None:
+    server.add(
+        scheduler_pb2_grpc.add_SchedulerServicer_to_server,
+        SchedulerServicer(app),
+        [scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name],
+    )

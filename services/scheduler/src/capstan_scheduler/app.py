@@ -1,0 +1,196 @@
+"""Scheduler application layer: commands (load -> decide -> append) and queries on the read models."""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+
+from capstan_core.clock import Clock, SystemClock
+from capstan_core.command import execute
+from capstan_core.contracts.scheduling import NODE, RSG
+from capstan_core.errors import InvalidArgument, NotFound
+from capstan_core.ids import new_id, stable_id
+from capstan_core.service import ServiceContext
+from capstan_core.streams import event_subject
+
+from .domain.aggregates import decide_create_rg, decide_join, decide_node_state, fold_node, fold_rg
+from .tables import allocations, nodes, resource_groups
+
+MAX_PAGE = 500
+
+
+def page_bounds(page_size: int, page_token: str) -> tuple[int, int]:
+    size = page_size or 50
+    if size < 1 or size > MAX_PAGE:
+        raise InvalidArgument(f"page_size must be 1..{MAX_PAGE}", field="page_size")
+    offset = 0
+    if page_token:
+        try:
+            offset = int(base64.urlsafe_b64decode(page_token.encode()).decode())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise InvalidArgument("page_token is not one this service issued", field="page_token") from e
+    return size, offset
+
+
+def next_token(offset: int, size: int, total: int) -> str:
+    nxt = offset + size
+    return base64.urlsafe_b64encode(str(nxt).encode()).decode() if nxt < total else ""
+
+
+@dataclass
+class Liveness:
+    """Heartbeats are not events: they are kept in memory; only state changes are appended."""
+
+    last_seen_ms: dict[str, int]
+    started_ms: int
+
+
+class SchedulerApp:
+    def __init__(self, ctx: ServiceContext, clock: Clock | None = None, abnormal_after_ms: int = 15_000) -> None:
+        self.ctx = ctx
+        self.clock = clock or SystemClock()
+        self.liveness = Liveness({}, self.clock.now_ms())
+        self.abnormal_after_ms = abnormal_after_ms
+
+    # -- commands --------------------------------------------------------------------
+    async def create_resource_group(
+        self, *, name: str, description: str, tags: dict[str, str], policy_json: str, creator: str, idempotency_key: str
+    ) -> dict[str, Any]:
+        policy: Any = None
+        if policy_json:
+            try:
+                policy = json.loads(policy_json)
+            except json.JSONDecodeError as e:
+                raise InvalidArgument(f"policy is not valid JSON: {e.msg}", field="policy") from e
+            if not isinstance(policy, dict):
+                raise InvalidArgument("policy must be a JSON object", field="policy")
+        rg_id = stable_id("rsg", creator, idempotency_key) if idempotency_key else new_id("rsg")
+        now = self.clock.now_ms()
+        outcome = await execute(
+            self.ctx.store,
+            event_subject(RSG, rg_id),
+            fold_rg,
+            lambda rg: decide_create_rg(
+                rg, rg_id=rg_id, name=name, description=description, tags=tags, policy=policy, creator=creator, now_ms=now
+            ),
+            msg_id=f"create-rsg:{rg_id}",
+        )
+        await self.ctx.await_projection(outcome.seq)
+        return self.get_resource_group(rg_id)
+
+    async def join_node(
+        self, *, rg_id: str, name: str, agent_kind: str, cpu: float, memory_gib: float, gpus: dict[str, int]
+    ) -> dict[str, Any]:
+        self.get_resource_group(rg_id)  # NotFound if the group does not exist
+        node_id = stable_id("node", rg_id, name)
+        now = self.clock.now_ms()
+        outcome = await execute(
+            self.ctx.store,
+            event_subject(NODE, node_id),
+            fold_node,
+            lambda n: decide_join(
+                n, node_id=node_id, rg_id=rg_id, name=name, agent_kind=agent_kind, cpu=cpu, memory_gib=memory_gib,
+                gpus=gpus, now_ms=now,
+            ),
+        )
+        self.liveness.last_seen_ms[node_id] = now
+        await self.ctx.await_projection(outcome.seq)
+        return self.get_node(node_id)
+
+    async def heartbeat(self, node_id: str) -> str:
+        node = self.get_node(node_id)
+        now = self.clock.now_ms()
+        self.liveness.last_seen_ms[node_id] = now
+        if node["state"] == "Abnormal":
+            outcome = await execute(
+                self.ctx.store,
+                event_subject(NODE, node_id),
+                fold_node,
+                lambda n: decide_node_state(n, node_id=node_id, state="Running", reason="heartbeats resumed", now_ms=now),
+            )
+            await self.ctx.await_projection(outcome.seq)
+            return "Running"
+        return str(node["state"])
+
+    async def mark_silent_nodes_abnormal(self) -> None:
+        now = self.clock.now_ms()
+        with self.ctx.engine.connect() as conn:
+            running = conn.execute(select(nodes.c.id).where(nodes.c.state == "Running")).scalars().all()
+        for node_id in running:
+            seen = self.liveness.last_seen_ms.get(node_id, self.liveness.started_ms)
+            if now - seen > self.abnormal_after_ms:
+                await execute(
+                    self.ctx.store,
+                    event_subject(NODE, node_id),
+                    fold_node,
+                    lambda n, nid=node_id, silent_s=(now - seen) // 1000: decide_node_state(
+                        n, node_id=nid, state="Abnormal", reason=f"no heartbeat for {silent_s}s", now_ms=now
+                    ),
+                )
+
+    # -- queries ---------------------------------------------------------------------
+    def get_resource_group(self, rg_id: str) -> dict[str, Any]:
+        with self.ctx.engine.connect() as conn:
+            row = conn.execute(select(resource_groups).where(resource_groups.c.id == rg_id)).mappings().first()
+            if row is None:
+                raise NotFound(f"resource group {rg_id} does not exist")
+            count = conn.execute(select(func.count()).select_from(nodes).where(nodes.c.resource_group_id == rg_id)).scalar()
+        return {**row, "node_count": int(count or 0)}
+
+    def list_resource_groups(self, page_size: int, page_token: str) -> tuple[list[dict[str, Any]], str, int]:
+        size, offset = page_bounds(page_size, page_token)
+        with self.ctx.engine.connect() as conn:
+            total = int(conn.execute(select(func.count()).select_from(resource_groups)).scalar() or 0)
+            rows = conn.execute(
+                select(resource_groups).order_by(resource_groups.c.created_at_ms, resource_groups.c.id).limit(size).offset(offset)
+            ).mappings().all()
+            counts = dict(
+                conn.execute(select(nodes.c.resource_group_id, func.count()).group_by(nodes.c.resource_group_id)).all()
+            )
+        items = [{**r, "node_count": int(counts.get(r["id"], 0))} for r in rows]
+        return items, next_token(offset, size, total), total
+
+    def get_node(self, node_id: str) -> dict[str, Any]:
+        with self.ctx.engine.connect() as conn:
+            row = conn.execute(select(nodes).where(nodes.c.id == node_id)).mappings().first()
+            if row is None:
+                raise NotFound(f"node {node_id} does not exist; the agent must join again")
+            return self._node_view(conn, dict(row))
+
+    def list_nodes(self, rg_id: str, page_size: int, page_token: str) -> tuple[list[dict[str, Any]], str, int]:
+        size, offset = page_bounds(page_size, page_token)
+        q = select(nodes)
+        cq = select(func.count()).select_from(nodes)
+        if rg_id:
+            q = q.where(nodes.c.resource_group_id == rg_id)
+            cq = cq.where(nodes.c.resource_group_id == rg_id)
+        with self.ctx.engine.connect() as conn:
+            total = int(conn.execute(cq).scalar() or 0)
+            rows = conn.execute(q.order_by(nodes.c.joined_at_ms, nodes.c.id).limit(size).offset(offset)).mappings().all()
+            items = [self._node_view(conn, dict(r)) for r in rows]
+        return items, next_token(offset, size, total), total
+
+    def _node_view(self, conn: Any, row: dict[str, Any]) -> dict[str, Any]:
+        allocs = conn.execute(select(allocations).where(allocations.c.node_id == row["id"])).mappings().all()
+        gpus_alloc: dict[str, float] = {}
+        for a in allocs:
+            if a["gpu"] > 0:
+                gpus_alloc[a["gpu_type"]] = gpus_alloc.get(a["gpu_type"], 0.0) + a["gpu"]
+        return {
+            **row,
+            "gpus": json.loads(row["gpus"]),
+            "cpu_allocated": sum(a["cpu"] for a in allocs),
+            "memory_gib_allocated": sum(a["memory_gib"] for a in allocs),
+            "gpus_allocated": gpus_alloc,
+            "last_heartbeat_ms": self.liveness.last_seen_ms.get(row["id"], 0),
+        }
+
+    def node_assignments(self, node_id: str) -> list[dict[str, Any]]:
+        with self.ctx.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(
+                select(allocations).where(allocations.c.node_id == node_id).order_by(allocations.c.workload_id, allocations.c.idx)
+            ).mappings()]

@@ -1,0 +1,1 @@
+"""Pure scheduling domain: no I/O imports here."""

@@ -1,0 +1,107 @@
+"""Fold every event the scheduler cares about into its SQL read models."""
+
+from __future__ import annotations
+
+import json
+from functools import singledispatchmethod
+
+from sqlalchemy import Connection, delete, update
+
+from capstan_core.contracts.scheduling import (
+    NodeJoined,
+    NodeStateChanged,
+    ResourceGroupCreated,
+    WorkloadPlaced,
+    WorkloadQueued,
+    WorkloadRejected,
+    WorkloadReleased,
+)
+from capstan_core.contracts.training import TrainingTaskEnded, TrainingTaskSubmitted
+from capstan_core.events import Event
+from capstan_core.eventstore import RecordedEvent
+from capstan_core.projection import Projection
+
+from .tables import allocations, nodes, resource_groups, workloads
+
+
+def _upsert(conn: Connection, table, key: dict, values: dict) -> None:  # type: ignore[no-untyped-def]
+    where = [table.c[k] == v for k, v in key.items()]
+    if conn.execute(update(table).where(*where).values(**values)).rowcount == 0:
+        conn.execute(table.insert().values(**key, **values))
+
+
+class SchedulerProjection(Projection):
+    def apply(self, conn: Connection, rec: RecordedEvent) -> None:
+        self._apply(rec.event, conn, rec)
+
+    @singledispatchmethod
+    def _apply(self, event: Event, conn: Connection, rec: RecordedEvent) -> None:
+        """Events of other kinds are not the scheduler's business."""
+
+    @_apply.register
+    def _(self, e: ResourceGroupCreated, conn: Connection, rec: RecordedEvent) -> None:
+        _upsert(
+            conn,
+            resource_groups,
+            {"id": e.rg_id},
+            dict(name=e.name, description=e.description, tags=json.dumps(e.tags, sort_keys=True),
+                 policy=json.dumps(e.policy, sort_keys=True), creator=e.creator, created_at_ms=e.at_ms),
+        )
+
+    @_apply.register
+    def _(self, e: NodeJoined, conn: Connection, rec: RecordedEvent) -> None:
+        _upsert(
+            conn,
+            nodes,
+            {"id": e.node_id},
+            dict(resource_group_id=e.resource_group_id, name=e.name, agent_kind=e.agent_kind, state="Deploying",
+                 state_reason="", cpu=e.cpu, memory_gib=e.memory_gib, gpus=json.dumps(e.gpus, sort_keys=True),
+                 joined_at_ms=e.at_ms, state_changed_at_ms=e.at_ms),
+        )
+
+    @_apply.register
+    def _(self, e: NodeStateChanged, conn: Connection, rec: RecordedEvent) -> None:
+        conn.execute(
+            update(nodes).where(nodes.c.id == e.node_id).values(state=e.state, state_reason=e.reason, state_changed_at_ms=e.at_ms)
+        )
+
+    @_apply.register
+    def _(self, e: TrainingTaskSubmitted, conn: Connection, rec: RecordedEvent) -> None:
+        _upsert(
+            conn,
+            workloads,
+            {"id": e.task_id},
+            dict(kind="training", resource_group_id=e.resource_group_id, status="submitted", cpu=e.resources.cpu,
+                 memory_gib=e.resources.memory_gib, gpu_type=e.resources.gpu_type, gpu=e.resources.gpu,
+                 instance_count=e.instance_count, submitted_seq=rec.seq, submitted_at_ms=e.at_ms, ended=False,
+                 subject_seq=0, trace_parent=rec.headers.get("traceparent", ""), reason=""),
+        )
+
+    @_apply.register
+    def _(self, e: TrainingTaskEnded, conn: Connection, rec: RecordedEvent) -> None:
+        conn.execute(update(workloads).where(workloads.c.id == e.task_id).values(ended=True))
+
+    @_apply.register
+    def _(self, e: WorkloadQueued, conn: Connection, rec: RecordedEvent) -> None:
+        conn.execute(update(workloads).where(workloads.c.id == e.workload_id).values(status="queued", subject_seq=rec.seq))
+
+    @_apply.register
+    def _(self, e: WorkloadRejected, conn: Connection, rec: RecordedEvent) -> None:
+        conn.execute(
+            update(workloads).where(workloads.c.id == e.workload_id).values(status="rejected", reason=e.reason, subject_seq=rec.seq)
+        )
+
+    @_apply.register
+    def _(self, e: WorkloadPlaced, conn: Connection, rec: RecordedEvent) -> None:
+        conn.execute(update(workloads).where(workloads.c.id == e.workload_id).values(status="placed", subject_seq=rec.seq))
+        r = e.resources
+        for p in e.placements:
+            conn.execute(
+                allocations.insert().values(workload_id=e.workload_id, idx=p.index, node_id=p.node_id, kind=e.kind,
+                                            cpu=r.cpu, memory_gib=r.memory_gib, gpu_type=r.gpu_type, gpu=r.gpu)
+            )
+
+    @_apply.register
+    def _(self, e: WorkloadReleased, conn: Connection, rec: RecordedEvent) -> None:
+        conn.execute(update(workloads).where(workloads.c.id == e.workload_id).values(status="released", subject_seq=rec.seq))
+        conn.execute(delete(allocations).where(allocations.c.workload_id == e.workload_id))

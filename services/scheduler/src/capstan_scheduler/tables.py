@@ -1,0 +1,72 @@
+"""The scheduler's read models (SQL). Created by Alembic migrations, filled by projections.py."""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Boolean, Column, Float, Integer, MetaData, String, Table, Text
+
+from capstan_core.db import tracking_table
+
+metadata = MetaData()
+
+resource_groups = Table(
+    "resource_groups",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("name", String(60), nullable=False, index=True),
+    Column("description", Text, nullable=False, default=""),
+    Column("tags", Text, nullable=False),  # JSON object
+    Column("policy", Text, nullable=False),  # JSON object
+    Column("creator", String(100), nullable=False),
+    Column("created_at_ms", BigInteger, nullable=False),
+)
+
+nodes = Table(
+    "nodes",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("resource_group_id", String(40), nullable=False, index=True),
+    Column("name", String(60), nullable=False),
+    Column("agent_kind", String(20), nullable=False),
+    Column("state", String(20), nullable=False),
+    Column("state_reason", Text, nullable=False, default=""),
+    Column("cpu", Float, nullable=False),
+    Column("memory_gib", Float, nullable=False),
+    Column("gpus", Text, nullable=False),  # JSON {card type: count}
+    Column("joined_at_ms", BigInteger, nullable=False),
+    Column("state_changed_at_ms", BigInteger, nullable=False),
+)
+
+workloads = Table(
+    "workloads",
+    metadata,
+    Column("id", String(60), primary_key=True),
+    Column("kind", String(20), nullable=False),
+    Column("resource_group_id", String(40), nullable=False, index=True),
+    Column("status", String(20), nullable=False, index=True),  # submitted, queued, placed, released, rejected
+    Column("cpu", Float, nullable=False),
+    Column("memory_gib", Float, nullable=False),
+    Column("gpu_type", String(40), nullable=False),
+    Column("gpu", Float, nullable=False),
+    Column("instance_count", Integer, nullable=False),
+    Column("submitted_seq", BigInteger, nullable=False),  # FIFO order
+    Column("submitted_at_ms", BigInteger, nullable=False),
+    Column("ended", Boolean, nullable=False, default=False),
+    Column("subject_seq", BigInteger, nullable=False, default=0),  # last sequence on capstan.evt.workload.<id>
+    Column("trace_parent", String(80), nullable=False, default=""),
+    Column("reason", Text, nullable=False, default=""),
+)
+
+allocations = Table(
+    "allocations",
+    metadata,
+    Column("workload_id", String(60), primary_key=True),
+    Column("idx", Integer, primary_key=True),
+    Column("node_id", String(40), nullable=False, index=True),
+    Column("kind", String(20), nullable=False),
+    Column("cpu", Float, nullable=False),
+    Column("memory_gib", Float, nullable=False),
+    Column("gpu_type", String(40), nullable=False),
+    Column("gpu", Float, nullable=False),
+)
+
+tracking = tracking_table(metadata)

@@ -1,0 +1,116 @@
+"""Scheduler + trainer services in-process over a real nats-server: admit, place, release."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import pytest
+
+from capstan_core.service import Service
+from capstan_core.settings import ServiceSettings
+from capstan_proto import common_pb2, scheduler_pb2, scheduler_pb2_grpc, trainer_pb2, trainer_pb2_grpc
+from capstan_scheduler.service import DEFINITION as SCHEDULER
+from capstan_trainer.service import DEFINITION as TRAINER
+
+
+async def _until(fn, timeout: float = 10.0):  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = await fn()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def services(tmp_path: Path, nats_server):  # type: ignore[no-untyped-def]
+    sched = Service(SCHEDULER, ServiceSettings(data_dir=tmp_path / "s", nats_url=nats_server.url))
+    await sched.start()
+    trainer = Service(TRAINER, ServiceSettings(data_dir=tmp_path / "t", nats_url=nats_server.url, scheduler_addr=sched.address))
+    await trainer.start()
+    ch_s = grpc.aio.insecure_channel(sched.address)
+    ch_t = grpc.aio.insecure_channel(trainer.address)
+    yield sched, trainer, scheduler_pb2_grpc.SchedulerStub(ch_s), trainer_pb2_grpc.TrainerStub(ch_t)
+    await ch_s.close()
+    await ch_t.close()
+    await trainer.stop()
+    await sched.stop()
+
+
+async def test_task_is_queued_placed_on_a_node_and_released(services) -> None:  # type: ignore[no-untyped-def]
+    sched, trainer, s, t = services
+    rg = await s.CreateResourceGroup(scheduler_pb2.CreateResourceGroupRequest(name="team-a", creator="alice"))
+    assert rg.id.startswith("rsg-")
+    node = await s.JoinNode(scheduler_pb2.JoinNodeRequest(resource_group_id=rg.id, name="n1", cpu=4, memory_gib=8, agent_kind="trainer"))
+    assert node.state == "Running"
+    task = await t.CreateTrainingTask(
+        trainer_pb2.CreateTrainingTaskRequest(
+            name="t1", resource_group_id=rg.id, command="echo hi", resources=common_pb2.Resources(cpu=2, memory_gib=2)
+        )
+    )
+    assert task.status in ("Submitting", "Queued", "Starting")
+
+    async def placed():  # type: ignore[no-untyped-def]
+        got = await t.GetTrainingTask(trainer_pb2.GetTrainingTaskRequest(id=task.id))
+        return got if got.status == "Starting" else None
+
+    got = await _until(placed)
+    assert got.instances[0].node_id == node.id
+    assigned = await s.ListNodeAssignments(scheduler_pb2.ListNodeAssignmentsRequest(node_id=node.id))
+    assert [a.workload_id for a in assigned.items] == [task.id]
+
+    await t.ReportInstance(trainer_pb2.ReportInstanceRequest(task_id=task.id, instance_index=0, node_id=node.id, state="Running"))
+    r = await t.ReportInstance(trainer_pb2.ReportInstanceRequest(task_id=task.id, instance_index=0, node_id=node.id, state="Exited", exit_code=0))
+    assert r.task_status == "Succeeded"
+
+    async def released():  # type: ignore[no-untyped-def]
+        a = await s.ListNodeAssignments(scheduler_pb2.ListNodeAssignmentsRequest(node_id=node.id))
+        return len(a.items) == 0
+
+    await _until(released)
+
+
+async def test_second_task_waits_until_capacity_frees(services) -> None:  # type: ignore[no-untyped-def]
+    sched, trainer, s, t = services
+    rg = await s.CreateResourceGroup(scheduler_pb2.CreateResourceGroupRequest(name="g"))
+    node = await s.JoinNode(scheduler_pb2.JoinNodeRequest(resource_group_id=rg.id, name="n1", cpu=2, memory_gib=4, agent_kind="trainer"))
+    req = dict(resource_group_id=rg.id, command="x", resources=common_pb2.Resources(cpu=2, memory_gib=1))
+    a = await t.CreateTrainingTask(trainer_pb2.CreateTrainingTaskRequest(name="a", **req))
+    b = await t.CreateTrainingTask(trainer_pb2.CreateTrainingTaskRequest(name="b", **req))
+
+    async def status(tid):  # type: ignore[no-untyped-def]
+        return (await t.GetTrainingTask(trainer_pb2.GetTrainingTaskRequest(id=tid))).status
+
+    await _until(lambda: _eq(status(a.id), "Starting"))
+    await asyncio.sleep(0.5)
+    assert await status(b.id) == "Queued"
+    await t.ReportInstance(trainer_pb2.ReportInstanceRequest(task_id=a.id, instance_index=0, node_id=node.id, state="Exited", exit_code=3))
+    assert await status(a.id) == "Failed"
+    await _until(lambda: _eq(status(b.id), "Starting"))
+
+
+async def test_stop_while_queued_and_unknown_group_rejected(services) -> None:  # type: ignore[no-untyped-def]
+    sched, trainer, s, t = services
+    rg = await s.CreateResourceGroup(scheduler_pb2.CreateResourceGroupRequest(name="empty"))
+    task = await t.CreateTrainingTask(
+        trainer_pb2.CreateTrainingTaskRequest(name="q", resource_group_id=rg.id, command="x", resources=common_pb2.Resources(cpu=1, memory_gib=1))
+    )
+    await t.StopTrainingTask(trainer_pb2.StopTrainingTaskRequest(id=task.id))
+
+    async def stopped():  # type: ignore[no-untyped-def]
+        return (await t.GetTrainingTask(trainer_pb2.GetTrainingTaskRequest(id=task.id))).status == "Stopped"
+
+    await _until(stopped)
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await t.CreateTrainingTask(
+            trainer_pb2.CreateTrainingTaskRequest(name="q", resource_group_id="rsg-nope", command="x")
+        )
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "rsg-nope" in (e.value.details() or "")
+
+
+async def _eq(coro, value) -> bool:  # type: ignore[no-untyped-def]
+    return (await coro) == value

@@ -1,0 +1,228 @@
+"""The trainer agent: joins a resource group as a node, heartbeats, and runs what the scheduler
+assigns to it, level-triggered (each step compares what should run with what runs)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import grpc
+from nats.aio.client import Client as NatsClient
+
+from capstan_core import grpcutil
+from capstan_core.service import connect_nats
+from capstan_proto import scheduler_pb2, scheduler_pb2_grpc, trainer_pb2, trainer_pb2_grpc
+
+from .capacity import Capacity, detect
+from .sandbox import EXIT_STOPPED_BEFORE_START, BwrapExecutor, Executor, InstanceSpec
+from .settings import AgentSettings
+from .shipper import ship
+
+log = logging.getLogger(__name__)
+ENDED = ("Succeeded", "Failed", "Stopped")
+DONE_MARK = ".agent-done"
+
+
+class TrainerAgent:
+    def __init__(self, settings: AgentSettings, executor: Executor | None = None) -> None:
+        self.settings = settings
+        self.executor = executor or BwrapExecutor(settings.agent_dir / "instances")
+        self.capacity: Capacity = detect(settings.node_cpu, settings.node_memory_gib, settings.node_gpus)
+        self.node_id = ""
+        self.rg_id = ""
+        self._nc: NatsClient | None = None
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._sched_ch = grpcutil.channel(settings.scheduler_addr)
+        self._trainer_ch = grpcutil.channel(settings.trainer_addr)
+        self.scheduler = scheduler_pb2_grpc.SchedulerStub(self._sched_ch)
+        self.trainer = trainer_pb2_grpc.TrainerStub(self._trainer_ch)
+
+    # -- lifecycle -------------------------------------------------------------------
+    async def start(self) -> None:
+        self.settings.agent_dir.mkdir(parents=True, exist_ok=True)
+        self._nc = await connect_nats(self.settings.nats_url, f"trainer-agent-{self.settings.node_name}")
+        # Any new event may change what this node should run: wake the reconcile loop.
+        await self._nc.subscribe("capstan.evt.>", cb=self._on_event)
+        await self._join()
+        self._tasks = [
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self._reconcile_loop(), name="reconcile"),
+        ]
+
+    async def _on_event(self, _msg: Any) -> None:
+        self._wake.set()
+
+    async def stop(self) -> None:
+        """Stop the agent only: instances keep running under their runners and are re-adopted on restart."""
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        await self._sched_ch.close()
+        await self._trainer_ch.close()
+        if self._nc:
+            with contextlib.suppress(Exception):
+                await self._nc.close()
+
+    async def _resolve_group(self) -> str:
+        rg = self.settings.resource_group
+        if rg.startswith("rsg-"):
+            return rg
+        token = ""
+        while True:
+            page = await self.scheduler.ListResourceGroups(
+                scheduler_pb2.ListResourceGroupsRequest(page={"page_size": 500, "page_token": token}), timeout=10
+            )
+            for item in page.items:
+                if item.name == rg:
+                    return str(item.id)
+            token = page.next_page_token
+            if not token:
+                raise LookupError(f"no resource group named {rg!r}")
+
+    async def _join(self) -> None:
+        delay = 0.2
+        while True:
+            try:
+                self.rg_id = await self._resolve_group()
+                cap = self.capacity
+                node = await self.scheduler.JoinNode(
+                    scheduler_pb2.JoinNodeRequest(
+                        resource_group_id=self.rg_id, name=self.settings.node_name, cpu=cap.cpu,
+                        memory_gib=cap.memory_gib, gpus=cap.gpus, agent_kind="trainer",
+                    ),
+                    timeout=15,
+                )
+                self.node_id = node.id
+                log.info("joined %s as node %s (%s)", self.rg_id, node.id, cap)
+                return
+            except (grpc.aio.AioRpcError, LookupError) as e:
+                reason = e.details() if isinstance(e, grpc.aio.AioRpcError) else str(e)
+                log.warning("cannot join yet (%s); retrying", reason)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            try:
+                await self.scheduler.Heartbeat(scheduler_pb2.HeartbeatRequest(node_id=self.node_id), timeout=5)
+            except grpc.aio.AioRpcError as e:
+                if e.code() == grpc.StatusCode.NOT_FOUND:
+                    await self._join()  # the scheduler forgot us (rebuilt from an older log?): join again
+                else:
+                    log.warning("heartbeat failed: %s", e.details())
+            await asyncio.sleep(self.settings.heartbeat_s)
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                await self.step()
+            except grpc.aio.AioRpcError as e:
+                log.warning("reconcile: a service is unreachable (%s); retrying", e.details())
+            except Exception:
+                log.exception("reconcile step failed")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.reconcile_s)
+
+    # -- one reconcile step -----------------------------------------------------------
+    async def step(self) -> None:
+        assert self._nc is not None
+        js = self._nc.jetstream()
+        resp = await self.scheduler.ListNodeAssignments(
+            scheduler_pb2.ListNodeAssignmentsRequest(node_id=self.node_id), timeout=10
+        )
+        assigned = {(a.workload_id, a.instance_index) for a in resp.items if a.workload_kind == "training"}
+        tasks: dict[str, trainer_pb2.TrainingTask | None] = {}
+        for task_id, _ in assigned:
+            if task_id not in tasks:
+                tasks[task_id] = await self._get_task(task_id)
+
+        for task_id, index in sorted(assigned):
+            task = tasks[task_id]
+            if task is None:
+                continue
+            await self._converge(js, task, index)
+
+        for task_id, index in self.executor.list_instances():
+            if (task_id, index) in assigned:
+                continue
+            idir = self.executor.log_path(task_id, index).parent
+            if (idir / DONE_MARK).exists():
+                continue
+            st = self.executor.status(task_id, index)
+            if st.state == "running":
+                self.executor.stop(task_id, index)  # released (its task ended elsewhere)
+            await ship(js, task_id, index, self.executor.log_path(task_id, index))
+            if st.state == "exited":
+                task = await self._get_task(task_id)
+                if task is not None and task.status not in ENDED and task.instances[index].status != "Exited":
+                    await self._report(task_id, index, "Exited", st.exit_code or 0)
+                (idir / DONE_MARK).write_text("")
+
+    async def _get_task(self, task_id: str) -> trainer_pb2.TrainingTask | None:
+        try:
+            return await self.trainer.GetTrainingTask(trainer_pb2.GetTrainingTaskRequest(id=task_id), timeout=10)
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+
+    async def _converge(self, js: Any, task: trainer_pb2.TrainingTask, index: int) -> None:
+        inst = task.instances[index]
+        st = self.executor.status(task.id, index)
+        if task.status in ENDED or task.status == "Stopping":
+            if st.state == "running":
+                self.executor.stop(task.id, index)
+                await ship(js, task.id, index, self.executor.log_path(task.id, index))
+            elif task.status not in ENDED and inst.status != "Exited":
+                if st.state == "exited":
+                    await ship(js, task.id, index, self.executor.log_path(task.id, index))
+                    await self._report(task.id, index, "Exited", st.exit_code or 0)
+                else:
+                    await self._report(task.id, index, "Exited", EXIT_STOPPED_BEFORE_START, "stopped before start")
+            return
+        if st.state == "absent":
+            self.executor.start(self._spec(task, index))
+            st = self.executor.status(task.id, index)
+        await ship(js, task.id, index, self.executor.log_path(task.id, index))
+        if st.state == "running" and inst.status == "Pending":
+            await self._report(task.id, index, "Running", 0)
+        elif st.state == "exited" and inst.status != "Exited":
+            await self._report(task.id, index, "Exited", st.exit_code if st.exit_code is not None else 0)
+
+    def _spec(self, task: trainer_pb2.TrainingTask, index: int) -> InstanceSpec:
+        env = {
+            "CAPSTAN_TASK_ID": task.id,
+            "CAPSTAN_INSTANCE_INDEX": str(index),
+            "INDEX": str(index),
+            "RANK": str(index),
+            "WORLD_SIZE": str(task.instance_count),
+        }
+        return InstanceSpec(
+            task_id=task.id, instance_index=index, command=task.command,
+            hyperparameters=json.loads(task.hyperparameters_json or "{}"), env=env,
+            stop_grace_seconds=task.stop_grace_seconds or 30, cpu=task.resources.cpu,
+            memory_gib=task.resources.memory_gib,
+        )
+
+    async def _report(self, task_id: str, index: int, state: str, exit_code: int, message: str = "") -> None:
+        await self.trainer.ReportInstance(
+            trainer_pb2.ReportInstanceRequest(
+                task_id=task_id, instance_index=index, node_id=self.node_id, state=state, exit_code=exit_code,
+                message=message,
+            ),
+            timeout=15,
+        )
+
+
+def write_ready(path: Path, node_id: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(node_id)
+    tmp.replace(path)

@@ -1,0 +1,29 @@
+"""Sandboxed execution of training-task instances on a trainer node.
+
+Each instance runs under bubblewrap, supervised by a detached runner process
+that outlives the agent; see :mod:`.executor` for the API the agent uses.
+"""
+
+from .executor import BwrapExecutor, Executor, InstanceState, InstanceStatus, read_log
+from .spec import (
+    EXIT_RUNNER_ERROR,
+    EXIT_RUNNER_LOST,
+    EXIT_SANDBOX_UNAVAILABLE,
+    EXIT_STOPPED_BEFORE_START,
+    InstancePaths,
+    InstanceSpec,
+)
+
+__all__ = [
+    "EXIT_RUNNER_ERROR",
+    "EXIT_RUNNER_LOST",
+    "EXIT_SANDBOX_UNAVAILABLE",
+    "EXIT_STOPPED_BEFORE_START",
+    "BwrapExecutor",
+    "Executor",
+    "InstancePaths",
+    "InstanceSpec",
+    "InstanceState",
+    "InstanceStatus",
+    "read_log",
+]

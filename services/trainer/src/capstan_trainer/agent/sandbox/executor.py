@@ -1,0 +1,249 @@
+"""Executors: how the trainer agent starts, watches and stops instances.
+
+All state lives in the instance directory and the runner process, never in
+the executor object, so a freshly created executor (a restarted agent)
+re-adopts whatever is already running.  Methods are synchronous and quick;
+asyncio callers should use ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from .spec import (
+    EXIT_RUNNER_LOST,
+    RUNNER_MODULE,
+    InstancePaths,
+    InstanceSpec,
+    write_atomic,
+)
+
+InstanceState = Literal["absent", "running", "exited"]
+_RUNNER_SCRIPT = b"capstan-instance-runner"  # the console-script form of the runner
+
+
+@dataclass(frozen=True)
+class InstanceStatus:
+    """``exit_code`` is set only when exited; ``pid`` is the runner's, if known."""
+
+    state: InstanceState
+    exit_code: int | None = None
+    pid: int | None = None
+
+
+class Executor(ABC):
+    """What the agent needs from a way of running instances (bwrap, Kubernetes, ...)."""
+
+    @abstractmethod
+    def start(self, spec: InstanceSpec) -> None:
+        """Start the instance; a no-op if it is already running or has exited."""
+
+    @abstractmethod
+    def status(self, task_id: str, index: int) -> InstanceStatus: ...
+
+    @abstractmethod
+    def stop(self, task_id: str, index: int) -> None:
+        """Ask for a graceful stop and return at once; a no-op unless running."""
+
+    @abstractmethod
+    def list_instances(self) -> list[tuple[str, int]]:
+        """Every instance this executor knows of, running or exited."""
+
+    @abstractmethod
+    def log_path(self, task_id: str, index: int) -> Path:
+        """The instance's log.jsonl (read it with :func:`read_log`)."""
+
+    @abstractmethod
+    def remove(self, task_id: str, index: int) -> None:
+        """Delete an exited instance's state; refuses while it is running."""
+
+
+class BwrapExecutor(Executor):
+    """Runs each instance under bubblewrap via a detached runner process.
+
+    A runner that disappears without writing ``exit_code`` (SIGKILL, OOM
+    killer, host crash) is reported as exited with ``EXIT_RUNNER_LOST`` (137,
+    i.e. "killed by SIGKILL"): its sandbox died with it (--die-with-parent),
+    so 137 is also the truth about the user's processes.  The code is then
+    written to ``exit_code`` so the answer never changes afterwards.
+    """
+
+    def __init__(self, root: Path) -> None:
+        # Resolved, because the runner's cmdline (our liveness check) holds it.
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        # Runners we spawned ourselves, kept only so they get reaped (no zombies).
+        self._children: dict[tuple[str, int], subprocess.Popen[bytes]] = {}
+
+    def instance_dir(self, task_id: str, index: int) -> Path:
+        return InstancePaths.under(self.root, task_id, index).dir
+
+    def start(self, spec: InstanceSpec) -> None:
+        paths = InstancePaths.under(self.root, spec.task_id, spec.instance_index)
+        paths.dir.mkdir(parents=True, exist_ok=True)
+        # The file lock makes check-then-spawn atomic across agent processes
+        # (an old agent not quite dead and a new one), not only across threads.
+        with self._lock, _file_lock(paths.dir / ".lock"):
+            if self._status(paths).state != "absent":
+                return
+            for d in (paths.code, paths.input_config, paths.output, paths.model):
+                d.mkdir(parents=True, exist_ok=True)
+            write_atomic(paths.hyperparameters, json.dumps(spec.hyperparameters))
+            write_atomic(paths.spec, spec.to_json())
+            paths.stop_requested.unlink(missing_ok=True)
+            with open(paths.runner_err, "ab") as err:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", RUNNER_MODULE, str(paths.dir)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=err,
+                    cwd=paths.dir,
+                    start_new_session=True,  # out of our session: survives our death
+                )
+            # The runner writes this too; writing it here closes the window in
+            # which the instance would look "absent" to a concurrent status().
+            write_atomic(paths.runner_pid, str(proc.pid))
+            self._children[(spec.task_id, spec.instance_index)] = proc
+
+    def status(self, task_id: str, index: int) -> InstanceStatus:
+        return self._status(InstancePaths.under(self.root, task_id, index))
+
+    def stop(self, task_id: str, index: int) -> None:
+        paths = InstancePaths.under(self.root, task_id, index)
+        st = self._status(paths)
+        if st.state != "running" or st.pid is None:
+            return
+        # File first, then signal: a runner still starting up checks the file
+        # after installing its handler, so the request cannot fall in between.
+        paths.stop_requested.touch()
+        try:
+            os.kill(st.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass  # exited meanwhile; the next status() will say so
+
+    def list_instances(self) -> list[tuple[str, int]]:
+        found = []
+        for d in sorted(self.root.iterdir()):
+            try:
+                spec = InstanceSpec.from_json((d / "spec.json").read_text())
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # not an instance dir, or one whose start never got far
+            if d.name == f"{spec.task_id}-{spec.instance_index}":
+                found.append((spec.task_id, spec.instance_index))
+        return found
+
+    def log_path(self, task_id: str, index: int) -> Path:
+        return InstancePaths.under(self.root, task_id, index).log
+
+    def remove(self, task_id: str, index: int) -> None:
+        paths = InstancePaths.under(self.root, task_id, index)
+        with self._lock:
+            if self._status(paths).state == "running":
+                raise RuntimeError(f"instance {paths.dir.name} is running; stop it first")
+            if paths.dir.exists():
+                shutil.rmtree(paths.dir)
+            self._children.pop((task_id, index), None)
+
+    def _status(self, paths: InstancePaths) -> InstanceStatus:
+        self._reap()
+        code = paths.read_int(paths.exit_code)
+        pid = paths.read_int(paths.runner_pid)
+        if code is not None:
+            return InstanceStatus("exited", code, pid)
+        if pid is None:
+            return InstanceStatus("absent")
+        if _runner_alive(pid, paths.dir):
+            return InstanceStatus("running", None, pid)
+        # It may have written exit_code and exited since our first look.
+        code = paths.read_int(paths.exit_code)
+        if code is not None:
+            return InstanceStatus("exited", code, pid)
+        return self._mark_lost(paths, pid)
+
+    def _mark_lost(self, paths: InstancePaths, pid: int) -> InstanceStatus:
+        line = (
+            f"instance runner (pid {pid}) is gone without recording an exit code "
+            f"(see runner.err); reporting {EXIT_RUNNER_LOST}"
+        )
+        record = {"ts_ms": int(time.time() * 1000), "stream": "platform", "line": line}
+        with open(paths.log, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        write_atomic(paths.exit_code, str(EXIT_RUNNER_LOST))
+        return InstanceStatus("exited", EXIT_RUNNER_LOST, pid)
+
+    def _reap(self) -> None:
+        with self._lock:
+            for key, proc in list(self._children.items()):
+                if proc.poll() is not None:
+                    del self._children[key]
+
+
+def _runner_alive(pid: int, instance_dir: Path) -> bool:
+    """Is ``pid`` the runner of ``instance_dir``?  Pids get reused, so check cmdline.
+
+    A zombie has an empty cmdline and correctly counts as dead.
+    """
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    is_runner = any(RUNNER_MODULE.encode() == a or a.endswith(_RUNNER_SCRIPT) for a in args)
+    return is_runner and os.fsencode(instance_dir) in args
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def read_log(path: Path, offset: int = 0, max_bytes: int = 1 << 20) -> tuple[list[dict[str, Any]], int]:
+    """Records appended to a log.jsonl since ``offset``, and the offset to resume at.
+
+    Only complete lines are returned: a line still being written is left for
+    the next call.  ``max_bytes`` bounds one read, but a single longer line is
+    still returned whole so that a tailer always makes progress.
+    """
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed by the with below
+    except FileNotFoundError:
+        return [], offset
+    with f:
+        f.seek(offset)
+        buf = f.read(max_bytes)
+        while b"\n" not in buf and (more := f.read(max_bytes)):
+            buf += more
+    end = buf.rfind(b"\n")
+    if end < 0:
+        return [], offset
+    records: list[dict[str, Any]] = []
+    for raw in buf[:end].split(b"\n"):
+        if not raw.strip():
+            continue
+        try:
+            records.append(json.loads(raw))
+        except ValueError:
+            # Only a writer killed mid-line can cause this; keep a trace of it
+            # rather than silently dropping output.
+            text = raw.decode("utf-8", errors="replace")
+            records.append({"ts_ms": 0, "stream": "platform", "line": f"corrupt log line: {text}"})
+    return records, offset + end + 1

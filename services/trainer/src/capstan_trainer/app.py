@@ -1,0 +1,163 @@
+"""Trainer application layer: training-task commands, queries, and the reconcile step."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import grpc
+from sqlalchemy import func, select
+
+from capstan_core import grpcutil
+from capstan_core.clock import Clock, SystemClock
+from capstan_core.command import execute
+from capstan_core.contracts.common import ResourceSpec
+from capstan_core.contracts.training import AGGREGATE
+from capstan_core.errors import InvalidArgument, NotFound, Unavailable
+from capstan_core.ids import new_id, stable_id
+from capstan_core.service import ServiceContext
+from capstan_core.streams import event_subject
+from capstan_proto import scheduler_pb2, scheduler_pb2_grpc
+
+from .domain.task import SubmitTrainingTask, decide_end, decide_report, decide_stop, decide_submit, fold
+from .tables import training_instances, training_tasks
+
+MAX_PAGE = 500
+
+
+class TrainerApp:
+    def __init__(self, ctx: ServiceContext, clock: Clock | None = None) -> None:
+        self.ctx = ctx
+        self.clock = clock or SystemClock()
+
+    def _subject(self, task_id: str) -> str:
+        return event_subject(AGGREGATE, task_id)
+
+    async def _check_resource_group(self, rg_id: str) -> None:
+        """Refuse a task for a group that does not exist now, before anything is appended."""
+        if not self.ctx.settings.scheduler_addr:
+            raise Unavailable("the trainer is not configured with the scheduler's address")
+        stub = scheduler_pb2_grpc.SchedulerStub(self.ctx.channel(self.ctx.settings.scheduler_addr))
+        try:
+            await stub.GetResourceGroup(scheduler_pb2.GetResourceGroupRequest(id=rg_id), timeout=10)
+        except grpc.aio.AioRpcError as e:
+            err = grpcutil.to_domain_error(e)
+            if isinstance(err, NotFound):
+                raise InvalidArgument(f"resource group {rg_id} does not exist", field="resource_group_id") from e
+            raise err from e
+
+    # -- commands --------------------------------------------------------------------
+    async def submit(
+        self, *, name: str, resource_group_id: str, command: str, hyperparameters_json: str, resources: ResourceSpec,
+        instance_count: int, tags: dict[str, str], creator: str, stop_grace_seconds: int, idempotency_key: str,
+    ) -> dict[str, Any]:
+        task_id = stable_id("train", creator, idempotency_key) if idempotency_key else new_id("train")
+        cmd = SubmitTrainingTask(
+            task_id=task_id, name=name, resource_group_id=resource_group_id, command=command,
+            hyperparameters_json=hyperparameters_json, resources=resources, instance_count=instance_count or 1,
+            tags=tags, creator=creator, stop_grace_seconds=stop_grace_seconds or 30,
+        )
+        now = self.clock.now_ms()
+        decide_submit(fold([]), cmd, now)  # validate the input before asking the scheduler
+        await self._check_resource_group(resource_group_id)
+        outcome = await execute(
+            self.ctx.store, self._subject(task_id), fold, lambda t: decide_submit(t, cmd, now), msg_id=f"submit:{task_id}"
+        )
+        await self.ctx.await_projection(outcome.seq)
+        return self.get(task_id)
+
+    async def stop(self, task_id: str, by: str) -> dict[str, Any]:
+        now = self.clock.now_ms()
+        outcome = await execute(self.ctx.store, self._subject(task_id), fold, lambda t: decide_stop(t, task_id, by, now))
+        await self.ctx.await_projection(outcome.seq)
+        return self.get(task_id)
+
+    async def report(
+        self, *, task_id: str, index: int, node_id: str, state: str, exit_code: int, message: str, at_ms: int
+    ) -> str:
+        now = at_ms or self.clock.now_ms()
+        outcome = await execute(
+            self.ctx.store,
+            self._subject(task_id),
+            fold,
+            lambda t: decide_report(
+                t, task_id=task_id, index=index, node_id=node_id, state=state, exit_code=exit_code, message=message,
+                now_ms=now,
+            ),
+        )
+        await self.ctx.await_projection(outcome.seq)
+        return self.get(task_id)["status"]
+
+    async def reconcile(self) -> None:
+        """End tasks that will never run: rejected by the scheduler, or stopped before being placed."""
+        with self.ctx.engine.connect() as conn:
+            rows = conn.execute(
+                select(training_tasks.c.id, training_tasks.c.placement, training_tasks.c.stop_requested,
+                       training_tasks.c.failure_reason)
+                .where(training_tasks.c.status.not_in(("Succeeded", "Failed", "Stopped")))
+                .where((training_tasks.c.placement == "rejected") | (training_tasks.c.stop_requested.is_(True)))
+            ).mappings().all()
+        now = self.clock.now_ms()
+        for r in rows:
+            if r["placement"] == "rejected":
+                status, reason = "Failed", f"not scheduled: {r['failure_reason']}"
+            elif r["placement"] in ("none", "queued"):
+                status, reason = "Stopped", "stopped by user before it was scheduled"
+            else:
+                continue  # placed: the agent stops the instances and reports their exit
+            tid = r["id"]
+            await execute(
+                self.ctx.store, self._subject(tid), fold,
+                lambda t, tid=tid, status=status, reason=reason: decide_end(t, task_id=tid, status=status, reason=reason, now_ms=now),
+            )
+
+    # -- queries ---------------------------------------------------------------------
+    def get(self, task_id: str) -> dict[str, Any]:
+        with self.ctx.engine.connect() as conn:
+            row = conn.execute(select(training_tasks).where(training_tasks.c.id == task_id)).mappings().first()
+            if row is None:
+                raise NotFound(f"training task {task_id} does not exist")
+            instances = conn.execute(
+                select(training_instances).where(training_instances.c.task_id == task_id).order_by(training_instances.c.idx)
+            ).mappings().all()
+        return _view(dict(row), [dict(i) for i in instances])
+
+    def list(self, *, page_size: int, page_token: str, creator: str, resource_group_id: str, status: str) -> tuple[list[dict[str, Any]], str, int]:
+        size = page_size or 50
+        if not 1 <= size <= MAX_PAGE:
+            raise InvalidArgument(f"page_size must be 1..{MAX_PAGE}", field="page_size")
+        try:
+            offset = int(base64.urlsafe_b64decode(page_token.encode()).decode()) if page_token else 0
+        except (ValueError, UnicodeDecodeError) as e:
+            raise InvalidArgument("page_token is not one this service issued", field="page_token") from e
+        conds = []
+        if creator:
+            conds.append(training_tasks.c.creator == creator)
+        if resource_group_id:
+            conds.append(training_tasks.c.resource_group_id == resource_group_id)
+        if status:
+            conds.append(training_tasks.c.status == status)
+        with self.ctx.engine.connect() as conn:
+            total = int(conn.execute(select(func.count()).select_from(training_tasks).where(*conds)).scalar() or 0)
+            rows = conn.execute(
+                select(training_tasks).where(*conds).order_by(training_tasks.c.submitted_seq.desc()).limit(size).offset(offset)
+            ).mappings().all()
+            ids = [r["id"] for r in rows]
+            inst_rows = conn.execute(
+                select(training_instances).where(training_instances.c.task_id.in_(ids)).order_by(training_instances.c.idx)
+            ).mappings().all() if ids else []
+        by_task: dict[str, list[dict[str, Any]]] = {}
+        for i in inst_rows:
+            by_task.setdefault(i["task_id"], []).append(dict(i))
+        items = [_view(dict(r), by_task.get(r["id"], [])) for r in rows]
+        nxt = offset + size
+        token = base64.urlsafe_b64encode(str(nxt).encode()).decode() if nxt < total else ""
+        return items, token, total
+
+
+def _view(row: dict[str, Any], instances: list[dict[str, Any]]) -> dict[str, Any]:
+    row["hyperparameters"] = json.loads(row["hyperparameters"])
+    row["tags"] = json.loads(row["tags"])
+    row["instances"] = instances
+    return row

@@ -1,0 +1,1 @@
+"""Pure training-task domain: no I/O imports here."""

@@ -1,0 +1,180 @@
+"""The training-task aggregate: fold (events -> state) and decide (command -> events)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from capstan_core.contracts.common import ResourceSpec
+from capstan_core.contracts.training import (
+    TrainingInstanceExited,
+    TrainingInstanceStarted,
+    TrainingTaskEnded,
+    TrainingTaskStopRequested,
+    TrainingTaskSubmitted,
+)
+from capstan_core.errors import FailedPrecondition, InvalidArgument, NotFound
+from capstan_core.events import Event
+
+NAME_MAX = 256
+COMMAND_MAX = 8192
+MAX_INSTANCES = 64
+DEFAULT_GRACE_S = 30
+_NAME = re.compile(r"^[^\W_][\w-]*$", re.UNICODE)
+
+
+@dataclass
+class Task:
+    submitted: TrainingTaskSubmitted | None = None
+    started: dict[int, str] = field(default_factory=dict)
+    exited: dict[int, int] = field(default_factory=dict)
+    stop_requested: bool = False
+    ended: TrainingTaskEnded | None = None
+
+
+def fold(events: Sequence[Event]) -> Task:
+    t = Task()
+    for e in events:
+        if isinstance(e, TrainingTaskSubmitted):
+            t.submitted = e
+        elif isinstance(e, TrainingInstanceStarted):
+            t.started[e.index] = e.node_id
+        elif isinstance(e, TrainingInstanceExited):
+            t.exited[e.index] = e.exit_code
+        elif isinstance(e, TrainingTaskStopRequested):
+            t.stop_requested = True
+        elif isinstance(e, TrainingTaskEnded):
+            t.ended = e
+    return t
+
+
+@dataclass(frozen=True)
+class SubmitTrainingTask:
+    task_id: str
+    name: str
+    resource_group_id: str
+    command: str
+    hyperparameters_json: str
+    resources: ResourceSpec
+    instance_count: int
+    tags: dict[str, str]
+    creator: str
+    stop_grace_seconds: int
+
+
+def parse_hyperparameters(text: str) -> dict[str, Any]:
+    if not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InvalidArgument(f"hyperparameters is not valid JSON: {e.msg} at position {e.pos}", field="hyperparameters") from e
+    if not isinstance(value, dict):
+        raise InvalidArgument("hyperparameters must be a JSON object", field="hyperparameters")
+    return value
+
+
+def validate_resources(r: ResourceSpec) -> None:
+    if r.cpu <= 0 or r.memory_gib <= 0:
+        raise InvalidArgument("resources.cpu and resources.memory_gib must be > 0", field="resources")
+    if r.gpu < 0:
+        raise InvalidArgument("resources.gpu must be >= 0", field="resources.gpu")
+    if r.gpu > 0:
+        if not r.gpu_type:
+            raise InvalidArgument("resources.gpu_type is required when resources.gpu > 0", field="resources.gpu_type")
+        tenths = round(r.gpu * 10)
+        if abs(r.gpu * 10 - tenths) > 1e-6 or (r.gpu > 1 and abs(r.gpu - round(r.gpu)) > 1e-9):
+            raise InvalidArgument(
+                "resources.gpu must be 0.1..1 in steps of 0.1, or a whole number of cards", field="resources.gpu"
+            )
+
+
+def decide_submit(t: Task, cmd: SubmitTrainingTask, now_ms: int) -> list[Event]:
+    if not cmd.name or len(cmd.name) > NAME_MAX or not _NAME.match(cmd.name):
+        raise InvalidArgument(
+            f"name must be 1..{NAME_MAX} letters, digits, '_' or '-', starting with a letter or a digit", field="name"
+        )
+    if not cmd.command.strip():
+        raise InvalidArgument("command is required", field="command")
+    if len(cmd.command) > COMMAND_MAX:
+        raise InvalidArgument(f"command must be at most {COMMAND_MAX} characters", field="command")
+    if not cmd.resource_group_id:
+        raise InvalidArgument("resource_group_id is required", field="resource_group_id")
+    if not 1 <= cmd.instance_count <= MAX_INSTANCES:
+        raise InvalidArgument(f"instance_count must be 1..{MAX_INSTANCES}", field="instance_count")
+    if not 1 <= cmd.stop_grace_seconds <= 86400:
+        raise InvalidArgument("stop_grace_seconds must be 1..86400", field="stop_grace_seconds")
+    validate_resources(cmd.resources)
+    hyper = parse_hyperparameters(cmd.hyperparameters_json)
+    if t.submitted is not None:
+        if t.submitted.name == cmd.name and t.submitted.command == cmd.command:
+            return []  # a retried submit with the same idempotency key
+        raise FailedPrecondition(f"training task {cmd.task_id} already exists with other settings")
+    return [
+        TrainingTaskSubmitted(
+            task_id=cmd.task_id, name=cmd.name, resource_group_id=cmd.resource_group_id, command=cmd.command,
+            hyperparameters=hyper, resources=cmd.resources, instance_count=cmd.instance_count, tags=cmd.tags,
+            creator=cmd.creator, stop_grace_seconds=cmd.stop_grace_seconds, at_ms=now_ms,
+        )
+    ]
+
+
+def _existing(t: Task, task_id: str) -> TrainingTaskSubmitted:
+    if t.submitted is None:
+        raise NotFound(f"training task {task_id} does not exist")
+    return t.submitted
+
+
+def decide_stop(t: Task, task_id: str, by: str, now_ms: int) -> list[Event]:
+    _existing(t, task_id)
+    if t.ended is not None:
+        raise FailedPrecondition(f"training task {task_id} has already ended ({t.ended.status}); nothing to stop")
+    if t.stop_requested:
+        return []
+    return [TrainingTaskStopRequested(task_id=task_id, by=by, at_ms=now_ms)]
+
+
+def decide_report(
+    t: Task, *, task_id: str, index: int, node_id: str, state: str, exit_code: int, message: str, now_ms: int
+) -> list[Event]:
+    sub = _existing(t, task_id)
+    if not 0 <= index < sub.instance_count:
+        raise InvalidArgument(f"instance_index must be 0..{sub.instance_count - 1}", field="instance_index")
+    if t.ended is not None:
+        return []
+    if state == "Running":
+        if index in t.started or index in t.exited:
+            return []
+        return [TrainingInstanceStarted(task_id=task_id, index=index, node_id=node_id, at_ms=now_ms)]
+    if state != "Exited":
+        raise InvalidArgument("state must be Running or Exited", field="state")
+    if index in t.exited:
+        return []
+    out: list[Event] = [
+        TrainingInstanceExited(task_id=task_id, index=index, node_id=node_id, exit_code=exit_code, message=message, at_ms=now_ms)
+    ]
+    exited = {**t.exited, index: exit_code}
+    if t.stop_requested:
+        if len(exited) == sub.instance_count:
+            out.append(TrainingTaskEnded(task_id=task_id, status="Stopped", exit_code=None, reason="stopped by user", at_ms=now_ms))
+    elif exit_code != 0:
+        out.append(
+            TrainingTaskEnded(
+                task_id=task_id, status="Failed", exit_code=exit_code,
+                reason=f"instance {index} exited with code {exit_code}" + (f": {message}" if message else ""), at_ms=now_ms,
+            )
+        )
+    elif len(exited) == sub.instance_count and all(c == 0 for c in exited.values()):
+        out.append(TrainingTaskEnded(task_id=task_id, status="Succeeded", exit_code=0, at_ms=now_ms))
+    return out
+
+
+def decide_end(t: Task, *, task_id: str, status: str, reason: str, now_ms: int) -> list[Event]:
+    """End a task that never ran (rejected by the scheduler, or stopped while queued)."""
+    _existing(t, task_id)
+    if t.ended is not None:
+        return []
+    return [TrainingTaskEnded(task_id=task_id, status=status, exit_code=None, reason=reason, at_ms=now_ms)]  # type: ignore[arg-type]

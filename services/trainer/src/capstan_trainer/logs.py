@@ -1,0 +1,81 @@
+"""Instance logs: the agent ships lines to ``capstan.log.<task>.<instance>`` (stream CAPSTAN_LOGS,
+15-day age limit); queries read them back filtered by time range, keyword and instance."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from capstan_core.errors import InvalidArgument
+from capstan_core.streams import LOGS_STREAM, log_subject
+
+MAX_LIMIT = 10_000
+MAX_LINE = 16_384
+
+
+@dataclass(frozen=True)
+class LogLine:
+    ts_ms: int
+    instance_index: int
+    stream: str
+    line: str
+    seq: int
+
+
+def encode_line(ts_ms: int, stream: str, line: str) -> bytes:
+    return json.dumps({"ts_ms": ts_ms, "stream": stream, "line": line[:MAX_LINE]}, ensure_ascii=False).encode()
+
+
+async def read_logs(
+    js: JetStreamContext, task_id: str, *, start_ms: int = 0, end_ms: int = 0, keyword: str = "",
+    instance_index: int = -1, after_seq: int = 0, limit: int = 1000,
+) -> tuple[list[LogLine], int]:
+    """Lines in stream order; returns them and the last sequence read (for --follow)."""
+    limit = limit or 1000
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidArgument(f"limit must be 1..{MAX_LIMIT}", field="limit")
+    if end_ms and start_ms and end_ms < start_ms:
+        raise InvalidArgument("end must not be before start", field="end")
+    subject = log_subject(task_id, instance_index) if instance_index >= 0 else f"capstan.log.{task_id}.*"
+    if after_seq:
+        cfg = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after_seq + 1)
+    elif start_ms:
+        start = datetime.fromtimestamp(start_ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
+        cfg = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start)
+    else:
+        cfg = ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
+    sub = await js.subscribe(subject, stream=LOGS_STREAM, ordered_consumer=True, config=cfg)
+    lines: list[LogLine] = []
+    last_seq = after_seq
+    needle = keyword.lower()
+    try:
+        info = await sub.consumer_info()
+        pending = int(info.num_pending or 0)
+        while pending > 0 and len(lines) < limit:
+            try:
+                msg = await sub.next_msg(timeout=2.0)
+            except NatsTimeout:
+                break
+            meta = msg.metadata
+            pending = int(meta.num_pending)
+            last_seq = int(meta.sequence.stream)
+            body = json.loads(msg.data)
+            ts = int(body["ts_ms"])
+            if end_ms and ts > end_ms:
+                break
+            if start_ms and ts < start_ms:
+                continue
+            if needle and needle not in body["line"].lower():
+                continue
+            index = int(msg.subject.rsplit(".", 1)[-1])
+            lines.append(LogLine(ts, index, body["stream"], body["line"], last_seq))
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+    return lines, last_seq

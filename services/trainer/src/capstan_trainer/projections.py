@@ -1,0 +1,109 @@
+"""Fold training-task events, and the scheduler's facts about them, into the trainer's read models."""
+
+from __future__ import annotations
+
+import json
+from functools import singledispatchmethod
+
+from sqlalchemy import Connection, select, update
+
+from capstan_core.contracts.scheduling import WorkloadPlaced, WorkloadQueued, WorkloadRejected, WorkloadReleased
+from capstan_core.contracts.training import (
+    TrainingInstanceExited,
+    TrainingInstanceStarted,
+    TrainingTaskEnded,
+    TrainingTaskStopRequested,
+    TrainingTaskSubmitted,
+)
+from capstan_core.events import Event
+from capstan_core.eventstore import RecordedEvent
+from capstan_core.projection import Projection
+
+from .tables import training_instances as inst
+from .tables import training_tasks as tasks
+
+_ENDED = ("Succeeded", "Failed", "Stopped")
+
+
+def _status(conn: Connection, task_id: str) -> str | None:
+    return conn.execute(select(tasks.c.status).where(tasks.c.id == task_id)).scalar()
+
+
+class TrainerProjection(Projection):
+    def apply(self, conn: Connection, rec: RecordedEvent) -> None:
+        self._apply(rec.event, conn, rec)
+
+    @singledispatchmethod
+    def _apply(self, event: Event, conn: Connection, rec: RecordedEvent) -> None:
+        """Other events are not the trainer's business."""
+
+    @_apply.register
+    def _(self, e: TrainingTaskSubmitted, conn: Connection, rec: RecordedEvent) -> None:
+        if _status(conn, e.task_id) is not None:
+            return
+        conn.execute(
+            tasks.insert().values(
+                id=e.task_id, name=e.name, resource_group_id=e.resource_group_id, command=e.command,
+                hyperparameters=json.dumps(e.hyperparameters, sort_keys=True), cpu=e.resources.cpu,
+                memory_gib=e.resources.memory_gib, gpu_type=e.resources.gpu_type, gpu=e.resources.gpu,
+                instance_count=e.instance_count, stop_grace_seconds=e.stop_grace_seconds,
+                tags=json.dumps(e.tags, sort_keys=True), creator=e.creator, status="Submitting", placement="none",
+                stop_requested=False, exit_code=None, failure_reason="", created_at_ms=e.at_ms, queued_at_ms=0,
+                started_at_ms=0, ended_at_ms=0, submitted_seq=rec.seq,
+            )
+        )
+        for i in range(e.instance_count):
+            conn.execute(inst.insert().values(task_id=e.task_id, idx=i, node_id="", status="Pending", exit_code=None))
+
+    @_apply.register
+    def _(self, e: WorkloadQueued, conn: Connection, rec: RecordedEvent) -> None:
+        conn.execute(
+            update(tasks).where(tasks.c.id == e.workload_id, tasks.c.status == "Submitting")
+            .values(status="Queued", queued_at_ms=e.at_ms)
+        )
+        conn.execute(update(tasks).where(tasks.c.id == e.workload_id).values(placement="queued"))
+
+    @_apply.register
+    def _(self, e: WorkloadRejected, conn: Connection, rec: RecordedEvent) -> None:
+        conn.execute(update(tasks).where(tasks.c.id == e.workload_id).values(placement="rejected", failure_reason=e.reason))
+
+    @_apply.register
+    def _(self, e: WorkloadPlaced, conn: Connection, rec: RecordedEvent) -> None:
+        conn.execute(
+            update(tasks).where(tasks.c.id == e.workload_id, tasks.c.status.in_(("Submitting", "Queued")))
+            .values(status="Starting")
+        )
+        conn.execute(update(tasks).where(tasks.c.id == e.workload_id).values(placement="placed"))
+        for p in e.placements:
+            conn.execute(update(inst).where(inst.c.task_id == e.workload_id, inst.c.idx == p.index).values(node_id=p.node_id))
+
+    @_apply.register
+    def _(self, e: WorkloadReleased, conn: Connection, rec: RecordedEvent) -> None:
+        conn.execute(update(tasks).where(tasks.c.id == e.workload_id).values(placement="released"))
+
+    @_apply.register
+    def _(self, e: TrainingInstanceStarted, conn: Connection, rec: RecordedEvent) -> None:
+        conn.execute(update(inst).where(inst.c.task_id == e.task_id, inst.c.idx == e.index).values(status="Running", node_id=e.node_id))
+        conn.execute(
+            update(tasks).where(tasks.c.id == e.task_id, tasks.c.status == "Starting").values(status="Running", started_at_ms=e.at_ms)
+        )
+        conn.execute(update(tasks).where(tasks.c.id == e.task_id, tasks.c.started_at_ms == 0).values(started_at_ms=e.at_ms))
+
+    @_apply.register
+    def _(self, e: TrainingInstanceExited, conn: Connection, rec: RecordedEvent) -> None:
+        conn.execute(
+            update(inst).where(inst.c.task_id == e.task_id, inst.c.idx == e.index)
+            .values(status="Exited", exit_code=e.exit_code, node_id=e.node_id)
+        )
+
+    @_apply.register
+    def _(self, e: TrainingTaskStopRequested, conn: Connection, rec: RecordedEvent) -> None:
+        conn.execute(update(tasks).where(tasks.c.id == e.task_id).values(stop_requested=True))
+        conn.execute(update(tasks).where(tasks.c.id == e.task_id, tasks.c.status.not_in(_ENDED)).values(status="Stopping"))
+
+    @_apply.register
+    def _(self, e: TrainingTaskEnded, conn: Connection, rec: RecordedEvent) -> None:
+        values: dict[str, object] = dict(status=e.status, exit_code=e.exit_code, ended_at_ms=e.at_ms)
+        if e.reason:
+            values["failure_reason"] = e.reason
+        conn.execute(update(tasks).where(tasks.c.id == e.task_id).values(**values))

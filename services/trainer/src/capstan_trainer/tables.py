@@ -1,0 +1,49 @@
+"""The trainer's read models (SQL)."""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Boolean, Column, Float, Integer, MetaData, String, Table, Text
+
+from capstan_core.db import tracking_table
+
+metadata = MetaData()
+
+training_tasks = Table(
+    "training_tasks",
+    metadata,
+    Column("id", String(60), primary_key=True),
+    Column("name", String(256), nullable=False),
+    Column("resource_group_id", String(40), nullable=False, index=True),
+    Column("command", Text, nullable=False),
+    Column("hyperparameters", Text, nullable=False),  # JSON object
+    Column("cpu", Float, nullable=False),
+    Column("memory_gib", Float, nullable=False),
+    Column("gpu_type", String(40), nullable=False),
+    Column("gpu", Float, nullable=False),
+    Column("instance_count", Integer, nullable=False),
+    Column("stop_grace_seconds", Integer, nullable=False),
+    Column("tags", Text, nullable=False),  # JSON object
+    Column("creator", String(100), nullable=False, index=True),
+    Column("status", String(20), nullable=False, index=True),
+    Column("placement", String(20), nullable=False),  # none, queued, placed, rejected, released
+    Column("stop_requested", Boolean, nullable=False),
+    Column("exit_code", Integer, nullable=True),
+    Column("failure_reason", Text, nullable=False),
+    Column("created_at_ms", BigInteger, nullable=False),
+    Column("queued_at_ms", BigInteger, nullable=False),
+    Column("started_at_ms", BigInteger, nullable=False),
+    Column("ended_at_ms", BigInteger, nullable=False),
+    Column("submitted_seq", BigInteger, nullable=False),
+)
+
+training_instances = Table(
+    "training_instances",
+    metadata,
+    Column("task_id", String(60), primary_key=True),
+    Column("idx", Integer, primary_key=True),
+    Column("node_id", String(40), nullable=False),
+    Column("status", String(20), nullable=False),  # Pending, Running, Exited
+    Column("exit_code", Integer, nullable=True),
+)
+
+tracking = tracking_table(metadata)

@@ -1,0 +1,324 @@
+"""Tests for the trainer agent's sandbox executor, with real bubblewrap.
+
+``ExecutorContract`` holds the behaviour every executor must have; a future
+executor (e.g. Kubernetes) reuses it by subclassing and filling in the hooks.
+``TestBwrapExecutor`` runs it against :class:`BwrapExecutor` and adds the
+checks that only make sense for bwrap (capabilities, a killed runner, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from capstan_trainer.agent.sandbox import (
+    EXIT_RUNNER_LOST,
+    EXIT_SANDBOX_UNAVAILABLE,
+    BwrapExecutor,
+    Executor,
+    InstanceSpec,
+    InstanceStatus,
+    read_log,
+)
+
+pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def unique_sleep() -> str:
+    """A sleep duration no other process on the host uses, to find our sleepers in /proc."""
+    return f"{1000 + uuid.uuid4().int % 10**6}.5"
+
+
+def pids_running(*argv: str) -> list[int]:
+    """Host pids whose command line starts with ``argv``."""
+    needle = "\0".join(argv).encode() + b"\0"
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "cmdline").read_bytes().startswith(needle):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+class ExecutorContract:
+    """Behaviour every :class:`Executor` must have.  Subclasses implement the hooks."""
+
+    def make_executor(self, tmp_path: Path) -> Executor:
+        """An executor whose state lives under ``tmp_path``; a second call = a restarted agent."""
+        raise NotImplementedError
+
+    def spawn_source(self, tmp_path: Path) -> str:
+        """Python source, run in a fresh interpreter, that binds ``executor`` like make_executor."""
+        raise NotImplementedError
+
+    def host_path(self, executor: Executor, task_id: str, index: int, name: str) -> Path:
+        """Where the sandbox's /opt/ml/<name> (output, model) lands on the host."""
+        raise NotImplementedError
+
+    @pytest.fixture
+    def executor(self, tmp_path: Path) -> Iterator[Executor]:
+        ex = self.make_executor(tmp_path)
+        yield ex
+        # Leave nothing running behind, whatever the test did.
+        for key in ex.list_instances():
+            ex.stop(*key)
+
+        def all_ended() -> bool:
+            return all(ex.status(*key).state != "running" for key in ex.list_instances())
+
+        wait_until(all_ended, timeout=5)
+
+    def spec(self, command: str, **kw: Any) -> InstanceSpec:
+        task_id, index = kw.pop("task_id", "task-1"), kw.pop("instance_index", 0)
+        return InstanceSpec(task_id=task_id, instance_index=index, command=command, **kw)
+
+    def run_to_end(self, ex: Executor, spec: InstanceSpec, timeout: float = 8.0) -> InstanceStatus:
+        ex.start(spec)
+        assert wait_until(lambda: ex.status(spec.task_id, spec.instance_index).state == "exited", timeout)
+        return ex.status(spec.task_id, spec.instance_index)
+
+    def records(self, ex: Executor, spec: InstanceSpec) -> list[dict[str, Any]]:
+        return read_log(ex.log_path(spec.task_id, spec.instance_index))[0]
+
+    def lines(self, ex: Executor, spec: InstanceSpec, stream: str = "stdout") -> list[str]:
+        return [r["line"] for r in self.records(ex, spec) if r["stream"] == stream]
+
+    def wait_for_line(self, ex: Executor, spec: InstanceSpec, line: str) -> None:
+        assert wait_until(lambda: line in self.lines(ex, spec)), self.records(ex, spec)
+
+    def test_exit_codes(self, executor: Executor) -> None:
+        ok, three = self.spec("exit 0", instance_index=0), self.spec("exit 3", instance_index=1)
+        killed = self.spec("kill -9 $$", instance_index=2)
+        status = self.run_to_end(executor, ok)
+        assert (status.state, status.exit_code) == ("exited", 0)
+        assert self.run_to_end(executor, three).exit_code == 3
+        assert self.run_to_end(executor, killed).exit_code == 128 + signal.SIGKILL
+        platform = [r["line"] for r in self.records(executor, three) if r["stream"] == "platform"]
+        assert platform[0].startswith("instance started") and platform[-1] == "exit code 3"
+
+    def test_sees_the_opt_ml_layout(self, executor: Executor) -> None:
+        hp = {"lr": 0.01, "layers": [64, 32], "name": "ünï"}
+        command = """
+            pwd
+            cat /opt/ml/input/config/hyperparameters.json; echo
+            echo hello > /opt/ml/output/x
+            echo world > /opt/ml/model/y
+            python3 -c 'import json; print(json.dumps({"py": "ok"}))'
+            echo "$HOME $PYTHONUNBUFFERED $MY_VAR"
+        """
+        spec = self.spec(command, hyperparameters=hp, env={"MY_VAR": "from spec"})
+        assert self.run_to_end(executor, spec).exit_code == 0, self.records(executor, spec)
+        out = self.lines(executor, spec)
+        assert out[0] == "/opt/ml/code"
+        assert json.loads(out[1]) == hp
+        assert json.loads(out[2]) == {"py": "ok"}
+        assert out[3] == "/tmp 1 from spec"
+        assert self.host_path(executor, "task-1", 0, "output").joinpath("x").read_text() == "hello\n"
+        assert self.host_path(executor, "task-1", 0, "model").joinpath("y").read_text() == "world\n"
+
+    def test_log_keeps_streams_apart_and_in_order(self, executor: Executor) -> None:
+        spec = self.spec("for i in 1 2 3 4 5 6 7 8; do echo out$i; echo err$i >&2; done")
+        t0 = int(time.time() * 1000)
+        self.run_to_end(executor, spec)
+        assert self.lines(executor, spec, "stdout") == [f"out{i}" for i in range(1, 9)]
+        assert self.lines(executor, spec, "stderr") == [f"err{i}" for i in range(1, 9)]
+        for r in self.records(executor, spec):
+            assert set(r) == {"ts_ms", "stream", "line"}
+            assert isinstance(r["ts_ms"], int) and t0 - 1000 <= r["ts_ms"] <= time.time() * 1000 + 1000
+
+    def test_cannot_see_the_host(self, executor: Executor, tmp_path: Path) -> None:
+        secret = tmp_path / "secret.txt"
+        secret.write_text("host only")
+        # Python may have to live under /root; anything else there must stay hidden.
+        prefixes = [Path(p).resolve() for p in (sys.prefix, sys.base_prefix)]
+        needed = {p.relative_to("/root").parts[0] for p in prefixes if p.is_relative_to("/root")}
+        hidden = {p.name for p in Path("/root").iterdir()} - needed if os.access("/root", os.R_OK) else set()
+        assert hidden or not os.access("/root", os.R_OK)  # the check below must check something
+        spec = self.spec(f"test -e {secret} && echo visible || echo hidden; echo $$; ls -A /root 2>/dev/null; true")
+        assert self.run_to_end(executor, spec).exit_code == 0
+        out = self.lines(executor, spec)
+        assert out[0] == "hidden"
+        assert int(out[1]) < 10  # a pid namespace of its own
+        assert not hidden & set(out[2:]), out
+
+    def test_stop_kills_the_whole_tree(self, executor: Executor) -> None:
+        duration = unique_sleep()
+        spec = self.spec(f"sleep {duration} & sleep {duration}")
+        executor.start(spec)
+        assert wait_until(lambda: len(pids_running("sleep", duration)) == 2)
+        started = time.monotonic()
+        executor.stop("task-1", 0)
+        assert wait_until(lambda: executor.status("task-1", 0).state == "exited", spec.stop_grace_seconds + 2)
+        assert time.monotonic() - started < 5  # plain processes die on SIGTERM, no grace needed
+        assert executor.status("task-1", 0).exit_code == 128 + signal.SIGTERM
+        assert pids_running("sleep", duration) == []
+
+    def test_stop_lets_the_command_handle_sigterm(self, executor: Executor) -> None:
+        spec = self.spec("trap 'echo got-term; exit 0' TERM; echo ready; while true; do sleep 0.1; done")
+        executor.start(spec)
+        self.wait_for_line(executor, spec, "ready")
+        executor.stop("task-1", 0)
+        assert wait_until(lambda: executor.status("task-1", 0).state == "exited")
+        assert executor.status("task-1", 0).exit_code == 0
+        assert "got-term" in self.lines(executor, spec)
+
+    def test_stop_kills_after_the_grace_period(self, executor: Executor) -> None:
+        spec = self.spec("trap '' TERM; echo ready; while true; do sleep 0.1; done", stop_grace_seconds=1)
+        executor.start(spec)
+        self.wait_for_line(executor, spec, "ready")
+        started = time.monotonic()
+        executor.stop("task-1", 0)
+        assert executor.status("task-1", 0).state == "running"  # stop does not block
+        assert wait_until(lambda: executor.status("task-1", 0).state == "exited")
+        assert 0.8 <= time.monotonic() - started < 4
+        assert executor.status("task-1", 0).exit_code == 128 + signal.SIGKILL
+
+    def test_stop_is_a_no_op_unless_running(self, executor: Executor) -> None:
+        executor.stop("nothing", 0)
+        assert executor.status("nothing", 0) == InstanceStatus("absent")
+        assert executor.list_instances() == []
+        spec = self.spec("exit 4")
+        self.run_to_end(executor, spec)
+        executor.stop("task-1", 0)
+        assert executor.status("task-1", 0).exit_code == 4
+
+    def test_restarted_agent_adopts_running_instances(self, executor: Executor, tmp_path: Path) -> None:
+        duration = unique_sleep()
+        spec = self.spec(f"echo ready; sleep {duration}")
+        executor.start(spec)
+        self.wait_for_line(executor, spec, "ready")
+        pid = executor.status("task-1", 0).pid
+        restarted = self.make_executor(tmp_path)
+        assert restarted.list_instances() == [("task-1", 0)]
+        assert restarted.status("task-1", 0) == InstanceStatus("running", None, pid)
+        restarted.start(spec)  # already running: must not start a second one
+        time.sleep(0.3)
+        assert restarted.status("task-1", 0).pid == pid
+        assert len(pids_running("sleep", duration)) == 1
+        restarted.stop("task-1", 0)
+        assert wait_until(lambda: restarted.status("task-1", 0).state == "exited")
+        assert executor.status("task-1", 0).exit_code == 128 + signal.SIGTERM
+
+    def test_instance_survives_the_agent_being_killed(self, tmp_path: Path) -> None:
+        script = f"""
+import sys, time
+from pathlib import Path
+from capstan_trainer.agent.sandbox import *
+{self.spawn_source(tmp_path)}
+executor.start(InstanceSpec("task-1", 0, "sleep 1; exit 7"))
+print("started", flush=True)
+time.sleep(60)
+"""
+        with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) as agent:
+            try:
+                assert agent.stdout is not None and agent.stdout.readline() == "started\n"
+            finally:
+                agent.kill()  # the agent dies the hard way while the instance runs
+        restarted = self.make_executor(tmp_path)
+        assert restarted.status("task-1", 0).state == "running"
+        assert wait_until(lambda: restarted.status("task-1", 0).state == "exited")
+        assert restarted.status("task-1", 0).exit_code == 7
+
+    def test_remove(self, executor: Executor) -> None:
+        duration = unique_sleep()
+        running = self.spec(f"sleep {duration}", instance_index=1)
+        executor.start(running)
+        self.run_to_end(executor, self.spec("exit 0"))
+        assert sorted(executor.list_instances()) == [("task-1", 0), ("task-1", 1)]
+        with pytest.raises(RuntimeError):
+            executor.remove("task-1", 1)
+        executor.remove("task-1", 0)
+        assert executor.status("task-1", 0) == InstanceStatus("absent")
+        assert executor.list_instances() == [("task-1", 1)]
+        executor.remove("task-1", 0)  # already gone: fine
+
+
+class TestBwrapExecutor(ExecutorContract):
+    def make_executor(self, tmp_path: Path) -> Executor:
+        return BwrapExecutor(tmp_path / "instances")
+
+    def spawn_source(self, tmp_path: Path) -> str:
+        return f"executor = BwrapExecutor(Path({str(tmp_path / 'instances')!r}))"
+
+    def host_path(self, executor: Executor, task_id: str, index: int, name: str) -> Path:
+        assert isinstance(executor, BwrapExecutor)
+        return executor.instance_dir(task_id, index) / name
+
+    def test_sandbox_is_unprivileged(self, executor: Executor) -> None:
+        # bwrap run as root keeps every capability unless told to drop them.
+        spec = self.spec("grep CapEff /proc/self/status; echo x > /proc/sys/kernel/hostname || echo ro")
+        self.run_to_end(executor, spec)
+        assert self.lines(executor, spec) == ["CapEff:\t0000000000000000", "ro"]
+
+    def test_killed_runner_reports_lost(self, executor: Executor) -> None:
+        duration = unique_sleep()
+        spec = self.spec(f"sleep {duration}")
+        executor.start(spec)
+        assert wait_until(lambda: len(pids_running("sleep", duration)) == 1)
+        os.kill(executor.status("task-1", 0).pid or 0, signal.SIGKILL)
+        assert wait_until(lambda: executor.status("task-1", 0).state == "exited")
+        assert executor.status("task-1", 0).exit_code == EXIT_RUNNER_LOST
+        # --die-with-parent: the sandbox went down with its runner.
+        assert wait_until(lambda: pids_running("sleep", duration) == [])
+        assert "gone without recording an exit code" in self.records(executor, spec)[-1]["line"]
+
+    def test_refuses_to_run_without_bwrap(
+        self, executor: Executor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        (tmp_path / "empty-bin").mkdir()
+        monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))  # inherited by the runner
+        spec = self.spec("echo ran unsandboxed")
+        assert self.run_to_end(executor, spec).exit_code == EXIT_SANDBOX_UNAVAILABLE
+        assert self.lines(executor, spec) == []
+        assert "bwrap not found" in self.records(executor, spec)[0]["line"]
+
+
+def test_read_log_returns_complete_lines_only(tmp_path: Path) -> None:
+    log = tmp_path / "log.jsonl"
+    assert read_log(log) == ([], 0)
+    first = {"ts_ms": 1, "stream": "stdout", "line": "a"}
+    second = {"ts_ms": 2, "stream": "stderr", "line": "b"}
+    partial = json.dumps({"ts_ms": 3, "stream": "stdout", "line": "c"})
+    log.write_text(f"{json.dumps(first)}\n{json.dumps(second)}\n{partial[:10]}")
+    records, offset = read_log(log)
+    assert records == [first, second]
+    assert read_log(log, offset) == ([], offset)  # the half line is not returned yet
+    with log.open("a") as f:
+        f.write(partial[10:] + "\n")
+    records, end = read_log(log, offset)
+    assert records == [json.loads(partial)] and end == log.stat().st_size
+    assert read_log(log, 0, max_bytes=5)[0] == [first]  # a long line still comes back whole
+
+
+def test_spec_round_trips_and_validates() -> None:
+    spec = InstanceSpec("t-1", 2, "echo hi\necho there", {"a": [1]}, {"K": "v"}, 5, 2.0, 4.5)
+    assert InstanceSpec.from_json(spec.to_json()) == spec
+    for bad in ("../x", "a/b", "", "."):
+        with pytest.raises(ValueError):
+            InstanceSpec(bad, 0, "true")
+    with pytest.raises(ValueError):
+        InstanceSpec("t", -1, "true")
+    with pytest.raises(ValueError):
+        InstanceSpec("t", 0, "true", env={"A=B": "x"})
