@@ -32,15 +32,26 @@ def _store(attr: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
 def common_options(f: F) -> F:
     """--data-dir, --api and --json, accepted before the command (``capstan --json task list``) or after it."""
     f = click.option(
-        "--json", "json_output", is_flag=True, default=False, expose_value=False,
-        callback=_store("json_output"), help="Print JSON (for scripts).",
+        "--json",
+        "json_output",
+        is_flag=True,
+        default=False,
+        expose_value=False,
+        callback=_store("json_output"),
+        help="Print JSON (for scripts).",
     )(f)
     f = click.option(
-        "--api", metavar="URL", expose_value=False, callback=_store("api"),
+        "--api",
+        metavar="URL",
+        expose_value=False,
+        callback=_store("api"),
         help="REST API address [env CAPSTAN_API; default: DATA_DIR/run/api-url].",
     )(f)
     f = click.option(
-        "--data-dir", metavar="DIR", expose_value=False, callback=_store("data_dir"),
+        "--data-dir",
+        metavar="DIR",
+        expose_value=False,
+        callback=_store("data_dir"),
         help="The platform's data directory [env CAPSTAN_DATA_DIR; default ./.capstan].",
     )(f)
     return f

@@ -24,7 +24,7 @@ class ComponentFailed(Exception):
 async def _tcp(host: str, port: int) -> bool:
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         return False
     writer.close()
     return True
@@ -39,7 +39,7 @@ async def probe(comp: Component) -> bool:
     if comp.kind == "service":
         assert comp.grpc_addr is not None
         try:
-            return await check_health(comp.grpc_addr, timeout=1.0)
+            return bool(await check_health(comp.grpc_addr, timeout=1.0))
         except Exception:
             return False
     if comp.kind == "gateway":
@@ -69,7 +69,7 @@ async def wait_healthy(
     while left:
         results = await asyncio.gather(*(probe(c) for c, _ in left))
         still: list[tuple[Component, int]] = []
-        for (comp, pid), ok in zip(left, results):
+        for (comp, pid), ok in zip(left, results, strict=True):
             if ok:
                 report(comp, time.monotonic() - started)
             elif not procs.alive(pid, comp.match):

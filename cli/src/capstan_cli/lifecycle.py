@@ -28,6 +28,7 @@ from .platform import (
     inherited_env,
     load_env,
     load_extra_agents,
+    missing,
     nats_binary,
     process_env,
     read_text,
@@ -67,7 +68,7 @@ def start_component(paths: Paths, comp: Component, saved_env: dict[str, str]) ->
                 procs.record_pid(paths, comp.name, server.proc.pid)
             raise PlatformError(f"{e}; last lines of {comp.log_file}:\n{procs.tail(comp.log_file)}") from e
         assert server.proc is not None
-        pid = server.proc.pid
+        pid = int(server.proc.pid)
     else:
         if comp.ready_file is not None:
             comp.ready_file.unlink(missing_ok=True)
@@ -142,14 +143,28 @@ def ensure_default_rg(paths: Paths, api_url: str, token: str | None) -> str:
     return rg_id
 
 
-def up(data_dir: str, port: int, host: str, say: Say, hint_data_dir: bool = True) -> dict[str, Any]:
+def _usable(table: dict[str, Component], say: Say | None = None) -> dict[str, Component]:
+    """The table without optional components whose code is not installed (said once, when ``say``)."""
+    usable: dict[str, Component] = {}
+    for name, comp in table.items():
+        reason = missing(comp)
+        if reason is None:
+            usable[name] = comp
+        elif not comp.optional:
+            raise PlatformError(f"{name} cannot start: {reason}; run scripts/install.sh")
+        elif say is not None:
+            say(f"  {name:<16} skipped: not installed yet ({reason})")
+    return usable
+
+
+def up(data_dir: str, port: int, host: str, say: Say) -> dict[str, Any]:
     """Start whatever of the platform is not running; return a summary (api url, token path, ...)."""
     started = time.monotonic()
     paths = Paths.of(data_dir)
     paths.make()
     ports = Ports.load(paths)
     saved_rg = read_text(paths.default_rg)
-    table = components(paths, ports, saved_rg) if ports else {}
+    table = _usable(components(paths, ports, saved_rg)) if ports else {}
     running = _running(paths, table)
     if "gateway" in running and ports and (ports.http, ports.http_host) != (port, host):
         raise PlatformError(
@@ -165,40 +180,43 @@ def up(data_dir: str, port: int, host: str, say: Say, hint_data_dir: bool = True
         save_env(paths, inherited_env())
     saved_env = load_env(paths)
     say(f"Starting Capstan in {paths.root}")
-    table = components(paths, ports)
+    table = _usable(components(paths, ports), say)
     report = _report(say)
     if "nats" not in running:
         start_component(paths, table["nats"], saved_env)  # returns once nats-server listens
         report(table["nats"], time.monotonic() - started)
-    waiting: list[tuple[Component, int]] = []
-    for name in (*SERVICES, "gateway"):
-        pid = running.get(name) or start_component(paths, table[name], saved_env)
-        waiting.append((table[name], pid))
-    try:
-        asyncio.run(wait_healthy(waiting, TIMEOUT, report, started))
-    except ComponentFailed as e:
-        raise _failed(paths, e) from e
+    _start_and_wait(paths, [c for c in table.values() if c.kind != "nats"], running, saved_env, report, started)
 
     token = read_token_file(paths.admin_token, 15.0)
     if not token:
-        raise PlatformError(f"the gateway is healthy but did not write {paths.admin_token}; see {paths.log_file('gateway')}")
+        raise PlatformError(
+            f"the gateway is healthy but did not write {paths.admin_token}; see {paths.log_file('gateway')}"
+        )
     try:
         rg = ensure_default_rg(paths, ports.api_url, token)
     except ApiError as e:
         raise PlatformError(f"could not ensure the default resource group: {e.message}") from e
 
-    table = components(paths, ports, rg)
-    waiting = []
-    for name, comp in table.items():
-        if comp.kind == "agent":
-            pid = running.get(name) or start_component(paths, comp, saved_env)
-            waiting.append((comp, pid))
+    agents = [c for c in _usable(components(paths, ports, rg), say).values() if c.kind == "agent"]
+    _start_and_wait(paths, agents, running, saved_env, report, started)
+    write_atomic(paths.api_url, ports.api_url + "\n")
+    return _summary(paths, ports, rg, already=False)
+
+
+def _start_and_wait(
+    paths: Paths,
+    comps: list[Component],
+    running: dict[str, int],
+    saved_env: dict[str, str],
+    report: Callable[[Component, float], None],
+    started: float,
+) -> None:
+    """Start those of ``comps`` not running (all at once), then wait until every one is healthy."""
+    waiting = [(c, running.get(c.name) or start_component(paths, c, saved_env)) for c in comps]
     try:
         asyncio.run(wait_healthy(waiting, TIMEOUT, report, started))
     except ComponentFailed as e:
         raise _failed(paths, e) from e
-    write_atomic(paths.api_url, ports.api_url + "\n")
-    return _summary(paths, ports, rg, already=False)
 
 
 def _summary(paths: Paths, ports: Ports, rg: str, already: bool) -> dict[str, Any]:
@@ -245,7 +263,7 @@ def down(data_dir: str, say: Say) -> list[dict[str, Any]]:
         results = dict(procs.terminate([(pid, match) for _, pid, match in live], STOP_TIMEOUT))
         for name, pid, _ in live:
             killed = results.get(pid, False)
-            say(f"  stopped {name} (pid {pid}{', killed after {:.0f}s'.format(STOP_TIMEOUT) if killed else ''})")
+            say(f"  stopped {name} (pid {pid}{f', killed after {STOP_TIMEOUT:.0f}s' if killed else ''})")
             stopped.append({"name": name, "pid": pid, "killed": killed})
             _forget(paths, table.get(name), name)
         if i == 0:
@@ -292,9 +310,14 @@ def restart_component(data_dir: str, name: str, say: Say) -> int:
     table = components(paths, ports, rg)
     if name not in table:
         if name in AGENTS or name.startswith(EXTRA_AGENT_PREFIX):
-            raise PlatformError(f"{name} is not known yet: run capstan up first (it creates the default resource group)")
+            raise PlatformError(
+                f"{name} is not known yet: run capstan up first (it creates the default resource group)"
+            )
         raise PlatformError(f"unknown component {name!r}; one of: {', '.join(table)}")
     comp = table[name]
+    reason = missing(comp)
+    if reason is not None:
+        raise PlatformError(f"{name} cannot start: {reason}")
     pid = procs.running_pid(paths, comp)
     if pid is not None:
         killed = dict(procs.terminate([(pid, comp.match)], STOP_TIMEOUT)).get(pid)

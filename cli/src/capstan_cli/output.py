@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
@@ -18,9 +18,9 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     for row in cells:
         for i, v in enumerate(row):
             widths[i] = max(widths[i], len(v))
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     for row in cells:
-        lines.append("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+        lines.append("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
     return "\n".join(lines)
 
 
@@ -56,7 +56,7 @@ def parse_time(value: Any) -> datetime | None:
         t = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 def when(value: Any) -> str | None:
@@ -86,7 +86,7 @@ def since(value: Any, until: Any = None) -> str | None:
     start = parse_time(value)
     if start is None:
         return None
-    end = parse_time(until) or datetime.now(timezone.utc)
+    end = parse_time(until) or datetime.now(UTC)
     return duration((end - start).total_seconds())
 
 
@@ -97,7 +97,7 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 def time_arg(value: str, now: datetime | None = None) -> str:
     """``--since/--until``: a relative age (``90s``, ``10m``, ``2h``, ``1d``) or an ISO 8601 time,
     given to the API as an RFC 3339 UTC time."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     m = _REL.match(value.strip())
     if m:
         t = now - timedelta(seconds=float(m[1]) * _UNITS[m[2]])
@@ -105,7 +105,9 @@ def time_arg(value: str, now: datetime | None = None) -> str:
         try:
             t = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
         except ValueError as e:
-            raise click.BadParameter(f"{value!r}: use an age like 10m, 2h, 1d or a time like 2025-01-31T12:00:00Z") from e
+            raise click.BadParameter(
+                f"{value!r}: use an age like 10m, 2h, 1d or a time like 2025-01-31T12:00:00Z"
+            ) from e
         if t.tzinfo is None:
             t = t.astimezone()  # a time without zone is local time
-    return t.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")

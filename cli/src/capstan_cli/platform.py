@@ -16,6 +16,8 @@ table, so a process is described once. Everything lives under the data dir::
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import json
 import os
 import re
@@ -28,6 +30,9 @@ from typing import Literal
 from capstan_core.natsserver import free_port
 
 SERVICES: tuple[str, ...] = ("scheduler", "trainer", "registry", "inference")
+# Components the platform runs without while their package is still being built: ``up`` skips
+# them, with a warning, when their code is not installed.
+OPTIONAL: frozenset[str] = frozenset({"registry", "inference", "inference-agent"})
 AGENTS: tuple[str, ...] = ("trainer-agent", "inference-agent")
 CORE: tuple[str, ...] = ("nats", *SERVICES, "gateway")
 EXTRA_AGENT_PREFIX = "agent-"
@@ -139,15 +144,13 @@ class Ports:
 
     @classmethod
     def allocate(cls, http: int, http_host: str) -> Ports:
-        picked: set[int] = {http}
-        values: list[int] = []
-        for _ in ("nats", *SERVICES):
+        picked: dict[str, int] = {}
+        for name in ("nats", *SERVICES):
             port = free_port()
-            while port in picked:
+            while port == http or port in picked.values():
                 port = free_port()
-            picked.add(port)
-            values.append(port)
-        return cls(*values, http=http, http_host=http_host)
+            picked[name] = port
+        return cls(**picked, http=http, http_host=http_host)
 
     @classmethod
     def load(cls, paths: Paths) -> Ports | None:
@@ -192,9 +195,32 @@ class Component:
     listen: tuple[str, int] | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def optional(self) -> bool:
+        return self.name in OPTIONAL
+
+
+def missing(comp: Component) -> str | None:
+    """Why ``comp`` cannot start from this install (no executable, or its module is absent), or None."""
+    if comp.kind == "nats":
+        return None
+    exe = Path(comp.argv[0])
+    if not exe.exists():
+        return f"{exe} does not exist"
+    if os.environ.get("CAPSTAN_BIN_DIR"):
+        return None
+    for ep in importlib.metadata.entry_points(group="console_scripts", name=exe.name):
+        try:
+            spec = importlib.util.find_spec(ep.module)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None:
+            return f"its module {ep.module} is not installed"
+    return None
+
 
 def connect_host(host: str) -> str:
-    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host  # noqa: S104 - wildcard listen, reached on loopback
 
 
 def bin_dir() -> Path:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 from fastapi import FastAPI
+from nats.aio.client import Client
 
-from capstan_core.natsserver import free_port
+from capstan_core.natsserver import NatsServer, free_port
+from capstan_core.service import Service
+from capstan_core.settings import ServiceSettings
+from capstan_core.streams import EVENTS_STREAM
 from capstan_gateway import GatewaySettings, create_app
 
 
@@ -66,3 +71,65 @@ async def admin(client: httpx.AsyncClient, admin_token: str) -> httpx.AsyncClien
     """The same gateway, called with the admin token it generated."""
     client.headers["Authorization"] = f"Bearer {admin_token}"
     return client
+
+
+@dataclass
+class Platform:
+    """The real scheduler and trainer services, in this test's event loop, on a real nats-server."""
+
+    scheduler: Service
+    trainer: Service
+    nats_url: str
+
+
+@pytest.fixture
+async def platform(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Platform]:
+    from capstan_scheduler.service import DEFINITION as SCHEDULER
+    from capstan_trainer.service import DEFINITION as TRAINER
+
+    scheduler = Service(
+        SCHEDULER, ServiceSettings(data_dir=tmp_path / "s", nats_url=nats_server.url, grpc_listen="127.0.0.1:0")
+    )
+    await scheduler.start()
+    trainer = Service(
+        TRAINER,
+        ServiceSettings(
+            data_dir=tmp_path / "t",
+            nats_url=nats_server.url,
+            grpc_listen="127.0.0.1:0",
+            scheduler_addr=scheduler.address,
+        ),
+    )
+    try:
+        await trainer.start()
+        yield Platform(scheduler, trainer, nats_server.url)
+    finally:
+        await trainer.stop()
+        await scheduler.stop()
+
+
+@pytest.fixture
+def platform_settings(platform: Platform, tmp_path: Path) -> GatewaySettings:
+    return GatewaySettings(
+        data_dir=tmp_path / "gw", scheduler_addr=platform.scheduler.address, trainer_addr=platform.trainer.address
+    )
+
+
+@pytest.fixture
+async def api(platform_settings: GatewaySettings) -> AsyncIterator[httpx.AsyncClient]:
+    """An admin client of a gateway in front of the real scheduler and trainer."""
+    async with serve(create_app(platform_settings)) as c:
+        token = (platform_settings.data_dir / "admin-token").read_text()
+        c.headers["Authorization"] = f"Bearer {token}"
+        yield c
+
+
+@pytest.fixture
+async def event_count(nc: Client) -> Callable[[], Awaitable[int]]:
+    """How many events CAPSTAN_EVENTS holds now: a refused command must not change it."""
+    js = nc.jetstream()
+
+    async def count() -> int:
+        return int((await js.stream_info(EVENTS_STREAM)).state.messages)
+
+    return count

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from capstan_trainer.agent.sandbox import (
     EXIT_RUNNER_LOST,
     EXIT_SANDBOX_UNAVAILABLE,

@@ -48,8 +48,17 @@ def rg_list() -> None:
     click.echo(
         table(
             ["ID", "NAME", "NODES", "TAGS", "CREATOR", "CREATED"],
-            [[g.get("id"), g.get("name"), g.get("node_count"), g.get("tags"), g.get("creator"), when(g.get("created_at"))]
-             for g in groups],
+            [
+                [
+                    g.get("id"),
+                    g.get("name"),
+                    g.get("node_count"),
+                    g.get("tags"),
+                    g.get("creator"),
+                    when(g.get("created_at")),
+                ]
+                for g in groups
+            ],
         )
     )
 

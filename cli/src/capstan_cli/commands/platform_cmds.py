@@ -39,8 +39,11 @@ def up(port: int, host: str) -> None:
         fields(
             [
                 ("  API", summary["api_url"]),
-                ("  Admin token", f"{summary['admin_token_file']}  (capstan reads it from there; other clients: "
-                 f"export CAPSTAN_TOKEN=$(cat {summary['admin_token_file']}))"),
+                (
+                    "  Admin token",
+                    f"{summary['admin_token_file']}  (capstan reads it from there; other clients: "
+                    f"export CAPSTAN_TOKEN=$(cat {summary['admin_token_file']}))",
+                ),
                 ("  Resource group", f"{summary['default_resource_group']} (default)"),
                 ("  Logs", summary["logs"]),
             ]
@@ -98,7 +101,11 @@ def ps() -> None:
     if cfg.json_output:
         print_json(rows)
     else:
-        click.echo(table(["NAME", "PID", "RUNNING", "HEALTHY"], [[r["name"], r["pid"], r["running"], r["healthy"]] for r in rows]))
+        click.echo(
+            table(
+                ["NAME", "PID", "RUNNING", "HEALTHY"], [[r["name"], r["pid"], r["running"], r["healthy"]] for r in rows]
+            )
+        )
 
 
 @click.group()
@@ -113,7 +120,9 @@ def agent() -> None:
 @click.option("--memory", type=click.FloatRange(min=0, min_open=True), help="Memory (GiB) the node offers.")
 @click.option("--gpus", metavar="TYPE:COUNT", help="GPUs the node offers, e.g. A100:8.")
 @common_options
-def agent_start(resource_group: str | None, name: str, cpu: float | None, memory: float | None, gpus: str | None) -> None:
+def agent_start(
+    resource_group: str | None, name: str, cpu: float | None, memory: float | None, gpus: str | None
+) -> None:
     """Start one more trainer agent, detached; `capstan down` stops it and `capstan up` starts it again."""
     if gpus is not None:
         kind, sep, count = gpus.partition(":")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,7 +35,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         stream=sys.stderr,
     )
     tracing.setup_tracing("gateway")
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit_cleanly)
     asyncio.run(serve(settings, args.ready_file))
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    # uvicorn handles SIGTERM/SIGINT while serving (graceful shutdown), then re-raises the signal
+    # to the handler it found: this one, so a requested stop ends with status 0, not "killed".
+    raise SystemExit(0)
 
 
 async def serve(settings: GatewaySettings, ready_file: str | None) -> None:

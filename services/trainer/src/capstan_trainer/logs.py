@@ -56,7 +56,9 @@ async def read_logs(
     needle = keyword.lower()
     try:
         info = await sub.consumer_info()
-        pending = int(info.num_pending or 0)
+        # A push consumer may have delivered messages already: "nothing at all" is no pending
+        # and nothing delivered; otherwise read until a message says none remain after it.
+        pending = int(info.num_pending or 0) + int(info.delivered.consumer_seq or 0)
         while pending > 0 and len(lines) < limit:
             try:
                 msg = await sub.next_msg(timeout=2.0)

@@ -1,0 +1,260 @@
+"""Training tasks: submit (and wait), list, status, stop, logs."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import click
+
+from ..client import ApiClient, wait_until
+from ..common import common_options, config, json_object, number, one_of, parse_tags
+from ..logs import stream_logs
+from ..output import fields, print_json, since, table, time_arg, when
+
+TERMINAL = frozenset({"Succeeded", "Failed", "Stopped"})
+POLL_S = 1.0
+# Keep polling through a gateway or service restart (the durability tests do that).
+OUTAGE_S = 120.0
+
+
+@click.group()
+def task() -> None:
+    """Training tasks."""
+
+
+def _resources(r: dict[str, Any] | None, count: Any) -> str:
+    if not r:
+        return "-"
+    parts = [f"cpu={number(r.get('cpu') or 0)}", f"mem={number(r.get('memory_gib') or 0)}G"]
+    if r.get("gpu"):
+        parts.append(f"gpu={r.get('gpu_type') or 'any'}x{number(r['gpu'])}")
+    return " ".join(parts) + (f" x{count}" if count and count != 1 else "")
+
+
+def status_text(t: dict[str, Any]) -> str:
+    """The status, with what a person wants to know next to it (SPEC 3.2: Queued shows how long)."""
+    status = str(t.get("status") or "?")
+    if status == "Queued":
+        queued = since(t.get("queued_at") or t.get("queued_since") or t.get("created_at"))
+        extra = [f"queued {queued}"] if queued else []
+        if t.get("priority") is not None:
+            extra.append(f"P{t['priority']}")
+        if t.get("queue_position") is not None:
+            extra.append(f"position {t['queue_position']}")
+        return f"{status} ({', '.join(extra)})" if extra else status
+    if status == "Running" and t.get("started_at"):
+        return f"{status} ({since(t['started_at'])})"
+    if status in TERMINAL:
+        bits = []
+        if t.get("exit_code") is not None:
+            bits.append(f"exit code {t['exit_code']}")
+        if t.get("failure_reason"):
+            bits.append(str(t["failure_reason"]))
+        return f"{status} ({'; '.join(bits)})" if bits else status
+    return status
+
+
+@task.command("submit")
+@click.option("--name", required=True, help="Task name.")
+@click.option("--resource-group", "resource_group", metavar="ID", help="[default: the default group of `capstan up`]")
+@click.option("--command", "command_text", metavar="CMD", help="Start command (run by /bin/sh in /opt/ml/code).")
+@click.option("--command-file", type=click.Path(exists=True, dir_okay=False), help="Read the start command from F.")
+@click.option("--hyperparameters", metavar="JSON", help="A JSON object, e.g. '{\"lr\": 0.1}'.")
+@click.option("--hyperparameters-file", type=click.Path(exists=True, dir_okay=False), help="Read them from F.")
+@click.option("--cpu", type=click.FloatRange(min=0, min_open=True), default=1, show_default=True, help="CPUs per node.")
+@click.option(
+    "--memory", type=click.FloatRange(min=0, min_open=True), default=1, show_default=True, help="GiB per node."
+)
+@click.option("--gpu-type", metavar="T", help="GPU type, e.g. A100.")
+@click.option("--gpu", type=click.FloatRange(min=0), default=0, help="GPUs per node.")
+@click.option("--nodes", type=click.IntRange(min=1), default=1, show_default=True, help="Instance count.")
+@click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="A tag (repeatable).")
+@click.option("--stop-grace-seconds", type=click.IntRange(min=0), help="SIGTERM-to-SIGKILL grace on stop.")
+@click.option("--wait", is_flag=True, help="Wait until the task ends; exit 0 only if it Succeeded.")
+@common_options
+def submit(
+    name: str,
+    resource_group: str | None,
+    command_text: str | None,
+    command_file: str | None,
+    hyperparameters: str | None,
+    hyperparameters_file: str | None,
+    cpu: float,
+    memory: float,
+    gpu_type: str | None,
+    gpu: float,
+    nodes: int,
+    tags: tuple[str, ...],
+    stop_grace_seconds: int | None,
+    wait: bool,
+) -> None:
+    """Submit a training task; prints its id."""
+    command = one_of(command_text, command_file, "--command", required=True)
+    assert command is not None
+    if not command.strip():
+        raise click.BadParameter("the command is empty", param_hint="--command")
+    hp_text = one_of(hyperparameters, hyperparameters_file, "--hyperparameters", required=False)
+    if gpu_type and not gpu:
+        raise click.UsageError("--gpu-type needs --gpu N")
+    cfg = config()
+    resources: dict[str, Any] = {"cpu": number(cpu), "memory_gib": number(memory), "gpu": number(gpu)}
+    if gpu_type:
+        resources["gpu_type"] = gpu_type
+    body: dict[str, Any] = {
+        "name": name,
+        "resource_group_id": resource_group or cfg.default_resource_group(),
+        "command": command,
+        "hyperparameters": json_object(hp_text, "--hyperparameters") if hp_text is not None else {},
+        "resources": resources,
+        "instance_count": nodes,
+        "tags": parse_tags(tags),
+    }
+    if stop_grace_seconds is not None:
+        body["stop_grace_seconds"] = stop_grace_seconds
+    with cfg.client() as client:
+        created = client.post("/training-tasks", body)
+        task_id = str(created["id"])
+        if not wait:
+            print_json(created) if cfg.json_output else click.echo(task_id)
+            return
+        if not cfg.json_output:
+            click.echo(task_id)
+        final = wait_for(client, task_id)
+    if cfg.json_output:
+        print_json(final)
+    sys.exit(0 if final.get("status") == "Succeeded" else 1)
+
+
+def wait_for(client: ApiClient, task_id: str) -> dict[str, Any]:
+    """Poll until the task ends, keeping one status line up to date on stderr."""
+    tty = sys.stderr.isatty()
+    last = ""
+    try:
+        while True:
+            t = wait_until(lambda: client.get(f"/training-tasks/{task_id}"), OUTAGE_S)
+            line = f"{task_id}  {status_text(t)}"
+            if tty:
+                click.echo("\r\033[K" + line, nl=False, err=True)
+            elif str(t.get("status")) != last:
+                click.echo(line, err=True)
+            last = str(t.get("status"))
+            if last in TERMINAL:
+                if tty:
+                    click.echo("", err=True)
+                return dict(t)
+            time.sleep(POLL_S)
+    except KeyboardInterrupt:
+        click.echo(f"\nstopped waiting; the task goes on (stop it with: capstan task stop {task_id})", err=True)
+        sys.exit(130)
+
+
+@task.command("list")
+@click.option("--only-mine", is_flag=True, help="Only tasks I created.")
+@click.option("--status", metavar="STATUS", help="Only tasks in this status, e.g. Running.")
+@click.option("--resource-group", "resource_group", metavar="ID", help="Only tasks of this group.")
+@common_options
+def task_list(only_mine: bool, status: str | None, resource_group: str | None) -> None:
+    """List training tasks."""
+    cfg = config()
+    params: dict[str, Any] = {"status": status, "resource_group_id": resource_group}
+    if only_mine:
+        params["only_mine"] = True
+    with cfg.client() as client:
+        items = list(client.paginate("/training-tasks", **params))
+    if cfg.json_output:
+        print_json(items)
+        return
+    rows = [
+        [
+            t.get("id"),
+            t.get("name"),
+            status_text(t),
+            _resources(t.get("resources"), t.get("instance_count")),
+            t.get("tags") or None,
+            when(t.get("created_at")),
+            when(t.get("started_at")),
+            since(t["started_at"], t.get("ended_at")) if t.get("started_at") else None,
+        ]
+        for t in items
+    ]
+    click.echo(table(["ID", "NAME", "STATUS", "RESOURCES", "TAGS", "CREATED", "STARTED", "RUN TIME"], rows))
+
+
+@task.command("status")
+@click.argument("task_id", metavar="ID")
+@common_options
+def task_status(task_id: str) -> None:
+    """Show a task: status, exit code, instances, times."""
+    cfg = config()
+    with cfg.client() as client:
+        t = client.get(f"/training-tasks/{task_id}")
+    if cfg.json_output:
+        print_json(t)
+        return
+    click.echo(
+        fields(
+            [
+                ("id", t.get("id")),
+                ("name", t.get("name")),
+                ("status", status_text(t)),
+                ("exit code", t.get("exit_code")),
+                ("failure", t.get("failure_reason")),
+                ("resource group", t.get("resource_group_id")),
+                ("resources", _resources(t.get("resources"), t.get("instance_count"))),
+                ("tags", t.get("tags") or None),
+                ("creator", t.get("creator")),
+                ("created", when(t.get("created_at"))),
+                ("started", when(t.get("started_at"))),
+                ("ended", when(t.get("ended_at"))),
+                ("run time", since(t["started_at"], t.get("ended_at")) if t.get("started_at") else None),
+            ]
+        )
+    )
+    instances = t.get("instances") or []
+    if instances:
+        click.echo("instances:")
+        rows = [[i.get("index"), i.get("node_id"), i.get("status"), i.get("exit_code")] for i in instances]
+        click.echo("  " + table(["INDEX", "NODE", "STATUS", "EXIT CODE"], rows).replace("\n", "\n  "))
+
+
+@task.command("stop")
+@click.argument("task_id", metavar="ID")
+@common_options
+def task_stop(task_id: str) -> None:
+    """Stop a queued or running task."""
+    cfg = config()
+    with cfg.client() as client:
+        t = client.post(f"/training-tasks/{task_id}/stop")
+        if not t:
+            t = client.get(f"/training-tasks/{task_id}")
+    if cfg.json_output:
+        print_json(t)
+    else:
+        click.echo(f"{task_id}  {status_text(t)}")
+
+
+@task.command("logs")
+@click.argument("task_id", metavar="ID")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until the task has ended.")
+@click.option("--keyword", metavar="K", help="Only lines containing K.")
+@click.option("--since", "since_", metavar="T", help="From T: an age (10m, 2h, 1d) or a time (2025-01-31T12:00:00Z).")
+@click.option("--until", metavar="T", help="Up to T (same forms as --since).")
+@click.option("--instance", type=click.IntRange(min=0), metavar="I", help="Only instance I.")
+@common_options
+def task_logs(
+    task_id: str, follow: bool, keyword: str | None, since_: str | None, until: str | None, instance: int | None
+) -> None:
+    """Print a task's logs (one JSON object per line with --json)."""
+    cfg = config()
+    params: dict[str, Any] = {
+        "keyword": keyword,
+        "start": time_arg(since_) if since_ else None,
+        "end": time_arg(until) if until else None,
+        "instance": instance,
+    }
+    with cfg.client() as client:
+        t = client.get(f"/training-tasks/{task_id}")
+        prefix = instance is None and int(t.get("instance_count") or len(t.get("instances") or []) or 1) > 1
+        stream_logs(client, task_id, params, follow, prefix, cfg.json_output, ended=str(t.get("status")) in TERMINAL)

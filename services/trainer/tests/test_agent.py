@@ -1,0 +1,131 @@
+"""The training slice in-process: scheduler + trainer services and a real trainer agent running
+instances under bubblewrap, over a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from capstan_core.service import Service
+from capstan_core.settings import ServiceSettings
+from capstan_proto import common_pb2, scheduler_pb2, scheduler_pb2_grpc, trainer_pb2, trainer_pb2_grpc
+from capstan_scheduler.service import DEFINITION as SCHEDULER
+from capstan_trainer.agent.agent import TrainerAgent
+from capstan_trainer.agent.settings import AgentSettings
+from capstan_trainer.service import DEFINITION as TRAINER
+
+pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
+
+
+class Slice:
+    def __init__(self, s: Any, t: Any, agent: TrainerAgent, rg_id: str) -> None:
+        self.s, self.t, self.agent, self.rg_id = s, t, agent, rg_id
+
+    async def submit(self, command: str, **kw: Any) -> trainer_pb2.TrainingTask:
+        return await self.t.CreateTrainingTask(
+            trainer_pb2.CreateTrainingTaskRequest(
+                name=kw.pop("name", "task"), resource_group_id=self.rg_id, command=command,
+                resources=common_pb2.Resources(cpu=1, memory_gib=1), **kw,
+            )
+        )
+
+    async def get(self, task_id: str) -> trainer_pb2.TrainingTask:
+        return await self.t.GetTrainingTask(trainer_pb2.GetTrainingTaskRequest(id=task_id))
+
+    async def wait_status(self, task_id: str, statuses: tuple[str, ...], timeout: float = 30) -> trainer_pb2.TrainingTask:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            task = await self.get(task_id)
+            if task.status in statuses:
+                return task
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"task {task_id} is {task.status}, wanted {statuses}")
+            await asyncio.sleep(0.1)
+
+    async def logs(self, task_id: str, **kw: Any) -> list[trainer_pb2.LogLine]:
+        resp = await self.t.GetLogs(trainer_pb2.GetLogsRequest(task_id=task_id, instance_index=-1, **kw))
+        return list(resp.lines)
+
+
+@pytest.fixture
+async def slice_(tmp_path: Path, nats_server: Any) -> AsyncIterator[Slice]:
+    sched = Service(SCHEDULER, ServiceSettings(data_dir=tmp_path / "s", nats_url=nats_server.url))
+    await sched.start()
+    trainer = Service(TRAINER, ServiceSettings(data_dir=tmp_path / "t", nats_url=nats_server.url, scheduler_addr=sched.address))
+    await trainer.start()
+    chs, cht = grpc.aio.insecure_channel(sched.address), grpc.aio.insecure_channel(trainer.address)
+    s, t = scheduler_pb2_grpc.SchedulerStub(chs), trainer_pb2_grpc.TrainerStub(cht)
+    rg = await s.CreateResourceGroup(scheduler_pb2.CreateResourceGroupRequest(name="team"))
+    agent = TrainerAgent(
+        AgentSettings(
+            nats_url=nats_server.url, scheduler_addr=sched.address, trainer_addr=trainer.address,
+            resource_group="team", node_name="node-a", agent_dir=tmp_path / "agent", node_cpu=4, node_memory_gib=8,
+            reconcile_s=0.3,
+        )
+    )
+    await agent.start()
+    yield Slice(s, t, agent, rg.id)
+    await agent.stop()
+    for ex in agent.executor.list_instances():
+        agent.executor.stop(*ex)
+    await chs.close()
+    await cht.close()
+    await trainer.stop()
+    await sched.stop()
+
+
+async def test_task_runs_in_sandbox_succeeds_and_logs_are_searchable(slice_: Slice) -> None:
+    task = await slice_.submit(
+        'echo "cwd=$(pwd)"; cat /opt/ml/input/config/hyperparameters.json; echo; echo oops >&2; '
+        "echo done > /opt/ml/model/weights.txt",
+        hyperparameters_json='{"lr": 0.5, "epochs": 2}',
+    )
+    done = await slice_.wait_status(task.id, ("Succeeded", "Failed"))
+    assert done.status == "Succeeded" and done.exit_code == 0
+    assert done.instances[0].node_id == slice_.agent.node_id
+    lines = await slice_.logs(task.id)
+    text = [ln.line for ln in lines]
+    assert "cwd=/opt/ml/code" in text
+    assert any('"lr": 0.5' in x for x in text)
+    assert [ln.stream for ln in lines if ln.line == "oops"] == ["stderr"]
+    assert [ln.line for ln in await slice_.logs(task.id, keyword="OOPS")] == ["oops"]
+    # time range: nothing before the task existed, everything up to now
+    assert await slice_.logs(task.id, end_ms=done.created_at_ms - 60_000) == []
+    assert len(await slice_.logs(task.id, start_ms=done.created_at_ms - 1000)) == len(lines)
+    model = slice_.agent.executor.log_path(task.id, 0).parent / "model" / "weights.txt"
+    assert model.read_text().strip() == "done"
+
+
+async def test_nonzero_exit_fails_with_the_code(slice_: Slice) -> None:
+    task = await slice_.submit("echo bad; exit 7")
+    done = await slice_.wait_status(task.id, ("Succeeded", "Failed"))
+    assert done.status == "Failed" and done.exit_code == 7
+    assert "exited with code 7" in done.failure_reason
+
+
+async def test_stop_kills_the_process_tree_within_grace(slice_: Slice) -> None:
+    task = await slice_.submit(
+        "trap 'echo got-term; exit 0' TERM; sleep 1000 & while true; do sleep 0.1; done", stop_grace_seconds=5
+    )
+    await slice_.wait_status(task.id, ("Running",))
+    await slice_.t.StopTrainingTask(trainer_pb2.StopTrainingTaskRequest(id=task.id))
+    done = await slice_.wait_status(task.id, ("Stopped",), timeout=15)
+    assert done.status == "Stopped"
+    assert "got-term" in [ln.line for ln in await slice_.logs(task.id)]
+    status = slice_.agent.executor.status(task.id, 0)
+    assert status.state == "exited"
+
+
+async def test_two_instance_task_and_follow_by_sequence(slice_: Slice) -> None:
+    task = await slice_.submit('echo "rank=$RANK of $WORLD_SIZE"', instance_count=2)
+    done = await slice_.wait_status(task.id, ("Succeeded", "Failed"))
+    assert done.status == "Succeeded"
+    lines = await slice_.logs(task.id)
+    assert sorted(ln.line for ln in lines if ln.line.startswith("rank=")) == ["rank=0 of 2", "rank=1 of 2"]
+    assert await slice_.logs(task.id, after_seq=max(ln.seq for ln in lines)) == []
