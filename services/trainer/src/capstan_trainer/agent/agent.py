@@ -14,10 +14,11 @@ import grpc
 from nats.aio.client import Client as NatsClient
 
 from capstan_core import grpcutil
+from capstan_core.capacity import detect
+from capstan_core.membership import NodeMembership
 from capstan_core.service import connect_nats
 from capstan_proto import scheduler_pb2, scheduler_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 
-from .capacity import Capacity, detect
 from .sandbox import EXIT_STOPPED_BEFORE_START, BwrapExecutor, Executor, InstanceSpec
 from .settings import AgentSettings
 from .shipper import ship
@@ -31,9 +32,6 @@ class TrainerAgent:
     def __init__(self, settings: AgentSettings, executor: Executor | None = None) -> None:
         self.settings = settings
         self.executor = executor or BwrapExecutor(settings.agent_dir / "instances")
-        self.capacity: Capacity = detect(settings.node_cpu, settings.node_memory_gib, settings.node_gpus)
-        self.node_id = ""
-        self.rg_id = ""
         self._nc: NatsClient | None = None
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -41,6 +39,15 @@ class TrainerAgent:
         self._trainer_ch = grpcutil.channel(settings.trainer_addr)
         self.scheduler = scheduler_pb2_grpc.SchedulerStub(self._sched_ch)
         self.trainer = trainer_pb2_grpc.TrainerStub(self._trainer_ch)
+        self.membership = NodeMembership(
+            self.scheduler, resource_group=settings.resource_group, node_name=settings.node_name, agent_kind="trainer",
+            capacity=detect(settings.node_cpu, settings.node_memory_gib, settings.node_gpus),
+            heartbeat_s=settings.heartbeat_s,
+        )
+
+    @property
+    def node_id(self) -> str:
+        return self.membership.node_id
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -48,9 +55,9 @@ class TrainerAgent:
         self._nc = await connect_nats(self.settings.nats_url, f"trainer-agent-{self.settings.node_name}")
         # Any new event may change what this node should run: wake the reconcile loop.
         await self._nc.subscribe("capstan.evt.>", cb=self._on_event)
-        await self._join()
+        await self.membership.join()
         self._tasks = [
-            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self.membership.heartbeat_forever(), name="heartbeat"),
             asyncio.create_task(self._reconcile_loop(), name="reconcile"),
         ]
 
@@ -69,55 +76,6 @@ class TrainerAgent:
         if self._nc:
             with contextlib.suppress(Exception):
                 await self._nc.close()
-
-    async def _resolve_group(self) -> str:
-        rg = self.settings.resource_group
-        if rg.startswith("rsg-"):
-            return rg
-        token = ""
-        while True:
-            page = await self.scheduler.ListResourceGroups(
-                scheduler_pb2.ListResourceGroupsRequest(page={"page_size": 500, "page_token": token}), timeout=10
-            )
-            for item in page.items:
-                if item.name == rg:
-                    return str(item.id)
-            token = page.next_page_token
-            if not token:
-                raise LookupError(f"no resource group named {rg!r}")
-
-    async def _join(self) -> None:
-        delay = 0.2
-        while True:
-            try:
-                self.rg_id = await self._resolve_group()
-                cap = self.capacity
-                node = await self.scheduler.JoinNode(
-                    scheduler_pb2.JoinNodeRequest(
-                        resource_group_id=self.rg_id, name=self.settings.node_name, cpu=cap.cpu,
-                        memory_gib=cap.memory_gib, gpus=cap.gpus, agent_kind="trainer",
-                    ),
-                    timeout=15,
-                )
-                self.node_id = node.id
-                log.info("joined %s as node %s (%s)", self.rg_id, node.id, cap)
-                return
-            except (grpc.aio.AioRpcError, LookupError) as e:
-                reason = e.details() if isinstance(e, grpc.aio.AioRpcError) else str(e)
-                log.warning("cannot join yet (%s); retrying", reason)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
-    async def _heartbeat_loop(self) -> None:
-        while True:
-            try:
-                await self.scheduler.Heartbeat(scheduler_pb2.HeartbeatRequest(node_id=self.node_id), timeout=5)
-            except grpc.aio.AioRpcError as e:
-                if e.code() == grpc.StatusCode.NOT_FOUND:
-                    await self._join()  # the scheduler forgot us (rebuilt from an older log?): join again
-                else:
-                    log.warning("heartbeat failed: %s", e.details())
-            await asyncio.sleep(self.settings.heartbeat_s)
 
     async def _reconcile_loop(self) -> None:
         while True:

@@ -1,0 +1,1 @@
+"""Capstan inference: online services (later issues) and the inference node agent."""

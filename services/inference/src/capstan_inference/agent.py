@@ -1,0 +1,73 @@
+"""``capstan-inference-agent``: joins a resource group as an inference node and heartbeats.
+Running model-server instances comes with the online-services issue."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import socket
+import sys
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from capstan_core import grpcutil, tracing
+from capstan_core.capacity import detect
+from capstan_core.membership import NodeMembership
+from capstan_proto import scheduler_pb2_grpc
+
+
+class InferenceAgentSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CAPSTAN_", extra="ignore")
+
+    scheduler_addr: str = "127.0.0.1:50051"
+    resource_group: str = "default"
+    node_name: str = socket.gethostname() + "-inference"
+    agent_dir: Path = Path(".capstan/agents/inference")
+    node_cpu: float = 0.0
+    node_memory_gib: float = 0.0
+    node_gpus: str = ""
+    heartbeat_s: float = 2.0
+    log_level: str = "INFO"
+
+
+async def _run(settings: InferenceAgentSettings, ready_file: str | None) -> None:
+    channel = grpcutil.channel(settings.scheduler_addr)
+    membership = NodeMembership(
+        scheduler_pb2_grpc.SchedulerStub(channel), resource_group=settings.resource_group, node_name=settings.node_name,
+        agent_kind="inference", capacity=detect(settings.node_cpu, settings.node_memory_gib, settings.node_gpus),
+        heartbeat_s=settings.heartbeat_s,
+    )
+    node_id = await membership.join()
+    if ready_file:
+        tmp = Path(ready_file + ".tmp")
+        tmp.write_text(node_id)
+        tmp.replace(ready_file)
+    beat = asyncio.create_task(membership.heartbeat_forever())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    beat.cancel()
+    await channel.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="capstan-inference-agent")
+    parser.add_argument("--ready-file", help="write the node id here once joined")
+    args = parser.parse_args()
+    settings = InferenceAgentSettings()
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s inference-agent %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    tracing.setup_tracing("inference-agent")
+    asyncio.run(_run(settings, args.ready_file))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Capstan registry: models (versions, artifacts and lineage come in later issues)."""
