@@ -197,7 +197,7 @@ def up(data_dir: str, port: int, host: str, say: Say) -> dict[str, Any]:
     except ApiError as e:
         raise PlatformError(f"could not ensure the default resource group: {e.message}") from e
 
-    agents = [c for c in _usable(components(paths, ports, rg), say).values() if c.kind == "agent"]
+    agents = list(_usable({n: c for n, c in components(paths, ports, rg).items() if c.kind == "agent"}, say).values())
     _start_and_wait(paths, agents, running, saved_env, report, started)
     write_atomic(paths.api_url, ports.api_url + "\n")
     return _summary(paths, ports, rg, already=False)

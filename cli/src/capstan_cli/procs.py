@@ -41,6 +41,13 @@ def alive(pid: int, match: str | None = None) -> bool:
     """Whether ``pid`` runs and, if ``match`` is given, its command line still contains it."""
     _reap(pid)
     line = cmdline(pid)
+    # Just after exec the kernel shows an empty command line for a moment; kernel threads
+    # always do. Look again briefly before deciding it is not ours.
+    for _ in range(40):
+        if line != b"":
+            break
+        time.sleep(0.005)
+        line = cmdline(pid)
     if line is None or _zombie(pid):
         return False
     return match is None or match.encode() in line

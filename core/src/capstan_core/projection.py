@@ -54,6 +54,16 @@ def write_position(conn: Connection, name: str, position: int) -> None:
         conn.execute(stmt2.on_conflict_do_update(index_elements=["name"], set_={"position": position}))
 
 
+def _stream_seq(m: Msg) -> int:
+    """The message's stream sequence. The common reply form ``$JS.ACK.<stream>.<consumer>.
+    <delivered>.<stream seq>.<consumer seq>.<ts>.<pending>`` is split directly (``m.metadata``
+    builds four objects per message); any other form goes through nats-py."""
+    tokens = (m.reply or "").split(".")
+    if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
+        return int(tokens[5])
+    return m.metadata.sequence.stream
+
+
 def _take_buffered(sub: JetStreamContext.PushSubscription, limit: int) -> list[Msg]:
     """Up to ``limit`` messages nats-py already holds for ``sub``, taken without awaiting.
 
@@ -116,7 +126,7 @@ class ProjectionRunner:
     def _apply_batch(self, msgs: list[Msg]) -> int:
         records: list[RecordedEvent] = []
         for m in msgs:
-            seq = m.metadata.sequence.stream
+            seq = _stream_seq(m)
             if seq <= self.position:
                 continue  # duplicate delivery: already applied
             records.extend(decode_commit(seq, m.subject, m.data, m.headers))
