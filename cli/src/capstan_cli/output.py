@@ -13,7 +13,7 @@ import click
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """Plain columns separated by two spaces, each as wide as its widest cell."""
-    cells = [[_cell(v) for v in row] for row in rows]
+    cells = [[cell(v) for v in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in cells:
         for i, v in enumerate(row):
@@ -25,13 +25,13 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def fields(pairs: Sequence[tuple[str, Any]]) -> str:
-    """``key:  value`` lines, values aligned; rows whose value is None are left out."""
-    shown = [(k, _cell(v)) for k, v in pairs if v is not None]
+    """``key:  value`` lines, values aligned; rows whose value is None or "" are left out."""
+    shown = [(k, cell(v)) for k, v in pairs if v is not None and v != ""]
     width = max((len(k) for k, _ in shown), default=0) + 1
     return "\n".join(f"{(k + ':').ljust(width)}  {v}" for k, v in shown)
 
 
-def _cell(v: Any) -> str:
+def cell(v: Any) -> str:
     if v is None:
         return "-"
     if isinstance(v, bool):
@@ -39,9 +39,9 @@ def _cell(v: Any) -> str:
     if isinstance(v, float) and v.is_integer():
         return str(int(v))
     if isinstance(v, dict):
-        return ",".join(f"{k}={_cell(x)}" for k, x in v.items()) or "-"
+        return ",".join(f"{k}={cell(x)}" for k, x in v.items()) or "-"
     if isinstance(v, (list, tuple)):
-        return ",".join(_cell(x) for x in v) or "-"
+        return ",".join(cell(x) for x in v) or "-"
     return str(v)
 
 

@@ -54,7 +54,7 @@ OWNED_ENV = (
     "CAPSTAN_NODE_GPUS",
 )
 # Client-side settings of this command, meaningless to the platform's processes.
-CLIENT_ENV = ("CAPSTAN_API", "CAPSTAN_TOKEN", "CAPSTAN_BIN_DIR")
+CLIENT_ENV = ("CAPSTAN_API", "CAPSTAN_TOKEN")
 AGENT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 Kind = Literal["nats", "service", "gateway", "agent"]
@@ -207,8 +207,6 @@ def missing(comp: Component) -> str | None:
     exe = Path(comp.argv[0])
     if not exe.exists():
         return f"{exe} does not exist"
-    if os.environ.get("CAPSTAN_BIN_DIR"):
-        return None
     for ep in importlib.metadata.entry_points(group="console_scripts", name=exe.name):
         try:
             spec = importlib.util.find_spec(ep.module)
@@ -225,8 +223,7 @@ def connect_host(host: str) -> str:
 
 def bin_dir() -> Path:
     """The platform's executables sit next to this interpreter (the virtualenv's bin)."""
-    override = os.environ.get("CAPSTAN_BIN_DIR")  # tests point this at stand-in executables
-    return Path(override) if override else Path(sys.executable).parent
+    return Path(sys.executable).parent
 
 
 def nats_binary() -> str:

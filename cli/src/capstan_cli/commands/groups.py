@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from ..common import common_options, config, json_object, parse_tags
-from ..output import fields, print_json, since, table, when
+from ..output import cell, fields, print_json, since, table, when
 
 
 @click.group("rg")
@@ -89,11 +89,16 @@ def rg_get(group_id: str) -> None:
     )
 
 
-def _gpus(v: Any) -> Any:
-    if isinstance(v, list):  # [{"type": "A100", "count": 8}] or ["A100", ...]
-        parts = [f"{x.get('type', '?')}:{x.get('count', 1)}" if isinstance(x, dict) else str(x) for x in v]
-        return ",".join(parts) or None
-    return v or None
+def _used(used: Any, total: Any) -> str:
+    return f"{cell(used or 0)}/{cell(total or 0)}"
+
+
+def _gpus(total: Any, used: Any) -> str | None:
+    """``A100 2/8`` per card type: allocated / offered."""
+    if not isinstance(total, dict) or not total:
+        return None
+    used = used if isinstance(used, dict) else {}
+    return ",".join(f"{kind} {_used(used.get(kind), count)}" for kind, count in sorted(total.items()))
 
 
 @click.command()
@@ -114,13 +119,13 @@ def nodes(resource_group: str | None) -> None:
             n.get("resource_group_id"),
             n.get("agent_kind"),
             n.get("state"),
-            n.get("cpu"),
-            n.get("memory_gib"),
-            _gpus(n.get("gpus")),
-            n.get("allocated") or None,
+            _used((n.get("allocated") or {}).get("cpu"), n.get("cpu")),
+            _used((n.get("allocated") or {}).get("memory_gib"), n.get("memory_gib")),
+            _gpus(n.get("gpus"), (n.get("allocated") or {}).get("gpus")),
             f"{since(n['last_heartbeat_at'])} ago" if n.get("last_heartbeat_at") else None,
         ]
         for n in items
     ]
-    headers = ["ID", "NAME", "GROUP", "KIND", "STATE", "CPU", "MEMORY_GIB", "GPUS", "ALLOCATED", "HEARTBEAT"]
+    # Resources read allocated/offered.
+    headers = ["ID", "NAME", "GROUP", "KIND", "STATE", "CPU", "MEMORY_GIB", "GPUS", "HEARTBEAT"]
     click.echo(table(headers, rows))

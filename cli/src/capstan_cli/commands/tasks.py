@@ -71,7 +71,9 @@ def status_text(t: dict[str, Any]) -> str:
 @click.option("--gpu", type=click.FloatRange(min=0), default=0, help="GPUs per node.")
 @click.option("--nodes", type=click.IntRange(min=1), default=1, show_default=True, help="Instance count.")
 @click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="A tag (repeatable).")
-@click.option("--stop-grace-seconds", type=click.IntRange(min=0), help="SIGTERM-to-SIGKILL grace on stop.")
+@click.option(
+    "--stop-grace-seconds", type=click.IntRange(min=1), help="SIGTERM-to-SIGKILL grace on stop [API default 30]."
+)
 @click.option("--wait", is_flag=True, help="Wait until the task ends; exit 0 only if it Succeeded.")
 @common_options
 def submit(
