@@ -39,3 +39,17 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'db.sqlite'}"
     server: PostgresServer = request.getfixturevalue("pg_server")
     return server.create_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_urls(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A factory of fresh, separate databases (one per service), on SQLite and on PostgreSQL."""
+    counter = iter(range(1000))
+
+    def make() -> str:
+        if request.param == "sqlite":
+            return f"sqlite:///{tmp_path / f'db{next(counter)}.sqlite'}"
+        server: PostgresServer = request.getfixturevalue("pg_server")
+        return server.create_database()
+
+    return make

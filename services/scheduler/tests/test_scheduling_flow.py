@@ -27,10 +27,13 @@ async def _until(fn, timeout: float = 10.0):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-async def services(tmp_path: Path, nats_server):  # type: ignore[no-untyped-def]
-    sched = Service(SCHEDULER, ServiceSettings(data_dir=tmp_path / "s", nats_url=nats_server.url))
+async def services(tmp_path: Path, nats_server, database_urls):  # type: ignore[no-untyped-def]
+    """Scheduler and trainer, each on its own database: every test here runs on SQLite and on PostgreSQL."""
+    sched = Service(SCHEDULER, ServiceSettings(data_dir=tmp_path / "s", nats_url=nats_server.url, database_url=database_urls()))
     await sched.start()
-    trainer = Service(TRAINER, ServiceSettings(data_dir=tmp_path / "t", nats_url=nats_server.url, scheduler_addr=sched.address))
+    trainer = Service(TRAINER, ServiceSettings(
+        data_dir=tmp_path / "t", nats_url=nats_server.url, scheduler_addr=sched.address, database_url=database_urls()
+    ))
     await trainer.start()
     ch_s = grpc.aio.insecure_channel(sched.address)
     ch_t = grpc.aio.insecure_channel(trainer.address)

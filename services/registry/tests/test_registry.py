@@ -1,0 +1,62 @@
+"""Registry service over a real nats-server, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from capstan_core.service import Service
+from capstan_core.settings import ServiceSettings
+from capstan_core.streams import EVENTS_STREAM
+from capstan_proto import common_pb2, registry_pb2, registry_pb2_grpc
+from capstan_registry.service import DEFINITION
+
+
+@pytest.fixture
+async def registry(tmp_path: Path, nats_server: Any, database_url: str) -> AsyncIterator[tuple[Service, Any]]:
+    svc = Service(DEFINITION, ServiceSettings(data_dir=tmp_path, nats_url=nats_server.url, database_url=database_url))
+    await svc.start()
+    ch = grpc.aio.insecure_channel(svc.address)
+    yield svc, registry_pb2_grpc.RegistryStub(ch)
+    await ch.close()
+    await svc.stop()
+
+
+async def _events(svc: Service) -> int:
+    assert svc.ctx is not None
+    return int((await svc.ctx.js.stream_info(EVENTS_STREAM)).state.messages)
+
+
+async def test_create_get_list_paginated(registry: tuple[Service, Any]) -> None:
+    _, stub = registry
+    a = await stub.CreateModel(registry_pb2.CreateModelRequest(name="llama-tiny", description="d", tags={"k": "v"}, creator="bob"))
+    b = await stub.CreateModel(registry_pb2.CreateModelRequest(name="bert.small"))
+    assert (await stub.GetModel(registry_pb2.GetModelRequest(id=a.id))).tags == {"k": "v"}
+    p1 = await stub.ListModels(registry_pb2.ListModelsRequest(page=common_pb2.PageRequest(page_size=1)))
+    p2 = await stub.ListModels(registry_pb2.ListModelsRequest(page=common_pb2.PageRequest(page_size=1, page_token=p1.next_page_token)))
+    assert p1.total == 2 and sorted(m.id for m in [*p1.items, *p2.items]) == sorted([a.id, b.id])
+    assert p2.next_page_token == ""
+
+
+async def test_idempotent_create_and_refusals_append_nothing(registry: tuple[Service, Any]) -> None:
+    svc, stub = registry
+    req = registry_pb2.CreateModelRequest(name="m1", creator="bob", idempotency_key="k1")
+    first = await stub.CreateModel(req)
+    count = await _events(svc)
+    assert (await stub.CreateModel(req)).id == first.id
+    for bad, code in [
+        (registry_pb2.CreateModelRequest(name="m1"), grpc.StatusCode.ALREADY_EXISTS),
+        (registry_pb2.CreateModelRequest(name="-bad"), grpc.StatusCode.INVALID_ARGUMENT),
+        (registry_pb2.CreateModelRequest(name="x" * 200), grpc.StatusCode.INVALID_ARGUMENT),
+    ]:
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await stub.CreateModel(bad)
+        assert e.value.code() == code and e.value.details()
+    assert await _events(svc) == count
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await stub.GetModel(registry_pb2.GetModelRequest(id="model-nope"))
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
