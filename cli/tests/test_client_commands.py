@@ -73,7 +73,9 @@ def test_token_from_env(runner: CliRunner, fake_api: FakeApi, data_dir: Path, mo
 
 def test_rg_create(runner: CliRunner, fake_api: FakeApi, data_dir: Path) -> None:
     fake_api.on("POST", "/api/v1/resource-groups", lambda r: (201, {"id": "rsg-new", **r.body}))
-    result = run(runner, fake_api, data_dir, "rg", "create", "team-a", "--tag", "team=a", "--policy", '{"Version": "1.0"}')
+    result = run(
+        runner, fake_api, data_dir, "rg", "create", "team-a", "--tag", "team=a", "--policy", '{"Version": "1.0"}'
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout == "rsg-new\n"
     assert fake_api.requests[0].body == {"name": "team-a", "tags": {"team": "a"}, "policy": {"Version": "1.0"}}
@@ -118,7 +120,9 @@ def _task(status: str, **extra: Any) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def test_submit_sends_the_task_and_prints_its_id(runner: CliRunner, fake_api: FakeApi, data_dir: Path, tmp_path: Path) -> None:
+def test_submit_sends_the_task_and_prints_its_id(
+    runner: CliRunner, fake_api: FakeApi, data_dir: Path, tmp_path: Path
+) -> None:
     fake_api.on("POST", "/api/v1/training-tasks", (201, _task("Submitting")))
     hp = tmp_path / "hp.json"
     hp.write_text('{"lr": 0.1}')
@@ -169,7 +173,10 @@ def test_status_shows_instances(runner: CliRunner, fake_api: FakeApi, data_dir: 
 
 def test_logs_pages_with_after_seq_and_passes_filters(runner: CliRunner, fake_api: FakeApi, data_dir: Path) -> None:
     fake_api.on("GET", "/api/v1/training-tasks/train-1", (200, _task("Succeeded")))
-    lines = [{"time": "2025-01-01T00:00:00Z", "instance": 0, "stream": "stdout", "line": f"l{i}", "seq": i} for i in (1, 2, 3)]
+    lines = [
+        {"time": "2025-01-01T00:00:00Z", "instance": 0, "stream": "stdout", "line": f"l{i}", "seq": i}
+        for i in (1, 2, 3)
+    ]
 
     def logs(r: Request) -> tuple[int, Any]:
         after = int(r.query.get("after_seq", 0))
@@ -177,7 +184,20 @@ def test_logs_pages_with_after_seq_and_passes_filters(runner: CliRunner, fake_ap
         return 200, {"lines": page, "last_seq": page[-1]["seq"] if page else after}
 
     fake_api.on("GET", "/api/v1/training-tasks/train-1/logs", logs)
-    result = run(runner, fake_api, data_dir, "task", "logs", "train-1", "--keyword", "l", "--instance", "0", "--since", "2025-01-01T00:00:00Z")
+    result = run(
+        runner,
+        fake_api,
+        data_dir,
+        "task",
+        "logs",
+        "train-1",
+        "--keyword",
+        "l",
+        "--instance",
+        "0",
+        "--since",
+        "2025-01-01T00:00:00Z",
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout == "l1\nl2\nl3\n"
     q = [r.query for r in fake_api.requests if r.path.endswith("/logs")]
@@ -191,7 +211,9 @@ def test_logs_follow_until_the_task_ends(runner: CliRunner, fake_api: FakeApi, d
     def task(r: Request) -> tuple[int, Any]:
         if len(produced) < 4:  # the task writes one line between two polls of its status, four in all
             n = len(produced)
-            produced.append({"time": "2025-01-01T00:00:00Z", "instance": n % 2, "stream": "stdout", "line": f"n{n}", "seq": n + 1})
+            produced.append(
+                {"time": "2025-01-01T00:00:00Z", "instance": n % 2, "stream": "stdout", "line": f"n{n}", "seq": n + 1}
+            )
         return 200, _task("Running" if len(produced) < 4 else "Succeeded", instance_count=2)
 
     def logs(r: Request) -> tuple[int, Any]:

@@ -93,7 +93,11 @@ def test_extra_agents_declare_capacity(paths: Paths, ports: Ports) -> None:
     assert a.argv[0] == str(BIN / "capstan-trainer-agent")
     assert a.env["CAPSTAN_RESOURCE_GROUP"] == "rsg-2"
     assert a.env["CAPSTAN_NODE_NAME"] == "gpu1"
-    assert (a.env["CAPSTAN_NODE_CPU"], a.env["CAPSTAN_NODE_MEMORY_GIB"], a.env["CAPSTAN_NODE_GPUS"]) == ("8", "64", "A100:8")
+    assert (a.env["CAPSTAN_NODE_CPU"], a.env["CAPSTAN_NODE_MEMORY_GIB"], a.env["CAPSTAN_NODE_GPUS"]) == (
+        "8",
+        "64",
+        "A100:8",
+    )
     assert stop_order(table)[0] == ["trainer-agent", "inference-agent", "agent-gpu1"]
     assert stop_order(table)[1:] == [["gateway"], list(SERVICES), ["nats"]]
 

@@ -13,27 +13,21 @@ from . import procs
 from .client import ApiClient, ApiError, read_token_file, wait_until
 from .health import ComponentFailed, all_healthy, wait_healthy
 from .platform import (
-    AGENT_NAME_RE,
     AGENTS,
-    CORE,
     EXTRA_AGENT_PREFIX,
     SERVICES,
     Component,
-    ExtraAgent,
     Paths,
     PlatformError,
     Ports,
     components,
-    extra_agent_component,
     inherited_env,
     load_env,
-    load_extra_agents,
     missing,
     nats_binary,
     process_env,
     read_text,
     save_env,
-    save_extra_agents,
     stop_order,
     write_atomic,
 )
@@ -44,11 +38,11 @@ STOP_TIMEOUT = 10.0
 DEFAULT_RG = "default"
 
 
-def _report(say: Say) -> Callable[[Component, float], None]:
+def progress(say: Say) -> Callable[[Component, float], None]:
     return lambda comp, elapsed: say(f"  {comp.name:<16} healthy  ({elapsed:.1f}s)")
 
 
-def _failed(paths: Paths, e: ComponentFailed, hint: bool = True) -> PlatformError:
+def startup_error(paths: Paths, e: ComponentFailed, hint: bool = True) -> PlatformError:
     log = e.component.log_file
     msg = f"{e.component.name} {e.reason}; last lines of {log}:\n{procs.tail(log)}"
     if hint:
@@ -60,6 +54,9 @@ def start_component(paths: Paths, comp: Component, saved_env: dict[str, str]) ->
     """Start one component detached and record its pid; nats-server through capstan_core's NatsServer."""
     if comp.kind == "nats":
         assert comp.listen is not None
+        link = paths.logs / "nats.log"  # every log under DIR/logs, nats-server's included
+        if not link.is_symlink() and not link.exists():
+            link.symlink_to(comp.log_file)
         server = NatsServer(dir=paths.nats, port=comp.listen[1], binary=nats_binary())
         try:
             server.start(detach=True)
@@ -181,7 +178,7 @@ def up(data_dir: str, port: int, host: str, say: Say) -> dict[str, Any]:
     saved_env = load_env(paths)
     say(f"Starting Capstan in {paths.root}")
     table = _usable(components(paths, ports), say)
-    report = _report(say)
+    report = progress(say)
     if "nats" not in running:
         start_component(paths, table["nats"], saved_env)  # returns once nats-server listens
         report(table["nats"], time.monotonic() - started)
@@ -216,7 +213,7 @@ def _start_and_wait(
     try:
         asyncio.run(wait_healthy(waiting, TIMEOUT, report, started))
     except ComponentFailed as e:
-        raise _failed(paths, e) from e
+        raise startup_error(paths, e) from e
 
 
 def _summary(paths: Paths, ports: Ports, rg: str, already: bool) -> dict[str, Any]:
@@ -259,13 +256,13 @@ def down(data_dir: str, say: Say) -> list[dict[str, Any]]:
                 live.append((name, pid, match))
             else:
                 say(f"  {name} was not running (stale pid {pid})")
-                _forget(paths, table.get(name), name)
+                forget(paths, table.get(name), name)
         results = dict(procs.terminate([(pid, match) for _, pid, match in live], STOP_TIMEOUT))
         for name, pid, _ in live:
             killed = results.get(pid, False)
             say(f"  stopped {name} (pid {pid}{f', killed after {STOP_TIMEOUT:.0f}s' if killed else ''})")
             stopped.append({"name": name, "pid": pid, "killed": killed})
-            _forget(paths, table.get(name), name)
+            forget(paths, table.get(name), name)
         if i == 0:
             stopped.extend(_stop_runners(paths, say))
     if not stopped:
@@ -273,7 +270,7 @@ def down(data_dir: str, say: Say) -> list[dict[str, Any]]:
     return stopped
 
 
-def _forget(paths: Paths, comp: Component | None, name: str) -> None:
+def forget(paths: Paths, comp: Component | None, name: str) -> None:
     paths.pid_file(name).unlink(missing_ok=True)
     if comp is not None and comp.ready_file is not None:
         comp.ready_file.unlink(missing_ok=True)
@@ -295,7 +292,7 @@ def _stop_runners(paths: Paths, say: Say) -> list[dict[str, Any]]:
     return out
 
 
-def _load_platform(paths: Paths) -> Ports:
+def saved_ports(paths: Paths) -> Ports:
     ports = Ports.load(paths)
     if ports is None:
         raise PlatformError(f"no platform was started in {paths.root} (no {paths.ports}); run capstan up first")
@@ -305,7 +302,7 @@ def _load_platform(paths: Paths) -> Ports:
 def restart_component(data_dir: str, name: str, say: Say) -> int:
     """Stop ``name`` if it runs, start it again with the saved ports and environment, wait until healthy."""
     paths = Paths.of(data_dir)
-    ports = _load_platform(paths)
+    ports = saved_ports(paths)
     rg = read_text(paths.default_rg)
     table = components(paths, ports, rg)
     if name not in table:
@@ -329,63 +326,7 @@ def restart_component(data_dir: str, name: str, say: Say) -> int:
     started = time.monotonic()
     pid = start_component(paths, comp, load_env(paths))
     try:
-        asyncio.run(wait_healthy([(comp, pid)], TIMEOUT, _report(say), started))
+        asyncio.run(wait_healthy([(comp, pid)], TIMEOUT, progress(say), started))
     except ComponentFailed as e:
-        raise _failed(paths, e, hint=False) from e
+        raise startup_error(paths, e, hint=False) from e
     return pid
-
-
-def agent_start(
-    data_dir: str,
-    name: str,
-    resource_group: str | None,
-    cpu: float | None,
-    memory_gib: float | None,
-    gpus: str | None,
-    say: Say,
-) -> dict[str, Any]:
-    """Start one more trainer agent on this machine, recorded so ``down`` stops it and ``up`` restarts it."""
-    if not AGENT_NAME_RE.match(name):
-        raise PlatformError(f"invalid agent name {name!r}: use letters, digits, '.', '_' and '-'")
-    paths = Paths.of(data_dir)
-    ports = _load_platform(paths)
-    if procs.running_pid(paths, components(paths, ports)["nats"]) is None:
-        raise PlatformError(f"the platform in {paths.root} is not running; run capstan up first")
-    rg = resource_group or read_text(paths.default_rg)
-    if not rg:
-        raise PlatformError("no --resource-group given and no default resource group; run capstan up first")
-    agent = ExtraAgent(name=name, resource_group=rg, cpu=cpu, memory_gib=memory_gib, gpus=gpus)
-    comp = extra_agent_component(paths, ports, agent)
-    pid = procs.running_pid(paths, comp)
-    if pid is not None:
-        raise PlatformError(f"agent {name} is already running (pid {pid}); stop it with capstan agent stop {name}")
-    agents = load_extra_agents(paths)
-    agents[name] = agent
-    save_extra_agents(paths, agents)
-    started = time.monotonic()
-    pid = start_component(paths, comp, load_env(paths))
-    try:
-        asyncio.run(wait_healthy([(comp, pid)], TIMEOUT, _report(say), started))
-    except ComponentFailed as e:
-        raise _failed(paths, e, hint=False) from e
-    assert comp.ready_file is not None
-    return {"name": name, "node_id": read_text(comp.ready_file), "pid": pid, "resource_group": rg}
-
-
-def agent_stop(data_dir: str, name: str, say: Say) -> None:
-    paths = Paths.of(data_dir)
-    agents = load_extra_agents(paths)
-    if name not in agents:
-        raise PlatformError(f"no agent named {name!r} was started with capstan agent start in {paths.root}")
-    ports = Ports.load(paths) or Ports(0, 0, 0, 0, 0, 0)
-    comp = extra_agent_component(paths, ports, agents[name])
-    pid = procs.running_pid(paths, comp)
-    if pid is not None:
-        procs.terminate([(pid, comp.match)], STOP_TIMEOUT)
-        say(f"  stopped agent {name} (pid {pid})")
-    _forget(paths, comp, comp.name)
-    del agents[name]
-    save_extra_agents(paths, agents)
-
-
-__all__ = ["CORE", "PlatformError", "agent_start", "agent_stop", "down", "restart_component", "up"]

@@ -57,6 +57,7 @@ def stream_configs() -> list[StreamConfig]:
 async def ensure_streams(js: JetStreamContext) -> None:
     """Create the streams if missing (idempotent; every service may call it at start)."""
     for cfg in stream_configs():
+        assert cfg.name is not None
         try:
             await js.stream_info(cfg.name)
         except NotFoundError:

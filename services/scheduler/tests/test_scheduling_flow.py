@@ -117,3 +117,49 @@ async def test_stop_while_queued_and_unknown_group_rejected(services) -> None:  
 
 async def _eq(coro, value) -> bool:  # type: ignore[no-untyped-def]
     return (await coro) == value
+
+
+async def test_silent_node_turns_abnormal_and_back(services) -> None:  # type: ignore[no-untyped-def]
+    from capstan_core.clock import FixedClock
+
+    sched, trainer, s, t = services
+    clock = FixedClock()
+    sched.app.clock = clock
+    sched.app.liveness.started_ms = clock.now_ms()
+    rg = await s.CreateResourceGroup(scheduler_pb2.CreateResourceGroupRequest(name="g"))
+    node = await s.JoinNode(scheduler_pb2.JoinNodeRequest(resource_group_id=rg.id, name="n1", cpu=2, memory_gib=4, agent_kind="trainer"))
+    clock.advance(10_000)
+    await sched.app.mark_silent_nodes_abnormal()
+    assert sched.app.get_node(node.id)["state"] == "Running"
+    clock.advance(6_000)
+    await sched.app.mark_silent_nodes_abnormal()
+    await _until(lambda: _eq(_state(s, node.id), "Abnormal"))
+    assert (await s.Heartbeat(scheduler_pb2.HeartbeatRequest(node_id=node.id))).state == "Running"
+    assert await _state(s, node.id) == "Running"
+
+
+async def test_invalid_policy_names_the_field_and_appends_nothing(services) -> None:  # type: ignore[no-untyped-def]
+    sched, trainer, s, t = services
+    before = (await sched.ctx.js.stream_info("CAPSTAN_EVENTS")).state.messages
+    for policy, needle in [
+        ('{"ResourceRule": {"DefaultQueue": 5}}', "ResourceRule.DefaultQueue must be 0, 1 or 2"),
+        ('{"ResourceRule": {"DefaultPriority": "high"}}', "ResourceRule.DefaultPriority"),
+        ('{"TaskRules": [{"AttrRules": [], "ScheduleRule": {"Priority": 1}}]}', "TaskRules[0].AttrRules"),
+        ("[1, 2]", "policy must be a JSON object"),
+        ("{not json", "policy is not valid JSON"),
+    ]:
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await s.CreateResourceGroup(scheduler_pb2.CreateResourceGroupRequest(name="g", policy_json=policy))
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and needle in (e.value.details() or ""), e.value.details()
+    for name in ("", "-x", "a" * 61, "has space"):
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await s.CreateResourceGroup(scheduler_pb2.CreateResourceGroupRequest(name=name))
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (await sched.ctx.js.stream_info("CAPSTAN_EVENTS")).state.messages == before
+    ok = await s.CreateResourceGroup(scheduler_pb2.CreateResourceGroupRequest(name="训练-组_1", policy_json='{"ResourceRule": {"DefaultQueue": 2}}'))
+    assert '"DefaultQueue": 2' in ok.policy_json
+
+
+async def _state(s, node_id):  # type: ignore[no-untyped-def]
+    nodes = await s.ListNodes(scheduler_pb2.ListNodesRequest())
+    return next(n.state for n in nodes.items if n.id == node_id)

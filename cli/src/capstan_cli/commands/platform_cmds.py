@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from .. import lifecycle, procs
+from .. import agents, lifecycle, procs
 from ..common import common_options, config, number, say_for
 from ..health import probe
 from ..output import fields, print_json, table
@@ -129,7 +129,7 @@ def agent_start(
         if not sep or not kind or not count.isdigit() or int(count) < 1:
             raise click.BadParameter(f"{gpus!r}: use TYPE:COUNT, e.g. A100:8", param_hint="--gpus")
     cfg = config()
-    result = lifecycle.agent_start(
+    result = agents.agent_start(
         str(cfg.paths.root),
         name,
         resource_group,
@@ -150,4 +150,4 @@ def agent_start(
 def agent_stop(name: str) -> None:
     """Stop an agent started with `capstan agent start` and forget it."""
     cfg = config()
-    lifecycle.agent_stop(str(cfg.paths.root), name, say_for(cfg))
+    agents.agent_stop(str(cfg.paths.root), name, say_for(cfg))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -123,13 +124,12 @@ class SchedulerApp:
         for node_id in running:
             seen = self.liveness.last_seen_ms.get(node_id, self.liveness.started_ms)
             if now - seen > self.abnormal_after_ms:
+                reason = f"no heartbeat for {(now - seen) // 1000}s"
                 await execute(
                     self.ctx.store,
                     event_subject(NODE, node_id),
                     fold_node,
-                    lambda n, nid=node_id, silent_s=(now - seen) // 1000: decide_node_state(
-                        n, node_id=nid, state="Abnormal", reason=f"no heartbeat for {silent_s}s", now_ms=now
-                    ),
+                    functools.partial(decide_node_state, node_id=node_id, state="Abnormal", reason=reason, now_ms=now),
                 )
 
     # -- queries ---------------------------------------------------------------------
@@ -148,7 +148,7 @@ class SchedulerApp:
             rows = conn.execute(
                 select(resource_groups).order_by(resource_groups.c.created_at_ms, resource_groups.c.id).limit(size).offset(offset)
             ).mappings().all()
-            counts = dict(
+            counts: dict[str, int] = dict(
                 conn.execute(select(nodes.c.resource_group_id, func.count()).group_by(nodes.c.resource_group_id)).all()
             )
         items = [{**r, "node_count": int(counts.get(r["id"], 0))} for r in rows]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import json
 from typing import Any
 
@@ -109,7 +110,7 @@ class TrainerApp:
             tid = r["id"]
             await execute(
                 self.ctx.store, self._subject(tid), fold,
-                lambda t, tid=tid, status=status, reason=reason: decide_end(t, task_id=tid, status=status, reason=reason, now_ms=now),
+                functools.partial(decide_end, task_id=tid, status=status, reason=reason, now_ms=now),
             )
 
     # -- queries ---------------------------------------------------------------------

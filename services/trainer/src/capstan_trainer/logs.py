@@ -46,7 +46,7 @@ async def read_logs(
     if after_seq:
         cfg = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after_seq + 1)
     elif start_ms:
-        start = datetime.fromtimestamp(start_ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
+        start = datetime.fromtimestamp(start_ms / 1000, tz=UTC)
         cfg = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start)
     else:
         cfg = ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
@@ -58,7 +58,8 @@ async def read_logs(
         info = await sub.consumer_info()
         # A push consumer may have delivered messages already: "nothing at all" is no pending
         # and nothing delivered; otherwise read until a message says none remain after it.
-        pending = int(info.num_pending or 0) + int(info.delivered.consumer_seq or 0)
+        delivered = info.delivered.consumer_seq if info.delivered else 0
+        pending = int(info.num_pending or 0) + int(delivered or 0)
         while pending > 0 and len(lines) < limit:
             try:
                 msg = await sub.next_msg(timeout=2.0)
