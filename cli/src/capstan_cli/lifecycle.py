@@ -141,17 +141,12 @@ def ensure_default_rg(paths: Paths, api_url: str, token: str | None) -> str:
 
 
 def _usable(table: dict[str, Component], say: Say | None = None) -> dict[str, Component]:
-    """The table without optional components whose code is not installed (said once, when ``say``)."""
-    usable: dict[str, Component] = {}
+    """The table, once every component's code is known to be installed."""
     for name, comp in table.items():
         reason = missing(comp)
-        if reason is None:
-            usable[name] = comp
-        elif not comp.optional:
+        if reason is not None:
             raise PlatformError(f"{name} cannot start: {reason}; run scripts/install.sh")
-        elif say is not None:
-            say(f"  {name:<16} skipped: not installed yet ({reason})")
-    return usable
+    return table
 
 
 def up(data_dir: str, port: int, host: str, say: Say) -> dict[str, Any]:

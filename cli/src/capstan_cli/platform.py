@@ -32,7 +32,6 @@ from capstan_core.natsserver import free_port
 SERVICES: tuple[str, ...] = ("scheduler", "trainer", "registry", "inference")
 # Components the platform runs without while their package is still being built: ``up`` skips
 # them, with a warning, when their code is not installed.
-OPTIONAL: frozenset[str] = frozenset({"registry", "inference", "inference-agent"})
 AGENTS: tuple[str, ...] = ("trainer-agent", "inference-agent")
 CORE: tuple[str, ...] = ("nats", *SERVICES, "gateway")
 EXTRA_AGENT_PREFIX = "agent-"
@@ -194,10 +193,6 @@ class Component:
     health_url: str | None = None
     listen: tuple[str, int] | None = None
     extra: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def optional(self) -> bool:
-        return self.name in OPTIONAL
 
 
 def missing(comp: Component) -> str | None:

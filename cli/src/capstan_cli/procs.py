@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -144,3 +145,18 @@ def tail(path: Path, lines: int = 30) -> str:
         return f"(no log at {path})"
     text = data.decode(errors="replace").splitlines()[-lines:]
     return "\n".join(text)
+
+
+@contextlib.contextmanager
+def exclusive(paths: Paths, say: Callable[[str], None]) -> Iterator[None]:
+    """One up/down/restart/agent command at a time per data dir (a second one waits its turn)."""
+    if not paths.run.is_dir():
+        yield
+        return
+    with open(paths.run / "lock", "w") as f:  # not inherited by what we start (O_CLOEXEC)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(f"waiting for another capstan command working on {paths.root} ...")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield

@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from capstan_core.capacity import parse_gpus
+
 from .. import agents, lifecycle, procs
 from ..common import common_options, config, number, say_for
 from ..health import probe
@@ -28,7 +30,9 @@ def up(port: int, host: str) -> None:
     """Start the platform (nats-server, services, gateway, one trainer and one inference agent) in the background."""
     cfg = config()
     paths = cfg.paths
-    summary = lifecycle.up(str(paths.root), port, host, say_for(cfg))
+    paths.make()
+    with procs.exclusive(paths, say_for(cfg)):
+        summary = lifecycle.up(str(paths.root), port, host, say_for(cfg))
     if cfg.json_output:
         print_json(summary)
         return
@@ -58,7 +62,8 @@ def up(port: int, host: str) -> None:
 def down() -> None:
     """Stop everything `capstan up` started in the data dir (agents, instance runners, gateway, services, nats)."""
     cfg = config()
-    stopped = lifecycle.down(str(cfg.paths.root), say_for(cfg))
+    with procs.exclusive(cfg.paths, say_for(cfg)):
+        stopped = lifecycle.down(str(cfg.paths.root), say_for(cfg))
     if cfg.json_output:
         print_json({"stopped": stopped})
 
@@ -73,7 +78,8 @@ def restart_component(name: str) -> None:
     inference-agent, or agent-<name> for an agent added with `capstan agent start`.
     """
     cfg = config()
-    pid = lifecycle.restart_component(str(cfg.paths.root), name, say_for(cfg))
+    with procs.exclusive(cfg.paths, say_for(cfg)):
+        pid = lifecycle.restart_component(str(cfg.paths.root), name, say_for(cfg))
     if cfg.json_output:
         print_json({"name": name, "pid": pid})
 
@@ -118,26 +124,30 @@ def agent() -> None:
 @click.option("--name", required=True, help="Node name (also names its directory DATA_DIR/agents/NAME).")
 @click.option("--cpu", type=click.FloatRange(min=0, min_open=True), help="CPUs the node offers.")
 @click.option("--memory", type=click.FloatRange(min=0, min_open=True), help="Memory (GiB) the node offers.")
-@click.option("--gpus", metavar="TYPE:COUNT", help="GPUs the node offers, e.g. A100:8.")
+@click.option(
+    "--gpus", metavar="TYPE:COUNT", help="GPUs the node offers, e.g. A100:8 (simulated where there are none)."
+)
 @common_options
 def agent_start(
     resource_group: str | None, name: str, cpu: float | None, memory: float | None, gpus: str | None
 ) -> None:
     """Start one more trainer agent, detached; `capstan down` stops it and `capstan up` starts it again."""
     if gpus is not None:
-        kind, sep, count = gpus.partition(":")
-        if not sep or not kind or not count.isdigit() or int(count) < 1:
-            raise click.BadParameter(f"{gpus!r}: use TYPE:COUNT, e.g. A100:8", param_hint="--gpus")
+        try:
+            parse_gpus(gpus)  # the agent's own parser: refuse here what it would refuse at start
+        except ValueError as e:
+            raise click.BadParameter(f"{e} (TYPE:COUNT[,TYPE:COUNT])", param_hint="--gpus") from e
     cfg = config()
-    result = agents.agent_start(
-        str(cfg.paths.root),
-        name,
-        resource_group,
-        number(cpu) if cpu is not None else None,
-        number(memory) if memory is not None else None,
-        gpus,
-        say_for(cfg),
-    )
+    with procs.exclusive(cfg.paths, say_for(cfg)):
+        result = agents.agent_start(
+            str(cfg.paths.root),
+            name,
+            resource_group,
+            number(cpu) if cpu is not None else None,
+            number(memory) if memory is not None else None,
+            gpus,
+            say_for(cfg),
+        )
     if cfg.json_output:
         print_json(result)
     else:
@@ -150,4 +160,5 @@ def agent_start(
 def agent_stop(name: str) -> None:
     """Stop an agent started with `capstan agent start` and forget it."""
     cfg = config()
-    agents.agent_stop(str(cfg.paths.root), name, say_for(cfg))
+    with procs.exclusive(cfg.paths, say_for(cfg)):
+        agents.agent_stop(str(cfg.paths.root), name, say_for(cfg))
