@@ -1,0 +1,24 @@
+"""House rules checked in CI: ruff and mypy clean (STYLE.md habit 6)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SOURCES = ["core/src", *sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("services/*/src")), "cli/src"]
+
+
+def test_ruff_clean() -> None:
+    result = subprocess.run([str(BIN / "ruff"), "check", "."], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy_clean() -> None:
+    result = subprocess.run(
+        [str(BIN / "mypy"), "--ignore-missing-imports", "--cache-dir", "/tmp/capstan-mypy-cache", *SOURCES],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
