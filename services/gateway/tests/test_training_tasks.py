@@ -97,6 +97,7 @@ async def test_stop_a_queued_task(api: httpx.AsyncClient, rg_id: str) -> None:
     stopped = await wait_status(api, task["id"], "Stopped")
     assert stopped["status"] == "Stopped"
     assert stopped["ended_at"] is not None
+    assert stopped["exit_code"] is None  # it never ran
 
 
 async def test_unknown_task_is_404(api: httpx.AsyncClient) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import logging
+import inspect
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -14,10 +14,8 @@ from . import errors
 from .auth import build_authenticator
 from .clients import Clients
 from .middleware import GatewayMiddleware
-from .routers import api_router
+from .routers import routers
 from .settings import GatewaySettings
-
-log = logging.getLogger(__name__)
 
 
 class Health(BaseModel):
@@ -41,11 +39,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         version="0.1.0",
         description="Management API of Capstan. Every /api/v1 route needs `Authorization: Bearer <token>`.",
         lifespan=lifespan,
+        **_without_native_tracing(),
     )
     app.state.settings = settings
     errors.install(app)
     app.add_middleware(GatewayMiddleware)
-    app.include_router(api_router)
+    for router in routers():
+        app.include_router(router)
 
     @app.get("/healthz", tags=["health"], summary="Liveness: the gateway process is serving")
     async def healthz() -> Health:
@@ -53,6 +53,15 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     _document_errors_as_400(app)
     return app
+
+
+def _without_native_tracing() -> dict[str, Any]:
+    """Recent FastAPI opens its own SERVER span per request and may install exporters from the
+    environment. The gateway's span comes from GatewayMiddleware with the capstan tracer, and
+    exporters from capstan_core.tracing only: turn FastAPI's off so a request is one span, not two."""
+    if "telemetry" not in inspect.signature(FastAPI.__init__).parameters:
+        return {}
+    return {"telemetry": {"tracing": False, "operation_spans": False, "auto_configure": False}}
 
 
 def _document_errors_as_400(app: FastAPI) -> None:

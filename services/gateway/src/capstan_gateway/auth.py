@@ -15,7 +15,7 @@ import logging
 import os
 import secrets
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Protocol
 
@@ -36,11 +36,11 @@ class Principal:
     name: str
     is_admin: bool = False
     # Names of attached policies (FullAccess, ReadOnlyAccess, ...); unused until accounts exist.
-    policies: list[str] = field(default_factory=list)
+    policies: tuple[str, ...] = ()
 
 
-ADMIN = Principal(name="admin", is_admin=True, policies=["FullAccess"])
-ANONYMOUS = Principal(name="anonymous", is_admin=True, policies=["FullAccess"])
+ADMIN = Principal(name="admin", is_admin=True, policies=("FullAccess",))
+ANONYMOUS = Principal(name="anonymous", is_admin=True, policies=("FullAccess",))
 
 
 class Authenticator(Protocol):

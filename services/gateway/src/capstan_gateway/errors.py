@@ -102,6 +102,9 @@ def describe_validation_errors(errors: Sequence[Mapping[str, Any]]) -> str:
             reason = (err.get("ctx") or {}).get("error", "")
             parts.append(f"body: the request body is not valid JSON ({reason} at position {loc.split('.')[-1]})")
             continue
+        if loc == "body" and err.get("type") in ("model_attributes_type", "dict_type"):
+            parts.append("body: expected a JSON object, sent with Content-Type: application/json")
+            continue
         parts.append(f"{loc}: {err.get('msg', 'invalid value')}" if loc else str(err.get("msg")))
     return "; ".join(parts) or "the request is invalid"
 

@@ -1,4 +1,9 @@
-"""The /api/v1 routers. Authentication is required here, once, for every route below."""
+"""The /api/v1 routers, one module per resource. Each is made by ``api_router``, which adds the
+authentication every /api/v1 route needs, so no route can forget it.
+
+Each router carries its full prefix (rather than being nested under an /api/v1 router) so a
+matched route's ``path`` is the whole template the request span is named after.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,8 @@ from fastapi import APIRouter, Depends
 
 from ..auth import current_principal
 from ..errors import ErrorBody
-from . import nodes, resource_groups, training_tasks
+
+API_PREFIX = "/api/v1"
 
 _ERRORS: dict[int | str, dict[str, object]] = {
     status: {"model": ErrorBody, "description": text}
@@ -20,9 +26,21 @@ _ERRORS: dict[int | str, dict[str, object]] = {
     }.items()
 }
 
-api_router = APIRouter(prefix="/api/v1", dependencies=[Depends(current_principal)], responses=_ERRORS)
-api_router.include_router(resource_groups.router)
-api_router.include_router(nodes.router)
-api_router.include_router(training_tasks.router)
 
-__all__ = ["api_router"]
+def api_router(resource: str) -> APIRouter:
+    """The router of one resource: ``/api/v1/<resource>``, tagged ``<resource>``, authenticated."""
+    return APIRouter(
+        prefix=f"{API_PREFIX}/{resource}",
+        tags=[resource],
+        dependencies=[Depends(current_principal)],
+        responses=_ERRORS,
+    )
+
+
+def routers() -> list[APIRouter]:
+    from . import nodes, resource_groups, training_tasks
+
+    return [resource_groups.router, nodes.router, training_tasks.router]
+
+
+__all__ = ["API_PREFIX", "api_router", "routers"]

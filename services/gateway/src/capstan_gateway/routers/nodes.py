@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import Query
 
 from capstan_proto import scheduler_pb2
 
 from ..deps import PageRequest, Scheduler
 from ..schemas import NodeList
+from . import api_router
 
-router = APIRouter(prefix="/nodes", tags=["nodes"])
+router = api_router("nodes")
 
 
 @router.get("", summary="List nodes, optionally of one resource group")

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import Path
 
 from capstan_proto import scheduler_pb2
 
 from ..deps import CurrentPrincipal, IdempotencyKey, PageRequest, Scheduler
 from ..schemas import ResourceGroup, ResourceGroupCreate, ResourceGroupList
+from . import api_router
 
-router = APIRouter(prefix="/resource-groups", tags=["resource-groups"])
+router = api_router("resource-groups")
 
 ResourceGroupId = Annotated[str, Path(min_length=1, max_length=64)]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import Path, Query
 
 from capstan_proto import trainer_pb2
 
@@ -12,8 +12,9 @@ from ..deps import CurrentPrincipal, IdempotencyKey, PageRequest, Trainer
 from ..schemas import LogPage, TrainingTask, TrainingTaskCreate, TrainingTaskList
 from ..schemas.common import parse_time
 from ..schemas.training_tasks import TaskStatus
+from . import api_router
 
-router = APIRouter(prefix="/training-tasks", tags=["training-tasks"])
+router = api_router("training-tasks")
 
 TaskId = Annotated[str, Path(min_length=1, max_length=64)]
 TimeQuery = Annotated[str | None, Query(max_length=40, description="ISO-8601 (naive means UTC) or epoch milliseconds")]

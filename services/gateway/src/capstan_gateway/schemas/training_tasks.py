@@ -120,8 +120,7 @@ class TrainingTask(BaseModel):
             resources=Resources.from_proto(t.resources),
             instance_count=t.instance_count,
             status=t.status,
-            # The task message has no has_exit_code: 0 is only meaningful once the task finished.
-            exit_code=t.exit_code if t.status in FINISHED else None,
+            exit_code=_task_exit_code(t),
             failure_reason=t.failure_reason,
             tags=dict(t.tags),
             creator=t.creator,
@@ -131,6 +130,17 @@ class TrainingTask(BaseModel):
             ended_at=from_ms(t.ended_at_ms),
             instances=[TrainingInstance.from_proto(i) for i in t.instances],
         )
+
+
+def _task_exit_code(t: trainer_pb2.TrainingTask) -> int | None:
+    """The task message has no has_exit_code (its instances do), so 0 is ambiguous: trust it only
+    for Succeeded. A Failed or Stopped task with 0 most likely never ran (not scheduled, stopped
+    while queued): show null rather than a success code."""
+    if t.status == "Succeeded":
+        return t.exit_code
+    if t.status in FINISHED and t.exit_code != 0:
+        return t.exit_code
+    return None
 
 
 class TrainingTaskList(Page[TrainingTask]):
