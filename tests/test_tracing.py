@@ -18,10 +18,9 @@ from capstan_gateway.settings import GatewaySettings
 from capstan_scheduler.service import DEFINITION as SCHEDULER
 from capstan_trainer.service import DEFINITION as TRAINER
 
-EXPORTER = InMemorySpanExporter()
-
 
 async def test_one_trace_id_across_gateway_trainer_and_scheduler(tmp_path: Path, nats_server: Any) -> None:
+    EXPORTER = InMemorySpanExporter()  # noqa: N806
     tracing.setup_tracing("tests", exporter=EXPORTER)
     sched = Service(SCHEDULER, ServiceSettings(data_dir=tmp_path / "s", nats_url=nats_server.url))
     await sched.start()

@@ -57,8 +57,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                     return await inner(request, context)
                 except DomainError as e:
                     span.set_status(Status(StatusCode.ERROR, e.message))
-                    details_text = e.message if not e.field else f"{e.field}: {e.message}"
-                    await context.abort(GRPC_CODE.get(e.code, grpc.StatusCode.FAILED_PRECONDITION), details_text)
+                    # Domain messages name their field themselves ("ResourceRule.DefaultQueue must be ...").
+                    await context.abort(GRPC_CODE.get(e.code, grpc.StatusCode.FAILED_PRECONDITION), e.message)
                 except grpc.aio.AbortError:
                     raise
                 except Exception as e:

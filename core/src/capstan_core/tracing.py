@@ -21,9 +21,16 @@ _configured = False
 
 
 def setup_tracing(service_name: str, exporter: SpanExporter | None = None) -> None:
-    """Install a tracer provider once per process. OTLP export when an endpoint is configured."""
+    """Install a tracer provider once per process. OTLP export when an endpoint is configured.
+
+    Called again (several services, or tests, in one process), it only adds ``exporter``."""
     global _configured
     if _configured:
+        provider_now = trace.get_tracer_provider()
+        if exporter is not None and isinstance(provider_now, TracerProvider):
+            from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+            provider_now.add_span_processor(SimpleSpanProcessor(exporter))
         return
     provider = TracerProvider(resource=Resource.create({"service.name": f"capstan-{service_name}"}))
     if exporter is not None:

@@ -32,19 +32,18 @@ def test_resource_group_policy_json() -> None:
 
 
 @pytest.mark.parametrize(
-    ("status", "code", "expected"),
+    ("status", "code", "has", "expected"),
     [
-        ("Running", 0, None),
-        ("Queued", 0, None),
-        ("Succeeded", 0, 0),
-        ("Failed", 3, 3),
-        ("Failed", 0, None),  # e.g. not scheduled: it never ran
-        ("Stopped", 143, 143),
-        ("Stopped", 0, None),
+        ("Running", 0, False, None),
+        ("Succeeded", 0, True, 0),
+        ("Failed", 3, True, 3),
+        ("Failed", 0, False, None),  # e.g. not scheduled: it never ran
+        ("Stopped", 0, True, 0),  # exited 0 on SIGTERM
+        ("Stopped", 0, False, None),  # stopped while queued
     ],
 )
-def test_task_exit_code_only_when_known(status: str, code: int, expected: int | None) -> None:
-    t = trainer_pb2.TrainingTask(id="train-1", status=status, exit_code=code, created_at_ms=1)
+def test_task_exit_code_only_when_known(status: str, code: int, has: bool, expected: int | None) -> None:
+    t = trainer_pb2.TrainingTask(id="train-1", status=status, exit_code=code, has_exit_code=has, created_at_ms=1)
     assert TrainingTask.from_proto(t).exit_code == expected
 
 

@@ -6,9 +6,6 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
@@ -18,11 +15,7 @@ from capstan_core import tracing
 @pytest.fixture
 def spans() -> Iterator[InMemorySpanExporter]:
     exporter = InMemorySpanExporter()
-    provider = trace.get_tracer_provider()
-    if isinstance(provider, TracerProvider):  # another test of this process installed it first
-        provider.add_span_processor(SimpleSpanProcessor(exporter))
-    else:
-        tracing.setup_tracing("gateway-tests", exporter=exporter)
+    tracing.setup_tracing("gateway-tests", exporter=exporter)
     yield exporter
     exporter.shutdown()  # later spans are dropped
 

@@ -16,7 +16,7 @@ from .app import SchedulerApp
 def _rg(d: dict[str, Any]) -> scheduler_pb2.ResourceGroup:
     return scheduler_pb2.ResourceGroup(
         id=d["id"], name=d["name"], tags=json.loads(d["tags"]), policy_json=d["policy"], creator=d["creator"],
-        created_at_ms=d["created_at_ms"], node_count=d["node_count"],
+        created_at_ms=d["created_at_ms"], node_count=d["node_count"], description=d["description"],
     )
 
 
@@ -35,7 +35,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
 
     async def CreateResourceGroup(self, req: scheduler_pb2.CreateResourceGroupRequest, context: grpc.aio.ServicerContext) -> scheduler_pb2.ResourceGroup:  # noqa: N802
         d = await self.app.create_resource_group(
-            name=req.name, description="", tags=dict(req.tags), policy_json=req.policy_json,
+            name=req.name, description=req.description, tags=dict(req.tags), policy_json=req.policy_json,
             creator=req.creator or "anonymous", idempotency_key=req.idempotency_key,
         )
         return _rg(d)

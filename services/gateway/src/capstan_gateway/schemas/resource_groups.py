@@ -23,9 +23,9 @@ class ResourceGroupCreate(RequestModel):
     description: Annotated[str, StringConstraints(max_length=500)] = ""
 
     def to_proto(self, *, creator: str, idempotency_key: str) -> scheduler_pb2.CreateResourceGroupRequest:
-        # The scheduler's contract has no description yet: it is validated here and not stored.
         return scheduler_pb2.CreateResourceGroupRequest(
             name=self.name,
+            description=self.description,
             tags=self.tags,
             policy_json=dump_json_object(self.policy, "body.policy"),
             creator=creator,
@@ -38,6 +38,7 @@ class ResourceGroup(BaseModel):
     name: str
     tags: dict[str, str]
     policy: dict[str, Any]
+    description: str
     creator: str
     created_at: datetime
     node_count: int
@@ -49,6 +50,7 @@ class ResourceGroup(BaseModel):
             name=rg.name,
             tags=dict(rg.tags),
             policy=load_json_object(rg.policy_json),
+            description=rg.description,
             creator=rg.creator,
             created_at=from_ms_required(rg.created_at_ms),
             node_count=rg.node_count,

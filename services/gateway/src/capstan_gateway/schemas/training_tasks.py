@@ -30,8 +30,8 @@ Command = Annotated[str, StringConstraints(max_length=8192)]
 class Resources(RequestModel):
     """What one instance asks for."""
 
-    cpu: float = Field(ge=0, description="cores")
-    memory_gib: float = Field(ge=0)
+    cpu: float = Field(default=1.0, ge=0, description="cores (0: the default, 1)")
+    memory_gib: float = Field(default=1.0, ge=0, description="GiB (0: the default, 1)")
     gpu_type: Annotated[str, StringConstraints(max_length=64)] = Field(
         default="", description='card type, e.g. "A100"; empty for CPU-only'
     )
@@ -52,7 +52,7 @@ class TrainingTaskCreate(RequestModel):
     hyperparameters: dict[str, Any] = Field(
         default_factory=dict, description="written to /opt/ml/input/config/hyperparameters.json"
     )
-    resources: Resources
+    resources: Resources = Field(default_factory=Resources, description="per instance; default 1 core, 1 GiB")
     instance_count: int = Field(default=1, ge=1, le=64)
     tags: Tags = Field(default_factory=dict)
     stop_grace_seconds: int = Field(
@@ -133,14 +133,7 @@ class TrainingTask(BaseModel):
 
 
 def _task_exit_code(t: trainer_pb2.TrainingTask) -> int | None:
-    """The task message has no has_exit_code (its instances do), so 0 is ambiguous: trust it only
-    for Succeeded. A Failed or Stopped task with 0 most likely never ran (not scheduled, stopped
-    while queued): show null rather than a success code."""
-    if t.status == "Succeeded":
-        return t.exit_code
-    if t.status in FINISHED and t.exit_code != 0:
-        return t.exit_code
-    return None
+    return t.exit_code if t.has_exit_code else None
 
 
 class TrainingTaskList(Page[TrainingTask]):
