@@ -182,16 +182,26 @@ async def _rebuild(definition: ServiceDefinition, settings: ServiceSettings) -> 
     await nc.close()
 
 
-async def _serve(definition: ServiceDefinition, settings: ServiceSettings, ready_file: str | None) -> None:
-    service = Service(definition, settings)
-    await service.start()
-    if ready_file:
-        tmp = Path(ready_file + ".tmp")
-        tmp.write_text(service.address)
-        tmp.replace(ready_file)
+def write_ready_file(path: str | Path, content: str) -> None:
+    """Atomically tell a supervisor (``capstan up``) that this process is serving."""
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(content)
+    tmp.replace(path)
+
+
+async def until_terminated() -> None:
+    """Return on SIGTERM or SIGINT: the end of every long-running Capstan process."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+
+
+async def _serve(definition: ServiceDefinition, settings: ServiceSettings, ready_file: str | None) -> None:
+    service = Service(definition, settings)
+    await service.start()
+    if ready_file:
+        write_ready_file(ready_file, service.address)
+    await until_terminated()
     await service.stop()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import socket
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from capstan_core import grpcutil, tracing
 from capstan_core.capacity import detect
 from capstan_core.membership import NodeMembership
+from capstan_core.service import until_terminated, write_ready_file
 from capstan_proto import scheduler_pb2_grpc
 
 
@@ -42,15 +42,9 @@ async def _run(settings: InferenceAgentSettings, ready_file: str | None) -> None
     )
     node_id = await membership.join()
     if ready_file:
-        tmp = Path(ready_file + ".tmp")
-        tmp.write_text(node_id)
-        tmp.replace(ready_file)
+        write_ready_file(ready_file, node_id)
     beat = asyncio.create_task(membership.heartbeat_forever())
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_terminated()
     beat.cancel()
     await channel.close()
 

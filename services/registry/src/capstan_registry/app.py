@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 from typing import Any
 
@@ -10,9 +9,10 @@ from sqlalchemy import Connection, func, select
 
 from capstan_core.clock import SystemClock
 from capstan_core.command import execute
-from capstan_core.errors import AlreadyExists, InvalidArgument, NotFound
+from capstan_core.errors import AlreadyExists, NotFound
 from capstan_core.eventstore import RecordedEvent
 from capstan_core.ids import new_id, stable_id
+from capstan_core.paging import next_token, page_bounds
 from capstan_core.projection import Projection
 from capstan_core.service import ServiceContext
 from capstan_core.streams import event_subject
@@ -60,16 +60,8 @@ class RegistryApp:
         return {**row, "tags": json.loads(row["tags"])}
 
     def list(self, page_size: int, page_token: str) -> tuple[list[dict[str, Any]], str, int]:
-        size = page_size or 50
-        if not 1 <= size <= 500:
-            raise InvalidArgument("page_size must be 1..500", field="page_size")
-        try:
-            offset = int(base64.urlsafe_b64decode(page_token.encode()).decode()) if page_token else 0
-        except (ValueError, UnicodeDecodeError) as e:
-            raise InvalidArgument("page_token is not one this service issued", field="page_token") from e
+        size, offset = page_bounds(page_size, page_token)
         with self.ctx.engine.connect() as conn:
             total = int(conn.execute(select(func.count()).select_from(models)).scalar() or 0)
             rows = conn.execute(select(models).order_by(models.c.created_at_ms, models.c.id).limit(size).offset(offset)).mappings().all()
-        nxt = offset + size
-        token = base64.urlsafe_b64encode(str(nxt).encode()).decode() if nxt < total else ""
-        return [{**r, "tags": json.loads(r["tags"])} for r in rows], token, total
+        return [{**r, "tags": json.loads(r["tags"])} for r in rows], next_token(offset, size, total), total

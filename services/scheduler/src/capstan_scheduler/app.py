@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import functools
 import json
 from dataclasses import dataclass
@@ -15,31 +14,12 @@ from capstan_core.command import execute
 from capstan_core.contracts.scheduling import NODE, RSG
 from capstan_core.errors import InvalidArgument, NotFound
 from capstan_core.ids import new_id, stable_id
+from capstan_core.paging import next_token, page_bounds
 from capstan_core.service import ServiceContext
 from capstan_core.streams import event_subject
 
 from .domain.aggregates import decide_create_rg, decide_join, decide_node_state, fold_node, fold_rg
 from .tables import allocations, nodes, resource_groups
-
-MAX_PAGE = 500
-
-
-def page_bounds(page_size: int, page_token: str) -> tuple[int, int]:
-    size = page_size or 50
-    if size < 1 or size > MAX_PAGE:
-        raise InvalidArgument(f"page_size must be 1..{MAX_PAGE}", field="page_size")
-    offset = 0
-    if page_token:
-        try:
-            offset = int(base64.urlsafe_b64decode(page_token.encode()).decode())
-        except (ValueError, UnicodeDecodeError) as e:
-            raise InvalidArgument("page_token is not one this service issued", field="page_token") from e
-    return size, offset
-
-
-def next_token(offset: int, size: int, total: int) -> str:
-    nxt = offset + size
-    return base64.urlsafe_b64encode(str(nxt).encode()).decode() if nxt < total else ""
 
 
 @dataclass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import functools
 import json
 from typing import Any
@@ -17,14 +16,13 @@ from capstan_core.contracts.common import ResourceSpec
 from capstan_core.contracts.training import AGGREGATE
 from capstan_core.errors import InvalidArgument, NotFound, Unavailable
 from capstan_core.ids import new_id, stable_id
+from capstan_core.paging import next_token, page_bounds
 from capstan_core.service import ServiceContext
 from capstan_core.streams import event_subject
 from capstan_proto import scheduler_pb2, scheduler_pb2_grpc
 
 from .domain.task import SubmitTrainingTask, decide_end, decide_report, decide_stop, decide_submit, fold
 from .tables import training_instances, training_tasks
-
-MAX_PAGE = 500
 
 
 class TrainerApp:
@@ -125,13 +123,7 @@ class TrainerApp:
         return _view(dict(row), [dict(i) for i in instances])
 
     def list(self, *, page_size: int, page_token: str, creator: str, resource_group_id: str, status: str) -> tuple[list[dict[str, Any]], str, int]:
-        size = page_size or 50
-        if not 1 <= size <= MAX_PAGE:
-            raise InvalidArgument(f"page_size must be 1..{MAX_PAGE}", field="page_size")
-        try:
-            offset = int(base64.urlsafe_b64decode(page_token.encode()).decode()) if page_token else 0
-        except (ValueError, UnicodeDecodeError) as e:
-            raise InvalidArgument("page_token is not one this service issued", field="page_token") from e
+        size, offset = page_bounds(page_size, page_token)
         conds = []
         if creator:
             conds.append(training_tasks.c.creator == creator)
@@ -152,9 +144,7 @@ class TrainerApp:
         for i in inst_rows:
             by_task.setdefault(i["task_id"], []).append(dict(i))
         items = [_view(dict(r), by_task.get(r["id"], [])) for r in rows]
-        nxt = offset + size
-        token = base64.urlsafe_b64encode(str(nxt).encode()).decode() if nxt < total else ""
-        return items, token, total
+        return items, next_token(offset, size, total), total
 
 
 def _view(row: dict[str, Any], instances: list[dict[str, Any]]) -> dict[str, Any]:

@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
-from pathlib import Path
 
 from capstan_core import tracing
+from capstan_core.service import until_terminated, write_ready_file
 
-from .agent import TrainerAgent, write_ready
+from .agent import TrainerAgent
 from .settings import AgentSettings
 
 
@@ -20,12 +19,8 @@ async def _run(ready_file: str | None) -> None:
     agent = TrainerAgent(settings)
     await agent.start()
     if ready_file:
-        write_ready(Path(ready_file), agent.node_id)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+        write_ready_file(ready_file, agent.node_id)
+    await until_terminated()
     await agent.stop()
 
 

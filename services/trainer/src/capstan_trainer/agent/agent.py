@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -179,8 +178,3 @@ class TrainerAgent:
             timeout=15,
         )
 
-
-def write_ready(path: Path, node_id: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(node_id)
-    tmp.replace(path)

@@ -1,0 +1,32 @@
+"""Offset pagination with opaque page tokens, the same for every list a service answers."""
+
+from __future__ import annotations
+
+import base64
+
+from .errors import InvalidArgument
+
+MAX_PAGE = 500
+DEFAULT_PAGE = 50
+
+
+def page_bounds(page_size: int, page_token: str) -> tuple[int, int]:
+    """(size, offset) from a request's page size (0 = default) and token ("" = first page)."""
+    size = page_size or DEFAULT_PAGE
+    if not 1 <= size <= MAX_PAGE:
+        raise InvalidArgument(f"page_size must be 1..{MAX_PAGE}", field="page_size")
+    offset = 0
+    if page_token:
+        try:
+            offset = int(base64.urlsafe_b64decode(page_token.encode()).decode())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise InvalidArgument("page_token is not one this service issued", field="page_token") from e
+        if offset < 0:
+            raise InvalidArgument("page_token is not one this service issued", field="page_token")
+    return size, offset
+
+
+def next_token(offset: int, size: int, total: int) -> str:
+    """The token of the page after ``offset``, or "" when that was the last page."""
+    nxt = offset + size
+    return base64.urlsafe_b64encode(str(nxt).encode()).decode() if nxt < total else ""
