@@ -143,3 +143,19 @@ def test_registering_a_name_twice_is_refused() -> None:
         @event("TestThingCreated")
         class Other(Event):
             pass
+
+
+def test_commit_encoding_roundtrips_unicode_and_nested_models() -> None:
+    from capstan_core.contracts.common import ResourceSpec
+    from capstan_core.contracts.training import TrainingTaskSubmitted
+    from capstan_core.eventstore import decode_commit
+
+    ev = TrainingTaskSubmitted(
+        task_id="train-1", name="训练-ü", resource_group_id="rsg-1", command='echo "hi"\nexit 0',
+        hyperparameters={"lr": 0.5, "nested": {"a": [1, 2]}}, resources=ResourceSpec(cpu=2, gpu_type="A100", gpu=0.5),
+        instance_count=2, tags={"k": "v"}, creator="bob", stop_grace_seconds=30, at_ms=5,
+    )
+    data = encode_commit([ev, ThingCreated(name="x")], 7)
+    recs = decode_commit(3, "capstan.evt.train.train-1", data, {})
+    assert [r.event for r in recs] == [ev, ThingCreated(name="x")]
+    assert [r.time_ms for r in recs] == [7, 7] and [r.index for r in recs] == [0, 1]
