@@ -35,6 +35,22 @@ def detect_memory_gib() -> float:
     return 1.0
 
 
+_VENDOR_WORDS = frozenset({"NVIDIA", "Tesla", "GeForce", "Quadro"})
+
+
+def parse_nvidia_smi_list(out: str) -> dict[str, int]:
+    """Cards by type from ``nvidia-smi -L`` lines like ``GPU 0: NVIDIA A100-SXM4-80GB (UUID: ...)``."""
+    gpus: dict[str, int] = {}
+    for line in out.splitlines():
+        if not line.startswith("GPU ") or ":" not in line:
+            continue
+        words = [w for w in line.split(":", 1)[1].split("(")[0].split() if w not in _VENDOR_WORDS]
+        model = words[0].split("-")[0] if words else ""
+        if model:
+            gpus[model] = gpus.get(model, 0) + 1
+    return gpus
+
+
 def detect_gpus() -> dict[str, int]:
     """Cards by type from ``nvidia-smi -L`` (none on a machine without the NVIDIA driver)."""
     smi = shutil.which("nvidia-smi")
@@ -44,15 +60,7 @@ def detect_gpus() -> dict[str, int]:
         out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10, check=True).stdout
     except (subprocess.SubprocessError, OSError):
         return {}
-    gpus: dict[str, int] = {}
-    for line in out.splitlines():
-        # "GPU 0: NVIDIA A100-SXM4-80GB (UUID: ...)"
-        if ":" not in line:
-            continue
-        model = line.split(":", 1)[1].split("(")[0].strip().removeprefix("NVIDIA ").split("-")[0].split(" ")[0]
-        if model:
-            gpus[model] = gpus.get(model, 0) + 1
-    return gpus
+    return parse_nvidia_smi_list(out)
 
 
 def detect(cpu: float = 0, memory_gib: float = 0, gpus: str = "") -> Capacity:
