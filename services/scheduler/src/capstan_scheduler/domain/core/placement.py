@@ -1,0 +1,128 @@
+"""Place one gang all-or-nothing on a FreeState (SPEC §7.2, §7.3).
+
+- Whole cards: each instance takes whole free cards of its type on one node. The gang goes on as few
+  nodes as possible: a node that can host every remaining instance, with the fewest whole cards left
+  over (exact fit first), else the node that hosts the most of them. Lowest free card indices first.
+- Fractions (1..9 tenths): from ONE card of a type the node marks shareable; best fit by card (the
+  partly used card with the least room that still fits), then the node with the least free of that type.
+- CPU-only: spread; the node with the most free CPU (then memory) first.
+Ties break on node id, so the result never depends on iteration order. Never overcommits: every take is
+checked first, and a gang that cannot be completed is rolled back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container, Sequence
+
+from .model import TENTHS_PER_CARD, InstanceAssignment, Request, cpu_milli, mem_mib
+from .state import FreeNode
+
+Assignment = tuple[InstanceAssignment, ...]
+_NONE: frozenset[str] = frozenset()
+
+
+def _copies(n: FreeNode, cpu: int, mem: int, card_type: str, k: int, limit: int) -> int:
+    """How many instances (each: cpu, mem, k whole cards) node ``n`` can still take, up to ``limit``."""
+    c = n.whole.get(card_type, 0) // k
+    if cpu:
+        c = min(c, n.cpu // cpu)
+    if mem:
+        c = min(c, n.mem // mem)
+    return max(0, min(c, limit))
+
+
+def _place_whole(nodes: Sequence[FreeNode], req: Request, count: int, skip: Container[str]) -> Assignment | None:
+    cpu, mem, t, k = cpu_milli(req.cpu), mem_mib(req.memory_gib), req.gpu_type, req.whole_cards
+    out: list[InstanceAssignment] = []
+    taken: list[tuple[FreeNode, tuple[tuple[int, int], ...]]] = []
+    remaining = count
+    while remaining:
+        best: FreeNode | None = None
+        best_key: tuple[int, int, int, str] | None = None
+        for n in nodes:
+            if not n.schedulable or n.id in skip or n.whole.get(t, 0) < k:
+                continue
+            c = _copies(n, cpu, mem, t, k, remaining)
+            if not c:
+                continue
+            # hosts all remaining -> rank 0; otherwise prefer more copies; then least whole cards left over
+            left = n.whole[t] - c * k
+            key = (0, left, 0, n.id) if c == remaining else (1, -c, left, n.id)
+            if best_key is None or key < best_key:
+                best, best_key = n, key
+        if best is None:
+            for n, cards in taken:
+                n.apply(cpu, mem, cards, +1)
+            return None
+        c = _copies(best, cpu, mem, t, k, remaining)
+        for _ in range(c):
+            free, index = best.free[t], best.index[t]
+            cards = tuple((index[p], TENTHS_PER_CARD) for p in range(len(free)) if free[p] == TENTHS_PER_CARD)[:k]
+            best.apply(cpu, mem, cards, -1)
+            taken.append((best, cards))
+            out.append(InstanceAssignment(best.id, cards))
+        remaining -= c
+    return tuple(out)
+
+
+def _place_fraction(nodes: Sequence[FreeNode], req: Request, count: int, skip: Container[str]) -> Assignment | None:
+    cpu, mem, t, need = cpu_milli(req.cpu), mem_mib(req.memory_gib), req.gpu_type, req.gpu_tenths
+    out: list[InstanceAssignment] = []
+    taken: list[tuple[FreeNode, tuple[tuple[int, int], ...]]] = []
+    for _ in range(count):
+        best: tuple[int, int, str, int] | None = None
+        best_node: FreeNode | None = None
+        for n in nodes:
+            if not n.schedulable or t not in n.shareable or n.id in skip or not n.fits_cpu_mem(cpu, mem):
+                continue
+            free = n.free.get(t)
+            if not free:
+                continue
+            room = min((f for f in free if f >= need), default=-1)
+            if room < 0:
+                continue
+            pos = free.index(room)
+            key = (room - need, sum(free), n.id, pos)
+            if best is None or key < best:
+                best, best_node = key, n
+        if best is None or best_node is None:
+            for n, cards in taken:
+                n.apply(cpu, mem, cards, +1)
+            return None
+        cards = ((best_node.index[t][best[3]], need),)
+        best_node.apply(cpu, mem, cards, -1)
+        taken.append((best_node, cards))
+        out.append(InstanceAssignment(best_node.id, cards))
+    return tuple(out)
+
+
+def _place_cpu(nodes: Sequence[FreeNode], req: Request, count: int, skip: Container[str]) -> Assignment | None:
+    cpu, mem = cpu_milli(req.cpu), mem_mib(req.memory_gib)
+    out: list[InstanceAssignment] = []
+    taken: list[FreeNode] = []
+    for _ in range(count):
+        best: FreeNode | None = None
+        for n in nodes:
+            if not n.schedulable or n.id in skip or not n.fits_cpu_mem(cpu, mem):
+                continue
+            if best is None or (-n.cpu, -n.mem, n.id) < (-best.cpu, -best.mem, best.id):
+                best = n
+        if best is None:
+            for n in taken:
+                n.apply(cpu, mem, (), +1)
+            return None
+        best.apply(cpu, mem, (), -1)
+        taken.append(best)
+        out.append(InstanceAssignment(best.id, ()))
+    return tuple(out)
+
+
+def place_gang(
+    nodes: Sequence[FreeNode], request: Request, count: int, skip: Container[str] = _NONE
+) -> Assignment | None:
+    """Place ``count`` instances of ``request`` on ``nodes`` (taking from them), or None and leave them unchanged."""
+    if request.gpu_tenths == 0:
+        return _place_cpu(nodes, request, count, skip)
+    if request.fractional:
+        return _place_fraction(nodes, request, count, skip)
+    return _place_whole(nodes, request, count, skip)
