@@ -13,7 +13,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,16 +160,29 @@ def main(definition: ServiceDefinition, argv: Sequence[str] | None = None) -> No
     parser.add_argument("--ready-file", help="write the gRPC address here once serving")
     args = parser.parse_args(argv)
     settings = ServiceSettings()
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format=f"%(asctime)s {definition.name} %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    tracing.setup_tracing(definition.name)
+    _setup_process(definition.name, settings.log_level)
     if args.command == "rebuild":
         asyncio.run(_rebuild(definition, settings))
     else:
         asyncio.run(_serve(definition, settings, args.ready_file))
+
+
+def _setup_process(name: str, log_level: str) -> None:
+    logging.basicConfig(
+        level=log_level.upper(), format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    tracing.setup_tracing(name)
+
+
+def agent_main(
+    name: str, log_level: str, run: Callable[[str | None], Coroutine[Any, Any, None]], argv: Sequence[str] | None = None
+) -> None:
+    """Entry point of a node agent: ``--ready-file`` receives the node id once it has joined."""
+    parser = argparse.ArgumentParser(prog=f"capstan-{name}")
+    parser.add_argument("--ready-file", help="write the node id here once joined")
+    args = parser.parse_args(argv)
+    _setup_process(name, log_level)
+    asyncio.run(run(args.ready_file))
 
 
 async def _rebuild(definition: ServiceDefinition, settings: ServiceSettings) -> None:

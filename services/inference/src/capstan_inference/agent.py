@@ -3,19 +3,16 @@ Running model-server instances comes with the online-services issue."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import logging
 import socket
-import sys
 from pathlib import Path
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from capstan_core import grpcutil, tracing
+from capstan_core import grpcutil
 from capstan_core.capacity import detect
 from capstan_core.membership import NodeMembership
-from capstan_core.service import until_terminated, write_ready_file
+from capstan_core.service import agent_main, until_terminated, write_ready_file
 from capstan_proto import scheduler_pb2_grpc
 
 
@@ -50,17 +47,8 @@ async def _run(settings: InferenceAgentSettings, ready_file: str | None) -> None
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="capstan-inference-agent")
-    parser.add_argument("--ready-file", help="write the node id here once joined")
-    args = parser.parse_args()
     settings = InferenceAgentSettings()
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s inference-agent %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    tracing.setup_tracing("inference-agent")
-    asyncio.run(_run(settings, args.ready_file))
+    agent_main("inference-agent", settings.log_level, lambda ready: _run(settings, ready))
 
 
 if __name__ == "__main__":

@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import logging
-import sys
-
-from capstan_core import tracing
-from capstan_core.service import until_terminated, write_ready_file
+from capstan_core.service import agent_main, until_terminated, write_ready_file
 
 from .agent import TrainerAgent
 from .settings import AgentSettings
@@ -25,17 +19,7 @@ async def _run(ready_file: str | None) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="capstan-trainer-agent")
-    parser.add_argument("--ready-file", help="write the node id here once joined")
-    args = parser.parse_args()
-    settings = AgentSettings()
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s trainer-agent %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    tracing.setup_tracing("trainer-agent")
-    asyncio.run(_run(args.ready_file))
+    agent_main("trainer-agent", AgentSettings().log_level, _run)
 
 
 if __name__ == "__main__":
