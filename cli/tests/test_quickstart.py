@@ -164,3 +164,30 @@ def test_up_again_restart_and_down(platform: Path) -> None:
     assert "stopped instance runner" in down.stdout
     assert_all_dead(pids)
     assert list((data_dir / "run").glob("*.pid")) == []
+
+
+def test_group_edit_release_and_delete(platform: Path) -> None:
+    """An operator's round: a group with its own machine, edited, drained and deleted."""
+    data_dir = platform
+    rg_id = capstan(data_dir, "rg", "create", "ops", "--tag", "team=ops").stdout.strip()
+    upd = capstan(data_dir, "rg", "update", rg_id, "--name", "ops-2", "--policy", '{"ResourceRule": {"DefaultQueue": 2}}')
+    assert upd.returncode == 0, upd.stderr
+    got = json.loads(capstan(data_dir, "--json", "rg", "get", rg_id).stdout)
+    assert got["name"] == "ops-2" and got["tags"] == {"team": "ops"} and got["policy"]["ResourceRule"]["DefaultQueue"] == 2
+    bad = capstan(data_dir, "rg", "update", rg_id, "--policy", '{"ResourceRule": {"Preempted": 3}}')
+    assert bad.returncode == 1 and "ResourceRule.Preempted must be 0 or 1" in bad.stderr
+
+    started = capstan(data_dir, "agent", "start", "--name", "ops-node", "--resource-group", rg_id, "--cpu", "1", "--memory", "1")
+    assert started.returncode == 0, started.stderr
+    node = json.loads(capstan(data_dir, "--json", "nodes", "--resource-group", rg_id).stdout)[0]
+    refused = capstan(data_dir, "rg", "delete", rg_id)
+    assert refused.returncode == 1 and node["id"] in refused.stderr and "release" in refused.stderr
+    released = capstan(data_dir, "nodes", "release", node["id"])
+    assert released.returncode == 0 and "Releasing" in released.stdout, released.stderr
+    deadline = time.monotonic() + 15
+    while json.loads(capstan(data_dir, "--json", "nodes", "--resource-group", rg_id).stdout)[0]["state"] != "Released":
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    deleted = capstan(data_dir, "rg", "delete", rg_id)
+    assert deleted.returncode == 0, deleted.stderr
+    assert capstan(data_dir, "rg", "get", rg_id).returncode == 1

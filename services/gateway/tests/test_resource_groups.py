@@ -93,3 +93,50 @@ async def test_idempotency_key_creates_once(api: httpx.AsyncClient, event_count:
     assert again.json()["id"] == first.json()["id"]
     assert await event_count() == after_first
     assert (await api.get(RG)).json()["total"] == 1
+
+
+async def test_edit_and_delete(api: httpx.AsyncClient, event_count: Callable[[], Awaitable[int]]) -> None:
+    rg = (await api.post(RG, json={"name": "edit-me", "tags": {"a": "1"}, "description": "first"})).json()
+    assert rg["description"] == "first"
+    r = await api.patch(f"{RG}/{rg['id']}", json={"name": "edited", "policy": POLICY})
+    assert r.status_code == 200, r.text
+    assert (r.json()["name"], r.json()["tags"], r.json()["description"]) == ("edited", {"a": "1"}, "first")
+    assert r.json()["policy"]["TaskRules"][0]["ScheduleRule"]["Priority"] == 1
+    r = await api.patch(f"{RG}/{rg['id']}", json={"tags": {}, "policy": None})
+    assert r.json()["tags"] == {} and r.json()["policy"]["TaskRules"] == []
+    before = await event_count()
+    bad = await api.patch(f"{RG}/{rg['id']}", json={"policy": {"ResourceRule": {"DefaultQueue": 9}}})
+    assert bad.status_code == 400 and "ResourceRule.DefaultQueue must be 0, 1 or 2" in bad.json()["error"]["message"]
+    assert (await api.patch(f"{RG}/{rg['id']}", json={"nmae": "typo"})).status_code == 400
+    assert (await api.patch(f"{RG}/rsg-missing", json={"name": "x"})).status_code == 404
+    assert await event_count() == before
+    assert (await api.delete(f"{RG}/{rg['id']}")).status_code == 204
+    assert (await api.get(f"{RG}/{rg['id']}")).status_code == 404
+    assert (await api.delete(f"{RG}/rsg-missing")).status_code == 404
+
+
+async def test_delete_refused_while_a_node_is_in_use_then_release(api: httpx.AsyncClient, platform) -> None:  # type: ignore[no-untyped-def]
+    import grpc
+
+    from capstan_proto import scheduler_pb2, scheduler_pb2_grpc
+
+    rg = (await api.post(RG, json={"name": "busy"})).json()
+    async with grpc.aio.insecure_channel(platform.scheduler.address) as ch:
+        node = await scheduler_pb2_grpc.SchedulerStub(ch).JoinNode(
+            scheduler_pb2.JoinNodeRequest(resource_group_id=rg["id"], name="n1", cpu=2, memory_gib=2, agent_kind="trainer")
+        )
+    r = await api.delete(f"{RG}/{rg['id']}")
+    assert r.status_code == 409 and node.id in r.json()["error"]["message"]
+    assert (await api.post("/api/v1/nodes/release", json={"node_ids": []})).status_code == 400
+    r = await api.post(f"/api/v1/nodes/{node.id}/release")
+    assert r.status_code == 200 and r.json()["state"] == "Releasing", r.text
+    import asyncio
+
+    for _ in range(100):
+        nodes = (await api.get("/api/v1/nodes", params={"resource_group_id": rg["id"]})).json()["items"]
+        if nodes[0]["state"] == "Released":
+            break
+        await asyncio.sleep(0.05)
+    assert nodes[0]["state"] == "Released"
+    assert (await api.post("/api/v1/nodes/release", json={"node_ids": [node.id]})).status_code == 200  # idempotent
+    assert (await api.delete(f"{RG}/{rg['id']}")).status_code == 204

@@ -163,3 +163,73 @@ async def test_invalid_policy_names_the_field_and_appends_nothing(services) -> N
 async def _state(s, node_id):  # type: ignore[no-untyped-def]
     nodes = await s.ListNodes(scheduler_pb2.ListNodesRequest())
     return next(n.state for n in nodes.items if n.id == node_id)
+
+
+async def test_update_resource_group_fields_and_policy(services) -> None:  # type: ignore[no-untyped-def]
+    sched, trainer, s, t = services
+    rg = await s.CreateResourceGroup(scheduler_pb2.CreateResourceGroupRequest(name="g", tags={"a": "1"}, description="d"))
+    up = await s.UpdateResourceGroup(scheduler_pb2.UpdateResourceGroupRequest(
+        id=rg.id, name="g2", policy_json='{"ResourceRule": {"DefaultQueue": 1, "Preempted": 1}}'
+    ))
+    assert (up.name, up.description, dict(up.tags)) == ("g2", "d", {"a": "1"})
+    assert '"DefaultQueue": 1' in up.policy_json and '"Preempted": 1' in up.policy_json
+    up = await s.UpdateResourceGroup(scheduler_pb2.UpdateResourceGroupRequest(id=rg.id, set_tags=True, tags={}))
+    assert dict(up.tags) == {} and up.name == "g2"
+    before = (await sched.ctx.js.stream_info("CAPSTAN_EVENTS")).state.messages
+    await s.UpdateResourceGroup(scheduler_pb2.UpdateResourceGroupRequest(id=rg.id, name="g2"))  # no change
+    for bad in (
+        scheduler_pb2.UpdateResourceGroupRequest(id=rg.id, policy_json='{"ResourceRule": {"DefaultQueue": 7}}'),
+        scheduler_pb2.UpdateResourceGroupRequest(id=rg.id, name="bad name"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await s.UpdateResourceGroup(bad)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await s.UpdateResourceGroup(scheduler_pb2.UpdateResourceGroupRequest(id="rsg-nope", name="x"))
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    assert (await sched.ctx.js.stream_info("CAPSTAN_EVENTS")).state.messages == before
+
+
+async def test_release_drains_then_delete_is_allowed(services) -> None:  # type: ignore[no-untyped-def]
+    sched, trainer, s, t = services
+    rg = await s.CreateResourceGroup(scheduler_pb2.CreateResourceGroupRequest(name="g"))
+    n1 = await s.JoinNode(scheduler_pb2.JoinNodeRequest(resource_group_id=rg.id, name="n1", cpu=2, memory_gib=4, agent_kind="trainer"))
+    n2 = await s.JoinNode(scheduler_pb2.JoinNodeRequest(resource_group_id=rg.id, name="n2", cpu=2, memory_gib=4, agent_kind="trainer"))
+    task = await t.CreateTrainingTask(trainer_pb2.CreateTrainingTaskRequest(
+        name="busy", resource_group_id=rg.id, command="x", resources=common_pb2.Resources(cpu=2, memory_gib=1)))
+
+    async def placed():  # type: ignore[no-untyped-def]
+        got = await t.GetTrainingTask(trainer_pb2.GetTrainingTaskRequest(id=task.id))
+        return got.instances[0].node_id or None
+
+    busy = await _until(placed)
+    idle = n2.id if busy == n1.id else n1.id
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await s.DeleteResourceGroup(scheduler_pb2.DeleteResourceGroupRequest(id=rg.id))
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert n1.id in (e.value.details() or "") and n2.id in (e.value.details() or "")
+    # a batch with one unknown node is refused whole
+    with pytest.raises(grpc.aio.AioRpcError):
+        await s.ReleaseNodes(scheduler_pb2.ReleaseNodesRequest(node_ids=[n1.id, "node-nope"]))
+    assert await _state(s, n1.id) == "Running"
+    out = await s.ReleaseNodes(scheduler_pb2.ReleaseNodesRequest(node_ids=[n1.id, n2.id]))
+    assert {n.state for n in out.items} == {"Releasing"}
+    await _until(lambda: _eq(_state(s, idle), "Released"))  # nothing ran there
+    await asyncio.sleep(0.3)
+    assert await _state(s, busy) == "Releasing"  # drains: its task still runs
+    # a releasing node takes no new work
+    other = await t.CreateTrainingTask(trainer_pb2.CreateTrainingTaskRequest(
+        name="later", resource_group_id=rg.id, command="x", resources=common_pb2.Resources(cpu=1, memory_gib=1)))
+    await t.ReportInstance(trainer_pb2.ReportInstanceRequest(task_id=task.id, instance_index=0, node_id=busy, state="Exited", exit_code=0))
+    await _until(lambda: _eq(_state(s, busy), "Released"))
+    assert (await t.GetTrainingTask(trainer_pb2.GetTrainingTaskRequest(id=other.id))).status in ("Queued", "Submitting")
+    await s.DeleteResourceGroup(scheduler_pb2.DeleteResourceGroupRequest(id=rg.id))
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await s.GetResourceGroup(scheduler_pb2.GetResourceGroupRequest(id=rg.id))
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    # the task still queued in the deleted group fails with the reason
+    async def failed():  # type: ignore[no-untyped-def]
+        got = await t.GetTrainingTask(trainer_pb2.GetTrainingTaskRequest(id=other.id))
+        return got if got.status == "Failed" else None
+
+    assert "was deleted" in (await _until(failed)).failure_reason

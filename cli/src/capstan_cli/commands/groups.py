@@ -63,6 +63,55 @@ def rg_list() -> None:
     )
 
 
+@rg.command("update")
+@click.argument("group_id", metavar="ID")
+@click.option("--name", help="New name.")
+@click.option("--description", help="New description (up to 500 characters).")
+@click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="Replace the tags with these (repeatable).")
+@click.option("--clear-tags", is_flag=True, help="Remove every tag.")
+@click.option("--policy", metavar="JSON", help="New scheduling policy.")
+@click.option("--default-policy", is_flag=True, help="Reset the scheduling policy to the default.")
+@common_options
+def rg_update(
+    group_id: str, name: str | None, description: str | None, tags: tuple[str, ...], clear_tags: bool,
+    policy: str | None, default_policy: bool,
+) -> None:
+    """Edit a resource group; options left out stay as they are."""
+    body: dict[str, Any] = {}
+    if name is not None:
+        body["name"] = name
+    if description is not None:
+        body["description"] = description
+    if tags or clear_tags:
+        body["tags"] = parse_tags(tags)
+    if policy is not None and default_policy:
+        raise click.UsageError("give --policy or --default-policy, not both")
+    if policy is not None:
+        body["policy"] = json_object(policy, "--policy")
+    elif default_policy:
+        body["policy"] = None
+    if not body:
+        raise click.UsageError("nothing to change: give --name, --description, --tag/--clear-tags or a policy option")
+    cfg = config()
+    with cfg.client() as client:
+        group = client.request("PATCH", f"/resource-groups/{group_id}", body=body)
+    if cfg.json_output:
+        print_json(group)
+    else:
+        click.echo(f"{group['id']} updated")
+
+
+@rg.command("delete")
+@click.argument("group_id", metavar="ID")
+@common_options
+def rg_delete(group_id: str) -> None:
+    """Delete a resource group (refused while any of its nodes is in use: release them first)."""
+    cfg = config()
+    with cfg.client() as client:
+        client.request("DELETE", f"/resource-groups/{group_id}")
+    click.echo(f"{group_id} deleted")
+
+
 @rg.command("get")
 @click.argument("group_id", metavar="ID")
 @common_options
@@ -101,11 +150,14 @@ def _gpus(total: Any, used: Any) -> str | None:
     return ",".join(f"{kind} {_used(used.get(kind), count)}" for kind, count in sorted(total.items()))
 
 
-@click.command()
+@click.group("nodes", invoke_without_command=True)
 @click.option("--resource-group", "resource_group", metavar="ID", help="Only this group's nodes.")
 @common_options
-def nodes(resource_group: str | None) -> None:
-    """List nodes (machines whose agents joined a resource group)."""
+@click.pass_context
+def nodes(ctx: click.Context, resource_group: str | None) -> None:
+    """List nodes (machines whose agents joined a resource group); `nodes release` releases them."""
+    if ctx.invoked_subcommand is not None:
+        return
     cfg = config()
     with cfg.client() as client:
         items = list(client.paginate("/nodes", resource_group_id=resource_group))
@@ -129,3 +181,18 @@ def nodes(resource_group: str | None) -> None:
     # Resources read allocated/offered.
     headers = ["ID", "NAME", "GROUP", "KIND", "STATE", "CPU", "MEMORY_GIB", "GPUS", "HEARTBEAT"]
     click.echo(table(headers, rows))
+
+
+@nodes.command("release")
+@click.argument("node_ids", nargs=-1, required=True, metavar="ID...")
+@common_options
+def nodes_release(node_ids: tuple[str, ...]) -> None:
+    """Release nodes: they take no new work and become Released once what runs there has ended."""
+    cfg = config()
+    with cfg.client() as client:
+        result = client.post("/nodes/release", {"node_ids": list(node_ids)})
+    if cfg.json_output:
+        print_json(result["items"])
+        return
+    for n in result["items"]:
+        click.echo(f"{n['id']}  {n['state']}")

@@ -29,6 +29,24 @@ class ResourceGroupCreated(Event):
     at_ms: int
 
 
+@event("ResourceGroupUpdated", version=1)
+class ResourceGroupUpdated(Event):
+    """The group's editable fields after the edit (all of them, so a fold needs no merge)."""
+
+    rg_id: str
+    name: str
+    description: str
+    tags: dict[str, str]
+    policy: dict[str, Any]
+    at_ms: int
+
+
+@event("ResourceGroupDeleted", version=1)
+class ResourceGroupDeleted(Event):
+    rg_id: str
+    at_ms: int
+
+
 @event("NodeJoined", version=1)
 class NodeJoined(Event):
     node_id: str

@@ -103,8 +103,19 @@ class SchedulerClient(ServiceClient):
     ) -> scheduler_pb2.ListResourceGroupsResponse:
         return await self.call(self.stub.ListResourceGroups, req)
 
+    async def update_resource_group(self, req: scheduler_pb2.UpdateResourceGroupRequest) -> scheduler_pb2.ResourceGroup:
+        return await self.call(self.stub.UpdateResourceGroup, req)
+
+    async def delete_resource_group(
+        self, req: scheduler_pb2.DeleteResourceGroupRequest
+    ) -> scheduler_pb2.DeleteResourceGroupResponse:
+        return await self.call(self.stub.DeleteResourceGroup, req)
+
     async def list_nodes(self, req: scheduler_pb2.ListNodesRequest) -> scheduler_pb2.ListNodesResponse:
         return await self.call(self.stub.ListNodes, req)
+
+    async def release_nodes(self, req: scheduler_pb2.ReleaseNodesRequest) -> scheduler_pb2.ReleaseNodesResponse:
+        return await self.call(self.stub.ReleaseNodes, req)
 
 
 class TrainerClient(ServiceClient):

@@ -47,6 +47,24 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         items, token, total = self.app.list_resource_groups(req.page.page_size, req.page.page_token)
         return scheduler_pb2.ListResourceGroupsResponse(items=[_rg(i) for i in items], next_page_token=token, total=total)
 
+    async def UpdateResourceGroup(self, req: scheduler_pb2.UpdateResourceGroupRequest, context: grpc.aio.ServicerContext) -> scheduler_pb2.ResourceGroup:  # noqa: N802
+        d = await self.app.update_resource_group(
+            req.id,
+            name=req.name if req.HasField("name") else None,
+            description=req.description if req.HasField("description") else None,
+            tags=dict(req.tags) if req.set_tags else None,
+            policy_json=req.policy_json if req.HasField("policy_json") else None,
+        )
+        return _rg(d)
+
+    async def DeleteResourceGroup(self, req: scheduler_pb2.DeleteResourceGroupRequest, context: grpc.aio.ServicerContext) -> scheduler_pb2.DeleteResourceGroupResponse:  # noqa: N802
+        await self.app.delete_resource_group(req.id)
+        return scheduler_pb2.DeleteResourceGroupResponse()
+
+    async def ReleaseNodes(self, req: scheduler_pb2.ReleaseNodesRequest, context: grpc.aio.ServicerContext) -> scheduler_pb2.ReleaseNodesResponse:  # noqa: N802
+        items = await self.app.release_nodes(list(req.node_ids))
+        return scheduler_pb2.ReleaseNodesResponse(items=[_node(i) for i in items])
+
     async def JoinNode(self, req: scheduler_pb2.JoinNodeRequest, context: grpc.aio.ServicerContext) -> scheduler_pb2.Node:  # noqa: N802
         d = await self.app.join_node(
             rg_id=req.resource_group_id, name=req.name, agent_kind=req.agent_kind or "trainer", cpu=req.cpu,

@@ -18,8 +18,30 @@ from capstan_core.paging import next_token, page_bounds
 from capstan_core.service import ServiceContext
 from capstan_core.streams import event_subject
 
-from .domain.aggregates import decide_create_rg, decide_join, decide_node_state, fold_node, fold_rg
+from .domain.aggregates import (
+    NODE_STATES_IN_USE,
+    decide_create_rg,
+    decide_delete_rg,
+    decide_join,
+    decide_node_state,
+    decide_release,
+    decide_update_rg,
+    fold_node,
+    fold_rg,
+)
 from .tables import allocations, nodes, resource_groups
+
+
+def _parse_policy(policy_json: str | None) -> dict[str, Any] | None:
+    if not policy_json:
+        return None
+    try:
+        policy = json.loads(policy_json)
+    except json.JSONDecodeError as e:
+        raise InvalidArgument(f"policy is not valid JSON: {e.msg}", field="policy") from e
+    if not isinstance(policy, dict):
+        raise InvalidArgument("policy must be a JSON object", field="policy")
+    return policy
 
 
 @dataclass
@@ -41,14 +63,7 @@ class SchedulerApp:
     async def create_resource_group(
         self, *, name: str, description: str, tags: dict[str, str], policy_json: str, creator: str, idempotency_key: str
     ) -> dict[str, Any]:
-        policy: Any = None
-        if policy_json:
-            try:
-                policy = json.loads(policy_json)
-            except json.JSONDecodeError as e:
-                raise InvalidArgument(f"policy is not valid JSON: {e.msg}", field="policy") from e
-            if not isinstance(policy, dict):
-                raise InvalidArgument("policy must be a JSON object", field="policy")
+        policy = _parse_policy(policy_json)
         rg_id = stable_id("rsg", creator, idempotency_key) if idempotency_key else new_id("rsg")
         now = self.clock.now_ms()
         outcome = await execute(
@@ -62,6 +77,71 @@ class SchedulerApp:
         )
         await self.ctx.await_projection(outcome.seq)
         return self.get_resource_group(rg_id)
+
+    async def update_resource_group(
+        self, rg_id: str, *, name: str | None, description: str | None, tags: dict[str, str] | None,
+        policy_json: str | None,
+    ) -> dict[str, Any]:
+        policy = _parse_policy(policy_json) if policy_json is not None else None
+        if policy_json is not None and policy is None:
+            policy = {}  # an empty policy string resets to the default policy
+        now = self.clock.now_ms()
+        outcome = await execute(
+            self.ctx.store, event_subject(RSG, rg_id), fold_rg,
+            functools.partial(decide_update_rg, rg_id=rg_id, name=name, description=description, tags=tags,
+                              policy=policy, now_ms=now),
+        )
+        await self.ctx.await_projection(outcome.seq)
+        return self.get_resource_group(rg_id)
+
+    async def delete_resource_group(self, rg_id: str) -> None:
+        with self.ctx.engine.connect() as conn:
+            in_use = [
+                (r.id, r.state)
+                for r in conn.execute(
+                    select(nodes.c.id, nodes.c.state)
+                    .where(nodes.c.resource_group_id == rg_id, nodes.c.state.in_(NODE_STATES_IN_USE))
+                    .order_by(nodes.c.id)
+                )
+            ]
+        now = self.clock.now_ms()
+        outcome = await execute(
+            self.ctx.store, event_subject(RSG, rg_id), fold_rg,
+            functools.partial(decide_delete_rg, rg_id=rg_id, nodes_in_use=in_use, now_ms=now),
+        )
+        await self.ctx.await_projection(outcome.seq)
+
+    async def release_nodes(self, node_ids: list[str]) -> list[dict[str, Any]]:
+        """Batch release: every node is checked first, so a refused batch appends nothing."""
+        if not node_ids:
+            raise InvalidArgument("node_ids must name at least one node", field="node_ids")
+        now = self.clock.now_ms()
+        for node_id in node_ids:
+            recorded, _ = await self.ctx.store.load(event_subject(NODE, node_id))
+            decide_release(fold_node([r.event for r in recorded]), node_id=node_id, now_ms=now)
+        last = 0
+        for node_id in dict.fromkeys(node_ids):
+            outcome = await execute(
+                self.ctx.store, event_subject(NODE, node_id), fold_node,
+                functools.partial(decide_release, node_id=node_id, now_ms=now),
+            )
+            last = max(last, outcome.seq)
+        await self.ctx.await_projection(last)
+        return [self.get_node(n) for n in dict.fromkeys(node_ids)]
+
+    async def finish_drained_releases(self) -> None:
+        """Releasing nodes with nothing left on them become Released."""
+        with self.ctx.engine.connect() as conn:
+            drained = conn.execute(
+                select(nodes.c.id).where(nodes.c.state == "Releasing")
+                .where(~select(allocations.c.node_id).where(allocations.c.node_id == nodes.c.id).exists())
+            ).scalars().all()
+        now = self.clock.now_ms()
+        for node_id in drained:
+            await execute(
+                self.ctx.store, event_subject(NODE, node_id), fold_node,
+                functools.partial(decide_node_state, node_id=node_id, state="Released", reason="drained", now_ms=now),
+            )
 
     async def join_node(
         self, *, rg_id: str, name: str, agent_kind: str, cpu: float, memory_gib: float, gpus: dict[str, int]

@@ -11,6 +11,8 @@ from capstan_core.contracts.scheduling import (
     NodeJoined,
     NodeStateChanged,
     ResourceGroupCreated,
+    ResourceGroupDeleted,
+    ResourceGroupUpdated,
     WorkloadPlaced,
     WorkloadQueued,
     WorkloadRejected,
@@ -47,6 +49,19 @@ class SchedulerProjection(Projection):
             dict(name=e.name, description=e.description, tags=json.dumps(e.tags, sort_keys=True),
                  policy=json.dumps(e.policy, sort_keys=True), creator=e.creator, created_at_ms=e.at_ms),
         )
+
+    @_apply.register
+    def _(self, e: ResourceGroupUpdated, conn: Connection, rec: RecordedEvent) -> None:
+        conn.execute(
+            update(resource_groups).where(resource_groups.c.id == e.rg_id).values(
+                name=e.name, description=e.description, tags=json.dumps(e.tags, sort_keys=True),
+                policy=json.dumps(e.policy, sort_keys=True),
+            )
+        )
+
+    @_apply.register
+    def _(self, e: ResourceGroupDeleted, conn: Connection, rec: RecordedEvent) -> None:
+        conn.execute(delete(resource_groups).where(resource_groups.c.id == e.rg_id))
 
     @_apply.register
     def _(self, e: NodeJoined, conn: Connection, rec: RecordedEvent) -> None:

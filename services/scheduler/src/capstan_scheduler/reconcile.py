@@ -70,6 +70,9 @@ class Scheduler:
         for w in pending:
             if w["ended"]:
                 r = await self._append(dict(w), [WorkloadReleased(workload_id=w["id"], at_ms=now)], f"release:{w['id']}")
+            elif w["status"] == "queued" and w["resource_group_id"] not in groups:
+                gone = WorkloadRejected(workload_id=w["id"], reason=f"resource group {w['resource_group_id']} was deleted", at_ms=now)
+                r = await self._append(dict(w), [gone], f"reject:{w['id']}")
             elif w["status"] == "submitted":
                 capacity = [_free(n, []) for n in node_rows if n["resource_group_id"] == w["resource_group_id"]]
                 reason = _reject_reason(w, groups, capacity)
@@ -124,6 +127,7 @@ class Scheduler:
     async def step(self) -> None:
         await self.cycle()
         await self.app.mark_silent_nodes_abnormal()
+        await self.app.finish_drained_releases()
 
 
 def _free(n: Any, allocs: list[Any]) -> NodeFree:

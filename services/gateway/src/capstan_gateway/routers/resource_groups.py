@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Path
+from fastapi import Path, Response
 
 from capstan_proto import scheduler_pb2
 
 from ..deps import CurrentPrincipal, IdempotencyKey, PageRequest, Scheduler
-from ..schemas import ResourceGroup, ResourceGroupCreate, ResourceGroupList
+from ..schemas import ResourceGroup, ResourceGroupCreate, ResourceGroupList, ResourceGroupUpdate
 from . import api_router
 
 router = api_router("resource-groups")
@@ -37,3 +37,19 @@ async def list_resource_groups(scheduler: Scheduler, page: PageRequest) -> Resou
 @router.get("/{id}", summary="Get a resource group")
 async def get_resource_group(id: ResourceGroupId, scheduler: Scheduler) -> ResourceGroup:
     return ResourceGroup.from_proto(await scheduler.get_resource_group(scheduler_pb2.GetResourceGroupRequest(id=id)))
+
+
+@router.patch("/{id}", summary="Edit a resource group (name, description, tags, scheduling policy)")
+async def update_resource_group(id: ResourceGroupId, body: ResourceGroupUpdate, scheduler: Scheduler) -> ResourceGroup:
+    return ResourceGroup.from_proto(await scheduler.update_resource_group(body.to_proto(id)))
+
+
+@router.delete(
+    "/{id}",
+    status_code=204,
+    summary="Delete a resource group (refused, naming them, while any node is in use)",
+    response_class=Response,
+)
+async def delete_resource_group(id: ResourceGroupId, scheduler: Scheduler) -> Response:
+    await scheduler.delete_resource_group(scheduler_pb2.DeleteResourceGroupRequest(id=id))
+    return Response(status_code=204)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .common import Page
 from .nodes import Node, NodeList
-from .resource_groups import ResourceGroup, ResourceGroupCreate, ResourceGroupList
+from .resource_groups import ResourceGroup, ResourceGroupCreate, ResourceGroupList, ResourceGroupUpdate
 from .training_tasks import LogLine, LogPage, TrainingTask, TrainingTaskCreate, TrainingTaskList
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "ResourceGroup",
     "ResourceGroupCreate",
     "ResourceGroupList",
+    "ResourceGroupUpdate",
     "TrainingTask",
     "TrainingTaskCreate",
     "TrainingTaskList",

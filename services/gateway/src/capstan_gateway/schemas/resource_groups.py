@@ -33,6 +33,29 @@ class ResourceGroupCreate(RequestModel):
         )
 
 
+class ResourceGroupUpdate(RequestModel):
+    """Fields left out stay as they are; ``tags`` replaces the group's tags whole; ``policy: null``
+    resets the scheduling policy to the default."""
+
+    name: ResourceGroupName | None = None
+    description: Annotated[str, StringConstraints(max_length=500)] | None = None
+    tags: Tags | None = None
+    policy: dict[str, Any] | None = Field(default=None, description="scheduling policy (SPEC §7.2)")
+
+    def to_proto(self, rg_id: str) -> scheduler_pb2.UpdateResourceGroupRequest:
+        req = scheduler_pb2.UpdateResourceGroupRequest(id=rg_id)
+        if self.name is not None:
+            req.name = self.name
+        if self.description is not None:
+            req.description = self.description
+        if self.tags is not None:
+            req.set_tags = True
+            req.tags.update(self.tags)
+        if "policy" in self.model_fields_set:
+            req.policy_json = dump_json_object(self.policy, "body.policy")
+        return req
+
+
 class ResourceGroup(BaseModel):
     id: str
     name: str
