@@ -23,7 +23,11 @@ ROUTES = [
     ("GET", "/api/v1/resource-groups"),
     ("POST", "/api/v1/resource-groups"),
     ("GET", "/api/v1/resource-groups/rsg-12345678"),
+    ("PATCH", "/api/v1/resource-groups/rsg-12345678"),
+    ("DELETE", "/api/v1/resource-groups/rsg-12345678"),
     ("GET", "/api/v1/nodes"),
+    ("POST", "/api/v1/nodes/release"),
+    ("POST", "/api/v1/nodes/node-12345678/release"),
     ("GET", "/api/v1/training-tasks"),
     ("POST", "/api/v1/training-tasks"),
     ("GET", "/api/v1/training-tasks/train-12345678"),
@@ -127,3 +131,13 @@ def test_service_addresses_are_required(monkeypatch: pytest.MonkeyPatch) -> None
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(ValidationError, match="CAPSTAN_SCHEDULER_ADDR is not set"):
         GatewaySettings()
+
+
+async def test_the_route_list_above_is_every_api_route(client: httpx.AsyncClient) -> None:
+    """A new route must join ROUTES (and so the 401 test): compare with the OpenAPI document."""
+    import re
+
+    spec = (await client.get("/openapi.json")).json()
+    documented = {(m.upper(), p) for p, item in spec["paths"].items() for m in item if p.startswith("/api/v1")}
+    listed = {(m, re.sub(r"/(rsg|train|node)-12345678", "/{id}", p)) for m, p in ROUTES}
+    assert listed == documented

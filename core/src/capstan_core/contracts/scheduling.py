@@ -87,6 +87,8 @@ class InstancePlacement(BaseModel):
 
     index: int
     node_id: str
+    # (card index on the node, tenths of that card); empty for CPU-only work. Older events lack it.
+    cards: tuple[tuple[int, int], ...] = ()
 
 
 @event("WorkloadPlaced", version=1)

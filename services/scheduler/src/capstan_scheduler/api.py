@@ -84,6 +84,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             scheduler_pb2.Assignment(
                 workload_id=a["workload_id"], workload_kind=a["kind"], instance_index=a["idx"],
                 resources=common_pb2.Resources(cpu=a["cpu"], memory_gib=a["memory_gib"], gpu_type=a["gpu_type"], gpu=a["gpu"]),
+                cards=[scheduler_pb2.CardShare(index=i, tenths=t) for i, t in json.loads(a["cards"] or "[]")],
             )
             for a in self.app.node_assignments(req.node_id)
         ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +30,8 @@ from .domain.aggregates import (
     fold_node,
     fold_rg,
 )
-from .tables import allocations, nodes, resource_groups
+from .snapshot import DEFAULT_SHAREABLE, GroupPlan, build_plans
+from .tables import allocations, nodes, resource_groups, workloads
 
 
 def _parse_policy(policy_json: str | None) -> dict[str, Any] | None:
@@ -58,6 +60,11 @@ class SchedulerApp:
         self.clock = clock or SystemClock()
         self.liveness = Liveness({}, self.clock.now_ms())
         self.abnormal_after_ms = abnormal_after_ms
+        configured = os.environ.get("CAPSTAN_SHAREABLE_GPU_TYPES")
+        # Card types whose cards may be split into tenths (SPEC §7.3).
+        self.shareable = (
+            frozenset(t.strip() for t in configured.split(",") if t.strip()) if configured is not None else DEFAULT_SHAREABLE
+        )
 
     # -- commands --------------------------------------------------------------------
     async def create_resource_group(
@@ -213,6 +220,20 @@ class SchedulerApp:
             )
         items = [{**r, "node_count": int(counts.get(r["id"], 0))} for r in rows]
         return items, next_token(offset, size, total), total
+
+    def plans(self) -> dict[str, GroupPlan]:
+        """Every resource group's scheduling input, from the read models."""
+        with self.ctx.engine.connect() as conn:
+            groups = conn.execute(select(resource_groups)).mappings().all()
+            node_rows = conn.execute(
+                select(nodes).where(nodes.c.agent_kind == "trainer", nodes.c.state != "Released").order_by(nodes.c.id)
+            ).mappings().all()
+            work = conn.execute(
+                select(workloads).where(workloads.c.status.in_(("queued", "placed")), workloads.c.ended.is_(False))
+                .order_by(workloads.c.submitted_seq)
+            ).mappings().all()
+            allocs = conn.execute(select(allocations)).mappings().all()
+        return build_plans(groups, node_rows, work, allocs, self.shareable)
 
     def get_node(self, node_id: str) -> dict[str, Any]:
         with self.ctx.engine.connect() as conn:

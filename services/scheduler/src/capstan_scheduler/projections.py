@@ -89,7 +89,8 @@ class SchedulerProjection(Projection):
             dict(kind="training", resource_group_id=e.resource_group_id, status="submitted", cpu=e.resources.cpu,
                  memory_gib=e.resources.memory_gib, gpu_type=e.resources.gpu_type, gpu=e.resources.gpu,
                  instance_count=e.instance_count, submitted_seq=rec.seq, submitted_at_ms=e.at_ms, ended=False,
-                 subject_seq=0, trace_parent=rec.headers.get("traceparent", ""), reason=""),
+                 subject_seq=0, trace_parent=rec.headers.get("traceparent", ""), reason="",
+                 tags=json.dumps(e.tags, sort_keys=True), started_at_ms=0),
         )
 
     @_apply.register
@@ -108,12 +109,16 @@ class SchedulerProjection(Projection):
 
     @_apply.register
     def _(self, e: WorkloadPlaced, conn: Connection, rec: RecordedEvent) -> None:
-        conn.execute(update(workloads).where(workloads.c.id == e.workload_id).values(status="placed", subject_seq=rec.seq))
+        conn.execute(
+            update(workloads).where(workloads.c.id == e.workload_id)
+            .values(status="placed", subject_seq=rec.seq, started_at_ms=e.at_ms)
+        )
         r = e.resources
         for p in e.placements:
             conn.execute(
                 allocations.insert().values(workload_id=e.workload_id, idx=p.index, node_id=p.node_id, kind=e.kind,
-                                            cpu=r.cpu, memory_gib=r.memory_gib, gpu_type=r.gpu_type, gpu=r.gpu)
+                                            cpu=r.cpu, memory_gib=r.memory_gib, gpu_type=r.gpu_type, gpu=r.gpu,
+                                            cards=json.dumps([list(c) for c in p.cards]))
             )
 
     @_apply.register

@@ -2,9 +2,10 @@
 
 1. admit: submitted workloads -> WorkloadQueued (or WorkloadRejected with a reason);
 2. release: ended workloads -> WorkloadReleased (frees their allocations);
-3. snapshot: free capacity of every Running node, per resource group;
-4. place: queued workloads in FIFO order, all-or-nothing; strict FIFO per resource
-   group and card type (a head that does not fit blocks later items of its type);
+3. snapshot: per resource group, its nodes, running work and queue (``snapshot.py``);
+4. place: the pure scheduling core (``domain/core``) decides with the group's queue
+   mode and priorities: lanes per card type, gangs all-or-nothing, GPU work packed
+   onto cards (fractions share a card), CPU work spread;
 5. wait until the read models hold what was appended, so the next cycle's
    snapshot includes it (no double allocation).
 Every append carries an expected sequence on the workload's subject, so a
@@ -13,16 +14,22 @@ restarted or duplicated scheduler cannot place a workload twice.
 
 from __future__ import annotations
 
-import json
 import logging
-from collections import defaultdict
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import select
 
 from capstan_core import tracing
 from capstan_core.contracts.common import ResourceSpec
-from capstan_core.contracts.scheduling import WORKLOAD, WorkloadQueued, WorkloadRejected, WorkloadReleased
+from capstan_core.contracts.scheduling import (
+    WORKLOAD,
+    InstancePlacement,
+    WorkloadPlaced,
+    WorkloadQueued,
+    WorkloadRejected,
+    WorkloadReleased,
+)
 from capstan_core.errors import Conflict, Unavailable
 from capstan_core.events import Event
 from capstan_core.eventstore import AppendResult
@@ -30,9 +37,9 @@ from capstan_core.service import ServiceContext
 from capstan_core.streams import event_subject
 
 from .app import SchedulerApp
-from .domain.aggregates import placement_event
-from .domain.placement import NodeFree, fits_anywhere_empty, place
-from .tables import allocations, nodes, resource_groups, workloads
+from .domain.core import FreeState, place_gang, schedule
+from .snapshot import GroupPlan, request_of
+from .tables import resource_groups, workloads
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +70,8 @@ class Scheduler:
                 .order_by(workloads.c.submitted_seq)
             ).mappings().all()
             groups = {r["id"] for r in conn.execute(select(resource_groups.c.id)).mappings()}
-            node_rows = conn.execute(select(nodes)).mappings().all()
-            alloc_rows = conn.execute(select(allocations)).mappings().all()
+
+        admission_plans = self.app.plans()
 
         # 1-2. admit and release
         for w in pending:
@@ -74,8 +81,7 @@ class Scheduler:
                 gone = WorkloadRejected(workload_id=w["id"], reason=f"resource group {w['resource_group_id']} was deleted", at_ms=now)
                 r = await self._append(dict(w), [gone], f"reject:{w['id']}")
             elif w["status"] == "submitted":
-                capacity = [_free(n, []) for n in node_rows if n["resource_group_id"] == w["resource_group_id"]]
-                reason = _reject_reason(w, groups, capacity)
+                reason = _reject_reason(w, admission_plans)
                 ev: Event = (
                     WorkloadRejected(workload_id=w["id"], reason=reason, at_ms=now) if reason
                     else WorkloadQueued(workload_id=w["id"], kind=w["kind"], resource_group_id=w["resource_group_id"], at_ms=now)
@@ -86,38 +92,28 @@ class Scheduler:
             if r is not None:
                 appended.append(r.seq)
 
-        # 3. snapshot of free capacity on Running nodes of the right agent kind
-        allocs_by_node: dict[str, list[Any]] = defaultdict(list)
-        for a in alloc_rows:
-            allocs_by_node[a["node_id"]].append(a)
-        free_by_group: dict[str, list[NodeFree]] = defaultdict(list)
-        for n in node_rows:
-            if n["state"] == "Running" and n["agent_kind"] == "trainer":
-                free_by_group[n["resource_group_id"]].append(_free(n, allocs_by_node[n["id"]]))
-
-        # 4. place queued workloads, FIFO, strict per (group, card type)
-        blocked: set[tuple[str, str]] = set()
-        for w in pending:
-            if w["status"] != "queued" or w["ended"]:
-                continue
-            lane = (w["resource_group_id"], w["gpu_type"] if w["gpu"] > 0 else "")
-            if lane in blocked:
-                continue
-            spec = ResourceSpec(cpu=w["cpu"], memory_gib=w["memory_gib"], gpu_type=w["gpu_type"], gpu=w["gpu"])
-            pool = free_by_group[w["resource_group_id"]]
-            chosen = place(pool, spec, w["instance_count"])
-            if chosen is None:
-                blocked.add(lane)
-                continue
-            placed = placement_event(workload_id=w["id"], kind=w["kind"], resources=spec, node_ids=chosen, now_ms=now)
-            r = await self._append(dict(w), [placed], f"place:{w['id']}")
-            if r is None:
-                blocked.add(lane)
-                continue
-            appended.append(r.seq)
-            by_id = {n.node_id: n for n in pool}
-            for node_id in chosen:
-                by_id[node_id].take(spec)
+        # 3-4. per resource group: snapshot, then the scheduling core decides (queue mode from the policy)
+        by_id: dict[str, Any] = {w["id"]: w for w in pending}
+        for plan in self.app.plans().values():
+            decisions = schedule(plan.snapshot, plan.mode, False, now)
+            for item_id in sorted(decisions.placements, key=lambda i: plan.items[i].order_key):
+                row = by_id.get(item_id)
+                if row is None or row["ended"] or row["status"] != "queued":
+                    continue
+                placed = WorkloadPlaced(
+                    workload_id=item_id, kind=row["kind"],
+                    resources=ResourceSpec(
+                        cpu=row["cpu"], memory_gib=row["memory_gib"], gpu_type=row["gpu_type"], gpu=row["gpu"]
+                    ),
+                    placements=[
+                        InstancePlacement(index=i, node_id=a.node_id, cards=a.cards)
+                        for i, a in enumerate(decisions.placements[item_id])
+                    ],
+                    at_ms=now,
+                )
+                r = await self._append(dict(row), [placed], f"place:{item_id}")
+                if r is not None:
+                    appended.append(r.seq)
 
         # 5. read-your-writes before the next cycle
         if appended:
@@ -130,21 +126,21 @@ class Scheduler:
         await self.app.finish_drained_releases()
 
 
-def _free(n: Any, allocs: list[Any]) -> NodeFree:
-    gpus = {k: float(v) for k, v in json.loads(n["gpus"]).items()}
-    free = NodeFree(n["id"], float(n["cpu"]), float(n["memory_gib"]), gpus)
-    for a in allocs:
-        free.take(ResourceSpec(cpu=a["cpu"], memory_gib=a["memory_gib"], gpu_type=a["gpu_type"], gpu=a["gpu"]))
-    return free
-
-
-def _reject_reason(w: Any, groups: set[str], capacity: list[NodeFree]) -> str:
-    if w["resource_group_id"] not in groups:
+def _reject_reason(w: Any, plans: dict[str, GroupPlan]) -> str:
+    """Why a submitted workload can never run in its group, or "" (it may wait, but it fits some day)."""
+    plan = plans.get(w["resource_group_id"])
+    if plan is None:
         return f"resource group {w['resource_group_id']} does not exist"
-    spec = ResourceSpec(cpu=w["cpu"], memory_gib=w["memory_gib"], gpu_type=w["gpu_type"], gpu=w["gpu"])
-    if capacity and not fits_anywhere_empty(capacity, spec):
-        return (
-            f"no node of {w['resource_group_id']} can ever hold one instance "
-            f"(cpu {spec.cpu}, memory {spec.memory_gib} GiB, gpu {spec.gpu} {spec.gpu_type})"
-        )
-    return ""
+    nodes = plan.snapshot.nodes
+    if not nodes:
+        return ""  # no machine yet: wait for one to join
+    request = request_of(w)
+    empty = FreeState.build([replace(n, state="Running") for n in nodes], [])
+    if place_gang(empty.in_group(plan.resource_group), request, 1) is not None:
+        return ""
+    what = f"cpu {request.cpu}, memory {request.memory_gib} GiB"
+    if request.gpu_tenths:
+        what += f", {request.gpu_tenths / 10:g} x {request.gpu_type}"
+        if request.fractional and not any(request.gpu_type in n.shareable for n in nodes):
+            return f"{request.gpu_type} cards are not shareable in {plan.resource_group}; ask for whole cards"
+    return f"no node of {plan.resource_group} can ever hold one instance ({what})"

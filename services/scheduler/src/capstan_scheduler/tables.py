@@ -54,6 +54,8 @@ workloads = Table(
     Column("subject_seq", BigInteger, nullable=False, default=0),  # last sequence on capstan.evt.workload.<id>
     Column("trace_parent", String(80), nullable=False, default=""),
     Column("reason", Text, nullable=False, default=""),
+    Column("tags", Text, nullable=False, default="{}"),  # JSON object: drives the priority (TaskRules)
+    Column("started_at_ms", BigInteger, nullable=False, default=0),
 )
 
 allocations = Table(
@@ -67,6 +69,7 @@ allocations = Table(
     Column("memory_gib", Float, nullable=False),
     Column("gpu_type", String(40), nullable=False),
     Column("gpu", Float, nullable=False),
+    Column("cards", Text, nullable=False, default="[]"),  # JSON [[card index, tenths], ...]
 )
 
 tracking = tracking_table(metadata)

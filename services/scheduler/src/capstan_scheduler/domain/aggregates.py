@@ -6,15 +6,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from capstan_core.contracts.common import ResourceSpec
 from capstan_core.contracts.scheduling import (
-    InstancePlacement,
     NodeJoined,
     NodeStateChanged,
     ResourceGroupCreated,
     ResourceGroupDeleted,
     ResourceGroupUpdated,
-    WorkloadPlaced,
 )
 from capstan_core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from capstan_core.events import Event
@@ -175,14 +172,3 @@ def decide_node_state(node: Node, *, node_id: str, state: str, reason: str, now_
 
 
 # -- workload ---------------------------------------------------------------------
-def placement_event(
-    *, workload_id: str, kind: str, resources: ResourceSpec, node_ids: Sequence[str], now_ms: int
-) -> WorkloadPlaced:
-    """The fact that a queued workload's instances go to ``node_ids`` (index i -> node_ids[i])."""
-    return WorkloadPlaced(
-        workload_id=workload_id,
-        kind=kind,
-        resources=resources,
-        placements=[InstancePlacement(index=i, node_id=n) for i, n in enumerate(node_ids)],
-        at_ms=now_ms,
-    )

@@ -38,6 +38,7 @@ class TrainerAgent:
         self._trainer_ch = grpcutil.channel(settings.trainer_addr)
         self.scheduler = scheduler_pb2_grpc.SchedulerStub(self._sched_ch)
         self.trainer = trainer_pb2_grpc.TrainerStub(self._trainer_ch)
+        self._cards: dict[tuple[str, int], list[tuple[int, int]]] = {}
         self.membership = NodeMembership(
             self.scheduler, resource_group=settings.resource_group, node_name=settings.node_name, agent_kind="trainer",
             capacity=detect(settings.node_cpu, settings.node_memory_gib, settings.node_gpus),
@@ -96,6 +97,9 @@ class TrainerAgent:
             scheduler_pb2.ListNodeAssignmentsRequest(node_id=self.node_id), timeout=10
         )
         assigned = {(a.workload_id, a.instance_index) for a in resp.items if a.workload_kind == "training"}
+        self._cards = {
+            (a.workload_id, a.instance_index): [(c.index, c.tenths) for c in a.cards] for a in resp.items
+        }
         tasks: dict[str, trainer_pb2.TrainingTask | None] = {}
         for task_id, _ in assigned:
             if task_id not in tasks:
@@ -161,6 +165,7 @@ class TrainerAgent:
             "INDEX": str(index),
             "RANK": str(index),
             "WORLD_SIZE": str(task.instance_count),
+            **gpu_env(self._cards.get((task.id, index), []), simulated=self.membership.capacity.simulated_gpus),
         }
         return InstanceSpec(
             task_id=task.id, instance_index=index, command=task.command,
@@ -178,3 +183,24 @@ class TrainerAgent:
             timeout=15,
         )
 
+
+
+def gpu_env(cards: list[tuple[int, int]], *, simulated: bool) -> dict[str, str]:
+    """What an instance is told about the cards it holds (SPEC §7.3).
+
+    ``CUDA_VISIBLE_DEVICES`` names the cards; a fraction of a card also gets
+    ``CAPSTAN_GPU_MEMORY_FRACTION`` (e.g. 0.3), which training code applies with
+    ``torch.cuda.set_per_process_memory_fraction``. Declared (simulated) cards have no device:
+    the instance sees none, and ``CAPSTAN_SIMULATED_GPUS=1`` says why.
+    """
+    if not cards:
+        return {"CUDA_VISIBLE_DEVICES": ""}
+    env = {"CAPSTAN_GPU_CARDS": ",".join(f"{i}:{t}" for i, t in cards)}
+    if len(cards) == 1 and cards[0][1] < 10:
+        env["CAPSTAN_GPU_MEMORY_FRACTION"] = f"{cards[0][1] / 10:g}"
+    if simulated:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+        env["CAPSTAN_SIMULATED_GPUS"] = "1"
+    else:
+        env["CUDA_VISIBLE_DEVICES"] = env["NVIDIA_VISIBLE_DEVICES"] = ",".join(str(i) for i, _ in cards)
+    return env

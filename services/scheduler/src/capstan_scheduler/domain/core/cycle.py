@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from .explain import Why, explain
 from .model import Decisions, InstanceAssignment, Item, Preemption, Snapshot
 from .placement import place_gang
-from .preemption import find_victims
+from .preemption import VictimIndex, find_victims
 from .priority import BACKFILL_ACROSS, BACKFILL_WITHIN_PRIORITY, STRICT_FIFO
 from .state import FreeState
 
@@ -36,6 +36,7 @@ class _Cycle:
     preempt: bool
     real: FreeState
     future: FreeState | None = None
+    index: VictimIndex | None = None
     lanes: dict[tuple[str, str], _Lane] = field(default_factory=dict)
     reserved: set[str] = field(default_factory=set)
     victims: set[str] = field(default_factory=set)
@@ -85,7 +86,10 @@ class _Cycle:
             return
         future = self.future_pool()
         pkey = (*key, item.priority)
-        plan = None if pkey in self.unpreemptable else find_victims(future, item, self.snapshot.running, self.victims)
+        if self.index is None:
+            self.index = VictimIndex(self.snapshot.running)
+        plan = None if pkey in self.unpreemptable else find_victims(
+            future, item, self.snapshot.running, self.victims, index=self.index)
         if plan is None:
             self.unpreemptable.add(pkey)
             self.why[item.id] = Why("no_fit", preemption="no_victims")

@@ -9,17 +9,23 @@ possible: first the first single candidate that makes the gang fit (on a simulat
 the first pair (when there are at most PAIR_SEARCH_MAX candidates); else victims are added in order until
 the gang fits and any the gang can do without is dropped again (last added first), so the set is at
 least minimal: no victim can be spared.
+
+How it is searched fast (same answers as trying every set on a copy of the pool): a placement succeeds
+exactly when the instances each node could still take add up to the gang's size (every node's room is
+independent of the others), so a set of victims is judged by re-counting only the nodes it touches. Victims
+are indexed once per cycle (``VictimIndex``) by resource group in preference order and by node.
 """
 
 from __future__ import annotations
 
-from collections.abc import Container, Sequence
+from bisect import bisect_left
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 
-from .model import Item, Running
+from .model import Item, Running, cpu_milli, mem_mib
 from .placement import Assignment, place_gang
-from .state import FreeState
+from .state import FreeNode, FreeState
 
 PAIR_SEARCH_MAX = 24  # above this many candidates, pairs are not searched exhaustively
 
@@ -30,6 +36,10 @@ class Plan:
     assignment: Assignment  # where the preemptor will go once its victims (and earlier evictions) have left
 
 
+def _pref(r: Running) -> tuple[int, int, str]:
+    return (-r.item.priority, -r.started_at, r.item.id)
+
+
 def candidates(preemptor: Item, running: Sequence[Running], excluded: Container[str]) -> list[Running]:
     """Eligible victims in the order they are tried."""
     out = [
@@ -37,8 +47,146 @@ def candidates(preemptor: Item, running: Sequence[Running], excluded: Container[
         if r.item.kind == "training" and not r.evicting and r.item.id not in excluded
         and r.item.resource_group == preemptor.resource_group and r.item.priority > preemptor.priority
     ]
-    out.sort(key=lambda r: (-r.item.priority, -r.started_at, r.item.id))
+    out.sort(key=_pref)
     return out
+
+
+# one instance of a victim on one node: (node id, cpu millicores, memory MiB, (card index, tenths)...)
+Part = tuple[str, int, int, tuple[tuple[int, int], ...]]
+
+
+class VictimIndex:
+    """Running training work that may be preempted, built once per cycle: per resource group in preference
+    order (lowest priority first, then youngest, then id), with each victim's share of every node it holds."""
+
+    def __init__(self, running: Iterable[Running]) -> None:
+        by_rg: dict[str, list[Running]] = {}
+        self._parts: dict[int, tuple[Part, ...]] = {}
+        self._cards: dict[int, tuple[tuple[str, int], ...]] = {}
+        for r in running:
+            if r.item.kind == "training" and not r.evicting:
+                by_rg.setdefault(r.item.resource_group, []).append(r)
+        for rs in by_rg.values():
+            rs.sort(key=_pref)
+        self.by_rg = by_rg
+        # the same order, as (minus priority, id) so that the eligible prefix is found by bisection
+        self.keys = {rg: [(-r.item.priority, r.item.id) for r in rs] for rg, rs in by_rg.items()}
+        # the most cards each holds on one node
+        self.spans = {rg: [len(r.assignment[0].cards) if len(r.assignment) == 1 else max(n for _, n in self.cards(r))
+                           for r in rs] for rg, rs in by_rg.items()}
+
+    def parts(self, r: Running) -> tuple[Part, ...]:
+        """``r``'s share of every node it holds, one entry per instance."""
+        got = self._parts.get(id(r))
+        if got is None:
+            cpu, mem = cpu_milli(r.item.request.cpu), mem_mib(r.item.request.memory_gib)
+            got = self._parts[id(r)] = tuple((a.node_id, cpu, mem, a.cards) for a in r.assignment)
+        return got
+
+    def cards(self, r: Running) -> tuple[tuple[str, int], ...]:
+        """How many cards ``r`` holds on each node."""
+        got = self._cards.get(id(r))
+        if got is None:
+            per_node: dict[str, int] = {}
+            for a in r.assignment:
+                per_node[a.node_id] = per_node.get(a.node_id, 0) + len(a.cards)
+            got = self._cards[id(r)] = tuple(per_node.items())
+        return got
+
+    def candidates(self, preemptor: Item, excluded: Container[str]) -> list[Running]:
+        """Same list as ``candidates``: the eligible victims are a prefix of the group's preference order."""
+        return self.eligible(preemptor, excluded)[0]
+
+    def eligible(self, preemptor: Item, excluded: Container[str]) -> tuple[list[Running], list[int]]:
+        """The candidates and, for each, the most cards it holds on one node."""
+        rs = self.by_rg.get(preemptor.resource_group)
+        if not rs:
+            return [], []
+        keys, spans = self.keys[preemptor.resource_group], self.spans[preemptor.resource_group]
+        end = bisect_left(keys, (-preemptor.priority,), key=lambda k: (k[0],))
+        pairs = [(r, s) for r, k, s in zip(rs[:end], keys[:end], spans[:end], strict=True) if k[1] not in excluded]
+        return [r for r, _ in pairs], [s for _, s in pairs]
+
+
+class _Room:
+    """How many instances of ``item`` each node of ``base`` can take, re-counted only where victims leave.
+    ``place_gang`` succeeds exactly when these counts add up to ``item.instance_count``."""
+
+    def __init__(self, base: FreeState, item: Item, skip: Container[str], index: VictimIndex) -> None:
+        req = item.request
+        self.base, self.rg, self.skip, self.index = base, item.resource_group, skip, index
+        self.count = item.instance_count
+        self.cpu, self.mem, self.t = cpu_milli(req.cpu), mem_mib(req.memory_gib), req.gpu_type
+        self.k, self.need = req.whole_cards, (req.gpu_tenths if req.fractional else 0)
+        self.cap0: dict[str, int] = {}
+        # nothing fits on ``base`` (checked first), so a single instance has no room anywhere yet
+        self.total0 = 0 if self.count == 1 else sum(self.cap(n) for n in base.in_group(self.rg))
+
+    def cap(self, n: FreeNode) -> int:
+        """Instances node ``n`` can take now (0 when it is not usable), at most ``count``."""
+        if not n.schedulable or n.id in self.skip:
+            return 0
+        c = self.count
+        if self.k:
+            c = min(c, n.whole.get(self.t, 0) // self.k)
+        elif self.need:
+            if self.t not in n.shareable:
+                return 0
+            c = min(c, sum(f // self.need for f in n.free.get(self.t, ())))
+        if self.cpu:
+            c = min(c, n.cpu // self.cpu)
+        if self.mem:
+            c = min(c, n.mem // self.mem)
+        return max(0, c)
+
+    def base_cap(self, n: FreeNode) -> int:
+        c = self.cap0.get(n.id)
+        if c is None:
+            c = self.cap0[n.id] = self.cap(n)
+        return c
+
+    def node(self, node_id: str) -> FreeNode | None:
+        n = self.base.nodes.get(node_id)
+        return n if n is not None and n.rg == self.rg else None
+
+    def move(self, r: Running, sign: int) -> set[str]:
+        """Release (+1) or take back (-1) victim ``r`` on ``base``; the usable nodes it touches."""
+        touched = set()
+        for node_id, cpu, mem, cards in self.index.parts(r):
+            n = self.node(node_id)
+            if n is not None:
+                if sign > 0:
+                    self.base_cap(n)  # counted before anything left it
+                n.apply(cpu, mem, cards, sign)
+                touched.add(node_id)
+        return touched
+
+    def gain(self, victims: Sequence[Running]) -> int:
+        """Extra instances the pool could take once ``victims`` left (``base`` is restored)."""
+        touched: set[str] = set()
+        for r in victims:
+            touched |= self.move(r, +1)
+        try:
+            return sum(self.cap(n) - self.base_cap(n) for n in (self.base.nodes[i] for i in touched))
+        finally:
+            for r in victims:
+                self.move(r, -1)
+
+    def may_gain(self, r: Running) -> bool:
+        """False when releasing ``r`` alone surely cannot make room for the gang: with whole cards, each node it
+        touches gains at most (whole cards free + cards ``r`` holds there) // k - what that node already takes."""
+        if not self.k:
+            return True
+        most = 0
+        for node_id, cards in self.index.cards(r):
+            n = self.node(node_id)
+            if n is None or not n.schedulable or n.id in self.skip:
+                continue
+            most += max(0, min(self.count, (n.whole.get(self.t, 0) + cards) // self.k) - self.base_cap(n))
+        return self.total0 + most >= self.count
+
+    def fits(self, victims: Sequence[Running]) -> bool:
+        return self.total0 + self.gain(victims) >= self.count
 
 
 def _fits(base: FreeState, item: Item, evict: Sequence[Running], skip: Container[str]) -> Assignment | None:
@@ -62,33 +210,74 @@ def _fits(base: FreeState, item: Item, evict: Sequence[Running], skip: Container
 
 
 def find_victims(
-    base: FreeState, item: Item, running: Sequence[Running], excluded: Container[str], skip: Container[str] = ()
+    base: FreeState, item: Item, running: Sequence[Running], excluded: Container[str], skip: Container[str] = (),
+    index: VictimIndex | None = None,
 ) -> Plan | None:
     """The minimal victim set that lets ``item`` fit on ``base`` (the pool as it will be once work already
     being evicted has left), or None when evicting every eligible victim would still not make room.
-    ``Plan.victims`` is empty when the pending evictions alone make room."""
+    ``Plan.victims`` is empty when the pending evictions alone make room. ``index``: ``VictimIndex(running)``,
+    built once and reused while ``running`` is unchanged."""
     fit = _fits(base, item, (), skip)
     if fit is not None:
         return Plan((), fit)
-    cands = candidates(item, running, excluded)
-    if not cands or _fits(base, item, cands, skip) is None:
+    if index is None:
+        index = VictimIndex(running)
+    cands, spans = index.eligible(item, excluded)
+    if not cands:
         return None
-    for size in (1, 2):
-        if size == 2 and len(cands) > PAIR_SEARCH_MAX:
-            break
-        for combo in combinations(cands, size):  # in preference order
-            fit = _fits(base, item, combo, skip)
-            if fit is not None:
-                return Plan(combo, fit)
-    chosen: list[Running] = []
-    for r in cands:
-        chosen.append(r)
-        if _fits(base, item, chosen, skip) is not None:
-            break
-    for r in reversed(list(chosen)):
-        trial = [c for c in chosen if c is not r]
-        if _fits(base, item, trial, skip) is not None:
-            chosen = trial
+    room = _Room(base, item, skip, index)
+    chosen = _search(room, cands, spans)
+    if chosen is None:
+        return None
     fit = _fits(base, item, chosen, skip)
     assert fit is not None
     return Plan(tuple(chosen), fit)
+
+
+def _search(room: _Room, cands: list[Running], spans: list[int]) -> list[Running] | None:
+    singles = cands
+    if room.k:  # whole cards: a victim must free at least k minus the most whole cards free on a node
+        least = room.k - max((n.whole.get(room.t, 0) for n in room.base.in_group(room.rg)), default=0)
+        if least > 0:
+            singles = [r for r, s in zip(cands, spans, strict=True) if s >= least]
+    for r in singles:  # the first single victim that is enough
+        if room.may_gain(r) and room.fits((r,)):
+            return [r]
+    if len(cands) <= PAIR_SEARCH_MAX:
+        for pair in combinations(cands, 2):  # in preference order
+            if room.fits(pair):
+                return list(pair)
+    # add victims in order until the gang fits (none fits: even all of them are not enough), keeping them released
+    caps: dict[str, int] = {}
+    total = room.total0
+    chosen: list[Running] = []
+    try:
+        for r in cands:
+            chosen.append(r)
+            for i in room.move(r, +1):
+                n = room.base.nodes[i]
+                new = room.cap(n)
+                total += new - caps.get(i, room.cap0[i])
+                caps[i] = new
+            if total >= room.count:
+                break
+        else:
+            return None
+        # drop, last added first, every victim the gang can do without
+        kept = [True] * len(chosen)
+        for pos in range(len(chosen) - 1, -1, -1):
+            r = chosen[pos]
+            touched = room.move(r, -1)
+            changed = {i: room.cap(room.base.nodes[i]) for i in touched}
+            after = total + sum(c - caps[i] for i, c in changed.items())
+            if after >= room.count:
+                kept[pos] = False
+                total = after
+                caps.update(changed)
+            else:
+                room.move(r, +1)
+        chosen = [r for r, k in zip(chosen, kept, strict=True) if k]
+        return chosen
+    finally:
+        for r in chosen:
+            room.move(r, -1)

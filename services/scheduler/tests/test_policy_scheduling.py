@@ -1,0 +1,168 @@
+"""The scheduling core wired into the service: priorities from the policy, queue modes, fractional
+GPUs sharing a card, refusals with a reason. In-process services over a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from capstan_core.service import Service
+from capstan_core.settings import ServiceSettings
+from capstan_proto import common_pb2, scheduler_pb2, scheduler_pb2_grpc, trainer_pb2, trainer_pb2_grpc
+from capstan_scheduler.service import DEFINITION as SCHEDULER
+from capstan_trainer.agent.agent import gpu_env
+from capstan_trainer.service import DEFINITION as TRAINER
+
+
+class Pool:
+    def __init__(self, s: Any, t: Any) -> None:
+        self.s, self.t = s, t
+
+    async def group(self, policy: dict[str, Any], nodes: list[dict[str, Any]]) -> tuple[str, list[str]]:
+        rg = await self.s.CreateResourceGroup(scheduler_pb2.CreateResourceGroupRequest(name="g", policy_json=json.dumps(policy)))
+        ids = []
+        for i, n in enumerate(nodes):
+            node = await self.s.JoinNode(scheduler_pb2.JoinNodeRequest(
+                resource_group_id=rg.id, name=f"n{i}", cpu=n.get("cpu", 8), memory_gib=n.get("memory_gib", 32),
+                gpus=n.get("gpus", {}), agent_kind="trainer"))
+            ids.append(node.id)
+        return rg.id, ids
+
+    async def submit(self, rg: str, name: str, cpu: float = 1, gpu_type: str = "", gpu: float = 0, tags: dict[str, str] | None = None,
+                     count: int = 1) -> str:
+        t = await self.t.CreateTrainingTask(trainer_pb2.CreateTrainingTaskRequest(
+            name=name, resource_group_id=rg, command="x", instance_count=count, tags=tags or {},
+            resources=common_pb2.Resources(cpu=cpu, memory_gib=1, gpu_type=gpu_type, gpu=gpu)))
+        return str(t.id)
+
+    async def status(self, task_id: str) -> str:
+        return str((await self.t.GetTrainingTask(trainer_pb2.GetTrainingTaskRequest(id=task_id))).status)
+
+    async def get(self, task_id: str) -> Any:
+        return await self.t.GetTrainingTask(trainer_pb2.GetTrainingTaskRequest(id=task_id))
+
+    async def wait(self, task_id: str, *statuses: str, timeout: float = 10) -> Any:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            got = await self.get(task_id)
+            if got.status in statuses:
+                return got
+            assert asyncio.get_running_loop().time() < deadline, f"{task_id} is {got.status}, wanted {statuses}"
+            await asyncio.sleep(0.05)
+
+    async def settle(self) -> None:
+        await asyncio.sleep(0.6)  # a few scheduling cycles
+
+    async def finish(self, task_id: str, node_id: str, index: int = 0) -> None:
+        await self.t.ReportInstance(trainer_pb2.ReportInstanceRequest(
+            task_id=task_id, instance_index=index, node_id=node_id, state="Exited", exit_code=0))
+
+    async def cards(self, node_id: str) -> dict[str, list[tuple[int, int]]]:
+        resp = await self.s.ListNodeAssignments(scheduler_pb2.ListNodeAssignmentsRequest(node_id=node_id))
+        return {a.workload_id: [(c.index, c.tenths) for c in a.cards] for a in resp.items}
+
+
+@pytest.fixture
+async def pool(tmp_path: Path, nats_server: Any) -> AsyncIterator[Pool]:
+    sched = Service(SCHEDULER, ServiceSettings(data_dir=tmp_path / "s", nats_url=nats_server.url))
+    await sched.start()
+    trainer = Service(TRAINER, ServiceSettings(data_dir=tmp_path / "t", nats_url=nats_server.url, scheduler_addr=sched.address))
+    await trainer.start()
+    chs, cht = grpc.aio.insecure_channel(sched.address), grpc.aio.insecure_channel(trainer.address)
+    yield Pool(scheduler_pb2_grpc.SchedulerStub(chs), trainer_pb2_grpc.TrainerStub(cht))
+    await chs.close()
+    await cht.close()
+    await trainer.stop()
+    await sched.stop()
+
+
+def _policy(queue: int = 0, default_priority: int = 5, rules: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {"ResourceRule": {"DefaultPriority": default_priority, "DefaultQueue": queue, "Preempted": 0},
+            "TaskRules": rules or []}
+
+
+async def test_tagged_task_gets_its_priority_and_goes_first(pool: Pool) -> None:
+    rules = [{"AttrRules": [{"ValueType": "Tag", "Key": "task-type", "Value": "speech"}], "ScheduleRule": {"Priority": 1}}]
+    rg, (node,) = await pool.group(_policy(rules=rules), [{"cpu": 2}])
+    first = await pool.submit(rg, "first", cpu=2)
+    await pool.wait(first, "Starting")
+    low = await pool.submit(rg, "low", cpu=2)
+    high = await pool.submit(rg, "high", cpu=2, tags={"task-type": "speech"})
+    await pool.settle()
+    assert (await pool.status(low), await pool.status(high)) == ("Queued", "Queued")
+    await pool.finish(first, node)
+    await pool.wait(high, "Starting")
+    assert await pool.status(low) == "Queued"
+
+
+@pytest.mark.parametrize(("mode", "small_starts"), [(0, False), (2, True)])
+async def test_strict_fifo_blocks_and_backfill_does_not(pool: Pool, mode: int, small_starts: bool) -> None:
+    rg, _ = await pool.group(_policy(queue=mode), [{"cpu": 4}])
+    running = await pool.submit(rg, "running", cpu=3)
+    await pool.wait(running, "Starting")
+    big = await pool.submit(rg, "big", cpu=4)  # must wait for `running`
+    small = await pool.submit(rg, "small", cpu=1)  # fits in what is left
+    await pool.settle()
+    assert await pool.status(big) == "Queued"
+    assert (await pool.status(small) == "Starting") is small_starts
+
+
+async def test_fractions_share_one_card_and_whole_cards_do_not(pool: Pool) -> None:
+    rg, (node,) = await pool.group(_policy(queue=2), [{"gpus": {"A100": 2}}])
+    halves = [await pool.submit(rg, f"half-{i}", gpu_type="A100", gpu=0.5) for i in range(2)]
+    for t in halves:
+        await pool.wait(t, "Starting")
+    cards = await pool.cards(node)
+    assert sorted(cards[t][0][1] for t in halves) == [5, 5]
+    assert len({cards[t][0][0] for t in halves}) == 1  # both on the same card
+    whole = await pool.submit(rg, "whole", gpu_type="A100", gpu=1)
+    await pool.wait(whole, "Starting")
+    assert (await pool.cards(node))[whole] == [(1 - cards[halves[0]][0][0], 10)]
+    third = await pool.submit(rg, "third", gpu_type="A100", gpu=0.5)
+    await pool.settle()
+    assert await pool.status(third) == "Queued"  # both cards are full
+
+
+async def test_fraction_of_a_card_that_cannot_be_shared_is_refused_with_a_reason(pool: Pool) -> None:
+    rg, _ = await pool.group(_policy(), [{"gpus": {"K80": 4}}])
+    task = await pool.submit(rg, "frac", gpu_type="K80", gpu=0.3)
+    failed = await pool.wait(task, "Failed")
+    assert "K80 cards are not shareable" in failed.failure_reason
+    too_big = await pool.submit(rg, "huge", gpu_type="K80", gpu=8)
+    assert "can ever hold" in (await pool.wait(too_big, "Failed")).failure_reason
+
+
+async def test_gang_is_placed_all_or_nothing(pool: Pool) -> None:
+    rg, nodes = await pool.group(_policy(queue=2), [{"gpus": {"A100": 4}}, {"gpus": {"A100": 4}}])
+    gang = await pool.submit(rg, "gang", gpu_type="A100", gpu=4, count=2)
+    got = await pool.wait(gang, "Starting")
+    assert sorted(i.node_id for i in got.instances) == sorted(nodes)
+    other = await pool.submit(rg, "other", gpu_type="A100", gpu=4, count=2)
+    await pool.settle()
+    assert await pool.status(other) == "Queued"
+    for n in nodes:  # nothing partial for `other`
+        assert list(await pool.cards(n)) == [gang]
+
+
+def test_gpu_env_for_cards_fractions_and_simulated_nodes() -> None:
+    assert gpu_env([], simulated=False) == {"CUDA_VISIBLE_DEVICES": ""}
+    env = gpu_env([(2, 10), (3, 10)], simulated=False)
+    assert env["CUDA_VISIBLE_DEVICES"] == "2,3" and "CAPSTAN_GPU_MEMORY_FRACTION" not in env
+    env = gpu_env([(1, 3)], simulated=False)
+    assert env["CUDA_VISIBLE_DEVICES"] == "1" and env["CAPSTAN_GPU_MEMORY_FRACTION"] == "0.3"
+    env = gpu_env([(0, 5)], simulated=True)
+    assert env["CUDA_VISIBLE_DEVICES"] == "" and env["CAPSTAN_SIMULATED_GPUS"] == "1" and env["CAPSTAN_GPU_CARDS"] == "0:5"
+
+
+def test_cards_are_numbered_per_node_over_types_in_name_order() -> None:
+    from capstan_scheduler.snapshot import cards_of
+
+    assert [(c.index, c.type) for c in cards_of({"T4": 2, "A100": 3})] == [
+        (0, "A100"), (1, "A100"), (2, "A100"), (3, "T4"), (4, "T4")
+    ]
