@@ -180,6 +180,8 @@ def test_group_edit_release_and_delete(platform: Path) -> None:
     started = capstan(data_dir, "agent", "start", "--name", "ops-node", "--resource-group", rg_id, "--cpu", "1", "--memory", "1")
     assert started.returncode == 0, started.stderr
     node = json.loads(capstan(data_dir, "--json", "nodes", "--resource-group", rg_id).stdout)[0]
+    queue = capstan(data_dir, "rg", "queue", rg_id)
+    assert queue.returncode == 0 and "queue: empty" in queue.stdout and node["id"] in queue.stdout, queue.stderr
     refused = capstan(data_dir, "rg", "delete", rg_id)
     assert refused.returncode == 1 and node["id"] in refused.stderr and "release" in refused.stderr
     released = capstan(data_dir, "nodes", "release", node["id"])

@@ -25,6 +25,7 @@ ROUTES = [
     ("GET", "/api/v1/resource-groups/rsg-12345678"),
     ("PATCH", "/api/v1/resource-groups/rsg-12345678"),
     ("DELETE", "/api/v1/resource-groups/rsg-12345678"),
+    ("GET", "/api/v1/resource-groups/rsg-12345678/queue"),
     ("GET", "/api/v1/nodes"),
     ("POST", "/api/v1/nodes/release"),
     ("POST", "/api/v1/nodes/node-12345678/release"),

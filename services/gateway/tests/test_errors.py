@@ -162,6 +162,7 @@ async def test_openapi_lists_every_route(client: httpx.AsyncClient) -> None:
         ("GET", f"{RG}/{{id}}"),
         ("PATCH", f"{RG}/{{id}}"),
         ("DELETE", f"{RG}/{{id}}"),
+        ("GET", f"{RG}/{{id}}/queue"),
         ("GET", "/api/v1/nodes"),
         ("POST", "/api/v1/nodes/release"),
         ("POST", "/api/v1/nodes/{id}/release"),

@@ -140,3 +140,34 @@ async def test_delete_refused_while_a_node_is_in_use_then_release(api: httpx.Asy
     assert nodes[0]["state"] == "Released"
     assert (await api.post("/api/v1/nodes/release", json={"node_ids": [node.id]})).status_code == 200  # idempotent
     assert (await api.delete(f"{RG}/{rg['id']}")).status_code == 204
+
+
+async def test_queue_view(api: httpx.AsyncClient, platform) -> None:  # type: ignore[no-untyped-def]
+    import grpc
+
+    from capstan_proto import scheduler_pb2, scheduler_pb2_grpc
+
+    rg = (await api.post(RG, json={"name": "q", "policy": {"ResourceRule": {"DefaultQueue": 0, "DefaultPriority": 4}}})).json()
+    async with grpc.aio.insecure_channel(platform.scheduler.address) as ch:
+        await scheduler_pb2_grpc.SchedulerStub(ch).JoinNode(
+            scheduler_pb2.JoinNodeRequest(resource_group_id=rg["id"], name="n1", cpu=2, memory_gib=4, gpus={"T4": 1}, agent_kind="trainer")
+        )
+    body = {"resource_group_id": rg["id"], "command": "x", "resources": {"cpu": 2, "memory_gib": 1}}
+    first = (await api.post("/api/v1/training-tasks", json={"name": "first", **body})).json()
+    import asyncio
+
+    for _ in range(100):
+        if (await api.get(f"/api/v1/training-tasks/{first['id']}")).json()["status"] == "Starting":
+            break
+        await asyncio.sleep(0.05)
+    second = (await api.post("/api/v1/training-tasks", json={"name": "second", **body})).json()
+    await asyncio.sleep(0.5)
+    r = await api.get(f"{RG}/{rg['id']}/queue")
+    assert r.status_code == 200, r.text
+    view = r.json()
+    assert view["queue_mode"] == 0 and [i["workload_id"] for i in view["items"]] == [second["id"]]
+    item = view["items"][0]
+    assert item["priority"] == "P4" and item["position"] == 1 and item["reason"]
+    assert view["lanes"] == [{"card_type": "T4", "total_cards": 1, "whole_machine_free_cards": 1, "fragment_free_cards": 0.0}]
+    assert view["nodes"][0]["workloads"] == [first["id"]] and view["nodes"][0]["cpu_free"] == 0
+    assert (await api.get(f"{RG}/rsg-missing/queue")).status_code == 404

@@ -166,3 +166,35 @@ def test_cards_are_numbered_per_node_over_types_in_name_order() -> None:
     assert [(c.index, c.type) for c in cards_of({"T4": 2, "A100": 3})] == [
         (0, "A100"), (1, "A100"), (2, "A100"), (3, "T4"), (4, "T4")
     ]
+
+
+async def test_queue_explains_positions_reasons_lanes_and_board(pool: Pool) -> None:
+    rg, (n0, n1) = await pool.group(_policy(queue=0), [{"cpu": 8, "gpus": {"A100": 2}}, {"cpu": 8, "gpus": {"A100": 2}}])
+    one = await pool.submit(rg, "one", gpu_type="A100", gpu=1)
+    await pool.wait(one, "Starting")
+    one_b = await pool.submit(rg, "one-b", gpu_type="A100", gpu=1)  # packed next to `one`: that node is full
+    await pool.wait(one_b, "Starting")
+    frac = await pool.submit(rg, "frac", gpu_type="A100", gpu=0.5)  # the other node: 1 whole + 0.5 free
+    await pool.wait(frac, "Starting")
+    big = await pool.submit(rg, "big", gpu_type="A100", gpu=4)  # no node has 4 cards: waits forever? rejected
+    assert "can ever hold" in (await pool.wait(big, "Failed")).failure_reason
+    two = await pool.submit(rg, "two", gpu_type="A100", gpu=2)  # needs a whole free node: none has 2 free
+    after = await pool.submit(rg, "after", gpu_type="A100", gpu=0.2)  # would fit, but strict FIFO
+    cpu = await pool.submit(rg, "cpu-only", cpu=1)  # another lane: never blocked by A100 work
+    await pool.wait(cpu, "Starting")
+    await pool.settle()
+    view = await pool.s.GetQueue(scheduler_pb2.GetQueueRequest(resource_group_id=rg))
+    by_id = {i.workload_id: i for i in view.items}
+    assert view.queue_mode == 0 and set(by_id) == {two, after}
+    assert by_id[two].position == 1 and by_id[after].position == 2
+    assert "2 x A100" in by_id[two].reason and "largest free block is 1" in by_id[two].reason, by_id[two].reason
+    assert f"blocked by strict FIFO behind {two}" in by_id[after].reason
+    assert by_id[two].resources.gpu == 2 and by_id[two].submitted_at_ms > 0
+    (a100,) = [lane for lane in view.lanes if lane.card_type == "A100"]
+    assert a100.total_cards == 4 and a100.whole_machine_free_cards == 0 and a100.fragment_free_cards == 1.5
+    board = {n.node_id: n for n in view.nodes}
+    assert {one, one_b, frac} <= {w for n in board.values() for w in n.workloads}
+    assert sum(n.gpus_free["A100"] for n in board.values()) == 1.5 and board[n0].gpus == {"A100": 2}
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await pool.s.GetQueue(scheduler_pb2.GetQueueRequest(resource_group_id="rsg-nope"))
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND

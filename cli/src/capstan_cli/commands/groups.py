@@ -196,3 +196,40 @@ def nodes_release(node_ids: tuple[str, ...]) -> None:
         return
     for n in result["items"]:
         click.echo(f"{n['id']}  {n['state']}")
+
+
+@rg.command("queue")
+@click.argument("group_id", metavar="ID")
+@common_options
+def rg_queue(group_id: str) -> None:
+    """The queue of a group: positions, why each item waits, free cards per type, and the node board."""
+    cfg = config()
+    with cfg.client() as client:
+        view = client.get(f"/resource-groups/{group_id}/queue")
+    if cfg.json_output:
+        print_json(view)
+        return
+    modes = {0: "strict FIFO", 1: "backfill within a priority", 2: "backfill across the queue"}
+    click.echo(f"queue mode: {modes.get(view['queue_mode'], view['queue_mode'])}")
+    if view["lanes"]:
+        click.echo("\ncards:")
+        click.echo(table(
+            ["TYPE", "TOTAL", "WHOLE-MACHINE FREE", "FRAGMENT FREE"],
+            [[lane["card_type"], lane["total_cards"], lane["whole_machine_free_cards"], lane["fragment_free_cards"]]
+             for lane in view["lanes"]],
+        ))
+    click.echo("\nqueue:" if view["items"] else "\nqueue: empty")
+    if view["items"]:
+        click.echo(table(
+            ["POS", "ID", "KIND", "PRIORITY", "LANE", "QUEUED", "WHY"],
+            [[i["position"] or "next", i["workload_id"], i["kind"], i["priority"], i["card_type"] or "cpu",
+              since(i["submitted_at"]) if i.get("submitted_at") else None, i["reason"]] for i in view["items"]],
+        ))
+    click.echo("\nnodes:")
+    click.echo(table(
+        ["NODE", "NAME", "STATE", "CPU FREE", "MEMORY FREE", "GPUS FREE", "RUNNING"],
+        [[n["node_id"], n["name"], n["state"], _used(n["cpu_free"], n["cpu"]),
+          _used(n["memory_gib_free"], n["memory_gib"]),
+          ",".join(f"{t} {_used(n['gpus_free'].get(t), c)}" for t, c in sorted(n["gpus"].items())) or None,
+          ",".join(n["workloads"]) or None] for n in view["nodes"]],
+    ))

@@ -111,6 +111,9 @@ class SchedulerClient(ServiceClient):
     ) -> scheduler_pb2.DeleteResourceGroupResponse:
         return await self.call(self.stub.DeleteResourceGroup, req)
 
+    async def get_queue(self, req: scheduler_pb2.GetQueueRequest) -> scheduler_pb2.QueueView:
+        return await self.call(self.stub.GetQueue, req)
+
     async def list_nodes(self, req: scheduler_pb2.ListNodesRequest) -> scheduler_pb2.ListNodesResponse:
         return await self.call(self.stub.ListNodes, req)
 

@@ -65,6 +65,35 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         items = await self.app.release_nodes(list(req.node_ids))
         return scheduler_pb2.ReleaseNodesResponse(items=[_node(i) for i in items])
 
+    async def GetQueue(self, req: scheduler_pb2.GetQueueRequest, context: grpc.aio.ServicerContext) -> scheduler_pb2.QueueView:  # noqa: N802
+        report, extra = self.app.queue(req.resource_group_id)
+        rows, names = extra["workloads"], extra["node_names"]
+        items = []
+        for e in report.items:
+            w = rows.get(e.workload_id, {})
+            items.append(scheduler_pb2.QueuedItem(
+                workload_id=e.workload_id, kind=e.kind, priority=e.priority, position=e.position, card_type=e.card_type,
+                reason=e.reason, submitted_at_ms=w.get("submitted_at_ms", 0),
+                resources=common_pb2.Resources(cpu=w.get("cpu", 0), memory_gib=w.get("memory_gib", 0),
+                                               gpu_type=w.get("gpu_type", ""), gpu=w.get("gpu", 0)),
+                instance_count=w.get("instance_count", 0),
+            ))
+        return scheduler_pb2.QueueView(
+            resource_group_id=req.resource_group_id, queue_mode=report.mode, items=items,
+            lanes=[
+                scheduler_pb2.LaneView(card_type=lane.card_type, total_cards=lane.total_cards,
+                                       whole_machine_free_cards=lane.whole_machine_free_cards,
+                                       fragment_free_cards=lane.fragment_free_cards)
+                for lane in report.lanes if lane.resource_group == req.resource_group_id
+            ],
+            nodes=[
+                scheduler_pb2.NodeBoard(node_id=n.node_id, name=names.get(n.node_id, ""), state=n.state, cpu=n.cpu,
+                                        cpu_free=n.cpu_free, memory_gib=n.memory_gib, memory_gib_free=n.memory_gib_free,
+                                        gpus=n.gpus, gpus_free=n.gpus_free, workloads=n.workloads)
+                for n in report.nodes
+            ],
+        )
+
     async def JoinNode(self, req: scheduler_pb2.JoinNodeRequest, context: grpc.aio.ServicerContext) -> scheduler_pb2.Node:  # noqa: N802
         d = await self.app.join_node(
             rg_id=req.resource_group_id, name=req.name, agent_kind=req.agent_kind or "trainer", cpu=req.cpu,

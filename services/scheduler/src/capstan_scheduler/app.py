@@ -30,6 +30,7 @@ from .domain.aggregates import (
     fold_node,
     fold_rg,
 )
+from .queue_view import QueueReport, explain
 from .snapshot import DEFAULT_SHAREABLE, GroupPlan, build_plans
 from .tables import allocations, nodes, resource_groups, workloads
 
@@ -234,6 +235,21 @@ class SchedulerApp:
             ).mappings().all()
             allocs = conn.execute(select(allocations)).mappings().all()
         return build_plans(groups, node_rows, work, allocs, self.shareable)
+
+    def queue(self, rg_id: str) -> tuple[QueueReport, dict[str, Any]]:
+        """The explainable queue of one group, and the workload rows it names."""
+        self.get_resource_group(rg_id)  # NotFound for an unknown group
+        plan = self.plans()[rg_id]
+        report = explain(plan, self.clock.now_ms())
+        with self.ctx.engine.connect() as conn:
+            rows = {
+                r["id"]: dict(r)
+                for r in conn.execute(
+                    select(workloads).where(workloads.c.id.in_([i.workload_id for i in report.items]))
+                ).mappings()
+            }
+            names = dict(conn.execute(select(nodes.c.id, nodes.c.name).where(nodes.c.resource_group_id == rg_id)).all())
+        return report, {"workloads": rows, "node_names": names}
 
     def get_node(self, node_id: str) -> dict[str, Any]:
         with self.ctx.engine.connect() as conn:

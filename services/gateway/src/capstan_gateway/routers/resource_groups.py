@@ -10,6 +10,7 @@ from capstan_proto import scheduler_pb2
 
 from ..deps import CurrentPrincipal, IdempotencyKey, PageRequest, Scheduler
 from ..schemas import ResourceGroup, ResourceGroupCreate, ResourceGroupList, ResourceGroupUpdate
+from ..schemas.queue import QueueView
 from . import api_router
 
 router = api_router("resource-groups")
@@ -53,3 +54,8 @@ async def update_resource_group(id: ResourceGroupId, body: ResourceGroupUpdate, 
 async def delete_resource_group(id: ResourceGroupId, scheduler: Scheduler) -> Response:
     await scheduler.delete_resource_group(scheduler_pb2.DeleteResourceGroupRequest(id=id))
     return Response(status_code=204)
+
+
+@router.get("/{id}/queue", summary="The queue: positions, why each item waits, free cards per type, the node board")
+async def get_queue(id: ResourceGroupId, scheduler: Scheduler) -> QueueView:
+    return QueueView.from_proto(await scheduler.get_queue(scheduler_pb2.GetQueueRequest(resource_group_id=id)))
