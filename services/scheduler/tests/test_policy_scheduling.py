@@ -198,3 +198,17 @@ async def test_queue_explains_positions_reasons_lanes_and_board(pool: Pool) -> N
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await pool.s.GetQueue(scheduler_pb2.GetQueueRequest(resource_group_id="rsg-nope"))
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_scheduler_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from capstan_scheduler.settings import SchedulerSettings
+
+    monkeypatch.setenv("CAPSTAN_NODE_ABNORMAL_AFTER_S", "42")
+    monkeypatch.setenv("CAPSTAN_SHAREABLE_GPU_TYPES", "T4, K80")
+    s = SchedulerSettings()
+    assert s.node_abnormal_after_s == 42 and s.shareable == frozenset({"T4", "K80"})
+    monkeypatch.setenv("CAPSTAN_NODE_ABNORMAL_AFTER_S", "0")
+    with pytest.raises(ValidationError):
+        SchedulerSettings()

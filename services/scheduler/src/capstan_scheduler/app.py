@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +30,8 @@ from .domain.aggregates import (
     fold_rg,
 )
 from .queue_view import QueueReport, explain
-from .snapshot import DEFAULT_SHAREABLE, GroupPlan, build_plans
+from .settings import SchedulerSettings
+from .snapshot import GroupPlan, build_plans
 from .tables import allocations, nodes, resource_groups, workloads
 
 
@@ -56,16 +56,13 @@ class Liveness:
 
 
 class SchedulerApp:
-    def __init__(self, ctx: ServiceContext, clock: Clock | None = None, abnormal_after_ms: int = 15_000) -> None:
+    def __init__(self, ctx: ServiceContext, clock: Clock | None = None, settings: SchedulerSettings | None = None) -> None:
         self.ctx = ctx
         self.clock = clock or SystemClock()
         self.liveness = Liveness({}, self.clock.now_ms())
-        self.abnormal_after_ms = abnormal_after_ms
-        configured = os.environ.get("CAPSTAN_SHAREABLE_GPU_TYPES")
-        # Card types whose cards may be split into tenths (SPEC §7.3).
-        self.shareable = (
-            frozenset(t.strip() for t in configured.split(",") if t.strip()) if configured is not None else DEFAULT_SHAREABLE
-        )
+        settings = settings or SchedulerSettings()
+        self.abnormal_after_ms = int(settings.node_abnormal_after_s * 1000)
+        self.shareable = settings.shareable
 
     # -- commands --------------------------------------------------------------------
     async def create_resource_group(
