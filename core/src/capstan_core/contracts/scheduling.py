@@ -100,6 +100,24 @@ class WorkloadPlaced(Event):
     at_ms: int
 
 
+@event("WorkloadPreemptionRequested", version=1)
+class WorkloadPreemptionRequested(Event):
+    """A higher-priority item needs this workload's resources: its owner stops it gracefully."""
+
+    workload_id: str
+    preemptor_id: str
+    at_ms: int
+
+
+@event("WorkloadRequeued", version=1)
+class WorkloadRequeued(Event):
+    """Back in the queue with its original submit order and priority; its allocations are freed."""
+
+    workload_id: str
+    reason: str
+    at_ms: int
+
+
 @event("WorkloadReleased", version=1)
 class WorkloadReleased(Event):
     workload_id: str

@@ -50,6 +50,27 @@ class TrainingTaskStopRequested(Event):
     at_ms: int
 
 
+@event("TrainingTaskPreempting", version=1)
+class TrainingTaskPreempting(Event):
+    """The scheduler asked for this attempt's resources: instances get SIGTERM and their grace period."""
+
+    task_id: str
+    attempt: int
+    preemptor_id: str
+    at_ms: int
+
+
+@event("TrainingTaskRequeued", version=1)
+class TrainingTaskRequeued(Event):
+    """Every instance of the evicted attempt has exited: the task waits again as attempt ``attempt``.
+    An eviction does not count as a restart."""
+
+    task_id: str
+    attempt: int
+    reason: str
+    at_ms: int
+
+
 @event("TrainingTaskEnded", version=1)
 class TrainingTaskEnded(Event):
     task_id: str

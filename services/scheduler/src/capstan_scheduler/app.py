@@ -227,7 +227,8 @@ class SchedulerApp:
                 select(nodes).where(nodes.c.agent_kind == "trainer", nodes.c.state != "Released").order_by(nodes.c.id)
             ).mappings().all()
             work = conn.execute(
-                select(workloads).where(workloads.c.status.in_(("queued", "placed")), workloads.c.ended.is_(False))
+                select(workloads)
+                .where(workloads.c.status.in_(("queued", "placed", "evicting")), workloads.c.ended.is_(False))
                 .order_by(workloads.c.submitted_seq)
             ).mappings().all()
             allocs = conn.execute(select(allocations)).mappings().all()

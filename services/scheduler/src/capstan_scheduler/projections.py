@@ -14,11 +14,13 @@ from capstan_core.contracts.scheduling import (
     ResourceGroupDeleted,
     ResourceGroupUpdated,
     WorkloadPlaced,
+    WorkloadPreemptionRequested,
     WorkloadQueued,
     WorkloadRejected,
     WorkloadReleased,
+    WorkloadRequeued,
 )
-from capstan_core.contracts.training import TrainingTaskEnded, TrainingTaskSubmitted
+from capstan_core.contracts.training import TrainingTaskEnded, TrainingTaskRequeued, TrainingTaskSubmitted
 from capstan_core.events import Event
 from capstan_core.eventstore import RecordedEvent
 from capstan_core.projection import Projection
@@ -90,12 +92,28 @@ class SchedulerProjection(Projection):
                  memory_gib=e.resources.memory_gib, gpu_type=e.resources.gpu_type, gpu=e.resources.gpu,
                  instance_count=e.instance_count, submitted_seq=rec.seq, submitted_at_ms=e.at_ms, ended=False,
                  subject_seq=0, trace_parent=rec.headers.get("traceparent", ""), reason="",
-                 tags=json.dumps(e.tags, sort_keys=True), started_at_ms=0),
+                 tags=json.dumps(e.tags, sort_keys=True), started_at_ms=0, requeue=False),
         )
 
     @_apply.register
     def _(self, e: TrainingTaskEnded, conn: Connection, rec: RecordedEvent) -> None:
         conn.execute(update(workloads).where(workloads.c.id == e.task_id).values(ended=True))
+
+    @_apply.register
+    def _(self, e: TrainingTaskRequeued, conn: Connection, rec: RecordedEvent) -> None:
+        conn.execute(update(workloads).where(workloads.c.id == e.task_id).values(requeue=True))
+
+    @_apply.register
+    def _(self, e: WorkloadPreemptionRequested, conn: Connection, rec: RecordedEvent) -> None:
+        conn.execute(update(workloads).where(workloads.c.id == e.workload_id).values(status="evicting", subject_seq=rec.seq))
+
+    @_apply.register
+    def _(self, e: WorkloadRequeued, conn: Connection, rec: RecordedEvent) -> None:
+        conn.execute(
+            update(workloads).where(workloads.c.id == e.workload_id)
+            .values(status="queued", subject_seq=rec.seq, requeue=False, started_at_ms=0)
+        )
+        conn.execute(delete(allocations).where(allocations.c.workload_id == e.workload_id))
 
     @_apply.register
     def _(self, e: WorkloadQueued, conn: Connection, rec: RecordedEvent) -> None:

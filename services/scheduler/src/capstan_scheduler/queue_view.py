@@ -7,7 +7,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from .domain.core import FreeState, schedule
+from .domain.core import FreeState, preemption_on, schedule
 from .domain.core.model import TENTHS_PER_CARD
 from .snapshot import GroupPlan
 
@@ -44,7 +44,7 @@ class QueueReport:
 
 
 def explain(plan: GroupPlan, now_ms: int) -> QueueReport:
-    decisions = schedule(plan.snapshot, plan.mode, False, now_ms)
+    decisions = schedule(plan.snapshot, plan.mode, preemption_on(plan.policy), now_ms)
     items: list[QueueEntry] = []
     for item_id in sorted(plan.items, key=lambda i: plan.items[i].order_key):
         item = plan.items[item_id]

@@ -26,9 +26,11 @@ from capstan_core.contracts.scheduling import (
     WORKLOAD,
     InstancePlacement,
     WorkloadPlaced,
+    WorkloadPreemptionRequested,
     WorkloadQueued,
     WorkloadRejected,
     WorkloadReleased,
+    WorkloadRequeued,
 )
 from capstan_core.errors import Conflict, Unavailable
 from capstan_core.events import Event
@@ -37,7 +39,7 @@ from capstan_core.service import ServiceContext
 from capstan_core.streams import event_subject
 
 from .app import SchedulerApp
-from .domain.core import FreeState, place_gang, schedule
+from .domain.core import FreeState, place_gang, preemption_on, schedule
 from .snapshot import GroupPlan, request_of
 from .tables import resource_groups, workloads
 
@@ -66,7 +68,7 @@ class Scheduler:
         appended: list[int] = []
         with self.ctx.engine.connect() as conn:
             pending = conn.execute(
-                select(workloads).where(workloads.c.status.in_(("submitted", "queued", "placed")))
+                select(workloads).where(workloads.c.status.in_(("submitted", "queued", "placed", "evicting")))
                 .order_by(workloads.c.submitted_seq)
             ).mappings().all()
             groups = {r["id"] for r in conn.execute(select(resource_groups.c.id)).mappings()}
@@ -77,6 +79,9 @@ class Scheduler:
         for w in pending:
             if w["ended"]:
                 r = await self._append(dict(w), [WorkloadReleased(workload_id=w["id"], at_ms=now)], f"release:{w['id']}")
+            elif w["requeue"] and w["status"] in ("placed", "evicting"):
+                back = WorkloadRequeued(workload_id=w["id"], reason="preempted", at_ms=now)
+                r = await self._append(dict(w), [back], f"requeue:{w['id']}:{w['subject_seq']}")
             elif w["status"] == "queued" and w["resource_group_id"] not in groups:
                 gone = WorkloadRejected(workload_id=w["id"], reason=f"resource group {w['resource_group_id']} was deleted", at_ms=now)
                 r = await self._append(dict(w), [gone], f"reject:{w['id']}")
@@ -95,7 +100,15 @@ class Scheduler:
         # 3-4. per resource group: snapshot, then the scheduling core decides (queue mode from the policy)
         by_id: dict[str, Any] = {w["id"]: w for w in pending}
         for plan in self.app.plans().values():
-            decisions = schedule(plan.snapshot, plan.mode, False, now)
+            decisions = schedule(plan.snapshot, plan.mode, preemption_on(plan.policy), now)
+            for p in decisions.preemptions:
+                victim = by_id.get(p.victim_id)
+                if victim is None or victim["status"] != "placed" or victim["ended"]:
+                    continue
+                ask = WorkloadPreemptionRequested(workload_id=p.victim_id, preemptor_id=p.preemptor_id, at_ms=now)
+                r = await self._append(dict(victim), [ask], f"preempt:{p.victim_id}:{victim['subject_seq']}")
+                if r is not None:
+                    appended.append(r.seq)
             for item_id in sorted(decisions.placements, key=lambda i: plan.items[i].order_key):
                 row = by_id.get(item_id)
                 if row is None or row["ended"] or row["status"] != "queued":
@@ -111,7 +124,7 @@ class Scheduler:
                     ],
                     at_ms=now,
                 )
-                r = await self._append(dict(row), [placed], f"place:{item_id}")
+                r = await self._append(dict(row), [placed], f"place:{item_id}:{row['subject_seq']}")
                 if r is not None:
                     appended.append(r.seq)
 

@@ -83,12 +83,13 @@ def build_plans(
             continue
         item = item_of(w, policies[rg])
         items[rg][item.id] = item
-        if w["status"] == "placed" and allocs.get(w["id"]):
+        if w["status"] in ("placed", "evicting") and allocs.get(w["id"]):
             assignment = tuple(
                 InstanceAssignment(node_id=a["node_id"], cards=tuple(tuple(c) for c in json.loads(a["cards"] or "[]")))
                 for a in sorted(allocs[w["id"]], key=lambda a: a["idx"])
             )
-            running[rg].append(Running(item=item, assignment=assignment, started_at=int(w["started_at_ms"] or 0)))
+            running[rg].append(Running(item=item, assignment=assignment, started_at=int(w["started_at_ms"] or 0),
+                                       evicting=w["status"] == "evicting"))
         elif w["status"] == "queued":
             pending[rg].append(item)
     return {

@@ -56,6 +56,7 @@ workloads = Table(
     Column("reason", Text, nullable=False, default=""),
     Column("tags", Text, nullable=False, default="{}"),  # JSON object: drives the priority (TaskRules)
     Column("started_at_ms", BigInteger, nullable=False, default=0),
+    Column("requeue", Boolean, nullable=False, default=False),  # its owner asks to go back to the queue
 )
 
 allocations = Table(

@@ -21,7 +21,7 @@ def _task(d: dict[str, Any]) -> trainer_pb2.TrainingTask:
         hyperparameters_json=json.dumps(d["hyperparameters"]),
         resources=common_pb2.Resources(cpu=d["cpu"], memory_gib=d["memory_gib"], gpu_type=d["gpu_type"], gpu=d["gpu"]),
         instance_count=d["instance_count"], status=d["status"], exit_code=d["exit_code"] or 0,
-        has_exit_code=d["exit_code"] is not None,
+        has_exit_code=d["exit_code"] is not None, attempt=d["attempt"], preemptions=d["preemptions"],
         failure_reason=d["failure_reason"], tags=d["tags"], creator=d["creator"], created_at_ms=d["created_at_ms"],
         started_at_ms=d["started_at_ms"], ended_at_ms=d["ended_at_ms"], stop_grace_seconds=d["stop_grace_seconds"],
         instances=[
@@ -65,7 +65,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
     async def ReportInstance(self, req: trainer_pb2.ReportInstanceRequest, context: grpc.aio.ServicerContext) -> trainer_pb2.ReportInstanceResponse:
         status = await self.app.report(
             task_id=req.task_id, index=req.instance_index, node_id=req.node_id, state=req.state,
-            exit_code=req.exit_code, message=req.message, at_ms=req.at_ms,
+            exit_code=req.exit_code, message=req.message, at_ms=req.at_ms, attempt=req.attempt,
         )
         return trainer_pb2.ReportInstanceResponse(task_status=status)
 

@@ -21,7 +21,15 @@ from capstan_core.service import ServiceContext
 from capstan_core.streams import event_subject
 from capstan_proto import scheduler_pb2, scheduler_pb2_grpc
 
-from .domain.task import SubmitTrainingTask, decide_end, decide_report, decide_stop, decide_submit, fold
+from .domain.task import (
+    SubmitTrainingTask,
+    decide_end,
+    decide_preempting,
+    decide_report,
+    decide_stop,
+    decide_submit,
+    fold,
+)
 from .tables import training_instances, training_tasks
 
 
@@ -73,7 +81,8 @@ class TrainerApp:
         return self.get(task_id)
 
     async def report(
-        self, *, task_id: str, index: int, node_id: str, state: str, exit_code: int, message: str, at_ms: int
+        self, *, task_id: str, index: int, node_id: str, state: str, exit_code: int, message: str, at_ms: int,
+        attempt: int = 0,
     ) -> str:
         now = at_ms or self.clock.now_ms()
         outcome = await execute(
@@ -82,7 +91,7 @@ class TrainerApp:
             fold,
             lambda t: decide_report(
                 t, task_id=task_id, index=index, node_id=node_id, state=state, exit_code=exit_code, message=message,
-                now_ms=now,
+                now_ms=now, attempt=attempt,
             ),
         )
         await self.ctx.await_projection(outcome.seq)
@@ -96,12 +105,13 @@ class TrainerApp:
                        training_tasks.c.failure_reason)
                 .where(training_tasks.c.status.not_in(("Succeeded", "Failed", "Stopped")))
                 .where((training_tasks.c.placement == "rejected") | (training_tasks.c.stop_requested.is_(True)))
+                .where(training_tasks.c.placement != "evicting")
             ).mappings().all()
         now = self.clock.now_ms()
         for r in rows:
             if r["placement"] == "rejected":
                 status, reason = "Failed", f"not scheduled: {r['failure_reason']}"
-            elif r["placement"] in ("none", "queued"):
+            elif r["placement"] in ("none", "queued", "requeued"):
                 status, reason = "Stopped", "stopped by user before it was scheduled"
             else:
                 continue  # placed: the agent stops the instances and reports their exit
@@ -109,6 +119,22 @@ class TrainerApp:
             await execute(
                 self.ctx.store, self._subject(tid), fold,
                 functools.partial(decide_end, task_id=tid, status=status, reason=reason, now_ms=now),
+            )
+
+    async def start_evictions(self) -> None:
+        """The scheduler asked for a task's resources: tell its instances to leave (gracefully)."""
+        with self.ctx.engine.connect() as conn:
+            ids = conn.execute(
+                select(training_tasks.c.id).where(
+                    training_tasks.c.placement == "evicting",
+                    training_tasks.c.status.not_in(("Succeeded", "Failed", "Stopped", "Preempting")),
+                )
+            ).scalars().all()
+        now = self.clock.now_ms()
+        for tid in ids:
+            await execute(
+                self.ctx.store, self._subject(tid), fold,
+                functools.partial(decide_preempting, task_id=tid, preemptor_id="", now_ms=now),
             )
 
     # -- queries ---------------------------------------------------------------------

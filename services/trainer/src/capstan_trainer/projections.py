@@ -7,11 +7,20 @@ from functools import singledispatchmethod
 
 from sqlalchemy import Connection, select, update
 
-from capstan_core.contracts.scheduling import WorkloadPlaced, WorkloadQueued, WorkloadRejected, WorkloadReleased
+from capstan_core.contracts.scheduling import (
+    WorkloadPlaced,
+    WorkloadPreemptionRequested,
+    WorkloadQueued,
+    WorkloadRejected,
+    WorkloadReleased,
+    WorkloadRequeued,
+)
 from capstan_core.contracts.training import (
     TrainingInstanceExited,
     TrainingInstanceStarted,
     TrainingTaskEnded,
+    TrainingTaskPreempting,
+    TrainingTaskRequeued,
     TrainingTaskStopRequested,
     TrainingTaskSubmitted,
 )
@@ -49,7 +58,7 @@ class TrainerProjection(Projection):
                 instance_count=e.instance_count, stop_grace_seconds=e.stop_grace_seconds,
                 tags=json.dumps(e.tags, sort_keys=True), creator=e.creator, status="Submitting", placement="none",
                 stop_requested=False, exit_code=None, failure_reason="", created_at_ms=e.at_ms, queued_at_ms=0,
-                started_at_ms=0, ended_at_ms=0, submitted_seq=rec.seq,
+                started_at_ms=0, ended_at_ms=0, submitted_seq=rec.seq, attempt=0, preemptions=0,
             )
         )
         for i in range(e.instance_count):
@@ -76,6 +85,28 @@ class TrainerProjection(Projection):
         conn.execute(update(tasks).where(tasks.c.id == e.workload_id).values(placement="placed"))
         for p in e.placements:
             conn.execute(update(inst).where(inst.c.task_id == e.workload_id, inst.c.idx == p.index).values(node_id=p.node_id))
+
+    @_apply.register
+    def _(self, e: WorkloadPreemptionRequested, conn: Connection, rec: RecordedEvent) -> None:
+        conn.execute(update(tasks).where(tasks.c.id == e.workload_id).values(placement="evicting"))
+
+    @_apply.register
+    def _(self, e: WorkloadRequeued, conn: Connection, rec: RecordedEvent) -> None:
+        conn.execute(update(tasks).where(tasks.c.id == e.workload_id).values(placement="queued"))
+
+    @_apply.register
+    def _(self, e: TrainingTaskPreempting, conn: Connection, rec: RecordedEvent) -> None:
+        conn.execute(update(tasks).where(tasks.c.id == e.task_id, tasks.c.status.not_in(_ENDED)).values(status="Preempting"))
+
+    @_apply.register
+    def _(self, e: TrainingTaskRequeued, conn: Connection, rec: RecordedEvent) -> None:
+        conn.execute(
+            update(tasks).where(tasks.c.id == e.task_id)
+            # "requeued" until the scheduler's WorkloadRequeued: the eviction asked for is done.
+            .values(status="Queued", attempt=e.attempt, preemptions=tasks.c.preemptions + 1, queued_at_ms=e.at_ms,
+                    placement="requeued")
+        )
+        conn.execute(update(inst).where(inst.c.task_id == e.task_id).values(node_id="", status="Pending", exit_code=None))
 
     @_apply.register
     def _(self, e: WorkloadReleased, conn: Connection, rec: RecordedEvent) -> None:

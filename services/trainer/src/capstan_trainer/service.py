@@ -12,7 +12,11 @@ from .projections import TrainerProjection
 
 
 async def _reconcile(app: TrainerApp) -> None:
-    await reconcile_forever(app.ctx, app.reconcile, interval=2.0)
+    async def step() -> None:
+        await app.reconcile()
+        await app.start_evictions()
+
+    await reconcile_forever(app.ctx, step, interval=2.0)
 
 
 DEFINITION = ServiceDefinition(

@@ -34,6 +34,8 @@ training_tasks = Table(
     Column("started_at_ms", BigInteger, nullable=False),
     Column("ended_at_ms", BigInteger, nullable=False),
     Column("submitted_seq", BigInteger, nullable=False),
+    Column("attempt", Integer, nullable=False, default=0),  # grows when an evicted attempt is requeued
+    Column("preemptions", Integer, nullable=False, default=0),
 )
 
 training_instances = Table(

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import shutil
 from typing import Any
 
 import grpc
@@ -24,6 +25,7 @@ from .shipper import ship
 
 log = logging.getLogger(__name__)
 ENDED = ("Succeeded", "Failed", "Stopped")
+LEAVING = ("Stopping", "Preempting")  # stop the instances, with their grace period
 DONE_MARK = ".agent-done"
 
 
@@ -111,20 +113,25 @@ class TrainerAgent:
                 continue
             await self._converge(js, task, index)
 
-        for task_id, index in self.executor.list_instances():
-            if (task_id, index) in assigned:
+        current = {(instance_key(t.id, t.attempt), i) for (tid, i) in assigned if (t := tasks.get(tid)) is not None}
+        for key, index in self.executor.list_instances():
+            if (key, index) in current:
                 continue
-            idir = self.executor.log_path(task_id, index).parent
+            idir = self.executor.log_path(key, index).parent
             if (idir / DONE_MARK).exists():
                 continue
-            st = self.executor.status(task_id, index)
+            task_id, attempt = parse_key(key)
+            st = self.executor.status(key, index)
             if st.state == "running":
-                self.executor.stop(task_id, index)  # released (its task ended elsewhere)
-            await ship(js, task_id, index, self.executor.log_path(task_id, index))
+                self.executor.stop(key, index)  # released, or an earlier attempt: it must not run on
+            await ship(js, task_id, index, self.executor.log_path(key, index), key)
             if st.state == "exited":
                 task = await self._get_task(task_id)
-                if task is not None and task.status not in ENDED and task.instances[index].status != "Exited":
-                    await self._report(task_id, index, "Exited", st.exit_code or 0)
+                if (
+                    task is not None and task.attempt == attempt and task.status not in ENDED
+                    and task.instances[index].status != "Exited"
+                ):
+                    await self._report(task, index, "Exited", st.exit_code or 0)
                 (idir / DONE_MARK).write_text("")
 
     async def _get_task(self, task_id: str) -> trainer_pb2.TrainingTask | None:
@@ -137,26 +144,45 @@ class TrainerAgent:
 
     async def _converge(self, js: Any, task: trainer_pb2.TrainingTask, index: int) -> None:
         inst = task.instances[index]
-        st = self.executor.status(task.id, index)
-        if task.status in ENDED or task.status == "Stopping":
+        key = instance_key(task.id, task.attempt)
+        log_path = self.executor.log_path(key, index)
+        st = self.executor.status(key, index)
+        if task.status in ENDED or task.status in LEAVING:
             if st.state == "running":
-                self.executor.stop(task.id, index)
-                await ship(js, task.id, index, self.executor.log_path(task.id, index))
+                self.executor.stop(key, index)
+                await ship(js, task.id, index, log_path, key)
             elif task.status not in ENDED and inst.status != "Exited":
                 if st.state == "exited":
-                    await ship(js, task.id, index, self.executor.log_path(task.id, index))
-                    await self._report(task.id, index, "Exited", st.exit_code or 0)
+                    await ship(js, task.id, index, log_path, key)
+                    await self._report(task, index, "Exited", st.exit_code or 0)
                 else:
-                    await self._report(task.id, index, "Exited", EXIT_STOPPED_BEFORE_START, "stopped before start")
+                    await self._report(task, index, "Exited", EXIT_STOPPED_BEFORE_START, "stopped before start")
             return
+        if task.status == "Queued":
+            return  # requeued after an eviction, not placed again yet: the assignment is stale
         if st.state == "absent":
+            self._carry_over(task, index)
             self.executor.start(self._spec(task, index))
-            st = self.executor.status(task.id, index)
-        await ship(js, task.id, index, self.executor.log_path(task.id, index))
+            st = self.executor.status(key, index)
+        await ship(js, task.id, index, log_path, key)
         if st.state == "running" and inst.status == "Pending":
-            await self._report(task.id, index, "Running", 0)
+            await self._report(task, index, "Running", 0)
         elif st.state == "exited" and inst.status != "Exited":
-            await self._report(task.id, index, "Exited", st.exit_code if st.exit_code is not None else 0)
+            await self._report(task, index, "Exited", st.exit_code if st.exit_code is not None else 0)
+
+    def _carry_over(self, task: trainer_pb2.TrainingTask, index: int) -> None:
+        """A requeued attempt resumes from what the previous one left in /opt/ml/output and /opt/ml/model,
+        when that attempt ran on this node (shared storage for the general case comes with storage)."""
+        if task.attempt == 0:
+            return
+        new = self.executor.log_path(instance_key(task.id, task.attempt), index).parent
+        for previous in range(task.attempt - 1, -1, -1):
+            old = self.executor.log_path(instance_key(task.id, previous), index).parent
+            if old.exists():
+                for sub in ("output", "model"):
+                    if (old / sub).is_dir() and not (new / sub).exists():
+                        shutil.copytree(old / sub, new / sub)
+                return
 
     def _spec(self, task: trainer_pb2.TrainingTask, index: int) -> InstanceSpec:
         env = {
@@ -167,18 +193,21 @@ class TrainerAgent:
             "WORLD_SIZE": str(task.instance_count),
             **gpu_env(self._cards.get((task.id, index), []), simulated=self.membership.capacity.simulated_gpus),
         }
+        env["CAPSTAN_ATTEMPT"] = str(task.attempt)
         return InstanceSpec(
-            task_id=task.id, instance_index=index, command=task.command,
+            task_id=instance_key(task.id, task.attempt), instance_index=index, command=task.command,
             hyperparameters=json.loads(task.hyperparameters_json or "{}"), env=env,
             stop_grace_seconds=task.stop_grace_seconds or 30, cpu=task.resources.cpu,
             memory_gib=task.resources.memory_gib,
         )
 
-    async def _report(self, task_id: str, index: int, state: str, exit_code: int, message: str = "") -> None:
+    async def _report(
+        self, task: trainer_pb2.TrainingTask, index: int, state: str, exit_code: int, message: str = ""
+    ) -> None:
         await self.trainer.ReportInstance(
             trainer_pb2.ReportInstanceRequest(
-                task_id=task_id, instance_index=index, node_id=self.node_id, state=state, exit_code=exit_code,
-                message=message,
+                task_id=task.id, instance_index=index, node_id=self.node_id, state=state, exit_code=exit_code,
+                message=message, attempt=task.attempt,
             ),
             timeout=15,
         )
@@ -204,3 +233,13 @@ def gpu_env(cards: list[tuple[int, int]], *, simulated: bool) -> dict[str, str]:
     else:
         env["CUDA_VISIBLE_DEVICES"] = env["NVIDIA_VISIBLE_DEVICES"] = ",".join(str(i) for i, _ in cards)
     return env
+
+
+def instance_key(task_id: str, attempt: int) -> str:
+    """Each attempt of a task runs in its own instance directory: ``train-x`` then ``train-x.1``, ..."""
+    return task_id if attempt == 0 else f"{task_id}.{attempt}"
+
+
+def parse_key(key: str) -> tuple[str, int]:
+    task_id, _, attempt = key.partition(".")
+    return task_id, int(attempt) if attempt.isdigit() else 0

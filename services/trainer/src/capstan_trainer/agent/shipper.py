@@ -33,8 +33,9 @@ def _save_offset(instance_dir: Path, offset: int) -> None:
     tmp.replace(instance_dir / OFFSET_FILE)
 
 
-async def ship(js: JetStreamContext, task_id: str, index: int, log_path: Path) -> int:
-    """Publish every complete line not shipped yet; returns how many were shipped."""
+async def ship(js: JetStreamContext, task_id: str, index: int, log_path: Path, key: str | None = None) -> int:
+    """Publish every complete line not shipped yet; returns how many were shipped. ``key`` names the
+    attempt's instance (``train-x.1``) in the msg-ids, so two attempts' lines never deduplicate."""
     instance_dir = log_path.parent
     shipped = 0
     subject = log_subject(task_id, index)
@@ -48,7 +49,7 @@ async def ship(js: JetStreamContext, task_id: str, index: int, log_path: Path) -
                 subject,
                 encode_line(int(e.get("ts_ms", 0)), str(e.get("stream", "stdout")), str(e.get("line", ""))),
                 stream=LOGS_STREAM,
-                headers={"Nats-Msg-Id": f"{task_id}:{index}:{start}:{i}"},
+                headers={"Nats-Msg-Id": f"{key or task_id}:{index}:{start}:{i}"},
             )
             for i, e in enumerate(entries)
         ]

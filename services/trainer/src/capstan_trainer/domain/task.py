@@ -13,6 +13,8 @@ from capstan_core.contracts.training import (
     TrainingInstanceExited,
     TrainingInstanceStarted,
     TrainingTaskEnded,
+    TrainingTaskPreempting,
+    TrainingTaskRequeued,
     TrainingTaskStopRequested,
     TrainingTaskSubmitted,
 )
@@ -33,6 +35,8 @@ class Task:
     exited: dict[int, int] = field(default_factory=dict)
     stop_requested: bool = False
     ended: TrainingTaskEnded | None = None
+    attempt: int = 0  # grows when an evicted attempt goes back to the queue
+    preempting: bool = False
 
 
 def fold(events: Sequence[Event]) -> Task:
@@ -48,6 +52,11 @@ def fold(events: Sequence[Event]) -> Task:
             t.stop_requested = True
         elif isinstance(e, TrainingTaskEnded):
             t.ended = e
+        elif isinstance(e, TrainingTaskPreempting):
+            t.preempting = True
+        elif isinstance(e, TrainingTaskRequeued):
+            t.attempt = e.attempt
+            t.started, t.exited, t.preempting = {}, {}, False
     return t
 
 
@@ -137,14 +146,22 @@ def decide_stop(t: Task, task_id: str, by: str, now_ms: int) -> list[Event]:
     return [TrainingTaskStopRequested(task_id=task_id, by=by, at_ms=now_ms)]
 
 
+def decide_preempting(t: Task, *, task_id: str, preemptor_id: str, now_ms: int) -> list[Event]:
+    _existing(t, task_id)
+    if t.ended is not None or t.preempting or t.stop_requested:
+        return []
+    return [TrainingTaskPreempting(task_id=task_id, attempt=t.attempt, preemptor_id=preemptor_id, at_ms=now_ms)]
+
+
 def decide_report(
-    t: Task, *, task_id: str, index: int, node_id: str, state: str, exit_code: int, message: str, now_ms: int
+    t: Task, *, task_id: str, index: int, node_id: str, state: str, exit_code: int, message: str, now_ms: int,
+    attempt: int = 0,
 ) -> list[Event]:
     sub = _existing(t, task_id)
     if not 0 <= index < sub.instance_count:
         raise InvalidArgument(f"instance_index must be 0..{sub.instance_count - 1}", field="instance_index")
-    if t.ended is not None:
-        return []
+    if t.ended is not None or attempt != t.attempt:
+        return []  # ended, or a late report about an earlier (evicted) attempt
     if state == "Running":
         if index in t.started or index in t.exited:
             return []
@@ -160,6 +177,9 @@ def decide_report(
     if t.stop_requested:
         if len(exited) == sub.instance_count:
             out.append(TrainingTaskEnded(task_id=task_id, status="Stopped", exit_code=None, reason="stopped by user", at_ms=now_ms))
+    elif t.preempting:
+        if len(exited) == sub.instance_count:
+            out.append(TrainingTaskRequeued(task_id=task_id, attempt=t.attempt + 1, reason="preempted", at_ms=now_ms))
     elif exit_code != 0:
         out.append(
             TrainingTaskEnded(

@@ -1,0 +1,23 @@
+"""Requeue requests (graceful preemption, issue #3).
+
+Revision ID: 0003
+Revises: 0002
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0003"
+down_revision = "0002"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("workloads") as batch:
+        batch.add_column(sa.Column("requeue", sa.Boolean, nullable=False, server_default=sa.false()))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("workloads") as batch:
+        batch.drop_column("requeue")

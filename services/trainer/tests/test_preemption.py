@@ -1,0 +1,102 @@
+"""Graceful preemption end to end: a high-priority task evicts a running low-priority one, which gets
+SIGTERM and its grace period, goes back to the queue as a new attempt (not a failure, not a restart),
+and resumes from its output directory once the high-priority task is done."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+import capstan_core.contracts.scheduling  # noqa: F401 - registers event types read below
+from capstan_core.eventstore import EventStore
+from capstan_core.service import Service
+from capstan_core.settings import ServiceSettings
+from capstan_core.streams import event_subject
+from capstan_proto import common_pb2, scheduler_pb2, scheduler_pb2_grpc, trainer_pb2, trainer_pb2_grpc
+from capstan_scheduler.service import DEFINITION as SCHEDULER
+from capstan_trainer.agent.agent import TrainerAgent
+from capstan_trainer.agent.settings import AgentSettings
+from capstan_trainer.service import DEFINITION as TRAINER
+
+pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
+
+CHECKPOINTING = (
+    "n=$(cat /opt/ml/output/step 2>/dev/null || echo 0); echo \"resume from $n\"; "
+    "trap 'echo checkpoint $n; echo $n > /opt/ml/output/step; exit 0' TERM; "
+    "while [ $n -lt 25 ]; do n=$((n+1)); sleep 0.2; done; echo \"done at $n\""
+)
+POLICY = {
+    "ResourceRule": {"DefaultPriority": 5, "DefaultQueue": 0, "Preempted": 1},
+    "TaskRules": [{"AttrRules": [{"ValueType": "Tag", "Key": "tier", "Value": "urgent"}], "ScheduleRule": {"Priority": 1}}],
+}
+
+
+@pytest.fixture
+async def slice_(tmp_path: Path, nats_server: Any) -> AsyncIterator[tuple[Any, TrainerAgent, str, Service]]:
+    sched = Service(SCHEDULER, ServiceSettings(data_dir=tmp_path / "s", nats_url=nats_server.url))
+    await sched.start()
+    trainer = Service(TRAINER, ServiceSettings(data_dir=tmp_path / "t", nats_url=nats_server.url, scheduler_addr=sched.address))
+    await trainer.start()
+    chs, cht = grpc.aio.insecure_channel(sched.address), grpc.aio.insecure_channel(trainer.address)
+    rg = await scheduler_pb2_grpc.SchedulerStub(chs).CreateResourceGroup(
+        scheduler_pb2.CreateResourceGroupRequest(name="shared", policy_json=json.dumps(POLICY)))
+    agent = TrainerAgent(AgentSettings(
+        nats_url=nats_server.url, scheduler_addr=sched.address, trainer_addr=trainer.address, resource_group=rg.id,
+        node_name="only", agent_dir=tmp_path / "agent", node_cpu=2, node_memory_gib=4, reconcile_s=0.2))
+    await agent.start()
+    yield trainer_pb2_grpc.TrainerStub(cht), agent, rg.id, sched
+    await agent.stop()
+    for key in agent.executor.list_instances():
+        agent.executor.stop(*key)
+    await chs.close()
+    await cht.close()
+    await trainer.stop()
+    await sched.stop()
+
+
+async def _wait(t: Any, task_id: str, *statuses: str, timeout: float = 30) -> Any:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        got = await t.GetTrainingTask(trainer_pb2.GetTrainingTaskRequest(id=task_id))
+        if got.status in statuses:
+            return got
+        assert asyncio.get_running_loop().time() < deadline, f"{task_id} is {got.status}, wanted {statuses}"
+        await asyncio.sleep(0.1)
+
+
+async def test_low_priority_task_is_evicted_requeued_and_resumes(slice_: Any) -> None:
+    t, agent, rg, sched = slice_
+    res = common_pb2.Resources(cpu=2, memory_gib=1)
+    low = await t.CreateTrainingTask(trainer_pb2.CreateTrainingTaskRequest(
+        name="low", resource_group_id=rg, command=CHECKPOINTING, resources=res, stop_grace_seconds=10))
+    await _wait(t, low.id, "Running")
+    await asyncio.sleep(1.0)  # some steps done
+    high = await t.CreateTrainingTask(trainer_pb2.CreateTrainingTaskRequest(
+        name="high", resource_group_id=rg, command="echo urgent-done", resources=res, tags={"tier": "urgent"}))
+    requeued = await _wait(t, low.id, "Queued", "Failed", "Succeeded")
+    assert requeued.status == "Queued" and requeued.attempt == 1 and requeued.preemptions == 1
+    assert (await _wait(t, high.id, "Succeeded", "Failed")).status == "Succeeded"
+    done = await _wait(t, low.id, "Succeeded", "Failed", timeout=40)
+    assert done.status == "Succeeded" and done.attempt == 1
+    lines = [ln.line for ln in (await t.GetLogs(trainer_pb2.GetLogsRequest(task_id=low.id, instance_index=-1))).lines]
+    checkpoints = [ln for ln in lines if ln.startswith("checkpoint ")]
+    assert len(checkpoints) == 1 and int(checkpoints[0].split()[1]) > 0, lines
+    assert f"resume from {checkpoints[0].split()[1]}" in lines and "resume from 0" in lines and "done at 25" in lines
+
+    assert sched.ctx is not None
+    recorded, _ = await EventStore(sched.ctx.js).load(event_subject("workload", low.id))
+    assert [r.event.TYPE for r in recorded] == [
+        "WorkloadQueued", "WorkloadPlaced", "WorkloadPreemptionRequested", "WorkloadRequeued", "WorkloadPlaced",
+        "WorkloadReleased",
+    ]
+    train_events, _ = await EventStore(sched.ctx.js).load(event_subject("train", low.id))
+    types = [r.event.TYPE for r in train_events]
+    assert types.count("TrainingTaskPreempting") == 1 and types.count("TrainingTaskRequeued") == 1
+    assert types[-1] == "TrainingTaskEnded"
