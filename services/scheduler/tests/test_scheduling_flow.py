@@ -233,3 +233,36 @@ async def test_release_drains_then_delete_is_allowed(services) -> None:  # type:
         return got if got.status == "Failed" else None
 
     assert "was deleted" in (await _until(failed)).failure_reason
+
+
+async def test_work_on_a_node_lost_for_good_restarts_elsewhere(services) -> None:  # type: ignore[no-untyped-def]
+    from capstan_core.clock import FixedClock
+
+    sched, trainer, s, t = services
+    clock = FixedClock()
+    sched.app.clock = clock
+    sched.app.liveness.started_ms = clock.now_ms()
+    rg = await s.CreateResourceGroup(scheduler_pb2.CreateResourceGroupRequest(name="g"))
+    n1 = await s.JoinNode(scheduler_pb2.JoinNodeRequest(resource_group_id=rg.id, name="n1", cpu=2, memory_gib=4, agent_kind="trainer"))
+    task = await t.CreateTrainingTask(trainer_pb2.CreateTrainingTaskRequest(
+        name="survivor", resource_group_id=rg.id, command="x", resources=common_pb2.Resources(cpu=2, memory_gib=1)))
+
+    async def on(node_id):  # type: ignore[no-untyped-def]
+        got = await t.GetTrainingTask(trainer_pb2.GetTrainingTaskRequest(id=task.id))
+        return got if got.instances[0].node_id == node_id and got.status in ("Starting", "Running") else None
+
+    await _until(lambda: on(n1.id))
+    await t.ReportInstance(trainer_pb2.ReportInstanceRequest(task_id=task.id, instance_index=0, node_id=n1.id, state="Running"))
+    clock.advance(20_000)  # silent: Abnormal, but not lost yet
+    await _until(lambda: _eq(_state(s, n1.id), "Abnormal"))
+    await asyncio.sleep(0.3)
+    assert (await t.GetTrainingTask(trainer_pb2.GetTrainingTaskRequest(id=task.id))).attempt == 0
+    n2 = await s.JoinNode(scheduler_pb2.JoinNodeRequest(resource_group_id=rg.id, name="n2", cpu=2, memory_gib=4, agent_kind="trainer"))
+    sched.app.liveness.last_seen_ms[n2.id] = clock.now_ms() + 10**9  # n2 keeps beating
+    clock.advance(300_000)  # lost for good
+    got = await _until(lambda: on(n2.id))
+    assert got.attempt == 1 and got.restarts == 1 and got.preemptions == 0
+    # a late report from the lost node about attempt 0 changes nothing
+    await t.ReportInstance(trainer_pb2.ReportInstanceRequest(
+        task_id=task.id, instance_index=0, node_id=n1.id, state="Exited", exit_code=1, attempt=0))
+    assert (await t.GetTrainingTask(trainer_pb2.GetTrainingTaskRequest(id=task.id))).status in ("Starting", "Running")

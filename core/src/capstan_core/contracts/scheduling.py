@@ -109,6 +109,15 @@ class WorkloadPreemptionRequested(Event):
     at_ms: int
 
 
+@event("WorkloadInstancesLost", version=1)
+class WorkloadInstancesLost(Event):
+    """A node running this workload is lost for good (silent past the threshold): its owner restarts it."""
+
+    workload_id: str
+    node_id: str
+    at_ms: int
+
+
 @event("WorkloadRequeued", version=1)
 class WorkloadRequeued(Event):
     """Back in the queue with its original submit order and priority; its allocations are freed."""

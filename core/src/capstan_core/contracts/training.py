@@ -69,6 +69,8 @@ class TrainingTaskRequeued(Event):
     attempt: int
     reason: str
     at_ms: int
+    # "preempted" (does not count against the restart budget) or "node_lost" (a restart).
+    cause: str = "preempted"
 
 
 @event("TrainingTaskEnded", version=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 from dataclasses import dataclass
@@ -11,8 +12,8 @@ from sqlalchemy import func, select
 
 from capstan_core.clock import Clock, SystemClock
 from capstan_core.command import execute
-from capstan_core.contracts.scheduling import NODE, RSG
-from capstan_core.errors import InvalidArgument, NotFound
+from capstan_core.contracts.scheduling import NODE, RSG, WORKLOAD, WorkloadInstancesLost
+from capstan_core.errors import Conflict, InvalidArgument, NotFound
 from capstan_core.ids import new_id, stable_id
 from capstan_core.paging import next_token, page_bounds
 from capstan_core.service import ServiceContext
@@ -62,6 +63,7 @@ class SchedulerApp:
         self.liveness = Liveness({}, self.clock.now_ms())
         settings = settings or SchedulerSettings()
         self.abnormal_after_ms = int(settings.node_abnormal_after_s * 1000)
+        self.lost_after_ms = int(settings.node_lost_after_s * 1000)
         self.shareable = settings.shareable
 
     # -- commands --------------------------------------------------------------------
@@ -195,6 +197,30 @@ class SchedulerApp:
                     event_subject(NODE, node_id),
                     fold_node,
                     functools.partial(decide_node_state, node_id=node_id, state="Abnormal", reason=reason, now_ms=now),
+                )
+
+    async def restart_work_of_lost_nodes(self) -> None:
+        """Abnormal nodes silent past the lost threshold: every workload placed there is lost."""
+        now = self.clock.now_ms()
+        with self.ctx.engine.connect() as conn:
+            abnormal = conn.execute(select(nodes.c.id).where(nodes.c.state == "Abnormal")).scalars().all()
+            lost = [n for n in abnormal if now - self.liveness.last_seen_ms.get(n, self.liveness.started_ms) > self.lost_after_ms]
+            if not lost:
+                return
+            rows = conn.execute(
+                select(workloads.c.id, workloads.c.subject_seq, allocations.c.node_id)
+                .join(allocations, allocations.c.workload_id == workloads.c.id)
+                .where(allocations.c.node_id.in_(lost), workloads.c.status == "placed", workloads.c.ended.is_(False))
+            ).all()
+        done: set[str] = set()
+        for wid, seq, node_id in rows:
+            if wid in done:
+                continue
+            done.add(wid)
+            with contextlib.suppress(Conflict):
+                await self.ctx.store.append(
+                    event_subject(WORKLOAD, wid), [WorkloadInstancesLost(workload_id=wid, node_id=node_id, at_ms=now)],
+                    expected_seq=seq, msg_id=f"lost:{wid}:{seq}",
                 )
 
     # -- queries ---------------------------------------------------------------------

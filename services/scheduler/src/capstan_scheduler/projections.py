@@ -13,6 +13,7 @@ from capstan_core.contracts.scheduling import (
     ResourceGroupCreated,
     ResourceGroupDeleted,
     ResourceGroupUpdated,
+    WorkloadInstancesLost,
     WorkloadPlaced,
     WorkloadPreemptionRequested,
     WorkloadQueued,
@@ -105,6 +106,10 @@ class SchedulerProjection(Projection):
 
     @_apply.register
     def _(self, e: WorkloadPreemptionRequested, conn: Connection, rec: RecordedEvent) -> None:
+        conn.execute(update(workloads).where(workloads.c.id == e.workload_id).values(status="evicting", subject_seq=rec.seq))
+
+    @_apply.register
+    def _(self, e: WorkloadInstancesLost, conn: Connection, rec: RecordedEvent) -> None:
         conn.execute(update(workloads).where(workloads.c.id == e.workload_id).values(status="evicting", subject_seq=rec.seq))
 
     @_apply.register

@@ -136,6 +136,7 @@ class Scheduler:
     async def step(self) -> None:
         await self.cycle()
         await self.app.mark_silent_nodes_abnormal()
+        await self.app.restart_work_of_lost_nodes()
         await self.app.finish_drained_releases()
 
 

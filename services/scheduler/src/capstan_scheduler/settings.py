@@ -13,10 +13,12 @@ class SchedulerSettings(BaseSettings):
 
     # A Running node silent this long becomes Abnormal (and Running again at its next heartbeat).
     node_abnormal_after_s: float = 15.0
+    # An Abnormal node silent this long is lost for good: what ran there is restarted elsewhere.
+    node_lost_after_s: float = 300.0
     # Card types whose cards may be split into tenths (SPEC §7.3), comma-separated.
     shareable_gpu_types: str = ",".join(sorted(DEFAULT_SHAREABLE))
 
-    @field_validator("node_abnormal_after_s")
+    @field_validator("node_abnormal_after_s", "node_lost_after_s")
     @classmethod
     def _positive(cls, v: float) -> float:
         if v <= 0:

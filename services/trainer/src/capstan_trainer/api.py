@@ -22,6 +22,7 @@ def _task(d: dict[str, Any]) -> trainer_pb2.TrainingTask:
         resources=common_pb2.Resources(cpu=d["cpu"], memory_gib=d["memory_gib"], gpu_type=d["gpu_type"], gpu=d["gpu"]),
         instance_count=d["instance_count"], status=d["status"], exit_code=d["exit_code"] or 0,
         has_exit_code=d["exit_code"] is not None, attempt=d["attempt"], preemptions=d["preemptions"],
+        restarts=d["restarts"],
         failure_reason=d["failure_reason"], tags=d["tags"], creator=d["creator"], created_at_ms=d["created_at_ms"],
         started_at_ms=d["started_at_ms"], ended_at_ms=d["ended_at_ms"], stop_grace_seconds=d["stop_grace_seconds"],
         instances=[

@@ -26,6 +26,7 @@ from .domain.task import (
     decide_end,
     decide_preempting,
     decide_report,
+    decide_restart_lost,
     decide_stop,
     decide_submit,
     fold,
@@ -105,7 +106,7 @@ class TrainerApp:
                        training_tasks.c.failure_reason)
                 .where(training_tasks.c.status.not_in(("Succeeded", "Failed", "Stopped")))
                 .where((training_tasks.c.placement == "rejected") | (training_tasks.c.stop_requested.is_(True)))
-                .where(training_tasks.c.placement != "evicting")
+                .where(training_tasks.c.placement.not_in(("evicting", "lost")))
             ).mappings().all()
         now = self.clock.now_ms()
         for r in rows:
@@ -119,6 +120,22 @@ class TrainerApp:
             await execute(
                 self.ctx.store, self._subject(tid), fold,
                 functools.partial(decide_end, task_id=tid, status=status, reason=reason, now_ms=now),
+            )
+
+    async def restart_lost(self) -> None:
+        """Tasks whose node was lost for good start again as a new attempt."""
+        with self.ctx.engine.connect() as conn:
+            ids = conn.execute(
+                select(training_tasks.c.id).where(
+                    training_tasks.c.placement == "lost",
+                    training_tasks.c.status.not_in(("Succeeded", "Failed", "Stopped")),
+                )
+            ).scalars().all()
+        now = self.clock.now_ms()
+        for tid in ids:
+            await execute(
+                self.ctx.store, self._subject(tid), fold,
+                functools.partial(decide_restart_lost, task_id=tid, reason="its node was lost", now_ms=now),
             )
 
     async def start_evictions(self) -> None:

@@ -8,6 +8,7 @@ from functools import singledispatchmethod
 from sqlalchemy import Connection, select, update
 
 from capstan_core.contracts.scheduling import (
+    WorkloadInstancesLost,
     WorkloadPlaced,
     WorkloadPreemptionRequested,
     WorkloadQueued,
@@ -58,7 +59,7 @@ class TrainerProjection(Projection):
                 instance_count=e.instance_count, stop_grace_seconds=e.stop_grace_seconds,
                 tags=json.dumps(e.tags, sort_keys=True), creator=e.creator, status="Submitting", placement="none",
                 stop_requested=False, exit_code=None, failure_reason="", created_at_ms=e.at_ms, queued_at_ms=0,
-                started_at_ms=0, ended_at_ms=0, submitted_seq=rec.seq, attempt=0, preemptions=0,
+                started_at_ms=0, ended_at_ms=0, submitted_seq=rec.seq, attempt=0, preemptions=0, restarts=0,
             )
         )
         for i in range(e.instance_count):
@@ -91,6 +92,10 @@ class TrainerProjection(Projection):
         conn.execute(update(tasks).where(tasks.c.id == e.workload_id).values(placement="evicting"))
 
     @_apply.register
+    def _(self, e: WorkloadInstancesLost, conn: Connection, rec: RecordedEvent) -> None:
+        conn.execute(update(tasks).where(tasks.c.id == e.workload_id).values(placement="lost"))
+
+    @_apply.register
     def _(self, e: WorkloadRequeued, conn: Connection, rec: RecordedEvent) -> None:
         conn.execute(update(tasks).where(tasks.c.id == e.workload_id).values(placement="queued"))
 
@@ -103,8 +108,9 @@ class TrainerProjection(Projection):
         conn.execute(
             update(tasks).where(tasks.c.id == e.task_id)
             # "requeued" until the scheduler's WorkloadRequeued: the eviction asked for is done.
-            .values(status="Queued", attempt=e.attempt, preemptions=tasks.c.preemptions + 1, queued_at_ms=e.at_ms,
-                    placement="requeued")
+            .values(status="Queued", attempt=e.attempt, queued_at_ms=e.at_ms, placement="requeued",
+                    preemptions=tasks.c.preemptions + (1 if e.cause == "preempted" else 0),
+                    restarts=tasks.c.restarts + (1 if e.cause != "preempted" else 0))
         )
         conn.execute(update(inst).where(inst.c.task_id == e.task_id).values(node_id="", status="Pending", exit_code=None))
 

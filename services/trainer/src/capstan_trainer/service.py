@@ -15,6 +15,7 @@ async def _reconcile(app: TrainerApp) -> None:
     async def step() -> None:
         await app.reconcile()
         await app.start_evictions()
+        await app.restart_lost()
 
     await reconcile_forever(app.ctx, step, interval=2.0)
 

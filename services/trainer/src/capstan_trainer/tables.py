@@ -36,6 +36,7 @@ training_tasks = Table(
     Column("submitted_seq", BigInteger, nullable=False),
     Column("attempt", Integer, nullable=False, default=0),  # grows when an evicted attempt is requeued
     Column("preemptions", Integer, nullable=False, default=0),
+    Column("restarts", Integer, nullable=False, default=0),  # e.g. after its node was lost
 )
 
 training_instances = Table(

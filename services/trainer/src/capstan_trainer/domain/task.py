@@ -153,6 +153,16 @@ def decide_preempting(t: Task, *, task_id: str, preemptor_id: str, now_ms: int) 
     return [TrainingTaskPreempting(task_id=task_id, attempt=t.attempt, preemptor_id=preemptor_id, at_ms=now_ms)]
 
 
+def decide_restart_lost(t: Task, *, task_id: str, reason: str, now_ms: int) -> list[Event]:
+    """Its node was lost for good: the attempt cannot finish; run the task again as a new attempt."""
+    _existing(t, task_id)
+    if t.ended is not None:
+        return []
+    if t.stop_requested:
+        return [TrainingTaskEnded(task_id=task_id, status="Stopped", exit_code=None, reason="stopped by user", at_ms=now_ms)]
+    return [TrainingTaskRequeued(task_id=task_id, attempt=t.attempt + 1, reason=reason, at_ms=now_ms, cause="node_lost")]
+
+
 def decide_report(
     t: Task, *, task_id: str, index: int, node_id: str, state: str, exit_code: int, message: str, now_ms: int,
     attempt: int = 0,
