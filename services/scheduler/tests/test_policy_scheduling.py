@@ -212,3 +212,49 @@ def test_scheduler_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("CAPSTAN_NODE_ABNORMAL_AFTER_S", "0")
     with pytest.raises(ValidationError):
         SchedulerSettings()
+
+
+async def test_scheduler_restart_mid_run_keeps_assignments_and_never_double_allocates(tmp_path: Path, nats_server: Any) -> None:
+    from capstan_core.eventstore import EventStore
+    from capstan_core.natsserver import free_port
+    from capstan_core.streams import event_subject
+
+    settings = ServiceSettings(data_dir=tmp_path / "s", nats_url=nats_server.url, grpc_listen=f"127.0.0.1:{free_port()}")
+    sched = Service(SCHEDULER, settings)
+    await sched.start()
+    trainer = Service(TRAINER, ServiceSettings(data_dir=tmp_path / "t", nats_url=nats_server.url, scheduler_addr=sched.address))
+    await trainer.start()
+    chs, cht = grpc.aio.insecure_channel(sched.address), grpc.aio.insecure_channel(trainer.address)
+    pool = Pool(scheduler_pb2_grpc.SchedulerStub(chs), trainer_pb2_grpc.TrainerStub(cht))
+    try:
+        rg, nodes = await pool.group(_policy(queue=2), [{"cpu": 4, "gpus": {"A100": 4}} for _ in range(3)])
+        shapes = [0.5, 1, 2, 0.3, 4, 1, 0.5, 2, 1, 3, 0.2, 1]
+        ids = [await pool.submit(rg, f"t{i}", gpu_type="A100", gpu=g) for i, g in enumerate(shapes[:6])]
+        await pool.settle()
+        before = {n: await pool.cards(n) for n in nodes}
+        ids += [await pool.submit(rg, f"t{i}", gpu_type="A100", gpu=g) for i, g in enumerate(shapes[6:], start=6)]
+        await sched.stop()  # mid-run: right after six more arrived, some perhaps being placed
+        sched = Service(SCHEDULER, settings)
+        await sched.start()
+        await pool.settle()
+        await pool.settle()
+        after = {n: await pool.cards(n) for n in nodes}
+        for n in nodes:  # what was placed before the restart is exactly where it was
+            assert {w: c for w, c in after[n].items() if any(w in b for b in before.values())} == before[n]
+        for n in nodes:  # no card holds more than a whole card
+            used: dict[int, int] = {}
+            for cards in after[n].values():
+                for idx, tenths in cards:
+                    used[idx] = used.get(idx, 0) + tenths
+            assert all(v <= 10 for v in used.values()), (n, used)
+        store = EventStore(sched.ctx.js)  # type: ignore[union-attr]
+        for tid in ids:
+            recorded, _ = await store.load(event_subject("workload", tid))
+            assert [r.event.TYPE for r in recorded].count("WorkloadPlaced") <= 1
+        placed = {w for n in nodes for w in after[n]}
+        assert len(placed) >= 9  # 12 x (0.2..4 cards) on 12 cards: most fit
+    finally:
+        await chs.close()
+        await cht.close()
+        await trainer.stop()
+        await sched.stop()
