@@ -14,6 +14,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
@@ -28,6 +29,20 @@ from .eventstore import RecordedEvent, decode_commit
 from .streams import EVENTS_STREAM, EVENTS_SUBJECTS
 
 log = logging.getLogger(__name__)
+
+
+async def cancel_and_wait(tasks: Sequence[asyncio.Task[Any]], rounds: int = 100) -> None:
+    """Cancel tasks and wait until they are done. Cancelling again matters: on Python 3.11,
+    ``asyncio.wait_for`` may swallow a cancellation that arrives as its inner future completes,
+    and the task then runs on (a stop that awaited it once would hang forever)."""
+    pending = {t for t in tasks if not t.done()}
+    for _ in range(rounds):
+        if not pending:
+            return
+        for t in pending:
+            t.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.1)
+    log.error("%d task(s) ignored cancellation", len(pending))
 
 
 class Projection:
@@ -225,9 +240,7 @@ class ProjectionRunner:
 
     async def stop(self) -> None:
         if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            await cancel_and_wait([self._task])
             self._task = None
 
     async def wait_for(self, seq: int, timeout: float = 5.0) -> bool:

@@ -26,7 +26,7 @@ from sqlalchemy import Engine
 
 from . import db, grpcutil, tracing
 from .eventstore import EventStore
-from .projection import Projection, ProjectionRunner, rebuild
+from .projection import Projection, ProjectionRunner, cancel_and_wait, rebuild
 from .settings import ServiceSettings
 from .streams import ensure_streams
 
@@ -115,11 +115,7 @@ class Service:
         log.info("%s serving gRPC on %s", d.name, self.grpc.address)
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_and_wait(self._tasks)
         if self.grpc:
             await self.grpc.stop(0.5)
         if self.ctx:

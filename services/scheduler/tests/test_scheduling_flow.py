@@ -213,7 +213,8 @@ async def test_release_drains_then_delete_is_allowed(services) -> None:  # type:
         await s.ReleaseNodes(scheduler_pb2.ReleaseNodesRequest(node_ids=[n1.id, "node-nope"]))
     assert await _state(s, n1.id) == "Running"
     out = await s.ReleaseNodes(scheduler_pb2.ReleaseNodesRequest(node_ids=[n1.id, n2.id]))
-    assert {n.state for n in out.items} == {"Releasing"}
+    states = {n.id: n.state for n in out.items}
+    assert states[busy] == "Releasing" and states[idle] in ("Releasing", "Released")  # the idle one may drain at once
     await _until(lambda: _eq(_state(s, idle), "Released"))  # nothing ran there
     await asyncio.sleep(0.3)
     assert await _state(s, busy) == "Releasing"  # drains: its task still runs

@@ -16,6 +16,7 @@ from nats.aio.client import Client as NatsClient
 from capstan_core import grpcutil
 from capstan_core.capacity import detect
 from capstan_core.membership import NodeMembership
+from capstan_core.projection import cancel_and_wait
 from capstan_core.service import connect_nats
 from capstan_proto import scheduler_pb2, scheduler_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 
@@ -68,11 +69,7 @@ class TrainerAgent:
 
     async def stop(self) -> None:
         """Stop the agent only: instances keep running under their runners and are re-adopted on restart."""
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_and_wait(self._tasks)
         await self._sched_ch.close()
         await self._trainer_ch.close()
         if self._nc:
