@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
 
 import grpc
 
 from capstan_proto import scheduler_pb2, scheduler_pb2_grpc
 
 from .capacity import Capacity
+from .healthcheck import CheckFn, basic_checks, run_checks
 
 log = logging.getLogger(__name__)
 
@@ -17,16 +21,31 @@ log = logging.getLogger(__name__)
 class NodeMembership:
     def __init__(
         self, scheduler: scheduler_pb2_grpc.SchedulerStub, *, resource_group: str, node_name: str, agent_kind: str,
-        capacity: Capacity, heartbeat_s: float = 2.0,
+        capacity: Capacity, heartbeat_s: float = 2.0, checks: Sequence[CheckFn] | None = None,
+        health_interval_s: float = 300.0, work_dir: Path | None = None,
     ) -> None:
+        """``checks`` run before joining (deploy checks: any failing -> DeployFailed) and every
+        ``health_interval_s`` after (failing -> Abnormal); default: disk, memory and GPUs."""
         self.scheduler = scheduler
         self.resource_group = resource_group
         self.node_name = node_name
         self.agent_kind = agent_kind
         self.capacity = capacity
         self.heartbeat_s = heartbeat_s
+        self.checks = list(checks) if checks is not None else basic_checks(capacity, work_dir or Path.cwd())
+        self.health_interval_s = health_interval_s
         self.node_id = ""
         self.rg_id = ""
+        self.state = ""
+        self._last_health = 0.0
+
+    async def _run_checks(self) -> list[scheduler_pb2.HealthCheck]:
+        results = await asyncio.to_thread(run_checks, self.checks)
+        self._last_health = time.monotonic()
+        for c in results:
+            if not c.ok:
+                log.warning("health check %s failed: %s", c.name, c.detail)
+        return [scheduler_pb2.HealthCheck(name=c.name, ok=c.ok, detail=c.detail) for c in results]
 
     async def _resolve_group(self) -> str:
         rg = self.resource_group
@@ -51,15 +70,20 @@ class NodeMembership:
             try:
                 self.rg_id = await self._resolve_group()
                 cap = self.capacity
+                checks = await self._run_checks()
                 node = await self.scheduler.JoinNode(
                     scheduler_pb2.JoinNodeRequest(
                         resource_group_id=self.rg_id, name=self.node_name, cpu=cap.cpu, memory_gib=cap.memory_gib,
-                        gpus=cap.gpus, agent_kind=self.agent_kind,
+                        gpus=cap.gpus, agent_kind=self.agent_kind, checks=checks,
                     ),
                     timeout=15,
                 )
-                self.node_id = node.id
-                log.info("joined %s as node %s (%s)", self.rg_id, node.id, cap)
+                self.node_id, self.state = node.id, node.state
+                if node.state == "DeployFailed":
+                    log.error("node %s failed to deploy: %s (checks run again in %gs)", node.id, node.state_reason,
+                              self.health_interval_s)
+                else:
+                    log.info("joined %s as node %s (%s)", self.rg_id, node.id, cap)
                 return self.node_id
             except (grpc.aio.AioRpcError, LookupError) as e:
                 reason = e.details() if isinstance(e, grpc.aio.AioRpcError) else str(e)
@@ -67,10 +91,23 @@ class NodeMembership:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
+    async def check_health(self) -> None:
+        """Run the checks now: a node that failed to deploy joins again, a deployed one reports them."""
+        if self.state == "DeployFailed":
+            await self.join()
+            return
+        node = await self.scheduler.ReportHealthCheck(
+            scheduler_pb2.ReportHealthCheckRequest(node_id=self.node_id, checks=await self._run_checks()), timeout=15
+        )
+        self.state = node.state
+
     async def heartbeat_forever(self) -> None:
         while True:
             try:
-                await self.scheduler.Heartbeat(scheduler_pb2.HeartbeatRequest(node_id=self.node_id), timeout=5)
+                if time.monotonic() - self._last_health >= self.health_interval_s:
+                    await self.check_health()
+                beat = await self.scheduler.Heartbeat(scheduler_pb2.HeartbeatRequest(node_id=self.node_id), timeout=5)
+                self.state = beat.state
             except grpc.aio.AioRpcError as e:
                 if e.code() == grpc.StatusCode.NOT_FOUND:
                     await self.join()  # the scheduler does not know us (its log was reset): join again

@@ -152,15 +152,17 @@ def _gpus(total: Any, used: Any) -> str | None:
 
 @click.group("nodes", invoke_without_command=True)
 @click.option("--resource-group", "resource_group", metavar="ID", help="Only this group's nodes.")
+@click.option("--history", is_flag=True, help="The node history: nodes that failed to deploy or are no longer used.")
 @common_options
 @click.pass_context
-def nodes(ctx: click.Context, resource_group: str | None) -> None:
-    """List nodes (machines whose agents joined a resource group); `nodes release` releases them."""
+def nodes(ctx: click.Context, resource_group: str | None, history: bool) -> None:
+    """List nodes (machines whose agents joined a resource group); `nodes release` releases them,
+    `nodes health` shows health-check records, `nodes remove` moves a Released node to the history."""
     if ctx.invoked_subcommand is not None:
         return
     cfg = config()
     with cfg.client() as client:
-        items = list(client.paginate("/nodes", resource_group_id=resource_group))
+        items = list(client.paginate("/nodes", resource_group_id=resource_group, view="history" if history else "active"))
     if cfg.json_output:
         print_json(items)
         return
@@ -180,7 +182,54 @@ def nodes(ctx: click.Context, resource_group: str | None) -> None:
     ]
     # Resources read allocated/offered.
     headers = ["ID", "NAME", "GROUP", "KIND", "STATE", "CPU", "MEMORY_GIB", "GPUS", "HEARTBEAT"]
+    if history or any(n.get("state") in ("Abnormal", "DeployFailed") for n in items):
+        headers.append("REASON")
+        for row, n in zip(rows, items, strict=True):
+            row.append(n.get("state_reason") or None)
     click.echo(table(headers, rows))
+
+
+@nodes.command("health")
+@click.option("--resource-group", "resource_group", metavar="ID", help="Only this group's nodes.")
+@click.option("--node", "node_id", metavar="ID", help="Only this node.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10000), help="Newest records to show.")
+@common_options
+def nodes_health(resource_group: str | None, node_id: str | None, limit: int) -> None:
+    """Health-check records, newest first: the deploy checks of each join and periodic checks when their outcome changed."""
+    cfg = config()
+    with cfg.client() as client:
+        records = []
+        for r in client.paginate("/nodes/health-checks", resource_group_id=resource_group, node_id=node_id):
+            records.append(r)
+            if len(records) >= limit:
+                break
+    if cfg.json_output:
+        print_json(records)
+        return
+    rows = [
+        [
+            r["at"], r["node_id"], r["trigger"], "ok" if r["ok"] else "FAILED",
+            "; ".join(f"{c['name']} {'ok' if c['ok'] else 'FAILED'}" + (f" ({c['detail']})" if c["detail"] else "")
+                      for c in r["checks"]),
+        ]
+        for r in records
+    ]
+    click.echo(table(["AT", "NODE", "TRIGGER", "RESULT", "CHECKS"], rows))
+
+
+@nodes.command("remove")
+@click.argument("node_ids", nargs=-1, required=True, metavar="ID...")
+@common_options
+def nodes_remove(node_ids: tuple[str, ...]) -> None:
+    """Move Released nodes from the node list to the group's history (state Unused)."""
+    cfg = config()
+    with cfg.client() as client:
+        removed = [client.request("DELETE", f"/nodes/{n}") for n in node_ids]
+    if cfg.json_output:
+        print_json(removed)
+        return
+    for n in removed:
+        click.echo(f"{n['id']}  {n['state']}")
 
 
 @nodes.command("release")

@@ -57,6 +57,9 @@ class NodeJoined(Event):
     memory_gib: float
     gpus: dict[str, int]
     at_ms: int
+    # Card types this node may split into tenths, fixed when it joins (SPEC §7.3: nodes added before
+    # their card type was supported don't share). None in older events: the scheduler's current setting.
+    shareable: list[str] | None = None
 
 
 @event("NodeStateChanged", version=1)
@@ -64,6 +67,28 @@ class NodeStateChanged(Event):
     node_id: str
     state: str
     reason: str = ""
+    at_ms: int
+
+
+class HealthCheckResult(BaseModel):
+    """One check an agent ran on its node (sandbox, disk, memory, GPUs, ...)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+@event("NodeHealthChecked", version=1)
+class NodeHealthChecked(Event):
+    """A health-check record. ``trigger``: "deploy" (the checks an agent runs before it joins) or
+    "periodic". Periodic results are recorded when the outcome changes and at least hourly otherwise."""
+
+    node_id: str
+    ok: bool
+    checks: list[HealthCheckResult]
+    trigger: str = "periodic"
     at_ms: int
 
 

@@ -120,6 +120,14 @@ class SchedulerClient(ServiceClient):
     async def release_nodes(self, req: scheduler_pb2.ReleaseNodesRequest) -> scheduler_pb2.ReleaseNodesResponse:
         return await self.call(self.stub.ReleaseNodes, req)
 
+    async def remove_node_record(self, req: scheduler_pb2.RemoveNodeRecordRequest) -> scheduler_pb2.Node:
+        return await self.call(self.stub.RemoveNodeRecord, req)
+
+    async def list_health_checks(
+        self, req: scheduler_pb2.ListHealthChecksRequest
+    ) -> scheduler_pb2.ListHealthChecksResponse:
+        return await self.call(self.stub.ListHealthChecks, req)
+
 
 class TrainerClient(ServiceClient):
     service = "trainer"

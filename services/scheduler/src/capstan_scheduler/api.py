@@ -7,6 +7,7 @@ from typing import Any
 
 import grpc
 
+from capstan_core.contracts.scheduling import HealthCheckResult
 from capstan_core.grpcutil import GrpcServer
 from capstan_proto import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 
@@ -25,8 +26,13 @@ def _node(d: dict[str, Any]) -> scheduler_pb2.Node:
         id=d["id"], resource_group_id=d["resource_group_id"], name=d["name"], state=d["state"], cpu=d["cpu"],
         memory_gib=d["memory_gib"], gpus=d["gpus"], cpu_allocated=d["cpu_allocated"],
         memory_gib_allocated=d["memory_gib_allocated"], gpus_allocated=d["gpus_allocated"], agent_kind=d["agent_kind"],
-        last_heartbeat_ms=d["last_heartbeat_ms"], joined_at_ms=d["joined_at_ms"],
+        last_heartbeat_ms=d["last_heartbeat_ms"], joined_at_ms=d["joined_at_ms"], state_reason=d["state_reason"],
+        state_changed_at_ms=d["state_changed_at_ms"],
     )
+
+
+def _checks(items: Any) -> list[HealthCheckResult]:
+    return [HealthCheckResult(name=c.name, ok=c.ok, detail=c.detail) for c in items]
 
 
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
@@ -97,15 +103,38 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     async def JoinNode(self, req: scheduler_pb2.JoinNodeRequest, context: grpc.aio.ServicerContext) -> scheduler_pb2.Node:  # noqa: N802
         d = await self.app.join_node(
             rg_id=req.resource_group_id, name=req.name, agent_kind=req.agent_kind or "trainer", cpu=req.cpu,
-            memory_gib=req.memory_gib, gpus=dict(req.gpus),
+            memory_gib=req.memory_gib, gpus=dict(req.gpus), checks=_checks(req.checks),
         )
         return _node(d)
+
+    async def ReportHealthCheck(self, req: scheduler_pb2.ReportHealthCheckRequest, context: grpc.aio.ServicerContext) -> scheduler_pb2.Node:  # noqa: N802
+        return _node(await self.app.report_health(req.node_id, _checks(req.checks)))
+
+    async def RemoveNodeRecord(self, req: scheduler_pb2.RemoveNodeRecordRequest, context: grpc.aio.ServicerContext) -> scheduler_pb2.Node:  # noqa: N802
+        return _node(await self.app.remove_node_record(req.node_id))
+
+    async def ListHealthChecks(self, req: scheduler_pb2.ListHealthChecksRequest, context: grpc.aio.ServicerContext) -> scheduler_pb2.ListHealthChecksResponse:  # noqa: N802
+        items, token, total = self.app.list_health_checks(
+            rg_id=req.resource_group_id, node_id=req.node_id, page_size=req.page.page_size, page_token=req.page.page_token
+        )
+        return scheduler_pb2.ListHealthChecksResponse(
+            items=[
+                scheduler_pb2.HealthCheckRecord(
+                    node_id=r["node_id"], resource_group_id=r["resource_group_id"], ok=r["ok"], trigger=r["trigger"],
+                    checks=[scheduler_pb2.HealthCheck(**c) for c in r["checks"]], at_ms=r["at_ms"],
+                )
+                for r in items
+            ],
+            next_page_token=token, total=total,
+        )
 
     async def Heartbeat(self, req: scheduler_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext) -> scheduler_pb2.HeartbeatResponse:  # noqa: N802
         return scheduler_pb2.HeartbeatResponse(state=await self.app.heartbeat(req.node_id))
 
     async def ListNodes(self, req: scheduler_pb2.ListNodesRequest, context: grpc.aio.ServicerContext) -> scheduler_pb2.ListNodesResponse:  # noqa: N802
-        items, token, total = self.app.list_nodes(req.resource_group_id, req.page.page_size, req.page.page_token)
+        items, token, total = self.app.list_nodes(
+            req.resource_group_id, req.page.page_size, req.page.page_token, req.view or "active"
+        )
         return scheduler_pb2.ListNodesResponse(items=[_node(i) for i in items], next_page_token=token, total=total)
 
     async def ListNodeAssignments(self, req: scheduler_pb2.ListNodeAssignmentsRequest, context: grpc.aio.ServicerContext) -> scheduler_pb2.ListNodeAssignmentsResponse:  # noqa: N802

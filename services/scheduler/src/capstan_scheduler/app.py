@@ -12,7 +12,14 @@ from sqlalchemy import func, select
 
 from capstan_core.clock import Clock, SystemClock
 from capstan_core.command import execute
-from capstan_core.contracts.scheduling import NODE, RSG, WORKLOAD, WorkloadInstancesLost
+from capstan_core.contracts.scheduling import (
+    NODE,
+    RSG,
+    WORKLOAD,
+    HealthCheckResult,
+    WorkloadInstancesLost,
+    WorkloadRequeued,
+)
 from capstan_core.errors import Conflict, InvalidArgument, NotFound
 from capstan_core.ids import new_id, stable_id
 from capstan_core.paging import next_token, page_bounds
@@ -20,12 +27,16 @@ from capstan_core.service import ServiceContext
 from capstan_core.streams import event_subject
 
 from .domain.aggregates import (
+    HEALTH_ABNORMAL_PREFIX,
+    HISTORY_STATES,
     NODE_STATES_IN_USE,
     decide_create_rg,
     decide_delete_rg,
+    decide_health,
     decide_join,
     decide_node_state,
     decide_release,
+    decide_remove_record,
     decide_update_rg,
     fold_node,
     fold_rg,
@@ -33,7 +44,7 @@ from .domain.aggregates import (
 from .queue_view import QueueReport, explain
 from .settings import SchedulerSettings
 from .snapshot import GroupPlan, build_plans
-from .tables import allocations, nodes, resource_groups, workloads
+from .tables import allocations, node_health_checks, nodes, resource_groups, workloads
 
 
 def _parse_policy(policy_json: str | None) -> dict[str, Any] | None:
@@ -65,6 +76,7 @@ class SchedulerApp:
         self.abnormal_after_ms = int(settings.node_abnormal_after_s * 1000)
         self.lost_after_ms = int(settings.node_lost_after_s * 1000)
         self.shareable = settings.shareable
+        self.health_record_every_ms = int(settings.health_record_every_s * 1000)
 
     # -- commands --------------------------------------------------------------------
     async def create_resource_group(
@@ -137,7 +149,11 @@ class SchedulerApp:
         return [self.get_node(n) for n in dict.fromkeys(node_ids)]
 
     async def finish_drained_releases(self) -> None:
-        """Releasing nodes with nothing left on them become Released."""
+        """Releasing nodes with nothing left on them become Released. Service replicas there are moved
+        (requeued, placed elsewhere by the next cycle); training runs to its end first."""
+        with self.ctx.engine.connect() as conn:
+            releasing = conn.execute(select(nodes.c.id).where(nodes.c.state == "Releasing")).scalars().all()
+        await self._replace_service_replicas(releasing, "moved off node {node} (released)")
         with self.ctx.engine.connect() as conn:
             drained = conn.execute(
                 select(nodes.c.id).where(nodes.c.state == "Releasing")
@@ -151,7 +167,8 @@ class SchedulerApp:
             )
 
     async def join_node(
-        self, *, rg_id: str, name: str, agent_kind: str, cpu: float, memory_gib: float, gpus: dict[str, int]
+        self, *, rg_id: str, name: str, agent_kind: str, cpu: float, memory_gib: float, gpus: dict[str, int],
+        checks: list[HealthCheckResult] | None = None,
     ) -> dict[str, Any]:
         self.get_resource_group(rg_id)  # NotFound if the group does not exist
         node_id = stable_id("node", rg_id, name)
@@ -162,7 +179,7 @@ class SchedulerApp:
             fold_node,
             lambda n: decide_join(
                 n, node_id=node_id, rg_id=rg_id, name=name, agent_kind=agent_kind, cpu=cpu, memory_gib=memory_gib,
-                gpus=gpus, now_ms=now,
+                gpus=gpus, now_ms=now, checks=checks or (), shareable=self.shareable,
             ),
         )
         self.liveness.last_seen_ms[node_id] = now
@@ -173,7 +190,7 @@ class SchedulerApp:
         node = self.get_node(node_id)
         now = self.clock.now_ms()
         self.liveness.last_seen_ms[node_id] = now
-        if node["state"] == "Abnormal":
+        if node["state"] == "Abnormal" and not str(node["state_reason"]).startswith(HEALTH_ABNORMAL_PREFIX):
             outcome = await execute(
                 self.ctx.store,
                 event_subject(NODE, node_id),
@@ -183,6 +200,31 @@ class SchedulerApp:
             await self.ctx.await_projection(outcome.seq)
             return "Running"
         return str(node["state"])
+
+    async def report_health(self, node_id: str, checks: list[HealthCheckResult]) -> dict[str, Any]:
+        """A periodic health check from a node's agent: recorded when its outcome changes (and hourly);
+        failing checks make the node Abnormal (no new work), passing ones bring it back."""
+        now = self.clock.now_ms()
+        self.liveness.last_seen_ms[node_id] = now
+        outcome = await execute(
+            self.ctx.store, event_subject(NODE, node_id), fold_node,
+            functools.partial(decide_health, node_id=node_id, checks=checks, now_ms=now,
+                              record_every_ms=self.health_record_every_ms),
+        )
+        if outcome.seq:
+            await self.ctx.await_projection(outcome.seq)
+        return self.get_node(node_id)
+
+    async def remove_node_record(self, node_id: str) -> dict[str, Any]:
+        """A Released node moves to the group's node history as Unused."""
+        now = self.clock.now_ms()
+        outcome = await execute(
+            self.ctx.store, event_subject(NODE, node_id), fold_node,
+            functools.partial(decide_remove_record, node_id=node_id, now_ms=now),
+        )
+        if outcome.seq:
+            await self.ctx.await_projection(outcome.seq)
+        return self.get_node(node_id)
 
     async def mark_silent_nodes_abnormal(self) -> None:
         now = self.clock.now_ms()
@@ -207,10 +249,13 @@ class SchedulerApp:
             lost = [n for n in abnormal if now - self.liveness.last_seen_ms.get(n, self.liveness.started_ms) > self.lost_after_ms]
             if not lost:
                 return
+        await self._replace_service_replicas(lost, "replaced: node {node} was lost")
+        with self.ctx.engine.connect() as conn:
             rows = conn.execute(
                 select(workloads.c.id, workloads.c.subject_seq, allocations.c.node_id)
                 .join(allocations, allocations.c.workload_id == workloads.c.id)
-                .where(allocations.c.node_id.in_(lost), workloads.c.status == "placed", workloads.c.ended.is_(False))
+                .where(allocations.c.node_id.in_(lost), workloads.c.status == "placed", workloads.c.ended.is_(False),
+                       workloads.c.kind == "training")
             ).all()
         done: set[str] = set()
         for wid, seq, node_id in rows:
@@ -222,6 +267,32 @@ class SchedulerApp:
                     event_subject(WORKLOAD, wid), [WorkloadInstancesLost(workload_id=wid, node_id=node_id, at_ms=now)],
                     expected_seq=seq, msg_id=f"lost:{wid}:{seq}",
                 )
+
+    async def _replace_service_replicas(self, node_ids: list[str] | Any, reason: str) -> None:
+        """Service replicas on these nodes go back to the queue at once (their original order and
+        priority kept) and the next cycle places them elsewhere: a replica keeps no state to resume,
+        and each replica is its own workload, so the service's other replicas keep serving."""
+        if not node_ids:
+            return
+        now = self.clock.now_ms()
+        with self.ctx.engine.connect() as conn:
+            rows = conn.execute(
+                select(workloads.c.id, workloads.c.subject_seq, allocations.c.node_id)
+                .join(allocations, allocations.c.workload_id == workloads.c.id)
+                .where(allocations.c.node_id.in_(list(node_ids)), workloads.c.status.in_(("placed", "evicting")),
+                       workloads.c.ended.is_(False), workloads.c.kind == "service")
+            ).all()
+        last = 0
+        for wid, seq, node_id in rows:
+            events = [WorkloadInstancesLost(workload_id=wid, node_id=node_id, at_ms=now),
+                      WorkloadRequeued(workload_id=wid, reason=reason.format(node=node_id), at_ms=now)]
+            with contextlib.suppress(Conflict):
+                r = await self.ctx.store.append(
+                    event_subject(WORKLOAD, wid), events, expected_seq=seq, msg_id=f"replace:{wid}:{seq}"
+                )
+                last = max(last, r.seq)
+        if last:
+            await self.ctx.await_projection(last)
 
     # -- queries ---------------------------------------------------------------------
     def get_resource_group(self, rg_id: str) -> dict[str, Any]:
@@ -282,17 +353,47 @@ class SchedulerApp:
                 raise NotFound(f"node {node_id} does not exist; the agent must join again")
             return self._node_view(conn, dict(row))
 
-    def list_nodes(self, rg_id: str, page_size: int, page_token: str) -> tuple[list[dict[str, Any]], str, int]:
+    def list_nodes(
+        self, rg_id: str, page_size: int, page_token: str, view: str = "active"
+    ) -> tuple[list[dict[str, Any]], str, int]:
+        """``view``: "active" (the node list), "history" (DeployFailed and Unused nodes) or "all"."""
+        if view not in ("active", "history", "all"):
+            raise InvalidArgument("view must be active, history or all", field="view")
         size, offset = page_bounds(page_size, page_token)
         q = select(nodes)
         cq = select(func.count()).select_from(nodes)
         if rg_id:
             q = q.where(nodes.c.resource_group_id == rg_id)
             cq = cq.where(nodes.c.resource_group_id == rg_id)
+        if view != "all":
+            cond = nodes.c.state.in_(HISTORY_STATES) if view == "history" else nodes.c.state.not_in(HISTORY_STATES)
+            q, cq = q.where(cond), cq.where(cond)
         with self.ctx.engine.connect() as conn:
             total = int(conn.execute(cq).scalar() or 0)
             rows = conn.execute(q.order_by(nodes.c.joined_at_ms, nodes.c.id).limit(size).offset(offset)).mappings().all()
             items = [self._node_view(conn, dict(r)) for r in rows]
+        return items, next_token(offset, size, total), total
+
+    def list_health_checks(
+        self, *, rg_id: str, node_id: str, page_size: int, page_token: str
+    ) -> tuple[list[dict[str, Any]], str, int]:
+        """Health-check records, newest first, of one node or of a group's nodes (or all)."""
+        if node_id:
+            self.get_node(node_id)
+        elif rg_id:
+            self.get_resource_group(rg_id)
+        size, offset = page_bounds(page_size, page_token)
+        conds = []
+        if node_id:
+            conds.append(node_health_checks.c.node_id == node_id)
+        if rg_id:
+            conds.append(node_health_checks.c.resource_group_id == rg_id)
+        with self.ctx.engine.connect() as conn:
+            total = int(conn.execute(select(func.count()).select_from(node_health_checks).where(*conds)).scalar() or 0)
+            rows = conn.execute(
+                select(node_health_checks).where(*conds).order_by(node_health_checks.c.seq.desc()).limit(size).offset(offset)
+            ).mappings().all()
+        items = [{**r, "checks": json.loads(r["checks"])} for r in rows]
         return items, next_token(offset, size, total), total
 
     def _node_view(self, conn: Any, row: dict[str, Any]) -> dict[str, Any]:

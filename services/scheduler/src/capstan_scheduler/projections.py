@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from functools import singledispatchmethod
 
-from sqlalchemy import Connection, delete, update
+from sqlalchemy import Connection, delete, select, update
 
 from capstan_core.contracts.scheduling import (
+    NodeHealthChecked,
     NodeJoined,
     NodeStateChanged,
     ResourceGroupCreated,
@@ -21,12 +22,13 @@ from capstan_core.contracts.scheduling import (
     WorkloadReleased,
     WorkloadRequeued,
 )
+from capstan_core.contracts.serving import ServiceReplicaRequested, ServiceReplicaRetired
 from capstan_core.contracts.training import TrainingTaskEnded, TrainingTaskRequeued, TrainingTaskSubmitted
 from capstan_core.events import Event
 from capstan_core.eventstore import RecordedEvent
 from capstan_core.projection import Projection
 
-from .tables import allocations, nodes, resource_groups, workloads
+from .tables import allocations, node_health_checks, nodes, resource_groups, workloads
 
 
 def _upsert(conn: Connection, table, key: dict, values: dict) -> None:  # type: ignore[no-untyped-def]
@@ -74,7 +76,8 @@ class SchedulerProjection(Projection):
             {"id": e.node_id},
             dict(resource_group_id=e.resource_group_id, name=e.name, agent_kind=e.agent_kind, state="Deploying",
                  state_reason="", cpu=e.cpu, memory_gib=e.memory_gib, gpus=json.dumps(e.gpus, sort_keys=True),
-                 joined_at_ms=e.at_ms, state_changed_at_ms=e.at_ms),
+                 joined_at_ms=e.at_ms, state_changed_at_ms=e.at_ms,
+                 shareable=None if e.shareable is None else json.dumps(sorted(e.shareable))),
         )
 
     @_apply.register
@@ -84,17 +87,39 @@ class SchedulerProjection(Projection):
         )
 
     @_apply.register
-    def _(self, e: TrainingTaskSubmitted, conn: Connection, rec: RecordedEvent) -> None:
+    def _(self, e: NodeHealthChecked, conn: Connection, rec: RecordedEvent) -> None:
+        rg = conn.execute(select(nodes.c.resource_group_id).where(nodes.c.id == e.node_id)).scalar()
         _upsert(
-            conn,
-            workloads,
-            {"id": e.task_id},
-            dict(kind="training", resource_group_id=e.resource_group_id, status="submitted", cpu=e.resources.cpu,
-                 memory_gib=e.resources.memory_gib, gpu_type=e.resources.gpu_type, gpu=e.resources.gpu,
-                 instance_count=e.instance_count, submitted_seq=rec.seq, submitted_at_ms=e.at_ms, ended=False,
-                 subject_seq=0, trace_parent=rec.headers.get("traceparent", ""), reason="",
-                 tags=json.dumps(e.tags, sort_keys=True), started_at_ms=0, requeue=False),
+            conn, node_health_checks, {"seq": rec.seq},
+            dict(node_id=e.node_id, resource_group_id=rg or "", ok=e.ok, trigger=e.trigger,
+                 checks=json.dumps([c.model_dump() for c in e.checks]), at_ms=e.at_ms),
         )
+
+    @staticmethod
+    def _submitted(conn: Connection, rec: RecordedEvent, workload_id: str, kind: str, **values: object) -> None:
+        _upsert(
+            conn, workloads, {"id": workload_id},
+            dict(kind=kind, status="submitted", submitted_seq=rec.seq, ended=False, subject_seq=0,
+                 trace_parent=rec.headers.get("traceparent", ""), reason="", started_at_ms=0, requeue=False, **values),
+        )
+
+    @_apply.register
+    def _(self, e: TrainingTaskSubmitted, conn: Connection, rec: RecordedEvent) -> None:
+        r = e.resources
+        self._submitted(conn, rec, e.task_id, "training", resource_group_id=e.resource_group_id, cpu=r.cpu,
+                        memory_gib=r.memory_gib, gpu_type=r.gpu_type, gpu=r.gpu, instance_count=e.instance_count,
+                        submitted_at_ms=e.at_ms, tags=json.dumps(e.tags, sort_keys=True))
+
+    @_apply.register
+    def _(self, e: ServiceReplicaRequested, conn: Connection, rec: RecordedEvent) -> None:
+        r = e.resources
+        self._submitted(conn, rec, e.replica_id, "service", resource_group_id=e.resource_group_id, cpu=r.cpu,
+                        memory_gib=r.memory_gib, gpu_type=r.gpu_type, gpu=r.gpu, instance_count=1,
+                        submitted_at_ms=e.at_ms, tags=json.dumps(e.tags, sort_keys=True))
+
+    @_apply.register
+    def _(self, e: ServiceReplicaRetired, conn: Connection, rec: RecordedEvent) -> None:
+        conn.execute(update(workloads).where(workloads.c.id == e.replica_id).values(ended=True))
 
     @_apply.register
     def _(self, e: TrainingTaskEnded, conn: Connection, rec: RecordedEvent) -> None:

@@ -15,10 +15,12 @@ class SchedulerSettings(BaseSettings):
     node_abnormal_after_s: float = 15.0
     # An Abnormal node silent this long is lost for good: what ran there is restarted elsewhere.
     node_lost_after_s: float = 300.0
+    # Periodic health checks are recorded when their outcome changes, and at least this often otherwise.
+    health_record_every_s: float = 3600.0
     # Card types whose cards may be split into tenths (SPEC §7.3), comma-separated.
     shareable_gpu_types: str = ",".join(sorted(DEFAULT_SHAREABLE))
 
-    @field_validator("node_abnormal_after_s", "node_lost_after_s")
+    @field_validator("node_abnormal_after_s", "node_lost_after_s", "health_record_every_s")
     @classmethod
     def _positive(cls, v: float) -> float:
         if v <= 0:

@@ -53,6 +53,13 @@ def item_of(w: Mapping[str, Any], policy: Mapping[str, Any]) -> Item:
     )
 
 
+def _shares(node: Mapping[str, Any], gpus: Mapping[str, int], shareable: frozenset[str]) -> frozenset[str]:
+    """The card types a node splits: those fixed when it joined, else (older nodes) the current setting."""
+    fixed = node.get("shareable")
+    types = frozenset(json.loads(fixed)) if fixed is not None else shareable
+    return frozenset(t for t in gpus if t in types)
+
+
 def build_plans(
     groups: Iterable[Any],
     nodes: Iterable[Any],
@@ -69,7 +76,7 @@ def build_plans(
         nodes_by_group[n["resource_group_id"]].append(
             Node(id=n["id"], resource_group=n["resource_group_id"], cpu=float(n["cpu"]),
                  memory_gib=float(n["memory_gib"]), cards=cards_of(gpus),
-                 shareable=frozenset(t for t in gpus if t in shareable), state=n["state"])
+                 shareable=_shares(n, gpus, shareable), state=n["state"])
         )
     allocs: dict[str, list[Any]] = defaultdict(list)
     for a in allocations:

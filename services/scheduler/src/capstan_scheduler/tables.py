@@ -34,6 +34,7 @@ nodes = Table(
     Column("gpus", Text, nullable=False),  # JSON {card type: count}
     Column("joined_at_ms", BigInteger, nullable=False),
     Column("state_changed_at_ms", BigInteger, nullable=False),
+    Column("shareable", Text, nullable=True),  # JSON [card type, ...] fixed at join; NULL: the current setting
 )
 
 workloads = Table(
@@ -71,6 +72,18 @@ allocations = Table(
     Column("gpu_type", String(40), nullable=False),
     Column("gpu", Float, nullable=False),
     Column("cards", Text, nullable=False, default="[]"),  # JSON [[card index, tenths], ...]
+)
+
+node_health_checks = Table(
+    "node_health_checks",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),  # the record's stream sequence
+    Column("node_id", String(40), nullable=False, index=True),
+    Column("resource_group_id", String(40), nullable=False, index=True),
+    Column("ok", Boolean, nullable=False),
+    Column("trigger", String(20), nullable=False),  # deploy | periodic
+    Column("checks", Text, nullable=False),  # JSON [{"name", "ok", "detail"}, ...]
+    Column("at_ms", BigInteger, nullable=False),
 )
 
 tracking = tracking_table(metadata)

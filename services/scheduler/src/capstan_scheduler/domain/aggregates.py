@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from capstan_core.contracts.scheduling import (
+    HealthCheckResult,
+    NodeHealthChecked,
     NodeJoined,
     NodeStateChanged,
     ResourceGroupCreated,
@@ -24,6 +26,9 @@ NODE_STATES = ("Deploying", "DeployFailed", "Running", "Releasing", "Released", 
 # SPEC §7.1: a group can be deleted only when none of its nodes is in one of these states.
 NODE_STATES_IN_USE = ("Running", "Deploying", "Abnormal", "Releasing", "Repairing", "Mounting")
 RELEASABLE = ("Running", "Abnormal")
+# SPEC §7.1: the node history lists these; the node list shows the others.
+HISTORY_STATES = ("DeployFailed", "Unused")
+HEALTH_ABNORMAL_PREFIX = "health check failed: "
 
 
 # -- resource group ---------------------------------------------------------------
@@ -115,6 +120,8 @@ def decide_create_rg(
 class Node:
     joined: NodeJoined | None = None
     state: str = ""
+    reason: str = ""
+    health: NodeHealthChecked | None = None  # the last health-check record
 
 
 def fold_node(events: Sequence[Event]) -> Node:
@@ -122,16 +129,32 @@ def fold_node(events: Sequence[Event]) -> Node:
     for e in events:
         if isinstance(e, NodeJoined):
             n.joined = e
-            n.state = "Deploying"
+            n.state, n.reason = "Deploying", ""
         elif isinstance(e, NodeStateChanged):
-            n.state = e.state
+            n.state, n.reason = e.state, e.reason
+        elif isinstance(e, NodeHealthChecked):
+            n.health = e
     return n
+
+
+def _failed(checks: Sequence[HealthCheckResult]) -> str:
+    return "; ".join(f"{c.name}: {c.detail}" if c.detail else c.name for c in checks if not c.ok)
+
+
+def _check_results(checks: Sequence[HealthCheckResult]) -> None:
+    names = [c.name for c in checks]
+    if any(not n or len(n) > 40 for n in names) or len(set(names)) != len(names):
+        raise InvalidArgument("health checks need distinct names of 1..40 characters", field="checks")
+    if len(checks) > 50 or any(len(c.detail) > 1000 for c in checks):
+        raise InvalidArgument("at most 50 health checks, each detail at most 1000 characters", field="checks")
 
 
 def decide_join(
     node: Node, *, node_id: str, rg_id: str, name: str, agent_kind: str, cpu: float, memory_gib: float,
-    gpus: dict[str, int], now_ms: int,
+    gpus: dict[str, int], now_ms: int, checks: Sequence[HealthCheckResult] = (), shareable: frozenset[str] = frozenset(),
 ) -> list[Event]:
+    """Join (Deploying) and deploy: the agent ran its deploy checks first; all passing -> Running,
+    any failing -> DeployFailed (kept in the group's node history). Re-joining is the same node."""
     check_name(name, field="name", max_len=RG_NAME_MAX)
     if cpu <= 0 or memory_gib <= 0:
         raise InvalidArgument("a node must offer cpu > 0 and memory_gib > 0", field="cpu")
@@ -139,19 +162,76 @@ def decide_join(
         raise InvalidArgument("GPU counts must be >= 0", field="gpus")
     if agent_kind not in ("trainer", "inference"):
         raise InvalidArgument("agent_kind must be trainer or inference", field="agent_kind")
+    _check_results(checks)
+    prev = node.joined
     joined = NodeJoined(
         node_id=node_id, resource_group_id=rg_id, name=name, agent_kind=agent_kind, cpu=cpu, memory_gib=memory_gib,
-        gpus=gpus, at_ms=now_ms,
+        gpus=gpus, at_ms=now_ms, shareable=_shares_at_join(prev, gpus, shareable),
     )
     out: list[Event] = []
-    prev = node.joined
     if node.state == "Releasing" and prev is not None:
         return []  # an agent restarting while its node drains does not cancel the release
     if prev is None or (prev.cpu, prev.memory_gib, prev.gpus, prev.agent_kind) != (cpu, memory_gib, gpus, agent_kind):
         out.append(joined)
-    if node.state != "Running" or out:
+    failed = _failed(checks)
+    if checks:
+        out.append(NodeHealthChecked(node_id=node_id, ok=not failed, checks=list(checks), trigger="deploy", at_ms=now_ms))
+    if failed:
+        if node.state != "DeployFailed" or out:
+            out.append(NodeStateChanged(node_id=node_id, state="DeployFailed", reason=f"deploy checks failed: {failed}",
+                                        at_ms=now_ms))
+    elif node.state != "Running" or out:
         out.append(NodeStateChanged(node_id=node_id, state="Running", reason="agent joined", at_ms=now_ms))
     return out
+
+
+def _shares_at_join(prev: NodeJoined | None, gpus: dict[str, int], shareable: frozenset[str]) -> list[str]:
+    """SPEC §7.3: a card type a node already had keeps the sharing it joined with (nodes added before
+    their card type was supported don't share); a type new to the node takes the current setting."""
+    earlier = set(prev.gpus) if prev is not None and prev.shareable is not None else set()
+    kept = set(prev.shareable or ()) if prev is not None else set()
+    return sorted(t for t in gpus if (t in kept if t in earlier else t in shareable))
+
+
+def decide_health(
+    node: Node, *, node_id: str, checks: Sequence[HealthCheckResult], now_ms: int, record_every_ms: int
+) -> list[Event]:
+    """A periodic health check. Recorded when its outcome (which checks fail) changes, or when the last
+    record is older than ``record_every_ms``. Failing checks make a Running node Abnormal; passing ones
+    bring a node that was Abnormal for failing checks back to Running."""
+    if node.joined is None:
+        raise NotFound(f"node {node_id} does not exist; the agent must join again")
+    if not checks:
+        raise InvalidArgument("a health check report needs at least one check", field="checks")
+    _check_results(checks)
+    if node.state in ("Released", "Unused", "DeployFailed"):
+        return []  # not in service: nothing to record
+    failed = _failed(checks)
+    out: list[Event] = []
+    last = node.health
+    changed = last is None or _failed(last.checks) != failed
+    if changed or now_ms - last.at_ms >= record_every_ms:  # type: ignore[union-attr]
+        out.append(NodeHealthChecked(node_id=node_id, ok=not failed, checks=list(checks), trigger="periodic", at_ms=now_ms))
+    if failed and node.state == "Running":
+        out.append(NodeStateChanged(node_id=node_id, state="Abnormal", reason=HEALTH_ABNORMAL_PREFIX + failed, at_ms=now_ms))
+    elif failed and node.state == "Abnormal" and node.reason.startswith(HEALTH_ABNORMAL_PREFIX) and changed:
+        out.append(NodeStateChanged(node_id=node_id, state="Abnormal", reason=HEALTH_ABNORMAL_PREFIX + failed, at_ms=now_ms))
+    elif not failed and node.state == "Abnormal" and node.reason.startswith(HEALTH_ABNORMAL_PREFIX):
+        out.append(NodeStateChanged(node_id=node_id, state="Running", reason="health checks pass again", at_ms=now_ms))
+    return out
+
+
+def decide_remove_record(node: Node, *, node_id: str, now_ms: int) -> list[Event]:
+    """A Released node leaves the node list for the group's history, as Unused."""
+    if node.joined is None:
+        raise NotFound(f"node {node_id} does not exist")
+    if node.state == "Unused":
+        return []
+    if node.state != "Released":
+        raise FailedPrecondition(
+            f"node {node_id} is {node.state}; only a Released node can be moved to the history (release it first)"
+        )
+    return [NodeStateChanged(node_id=node_id, state="Unused", reason="record removed by the operator", at_ms=now_ms)]
 
 
 def decide_release(node: Node, *, node_id: str, now_ms: int) -> list[Event]:
