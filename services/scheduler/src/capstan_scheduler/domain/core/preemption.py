@@ -19,15 +19,16 @@ are indexed once per cycle (``VictimIndex``) by resource group in preference ord
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import combinations
+from itertools import combinations, islice
 
 from .model import Item, Running, cpu_milli, mem_mib
 from .placement import Assignment, place_gang
 from .state import FreeNode, FreeState
 
 PAIR_SEARCH_MAX = 24  # above this many candidates, pairs are not searched exhaustively
+SINGLES_BOUND_AFTER = 64  # after this many single candidates, check whether any single one can be enough
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,22 @@ class VictimIndex:
         # the most cards each holds on one node
         self.spans = {rg: [len(r.assignment[0].cards) if len(r.assignment) == 1 else max(n for _, n in self.cards(r))
                            for r in rs] for rg, rs in by_rg.items()}
+        # per victim, (its node, cards it holds there) when it holds one node only, else None
+        self.one_node: dict[str, list[tuple[str, int] | None]] = {
+            rg: [c[0] if len(c := self.cards(r)) == 1 else None for r in rs] for rg, rs in by_rg.items()}
+        # per node, the most cards one victim holding only that node holds there (an upper bound for the
+        # single-victim search), and whether any victim spans several nodes
+        self.node_most: dict[str, int] = {}
+        self.multi_node = {rg: any(len(r.assignment) > 1 and len({a.node_id for a in r.assignment}) > 1 for r in rs)
+                           for rg, rs in by_rg.items()}
+        for rs in by_rg.values():
+            for r in rs:
+                nodes = {a.node_id for a in r.assignment}
+                if len(nodes) == 1:
+                    (node_id,) = nodes
+                    held = sum(len(a.cards) for a in r.assignment)
+                    if held > self.node_most.get(node_id, 0):
+                        self.node_most[node_id] = held
 
     def parts(self, r: Running) -> tuple[Part, ...]:
         """``r``'s share of every node it holds, one entry per instance."""
@@ -95,17 +112,24 @@ class VictimIndex:
 
     def candidates(self, preemptor: Item, excluded: Container[str]) -> list[Running]:
         """Same list as ``candidates``: the eligible victims are a prefix of the group's preference order."""
-        return self.eligible(preemptor, excluded)[0]
+        return [r for r, _ in self.eligible(preemptor, excluded)]
 
-    def eligible(self, preemptor: Item, excluded: Container[str]) -> tuple[list[Running], list[int]]:
-        """The candidates and, for each, the most cards it holds on one node."""
+    def end(self, preemptor: Item) -> int:
+        """How many of the group's victims (a prefix of its order) have a strictly lower priority."""
+        keys = self.keys.get(preemptor.resource_group)
+        return bisect_left(keys, (-preemptor.priority,), key=lambda k: (k[0],)) if keys else 0
+
+    def eligible(self, preemptor: Item, excluded: Container[str]) -> Iterator[tuple[Running, int]]:
+        """The candidates in order, lazily, each with the most cards it holds on one node: the search
+        mostly stops at the first few, so the (long) tail is never walked."""
         rs = self.by_rg.get(preemptor.resource_group)
         if not rs:
-            return [], []
+            return
         keys, spans = self.keys[preemptor.resource_group], self.spans[preemptor.resource_group]
         end = bisect_left(keys, (-preemptor.priority,), key=lambda k: (k[0],))
-        pairs = [(r, s) for r, k, s in zip(rs[:end], keys[:end], spans[:end], strict=True) if k[1] not in excluded]
-        return [r for r, _ in pairs], [s for _, s in pairs]
+        for i in range(end):
+            if keys[i][1] not in excluded:
+                yield rs[i], spans[i]
 
 
 class _Room:
@@ -120,7 +144,7 @@ class _Room:
         self.k, self.need = req.whole_cards, (req.gpu_tenths if req.fractional else 0)
         self.cap0: dict[str, int] = {}
         # nothing fits on ``base`` (checked first), so a single instance has no room anywhere yet
-        self.total0 = 0 if self.count == 1 else sum(self.cap(n) for n in base.in_group(self.rg))
+        self.total0 = 0 if self.count == 1 else sum(self.base_cap(n) for n in base.in_group(self.rg))
 
     def cap(self, n: FreeNode) -> int:
         """Instances node ``n`` can take now (0 when it is not usable), at most ``count``."""
@@ -140,9 +164,10 @@ class _Room:
         return max(0, c)
 
     def base_cap(self, n: FreeNode) -> int:
+        """What ``n`` takes on ``base`` (0 everywhere for a single instance: nothing fits on ``base``)."""
         c = self.cap0.get(n.id)
         if c is None:
-            c = self.cap0[n.id] = self.cap(n)
+            c = self.cap0[n.id] = 0 if self.count == 1 else self.cap(n)
         return c
 
     def node(self, node_id: str) -> FreeNode | None:
@@ -222,11 +247,13 @@ def find_victims(
         return Plan((), fit)
     if index is None:
         index = VictimIndex(running)
-    cands, spans = index.eligible(item, excluded)
-    if not cands:
+    def cands() -> Iterator[tuple[Running, int]]:
+        return index.eligible(item, excluded)
+
+    if next(cands(), None) is None:
         return None
     room = _Room(base, item, skip, index)
-    chosen = _search(room, cands, spans)
+    chosen = _search(room, cands, item, excluded)
     if chosen is None:
         return None
     fit = _fits(base, item, chosen, skip)
@@ -234,17 +261,69 @@ def find_victims(
     return Plan(tuple(chosen), fit)
 
 
-def _search(room: _Room, cands: list[Running], spans: list[int]) -> list[Running] | None:
-    singles = cands
-    if room.k:  # whole cards: a victim must free at least k minus the most whole cards free on a node
-        least = room.k - max((n.whole.get(room.t, 0) for n in room.base.in_group(room.rg)), default=0)
-        if least > 0:
-            singles = [r for r, s in zip(cands, spans, strict=True) if s >= least]
-    for r in singles:  # the first single victim that is enough
-        if room.may_gain(r) and room.fits((r,)):
-            return [r]
-    if len(cands) <= PAIR_SEARCH_MAX:
-        for pair in combinations(cands, 2):  # in preference order
+def _first_single_whole(room: _Room, item: Item, excluded: Container[str]) -> Running | None:
+    """The first candidate (in preference order) that alone makes room for a whole-card item.
+
+    A victim holding one node n alone is enough exactly when the cards it holds there reach
+    k * (deficit + what n takes now) - whole cards free on n (``_Room.may_gain``'s test, per node), and
+    it must free at least k minus the most whole cards free on any node. The scan reads the index's
+    arrays directly; after ``SINGLES_BOUND_AFTER`` candidates it stops unless some node has a victim
+    holding enough cards there."""
+    index, rg, k = room.index, room.rg, room.k
+    rs = index.by_rg.get(rg)
+    if not rs:
+        return None
+    keys, spans, one_node = index.keys[rg], index.spans[rg], index.one_node[rg]
+    least = k - max((n.whole.get(room.t, 0) for n in room.base.in_group(rg)), default=0)
+    deficit, never = room.count - room.total0, k * (room.count + 1) + 1
+    needs: dict[str, int] = {}
+
+    def need_of(node_id: str) -> int:
+        v = needs.get(node_id)
+        if v is None:
+            n = room.node(node_id)
+            v = never
+            if n is not None and n.schedulable and n.id not in room.skip:
+                b = room.base_cap(n)
+                if deficit + b <= room.count:
+                    v = k * (deficit + b) - n.whole.get(room.t, 0)
+            needs[node_id] = v
+        return v
+
+    bounded = not index.multi_node.get(rg, False)
+    for i in range(index.end(item)):
+        if i == SINGLES_BOUND_AFTER and bounded:
+            most = index.node_most
+            if not any(most.get(n.id, 0) >= need_of(n.id) for n in room.base.in_group(rg)):
+                return None
+        if spans[i] < least or keys[i][1] in excluded:
+            continue
+        held = one_node[i]
+        if held is not None:
+            v = needs.get(held[0])
+            if held[1] < (need_of(held[0]) if v is None else v):
+                continue
+        elif not room.may_gain(rs[i]):
+            continue
+        if room.fits((rs[i],)):
+            return rs[i]
+    return None
+
+
+def _search(
+    room: _Room, cands: Callable[[], Iterator[tuple[Running, int]]], item: Item, excluded: Container[str]
+) -> list[Running] | None:
+    if room.k:
+        single = _first_single_whole(room, item, excluded)
+        if single is not None:
+            return [single]
+    else:
+        for r, _ in cands():  # the first single victim that is enough
+            if room.fits((r,)):
+                return [r]
+    first = [r for r, _ in islice(cands(), PAIR_SEARCH_MAX + 1)]
+    if len(first) <= PAIR_SEARCH_MAX:
+        for pair in combinations(first, 2):  # in preference order
             if room.fits(pair):
                 return list(pair)
     # add victims in order until the gang fits (none fits: even all of them are not enough), keeping them released
@@ -252,7 +331,7 @@ def _search(room: _Room, cands: list[Running], spans: list[int]) -> list[Running
     total = room.total0
     chosen: list[Running] = []
     try:
-        for r in cands:
+        for r, _ in cands():
             chosen.append(r)
             for i in room.move(r, +1):
                 n = room.base.nodes[i]
