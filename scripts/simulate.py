@@ -5,6 +5,10 @@
   .venv/bin/python scripts/simulate.py --trace trace.jsonl --modes 0,2
   .venv/bin/python scripts/simulate.py --cpu-csv jobs.csv --csv-nodes 200 --modes 0,2
   .venv/bin/python scripts/simulate.py --trace recorded.jsonl --what-if --policy '{"ResourceRule": {...}}'
+  .venv/bin/python scripts/simulate.py --event-log events.jsonl --policy '{"ResourceRule": {...}}'
+
+--event-log takes an export of a running Capstan's event log (scripts/export_events.py), converts it to a trace
+(capstan_scheduler.sim.eventlog) and prints the recorded figures next to the simulated ones, with their ratio.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from capstan_core.errors import InvalidArgument  # noqa: E402
 from capstan_scheduler.domain.policy import validate_policy  # noqa: E402
 from capstan_scheduler.sim import SimResult, Trace, format_table, from_cpu_csv, generate, load, save  # noqa: E402
 from capstan_scheduler.sim.engine import Simulator  # noqa: E402
+from capstan_scheduler.sim.eventlog import Conversion, format_comparison, from_event_log, load_event_log  # noqa: E402
+from capstan_scheduler.snapshot import DEFAULT_SHAREABLE  # noqa: E402
 
 
 def _policy_arg(text: str) -> dict[str, Any]:
@@ -30,6 +36,13 @@ def _policy_arg(text: str) -> dict[str, Any]:
     if not isinstance(policy, dict):
         raise SystemExit("--policy must be a JSON object")
     return policy
+
+
+def _conversion(args: argparse.Namespace) -> Conversion:
+    shareable = (DEFAULT_SHAREABLE if args.shareable_gpu_types is None
+                 else frozenset(t.strip() for t in args.shareable_gpu_types.split(",") if t.strip()))
+    return from_event_log(load_event_log(args.event_log), shareable=shareable, end_ms=args.log_end_ms,
+                          source=str(args.event_log))
 
 
 def _trace(args: argparse.Namespace) -> Trace:
@@ -56,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--trace", help="a JSON Lines trace (docs/simulation.md)")
     src.add_argument("--synthetic", action="store_true", help="generate a seeded synthetic trace")
     src.add_argument("--cpu-csv", help="a CPU-only CSV trace: submit_time,duration,cpus,memory")
+    src.add_argument("--event-log", help="an exported event log (scripts/export_events.py): replay it, recorded vs "
+                                         "simulated; with --policy also under that policy")
     p.add_argument("--nodes", type=int, default=500)
     p.add_argument("--tasks", type=int, default=20_000)
     p.add_argument("--seed", type=int, default=1)
@@ -65,18 +80,37 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--csv-node-cpu", type=float, default=64)
     p.add_argument("--csv-node-memory-gib", type=float, default=256)
     p.add_argument("--csv-memory-unit-gib", type=float, default=1.0, help="GiB per unit of the memory column")
-    p.add_argument("--modes", default="0,1,2", help="queue modes to compare, or 'policy' for each group's own")
+    p.add_argument("--modes", help="queue modes to compare, or 'policy' for each group's own "
+                                   "(default 0,1,2; with --event-log: policy)")
     p.add_argument("--preemption", choices=("on", "off", "policy"), default="policy")
-    p.add_argument("--grace", type=float, default=0.0, help="seconds a preempted task takes to leave")
-    p.add_argument("--cycle-interval", type=float, default=60.0,
-                   help="seconds between scheduling cycles (0: a cycle at every event time)")
-    p.add_argument("--what-if", action="store_true", help="replay --trace under --policy next to its own policy")
-    p.add_argument("--policy", help="SPEC §7.1 policy JSON (or @file) for --what-if")
+    p.add_argument("--grace", type=float, help="seconds a preempted task takes to leave "
+                                               "(default 0; with --event-log: the recorded median)")
+    p.add_argument("--cycle-interval", type=float,
+                   help="seconds between scheduling cycles (0: a cycle at every event time; default 60, "
+                        "with --event-log 1, the scheduler service's period)")
+    p.add_argument("--what-if", action="store_true",
+                   help="replay --trace or --event-log under --policy next to its own policy")
+    p.add_argument("--policy", help="SPEC §7.1 policy JSON (or @file) for the what-if run (implies --what-if)")
+    p.add_argument("--shareable-gpu-types", help="--event-log: card types split into tenths on nodes whose "
+                                                 "NodeJoined does not say (default: the scheduler's default)")
+    p.add_argument("--log-end-ms", type=int, help="--event-log: the end of the log (epoch ms) up to which "
+                                                 "still-running work is counted (default: its last event)")
     p.add_argument("--save-trace", help="write the trace used (JSON Lines) to this file")
     p.add_argument("--json", help="write the figures as JSON to this file")
     args = p.parse_args(argv)
+    log = bool(args.event_log)
+    what_if = args.what_if or args.policy is not None
+    if what_if and not (args.trace or log) or args.what_if and not args.policy:
+        p.error("--what-if needs --trace or --event-log, and --policy")
 
-    trace = _trace(args)
+    conv = _conversion(args) if log else None
+    trace = conv.trace if conv is not None else _trace(args)
+    if args.modes is None:
+        args.modes = "policy" if log else "0,1,2"
+    if args.cycle_interval is None:
+        args.cycle_interval = 1.0 if log else 60.0
+    if args.grace is None:
+        args.grace = round(conv.recorded_grace_s, 3) if conv is not None else 0.0
     if args.save_trace:
         save(trace, args.save_trace)
     nodes = len(trace.nodes)
@@ -84,27 +118,34 @@ def main(argv: list[str] | None = None) -> int:
     print(f"trace: {nodes} nodes, {cards} cards, {len(trace.workloads)} workloads; "
           f"cycle interval {args.cycle_interval:g} s, grace {args.grace:g} s, preemption {args.preemption}",
           flush=True)
+    if conv is not None:
+        left = ", ".join(f"{len(v)} {k.replace('_', ' ')}" for k, v in conv.left_out.items())
+        print(f"event log: left out {left}; {len(conv.still_running)} still running and "
+              f"{len(conv.queued_again_at_end)} queued again at the end (measured up to it); "
+              f"nodes dropped {len(conv.dropped_nodes)}, not trainer nodes {len(conv.skipped_nodes)}"
+              + (f"; later policy edits ignored: {conv.policy_changes_ignored}" if conv.policy_changes_ignored else ""),
+              flush=True)
     results: dict[str, SimResult] = {}
-    if args.what_if:
-        if not args.trace or not args.policy:
-            p.error("--what-if needs --trace and --policy")
+    if what_if:
         policy = _policy_arg(args.policy)
         try:
             policy = validate_policy(policy)
         except InvalidArgument as e:
             raise SystemExit(f"invalid --policy: {e}") from None
-        results["recorded policy"] = _run(trace, args, None)
-        results["what-if policy"] = _run(trace.with_policy(policy), args, None)
+        results["replay" if log else "recorded policy"] = _run(trace, args, None)
+        results["what-if" if log else "what-if policy"] = _run(trace.with_policy(policy), args, None)
     else:
         modes: list[int | None] = [None] if args.modes == "policy" else [int(m) for m in args.modes.split(",")]
         for m in modes:
-            name = "policy" if m is None else f"mode {m}"
+            name = ("replay" if log else "policy") if m is None else f"mode {m}"
             results[name] = _run(trace, args, m)
             print(f"  {name}: {results[name].wall_s:.1f} s", flush=True)
-    print(format_table(results))
+    print(format_comparison(conv.recorded, results) if conv is not None else format_table(results))
     if args.json:
-        Path(args.json).write_text(json.dumps({k: {**r.metrics(), "wall_s": round(r.wall_s, 2)}
-                                               for k, r in results.items()}, indent=2, default=str))
+        figures: dict[str, object] = {k: {**r.metrics(), "wall_s": round(r.wall_s, 2)} for k, r in results.items()}
+        if conv is not None:
+            figures = {"recorded": conv.recorded.metrics(), **figures}
+        Path(args.json).write_text(json.dumps(figures, indent=2, default=str))
     return 0
 
 

@@ -1,6 +1,7 @@
 """Trace-driven simulation of the scheduling core (issue #3, point 10): trace format, simulator, synthetic traces.
 
-See docs/simulation.md.
+A recorded event log becomes a trace through ``capstan_scheduler.sim.eventlog`` (not imported here: it needs
+NATS and the event contracts). See docs/simulation.md.
 """
 
 from .engine import SimResult, Simulator, WaitStats, format_table, percentile, simulate

@@ -1,6 +1,7 @@
 """Discrete-event simulator over the REAL scheduling core (``capstan_scheduler.domain.core.schedule``).
 
-Events are arrivals, completions and evictions (a preempted task leaves after ``grace_s``). After the events
+Events are arrivals, completions, evictions (a preempted task leaves after ``grace_s``) and node changes (a node
+with a ``join`` time starts taking work then; one with a ``leave`` time takes no new work from then on). After the events
 of one instant, every resource group whose state changed and which has waiting work gets one scheduling cycle
 on its current Snapshot, with its own queue mode and preemption switch (or the overrides). The cycle's
 placements start at once; its preemptions mark the victims evicting; an evicted training task goes back to the
@@ -13,7 +14,7 @@ from __future__ import annotations
 import heapq
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from capstan_scheduler.domain.core import (
@@ -29,9 +30,29 @@ from capstan_scheduler.domain.core import (
 )
 from capstan_scheduler.domain.core.model import TENTHS_PER_CARD
 
-from .trace import Trace, WorkloadSpec
+from .trace import NodeSpec, Trace, WorkloadSpec
 
-_FINISH, _EVICT, _ARRIVE, _TICK = 0, 1, 2, 3  # order of events at one instant
+_FINISH, _EVICT, _NODE, _ARRIVE, _TICK = 0, 1, 2, 3, 4  # order of events at one instant
+_JOIN, _LEAVE = 0, 1
+
+
+def capacity_seconds(nodes: Iterable[NodeSpec], lo: float, hi: float) -> tuple[float, float]:
+    """(card-seconds, CPU-seconds) the nodes offer over [lo, hi]: each node from its ``join`` (or always) to
+    its ``leave`` (or always). Nodes present throughout count ``cards x (hi - lo)``."""
+    span = max(0.0, hi - lo)
+    static_cards, static_cpu, card_s, cpu_s = 0, 0.0, 0.0, 0.0
+    for n in nodes:
+        cards = sum(n.cards.values())
+        if n.join is None and n.leave is None:
+            static_cards += cards
+            static_cpu += n.cpu
+            continue
+        start = lo if n.join is None else max(lo, n.join)
+        end = hi if n.leave is None else min(hi, n.leave)
+        if end > start:
+            card_s += cards * (end - start)
+            cpu_s += n.cpu * (end - start)
+    return static_cards * span + card_s, static_cpu * span + cpu_s
 
 
 @dataclass(frozen=True)
@@ -113,17 +134,25 @@ class Simulator:
         wall = time.perf_counter()
         tr = self.trace
         by_group: dict[str, list[Node]] = {}
+        node_events: list[tuple[float, int, str]] = []
+        late: dict[str, NodeSpec] = {}
         for ns in tr.nodes:
-            by_group.setdefault(ns.resource_group, []).append(ns.to_node())
-        gids = sorted(set(by_group) | set(tr.groups) | {w.resource_group for w in tr.workloads})
+            if ns.join is None:
+                by_group.setdefault(ns.resource_group, []).append(ns.to_node())
+            else:
+                node_events.append((ns.join, _JOIN, ns.id))
+            if ns.leave is not None:
+                node_events.append((ns.leave, _LEAVE, ns.id))
+            if ns.join is not None or ns.leave is not None:
+                late[ns.id] = ns
+        gids = sorted(set(by_group) | {n.resource_group for n in tr.nodes} | set(tr.groups)
+                      | {w.resource_group for w in tr.workloads})
         groups: dict[str, _Group] = {}
         for gid in gids:
             pol = tr.policy(gid)
             groups[gid] = _Group(gid, tuple(sorted(by_group.get(gid, []), key=lambda n: n.id)),
                                queue_mode(pol) if self.mode is None else self.mode,
                                preemption_on(pol) if self.preemption is None else self.preemption)
-        total_cards = sum(len(n.cards) for ns in by_group.values() for n in ns)
-        total_cpu = sum(n.cpu for ns in by_group.values() for n in ns)
 
         order = sorted(range(len(tr.workloads)), key=lambda i: (tr.workloads[i].submit, i))
         items: dict[str, Item] = {}
@@ -135,6 +164,9 @@ class Simulator:
             items[w.id] = self._item(w, rank)
             remaining[w.id] = w.run_time
             heap.append((w.submit, _ARRIVE, seq, w.id, 0))
+            seq += 1
+        for at, change, nid in node_events:
+            heap.append((at, _NODE, seq, nid, change))
             seq += 1
         heapq.heapify(heap)
 
@@ -175,6 +207,15 @@ class Simulator:
                 _, kind, _, iid, g = heapq.heappop(heap)
                 if kind == _TICK:
                     tick = True
+                    continue
+                if kind == _NODE:
+                    ns = late[iid]
+                    grp = groups[ns.resource_group]
+                    if g == _JOIN:
+                        grp.nodes = tuple(sorted((*grp.nodes, ns.to_node()), key=lambda n: n.id))
+                    else:
+                        grp.nodes = tuple(replace(n, state="Releasing") if n.id == iid else n for n in grp.nodes)
+                    dirty.add(grp.id)
                     continue
                 it = items[iid]
                 grp = groups[it.resource_group]
@@ -237,13 +278,14 @@ class Simulator:
         for iid in finished:
             per_prio.setdefault(items[iid].priority, []).append(waited[iid])
         makespan = max(0.0, t_last - t_first)
+        cap_card_s, cap_cpu_s = capacity_seconds(tr.nodes, t_first, t_last)
+        window_cap_card_s, _ = capacity_seconds(tr.nodes, t_first, t_window)
         return SimResult(
             mode=self.mode, preemption=self.preemption, workloads=len(items), finished=len(finished),
             unfinished=len(items) - len(finished),
-            gpu_utilisation=busy_card_s / (total_cards * makespan) if total_cards and makespan else 0.0,
-            gpu_utilisation_arrivals=(window_card_s / (total_cards * (t_window - t_first))
-                                      if total_cards and t_window > t_first else 0.0),
-            cpu_utilisation=busy_cpu_s / (total_cpu * makespan) if total_cpu and makespan else 0.0,
+            gpu_utilisation=busy_card_s / cap_card_s if cap_card_s else 0.0,
+            gpu_utilisation_arrivals=window_card_s / window_cap_card_s if window_cap_card_s else 0.0,
+            cpu_utilisation=busy_cpu_s / cap_cpu_s if cap_cpu_s else 0.0,
             fragmentation=frag_sum / frag_points if frag_points else 0.0,
             wait_by_priority={p: WaitStats(len(v), sum(v) / len(v), percentile(v, 95))
                               for p, v in sorted(per_prio.items())},
@@ -277,6 +319,11 @@ def format_table(results: Mapping[str, SimResult]) -> str:
             w = r.wait_by_priority.get(p)
             cells.append(f"{w.mean_s / 60:.1f} / {w.p95_s / 60:.1f} (n={w.count})" if w else "-")
         rows.append((f"P{p} wait mean / p95 (min)", cells))
+    return render_table(names, rows)
+
+
+def render_table(names: Sequence[str], rows: Sequence[tuple[str, Sequence[str]]]) -> str:
+    """A plain-text table: one column per name, one row per (label, cells)."""
     width = max(len(k) for k, _ in rows)
     cols = [max(len(n), *(len(c[i]) for _, c in rows)) for i, n in enumerate(names)]
     out = [" | ".join([" " * width, *(n.rjust(w) for n, w in zip(names, cols, strict=True))])]

@@ -44,6 +44,8 @@ class NodeSpec:
     memory_gib: float
     cards: Mapping[str, int] = field(default_factory=dict)  # card type -> count
     shareable: tuple[str, ...] = ()
+    join: float | None = None  # seconds from the origin when the node starts taking work; None: from the start
+    leave: float | None = None  # seconds from the origin when it stops taking new work; None: never
 
     def to_node(self) -> Node:
         cards: list[Card] = []
@@ -107,6 +109,10 @@ def _record(obj: GroupSpec | NodeSpec | WorkloadSpec) -> dict[str, Any]:
                                "memory_gib": float(obj.memory_gib), "cards": dict(obj.cards)}
         if obj.shareable:
             rec["shareable"] = list(obj.shareable)
+        if obj.join is not None:
+            rec["join"] = float(obj.join)
+        if obj.leave is not None:
+            rec["leave"] = float(obj.leave)
         return rec
     rec = {"type": "workload", "id": obj.id, "kind": obj.kind, "resource_group": obj.resource_group,
            "submit": float(obj.submit), "run_time": float(obj.run_time), "cpu": float(obj.cpu),
@@ -190,23 +196,32 @@ def _node(rec: Mapping[str, Any], where: str) -> NodeSpec:
     shareable = rec.get("shareable", [])
     if not isinstance(shareable, list):
         raise TraceError(f"{where}: shareable must be a list of card types")
+    join = _num(rec, "join", where) if rec.get("join") is not None else None
+    leave = _num(rec, "leave", where) if rec.get("leave") is not None else None
+    if join is not None and leave is not None and leave <= join:
+        raise TraceError(f"{where}: leave must be after join")
     return NodeSpec(str(_req(rec, "id", where)), str(rec.get("resource_group", "default")), _num(rec, "cpu", where),
                     _num(rec, "memory_gib", where), {str(k): v for k, v in cards.items()},
-                    tuple(sorted(str(s) for s in shareable)))
+                    tuple(sorted(str(s) for s in shareable)), join, leave)
 
 
-def parse_lines(lines: Iterable[str], source: str = "<trace>") -> Trace:
-    trace = Trace()
-    seen: set[str] = set()
+def json_lines(lines: Iterable[str], source: str) -> Iterator[tuple[str, Any]]:
+    """(``source:line``, decoded value) per non-blank, non-comment line; bad JSON names its line."""
     for n, raw in enumerate(lines, 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         where = f"{source}:{n}"
         try:
-            rec = json.loads(line)
+            yield where, json.loads(line)
         except json.JSONDecodeError as e:
             raise TraceError(f"{where}: not JSON ({e.msg})") from None
+
+
+def parse_lines(lines: Iterable[str], source: str = "<trace>") -> Trace:
+    trace = Trace()
+    seen: set[str] = set()
+    for where, rec in json_lines(lines, source):
         if not isinstance(rec, dict):
             raise TraceError(f"{where}: a record must be a JSON object")
         kind = rec.get("type")
