@@ -32,47 +32,13 @@ def test_decisions_per_second() -> None:
         assert len(d.placements) + len(d.queued) == 10_000
 
 
-# each node is full: tenths per running item, in card order (a 5 is half a card, shared with the next 5)
-PATTERNS = ((80,), (40, 40), (40, 20, 10, 10), (20, 20, 10, 10, 10, 5, 5), (20, 20, 20, 10, 5, 5))
-PENDING_SIZES = (10, 20, 40, 80, 5, 3, 20, 10, 40, 80)
-
-
-def _full_pool(n_nodes: int, n_pending: int) -> Snapshot:
-    from capstan_scheduler.domain.core.model import InstanceAssignment, Running
-
-    nodes, running = [], []
-    for i in range(n_nodes):
-        pattern = PATTERNS[i % len(PATTERNS)]
-        shareable = any(t < 10 for t in pattern)
-        nid = f"n{i:05d}"
-        nodes.append(Node(nid, "rg", 128, 1024, tuple(Card(j, "A100") for j in range(8)),
-                          frozenset({"A100"}) if shareable else frozenset()))
-        at = 0  # tenths used so far on this node
-        for k, t in enumerate(pattern):
-            if t >= 10:
-                cards = tuple((c, 10) for c in range(at // 10, at // 10 + t // 10))
-            else:
-                cards = ((at // 10, t),)
-            at += t
-            rid = len(running)
-            it = Item(f"r{rid:05d}", "training", "rg", 6 + (rid * 7) % 4, rid, Request(2, 8, "A100", t))
-            running.append(Running(it, (InstanceAssignment(nid, cards),), started_at=(rid * 7919) % 10_000 + k))
-    pending = []
-    for i in range(n_pending):
-        t = PENDING_SIZES[i % len(PENDING_SIZES)]
-        gang = 2 + i % 3 if i % 10 == 3 else 1
-        if gang > 1:
-            t = 20 if i % 20 == 3 else 40
-        pending.append(Item(f"p{i:04d}", "service" if i % 7 == 0 else "training", "rg", i % 4, i,
-                            Request(2, 8, "A100", t), gang))
-    return Snapshot(tuple(nodes), tuple(running), tuple(pending))
-
-
 def test_preemption_speed(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Full pool of 1,000 nodes, 4,000 low-priority training tasks; 200 higher-priority items must preempt."""
+    from capstan_scheduler.domain import core
     from capstan_scheduler.domain.core import cycle
+    from capstan_scheduler.sim import full_pool
 
-    snap = _full_pool(1000, 200)
+    snap = full_pool.build(core, 1000, 200)
     assert len(snap.running) == 4000
     per_item: list[float] = []
     admit = cycle._Cycle.admit
