@@ -109,3 +109,9 @@ def test_table_and_duration() -> None:
     out = table(["ID", "NAME"], [["a", None], ["bbb", {"k": "v"}]])
     assert out.splitlines() == ["ID   NAME", "a    -", "bbb  k=v"]
     assert [duration(s) for s in (5, 65, 3700, 90000)] == ["5s", "1m05s", "1h01m", "1d01h"]
+
+
+@pytest.mark.parametrize("n", ["11", "-1", "x"])
+def test_submit_max_restarts_is_0_to_10(runner: CliRunner, data_dir: Path, n: str) -> None:
+    code, out = _submit(runner, data_dir, "--name", "x", "--command", "true", "--max-restarts", n)
+    assert code == 2 and "--max-restarts" in out

@@ -171,6 +171,26 @@ def test_status_shows_instances(runner: CliRunner, fake_api: FakeApi, data_dir: 
     assert result.stdout.splitlines()[-1].split() == ["0", "node-1", "Exited", "3"]
 
 
+def test_submit_sends_the_restart_budget(runner: CliRunner, fake_api: FakeApi, data_dir: Path) -> None:
+    fake_api.on("POST", "/api/v1/training-tasks", (201, _task("Submitting")))
+    result = run(runner, fake_api, data_dir, "task", "submit", "--name", "x", "--command", "true", "--max-restarts", "2")
+    assert result.exit_code == 0, result.output
+    assert fake_api.requests[0].body["max_restarts"] == 2
+
+
+def test_status_shows_restarts_against_the_budget(runner: CliRunner, fake_api: FakeApi, data_dir: Path) -> None:
+    t = _task("Running", attempt=3, restarts=2, restarts_used=1, max_restarts=3, preemptions=1)
+    fake_api.on("GET", "/api/v1/training-tasks/train-1", (200, t))
+    result = run(runner, fake_api, data_dir, "task", "status", "train-1")
+    assert result.exit_code == 0, result.output
+    lines = {ln.split(":", 1)[0]: ln.split(":", 1)[1].strip() for ln in result.stdout.splitlines() if ":" in ln}
+    assert lines["restarts"] == "1 of 3 automatic restart(s) used; 1 after a lost node"
+    assert lines["attempt"] == "3" and lines["preemptions"] == "1"
+    fake_api.on("GET", "/api/v1/training-tasks/train-1", (200, _task("Running", max_restarts=0, restarts=0)))
+    plain = run(runner, fake_api, data_dir, "task", "status", "train-1")
+    assert "restarts" not in plain.stdout and "attempt" not in plain.stdout
+
+
 def test_logs_pages_with_after_seq_and_passes_filters(runner: CliRunner, fake_api: FakeApi, data_dir: Path) -> None:
     fake_api.on("GET", "/api/v1/training-tasks/train-1", (200, _task("Succeeded")))
     lines = [

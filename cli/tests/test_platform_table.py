@@ -142,3 +142,15 @@ def test_process_env(paths: Paths, ports: Ports, monkeypatch: pytest.MonkeyPatch
 def test_missing_executable(paths: Paths) -> None:
     comp = Component("x", "service", [str(paths.root / "nope")], {}, paths.root / "x.log", match="x")
     assert "does not exist" in (missing(comp) or "")
+
+
+def test_every_trainer_agent_shares_one_storage_root(paths: Paths, ports: Ports) -> None:
+    """Agents find durable training output under <data dir>/storage (CAPSTAN_STORAGE_DIR overrides it,
+    inherited by all alike): up's agent and those of `agent start` must get the same data dir."""
+    save_extra_agents(paths, {"n2": ExtraAgent("n2", "rsg-1"), "n3": ExtraAgent("n3", "rsg-1")})
+    table = components(paths, ports, default_rg="rsg-1", hostname="box")
+    trainers = [c for c in table.values() if c.argv[0].endswith("capstan-trainer-agent")]
+    assert len(trainers) == 3
+    assert {c.env["CAPSTAN_DATA_DIR"] for c in trainers} == {str(paths.root)}
+    assert len({c.env["CAPSTAN_AGENT_DIR"] for c in trainers}) == 3  # each node its own instances
+    assert all("CAPSTAN_STORAGE_DIR" not in c.env for c in trainers)  # never set per agent

@@ -79,7 +79,9 @@ def decode(raw: dict[str, Any]) -> Event:
             raise ValueError(f"no upcaster for event {name} v{version} -> v{version + 1}")
         data = step(data)
         version += 1
-    return cls.model_validate(data)
+    # A newer writer may have added optional fields (the compatible way to grow an event): an older
+    # reader drops what it does not know instead of refusing the whole event.
+    return cls.model_validate({k: v for k, v in data.items() if k in cls.model_fields})
 
 
 def registered_types() -> dict[str, type[Event]]:

@@ -29,6 +29,8 @@ ROUTES = [
     ("GET", "/api/v1/nodes"),
     ("POST", "/api/v1/nodes/release"),
     ("POST", "/api/v1/nodes/node-12345678/release"),
+    ("DELETE", "/api/v1/nodes/node-12345678"),
+    ("GET", "/api/v1/nodes/health-checks"),
     ("GET", "/api/v1/training-tasks"),
     ("POST", "/api/v1/training-tasks"),
     ("GET", "/api/v1/training-tasks/train-12345678"),

@@ -166,6 +166,8 @@ async def test_openapi_lists_every_route(client: httpx.AsyncClient) -> None:
         ("GET", "/api/v1/nodes"),
         ("POST", "/api/v1/nodes/release"),
         ("POST", "/api/v1/nodes/{id}/release"),
+        ("DELETE", "/api/v1/nodes/{id}"),
+        ("GET", "/api/v1/nodes/health-checks"),
         ("POST", TASKS),
         ("GET", TASKS),
         ("GET", f"{TASKS}/{{id}}"),

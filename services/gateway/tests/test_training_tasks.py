@@ -139,3 +139,29 @@ async def test_logs_of_a_task_without_output(api: httpx.AsyncClient, rg_id: str)
     )
     assert r.status_code == 200, r.text
     assert r.json() == {"lines": [], "last_seq": r.json()["last_seq"]}
+
+
+async def test_auto_restart_budget_is_set_and_shown(api: httpx.AsyncClient, rg_id: str) -> None:
+    r = await api.post(TASKS, json=task_body(rg_id, max_restarts=3))
+    assert r.status_code == 201, r.text
+    task = r.json()
+    assert (task["max_restarts"], task["restarts_used"], task["restarts"]) == (3, 0, 0)
+    assert (task["attempt"], task["preemptions"]) == (0, 0)
+    got = (await api.get(f"{TASKS}/{task['id']}")).json()
+    assert got["max_restarts"] == 3
+    listed = (await api.get(TASKS)).json()["items"]
+    assert [t["max_restarts"] for t in listed] == [3]
+    default = (await api.post(TASKS, json=task_body(rg_id, name="no-restarts"))).json()
+    assert default["max_restarts"] == 0
+
+
+@pytest.mark.parametrize("value", [11, -1, "three", 2.5])
+async def test_auto_restart_budget_out_of_range_is_refused(
+    api: httpx.AsyncClient, rg_id: str, value: Any, event_count: Callable[[], Awaitable[int]]
+) -> None:
+    before = await event_count()
+    r = await api.post(TASKS, json=task_body(rg_id, max_restarts=value))
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["code"] == "invalid_argument" and error["message"].startswith("body.max_restarts: ")
+    assert await event_count() == before

@@ -5,20 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 
-from capstan_core.service import Service
-from capstan_core.settings import ServiceSettings
-from capstan_proto import common_pb2, scheduler_pb2, scheduler_pb2_grpc, trainer_pb2, trainer_pb2_grpc
-from capstan_scheduler.service import DEFINITION as SCHEDULER
+from capstan_proto import common_pb2, scheduler_pb2, trainer_pb2
 from capstan_trainer.agent.agent import TrainerAgent
-from capstan_trainer.agent.settings import AgentSettings
-from capstan_trainer.service import DEFINITION as TRAINER
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
 
@@ -54,30 +46,10 @@ class Slice:
 
 
 @pytest.fixture
-async def slice_(tmp_path: Path, nats_server: Any) -> AsyncIterator[Slice]:
-    sched = Service(SCHEDULER, ServiceSettings(data_dir=tmp_path / "s", nats_url=nats_server.url))
-    await sched.start()
-    trainer = Service(TRAINER, ServiceSettings(data_dir=tmp_path / "t", nats_url=nats_server.url, scheduler_addr=sched.address))
-    await trainer.start()
-    chs, cht = grpc.aio.insecure_channel(sched.address), grpc.aio.insecure_channel(trainer.address)
-    s, t = scheduler_pb2_grpc.SchedulerStub(chs), trainer_pb2_grpc.TrainerStub(cht)
-    rg = await s.CreateResourceGroup(scheduler_pb2.CreateResourceGroupRequest(name="team"))
-    agent = TrainerAgent(
-        AgentSettings(
-            nats_url=nats_server.url, scheduler_addr=sched.address, trainer_addr=trainer.address,
-            resource_group="team", node_name="node-a", agent_dir=tmp_path / "agent", node_cpu=4, node_memory_gib=8,
-            reconcile_s=0.3,
-        )
-    )
-    await agent.start()
-    yield Slice(s, t, agent, rg.id)
-    await agent.stop()
-    for ex in agent.executor.list_instances():
-        agent.executor.stop(*ex)
-    await chs.close()
-    await cht.close()
-    await trainer.stop()
-    await sched.stop()
+async def slice_(platform: Any) -> Slice:
+    rg = await platform.group("team")
+    agent = await platform.agent("team", "node-a", node_cpu=4, node_memory_gib=8, reconcile_s=0.3, output_sync_s=0.5)
+    return Slice(platform.s, platform.t, agent, rg)
 
 
 async def test_task_runs_in_sandbox_succeeds_and_logs_are_searchable(slice_: Slice) -> None:
@@ -111,9 +83,15 @@ async def test_nonzero_exit_fails_with_the_code(slice_: Slice) -> None:
 
 async def test_stop_kills_the_process_tree_within_grace(slice_: Slice) -> None:
     task = await slice_.submit(
-        "trap 'echo got-term; exit 0' TERM; sleep 1000 & while true; do sleep 0.1; done", stop_grace_seconds=5
+        "trap 'echo got-term; exit 0' TERM; echo trap-set; sleep 1000 & while true; do sleep 0.1; done",
+        stop_grace_seconds=5,
     )
     await slice_.wait_status(task.id, ("Running",))
+    # "Running" means the sandbox runs; stop once the command has its trap in place
+    for _ in range(100):
+        if "trap-set" in [ln.line for ln in await slice_.logs(task.id)]:
+            break
+        await asyncio.sleep(0.1)
     await slice_.t.StopTrainingTask(trainer_pb2.StopTrainingTaskRequest(id=task.id))
     done = await slice_.wait_status(task.id, ("Stopped",), timeout=15)
     assert done.status == "Stopped"
@@ -129,3 +107,11 @@ async def test_two_instance_task_and_follow_by_sequence(slice_: Slice) -> None:
     lines = await slice_.logs(task.id)
     assert sorted(ln.line for ln in lines if ln.line.startswith("rank=")) == ["rank=0 of 2", "rank=1 of 2"]
     assert await slice_.logs(task.id, after_seq=max(ln.seq for ln in lines)) == []
+
+
+async def test_the_agent_deploys_after_its_checks_including_the_sandbox(slice_: Slice) -> None:
+    records = await slice_.s.ListHealthChecks(scheduler_pb2.ListHealthChecksRequest(node_id=slice_.agent.node_id))
+    (deploy,) = records.items
+    assert deploy.trigger == "deploy" and deploy.ok
+    assert {c.name: c.ok for c in deploy.checks} == {"disk": True, "memory": True, "gpus": True, "sandbox": True}
+    assert slice_.agent.membership.state == "Running"

@@ -41,7 +41,7 @@ async def cluster(tmp_path: Path, nats_server: Any) -> AsyncIterator[tuple[Any, 
         agent = TrainerAgent(AgentSettings(
             nats_url=nats_server.url, scheduler_addr=sched.address, trainer_addr=trainer.address, resource_group=rg.id,
             node_name=f"gpu-{i}", agent_dir=tmp_path / f"agent-{i}", node_cpu=4, node_memory_gib=8, node_gpus="A100:2",
-            reconcile_s=0.3,
+            reconcile_s=0.3, data_dir=tmp_path,
         ))
         await agent.start()
         agents.append(agent)

@@ -5,25 +5,15 @@ and resumes from its output directory once the high-priority task is done."""
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 
 import capstan_core.contracts.scheduling  # noqa: F401 - registers event types read below
 from capstan_core.eventstore import EventStore
-from capstan_core.service import Service
-from capstan_core.settings import ServiceSettings
 from capstan_core.streams import event_subject
-from capstan_proto import common_pb2, scheduler_pb2, scheduler_pb2_grpc, trainer_pb2, trainer_pb2_grpc
-from capstan_scheduler.service import DEFINITION as SCHEDULER
-from capstan_trainer.agent.agent import TrainerAgent
-from capstan_trainer.agent.settings import AgentSettings
-from capstan_trainer.service import DEFINITION as TRAINER
+from capstan_proto import common_pb2, trainer_pb2
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
 
@@ -39,26 +29,10 @@ POLICY = {
 
 
 @pytest.fixture
-async def slice_(tmp_path: Path, nats_server: Any) -> AsyncIterator[tuple[Any, TrainerAgent, str, Service]]:
-    sched = Service(SCHEDULER, ServiceSettings(data_dir=tmp_path / "s", nats_url=nats_server.url))
-    await sched.start()
-    trainer = Service(TRAINER, ServiceSettings(data_dir=tmp_path / "t", nats_url=nats_server.url, scheduler_addr=sched.address))
-    await trainer.start()
-    chs, cht = grpc.aio.insecure_channel(sched.address), grpc.aio.insecure_channel(trainer.address)
-    rg = await scheduler_pb2_grpc.SchedulerStub(chs).CreateResourceGroup(
-        scheduler_pb2.CreateResourceGroupRequest(name="shared", policy_json=json.dumps(POLICY)))
-    agent = TrainerAgent(AgentSettings(
-        nats_url=nats_server.url, scheduler_addr=sched.address, trainer_addr=trainer.address, resource_group=rg.id,
-        node_name="only", agent_dir=tmp_path / "agent", node_cpu=2, node_memory_gib=4, reconcile_s=0.2))
-    await agent.start()
-    yield trainer_pb2_grpc.TrainerStub(cht), agent, rg.id, sched
-    await agent.stop()
-    for key in agent.executor.list_instances():
-        agent.executor.stop(*key)
-    await chs.close()
-    await cht.close()
-    await trainer.stop()
-    await sched.stop()
+async def slice_(platform: Any) -> tuple[Any, Any, str, Any]:
+    rg = await platform.group("shared", POLICY)
+    agent = await platform.agent(rg, "only")
+    return platform.t, agent, rg, platform.sched
 
 
 async def _wait(t: Any, task_id: str, *statuses: str, timeout: float = 30) -> Any:

@@ -25,6 +25,7 @@ import pytest
 from capstan_trainer.agent.sandbox import (
     EXIT_RUNNER_LOST,
     EXIT_SANDBOX_UNAVAILABLE,
+    EXIT_STOPPED_BEFORE_START,
     BwrapExecutor,
     Executor,
     InstanceSpec,
@@ -195,6 +196,16 @@ class ExecutorContract:
         assert wait_until(lambda: executor.status("task-1", 0).state == "exited")
         assert 0.8 <= time.monotonic() - started < 4
         assert executor.status("task-1", 0).exit_code == 128 + signal.SIGKILL
+
+    def test_stop_right_after_start_is_recorded_as_a_stop(self, executor: Executor) -> None:
+        # The runner may not have installed its SIGTERM handler yet: the stop must still be recorded
+        # (as a stop before the start), never as a runner lost without an exit code.
+        spec = self.spec("echo should-not-run; sleep 30")
+        executor.start(spec)
+        executor.stop("task-1", 0)
+        assert wait_until(lambda: executor.status("task-1", 0).state == "exited", timeout=10)
+        assert executor.status("task-1", 0).exit_code == EXIT_STOPPED_BEFORE_START
+        assert "should-not-run" not in self.lines(executor, spec)
 
     def test_stop_is_a_no_op_unless_running(self, executor: Executor) -> None:
         executor.stop("nothing", 0)

@@ -33,6 +33,17 @@ def _resources(r: dict[str, Any] | None, count: Any) -> str:
     return " ".join(parts) + (f" x{count}" if count and count != 1 else "")
 
 
+def restarts_text(t: dict[str, Any]) -> str | None:
+    """Restarts so far, and how much of the auto-restart budget they used (None: nothing to say)."""
+    budget, used, total = int(t.get("max_restarts") or 0), int(t.get("restarts_used") or 0), int(t.get("restarts") or 0)
+    parts = []
+    if budget or used:
+        parts.append(f"{used} of {budget} automatic restart(s) used")
+    if total > used:
+        parts.append(f"{total - used} after a lost node")
+    return "; ".join(parts) or None
+
+
 def status_text(t: dict[str, Any]) -> str:
     """The status, with what a person wants to know next to it (SPEC 3.2: Queued shows how long)."""
     status = str(t.get("status") or "?")
@@ -74,6 +85,12 @@ def status_text(t: dict[str, Any]) -> str:
 @click.option(
     "--stop-grace-seconds", type=click.IntRange(min=1), help="SIGTERM-to-SIGKILL grace on stop [API default 30]."
 )
+@click.option(
+    "--max-restarts",
+    type=click.IntRange(min=0, max=10),
+    metavar="N",
+    help="Auto-restart: run it again up to N times (1..10) when it exits abnormally while running [default: 0, off].",
+)
 @click.option("--wait", is_flag=True, help="Wait until the task ends; exit 0 only if it Succeeded.")
 @common_options
 def submit(
@@ -90,6 +107,7 @@ def submit(
     nodes: int,
     tags: tuple[str, ...],
     stop_grace_seconds: int | None,
+    max_restarts: int | None,
     wait: bool,
 ) -> None:
     """Submit a training task; prints its id."""
@@ -115,6 +133,8 @@ def submit(
     }
     if stop_grace_seconds is not None:
         body["stop_grace_seconds"] = stop_grace_seconds
+    if max_restarts is not None:
+        body["max_restarts"] = max_restarts
     with cfg.client() as client:
         created = client.post("/training-tasks", body)
         task_id = str(created["id"])
@@ -203,6 +223,9 @@ def task_status(task_id: str) -> None:
                 ("status", status_text(t)),
                 ("exit code", t.get("exit_code")),
                 ("failure", t.get("failure_reason")),
+                ("attempt", t.get("attempt") or None),
+                ("restarts", restarts_text(t)),
+                ("preemptions", t.get("preemptions") or None),
                 ("resource group", t.get("resource_group_id")),
                 ("resources", _resources(t.get("resources"), t.get("instance_count"))),
                 ("tags", t.get("tags") or None),

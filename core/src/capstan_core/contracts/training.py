@@ -23,6 +23,8 @@ class TrainingTaskSubmitted(Event):
     creator: str
     stop_grace_seconds: int
     at_ms: int
+    # Auto-restart budget (SPEC 3.1): restarts after a failure; 0 = off. Absent in older events.
+    max_restarts: int = 0
 
 
 @event("TrainingInstanceStarted", version=1)
@@ -62,15 +64,31 @@ class TrainingTaskPreempting(Event):
 
 @event("TrainingTaskRequeued", version=1)
 class TrainingTaskRequeued(Event):
-    """Every instance of the evicted attempt has exited: the task waits again as attempt ``attempt``.
-    An eviction does not count as a restart."""
+    """Every instance of the previous attempt has exited (evicted, restarting after a failure) or its node
+    was lost: the task waits again as attempt ``attempt``. An eviction does not count as a restart."""
 
     task_id: str
     attempt: int
     reason: str
     at_ms: int
-    # "preempted" (does not count against the restart budget) or "node_lost" (a restart).
+    # "preempted": an eviction (not a restart); "node_lost": a restart, the platform's fault, not
+    # counted against ``max_restarts``; "failed": an auto-restart after a failure, counted against it.
     cause: str = "preempted"
+
+
+@event("TrainingTaskRestarting", version=1)
+class TrainingTaskRestarting(Event):
+    """An instance of attempt ``attempt`` exited abnormally while the task ran, and the task has restarts
+    left (``restart`` is the n-th of its ``max_restarts``): the attempt's other instances are stopped
+    (SIGTERM and the grace period); once all have exited, ``TrainingTaskRequeued(cause="failed")``."""
+
+    task_id: str
+    attempt: int
+    index: int
+    exit_code: int
+    restart: int
+    reason: str = ""
+    at_ms: int
 
 
 @event("TrainingTaskEnded", version=1)

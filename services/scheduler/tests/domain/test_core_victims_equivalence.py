@@ -101,6 +101,9 @@ def test_same_victims_as_the_plain_search(snap: Snapshot, data: st.DataObject) -
 
 
 def test_same_victims_on_a_full_pool() -> None:
-    snap = _sibling("test_core_speed")._full_pool(40, 60)
+    from capstan_scheduler.domain import core
+    from capstan_scheduler.sim import full_pool
+
+    snap = full_pool.build(core, 40, 60)
     _check(snap, set(), set())
     _check(snap, {r.item.id for r in snap.running[::3]}, {"n00001", "n00007"})

@@ -59,12 +59,13 @@ class TrainerApp:
     async def submit(
         self, *, name: str, resource_group_id: str, command: str, hyperparameters_json: str, resources: ResourceSpec,
         instance_count: int, tags: dict[str, str], creator: str, stop_grace_seconds: int, idempotency_key: str,
+        max_restarts: int = 0,
     ) -> dict[str, Any]:
         task_id = stable_id("train", creator, idempotency_key) if idempotency_key else new_id("train")
         cmd = SubmitTrainingTask(
             task_id=task_id, name=name, resource_group_id=resource_group_id, command=command,
             hyperparameters_json=hyperparameters_json, resources=resources, instance_count=instance_count or 1,
-            tags=tags, creator=creator, stop_grace_seconds=stop_grace_seconds or 30,
+            tags=tags, creator=creator, stop_grace_seconds=stop_grace_seconds or 30, max_restarts=max_restarts,
         )
         now = self.clock.now_ms()
         decide_submit(fold([]), cmd, now)  # validate the input before asking the scheduler
@@ -144,7 +145,8 @@ class TrainerApp:
             ids = conn.execute(
                 select(training_tasks.c.id).where(
                     training_tasks.c.placement == "evicting",
-                    training_tasks.c.status.not_in(("Succeeded", "Failed", "Stopped", "Preempting")),
+                    # already leaving: Restarting ends in a requeue, which frees the resources too
+                    training_tasks.c.status.not_in(("Succeeded", "Failed", "Stopped", "Preempting", "Restarting")),
                 )
             ).scalars().all()
         now = self.clock.now_ms()

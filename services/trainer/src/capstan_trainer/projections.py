@@ -22,6 +22,7 @@ from capstan_core.contracts.training import (
     TrainingTaskEnded,
     TrainingTaskPreempting,
     TrainingTaskRequeued,
+    TrainingTaskRestarting,
     TrainingTaskStopRequested,
     TrainingTaskSubmitted,
 )
@@ -60,6 +61,7 @@ class TrainerProjection(Projection):
                 tags=json.dumps(e.tags, sort_keys=True), creator=e.creator, status="Submitting", placement="none",
                 stop_requested=False, exit_code=None, failure_reason="", created_at_ms=e.at_ms, queued_at_ms=0,
                 started_at_ms=0, ended_at_ms=0, submitted_seq=rec.seq, attempt=0, preemptions=0, restarts=0,
+                max_restarts=e.max_restarts, restarts_used=0,
             )
         )
         for i in range(e.instance_count):
@@ -110,9 +112,15 @@ class TrainerProjection(Projection):
             # "requeued" until the scheduler's WorkloadRequeued: the eviction asked for is done.
             .values(status="Queued", attempt=e.attempt, queued_at_ms=e.at_ms, placement="requeued",
                     preemptions=tasks.c.preemptions + (1 if e.cause == "preempted" else 0),
-                    restarts=tasks.c.restarts + (1 if e.cause != "preempted" else 0))
+                    restarts=tasks.c.restarts + (1 if e.cause != "preempted" else 0),
+                    restarts_used=tasks.c.restarts_used + (1 if e.cause == "failed" else 0))
         )
         conn.execute(update(inst).where(inst.c.task_id == e.task_id).values(node_id="", status="Pending", exit_code=None))
+
+    @_apply.register
+    def _(self, e: TrainingTaskRestarting, conn: Connection, rec: RecordedEvent) -> None:
+        # The failed attempt's other instances are leaving; a TrainingTaskRequeued follows.
+        conn.execute(update(tasks).where(tasks.c.id == e.task_id, tasks.c.status.not_in(_ENDED)).values(status="Restarting"))
 
     @_apply.register
     def _(self, e: WorkloadReleased, conn: Connection, rec: RecordedEvent) -> None:

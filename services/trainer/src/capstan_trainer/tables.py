@@ -36,7 +36,9 @@ training_tasks = Table(
     Column("submitted_seq", BigInteger, nullable=False),
     Column("attempt", Integer, nullable=False, default=0),  # grows when an evicted attempt is requeued
     Column("preemptions", Integer, nullable=False, default=0),
-    Column("restarts", Integer, nullable=False, default=0),  # e.g. after its node was lost
+    Column("restarts", Integer, nullable=False, default=0),  # after a failure or after its node was lost
+    Column("max_restarts", Integer, nullable=False, default=0),  # auto-restart budget (0: off)
+    Column("restarts_used", Integer, nullable=False, default=0),  # restarts after a failure (against the budget)
 )
 
 training_instances = Table(

@@ -20,7 +20,9 @@ from .common import (
     load_json_object,
 )
 
-TaskStatus = Literal["Submitting", "Queued", "Starting", "Running", "Stopping", "Succeeded", "Failed", "Stopped"]
+TaskStatus = Literal[
+    "Submitting", "Queued", "Starting", "Running", "Stopping", "Preempting", "Restarting", "Succeeded", "Failed", "Stopped"
+]
 FINISHED: frozenset[str] = frozenset({"Succeeded", "Failed", "Stopped"})
 
 TaskName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
@@ -58,6 +60,11 @@ class TrainingTaskCreate(RequestModel):
     stop_grace_seconds: int = Field(
         default=30, ge=1, le=3600, description="seconds between SIGTERM and SIGKILL when stopped"
     )
+    max_restarts: int = Field(
+        default=0, ge=0, le=10,
+        description="auto-restart: run the task again, up to this many times (1..10), when it exits abnormally "
+        "while running; 0: never (the default). Evictions and lost nodes do not count.",
+    )
 
     def to_proto(self, *, creator: str, idempotency_key: str) -> trainer_pb2.CreateTrainingTaskRequest:
         return trainer_pb2.CreateTrainingTaskRequest(
@@ -71,6 +78,7 @@ class TrainingTaskCreate(RequestModel):
             creator=creator,
             idempotency_key=idempotency_key,
             stop_grace_seconds=self.stop_grace_seconds,
+            max_restarts=self.max_restarts,
         )
 
 
@@ -104,6 +112,11 @@ class TrainingTask(BaseModel):
     tags: dict[str, str]
     creator: str
     stop_grace_seconds: int
+    attempt: int = Field(description="0, then +1 each time the task goes back to the queue")
+    preemptions: int = Field(description="times it was evicted for higher-priority work (never restarts)")
+    restarts: int = Field(description="new attempts after a failure or a lost node")
+    max_restarts: int = Field(description="auto-restart budget; 0: off")
+    restarts_used: int = Field(description="restarts after a failure, counted against max_restarts")
     created_at: datetime
     started_at: datetime | None
     ended_at: datetime | None
@@ -125,6 +138,11 @@ class TrainingTask(BaseModel):
             tags=dict(t.tags),
             creator=t.creator,
             stop_grace_seconds=t.stop_grace_seconds,
+            attempt=t.attempt,
+            preemptions=t.preemptions,
+            restarts=t.restarts,
+            max_restarts=t.max_restarts,
+            restarts_used=t.restarts_used,
             created_at=from_ms_required(t.created_at_ms),
             started_at=from_ms(t.started_at_ms),
             ended_at=from_ms(t.ended_at_ms),

@@ -18,7 +18,8 @@ PENDING_SIZES = (10, 20, 40, 80, 5, 3, 20, 10, 40, 80)
 def build(core: ModuleType, n_nodes: int, n_pending: int) -> Any:
     """A ``core.Snapshot``: n_nodes x 8 A100 (shareable where a pattern splits a card), each node full with
     P6..P9 training; n_pending items P0..P3, every tenth a 2..4-instance gang, every seventh a service."""
-    nodes, running = [], []
+    nodes: list[Any] = []
+    running: list[Any] = []
     for i in range(n_nodes):
         pattern = PATTERNS[i % len(PATTERNS)]
         shareable = any(t < 10 for t in pattern)
@@ -32,7 +33,7 @@ def build(core: ModuleType, n_nodes: int, n_pending: int) -> Any:
             rid = len(running)
             it = core.Item(f"r{rid:05d}", "training", "rg", 6 + (rid * 7) % 4, rid, core.Request(2, 8, "A100", t))
             running.append(core.Running(it, (core.InstanceAssignment(nid, cards),), started_at=(rid * 7919) % 10_000 + k))
-    pending = []
+    pending: list[Any] = []
     for i in range(n_pending):
         t = PENDING_SIZES[i % len(PENDING_SIZES)]
         gang = 2 + i % 3 if i % 10 == 3 else 1

@@ -8,6 +8,8 @@ import contextlib
 import json
 import logging
 import shutil
+import time
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -15,6 +17,7 @@ from nats.aio.client import Client as NatsClient
 
 from capstan_core import grpcutil
 from capstan_core.capacity import detect
+from capstan_core.healthcheck import Check, basic_checks
 from capstan_core.membership import NodeMembership
 from capstan_core.projection import cancel_and_wait
 from capstan_core.service import connect_nats
@@ -23,11 +26,14 @@ from capstan_proto import scheduler_pb2, scheduler_pb2_grpc, trainer_pb2, traine
 from .sandbox import EXIT_STOPPED_BEFORE_START, BwrapExecutor, Executor, InstanceSpec
 from .settings import AgentSettings
 from .shipper import ship
+from .storage import OutputStore
 
 log = logging.getLogger(__name__)
 ENDED = ("Succeeded", "Failed", "Stopped")
-LEAVING = ("Stopping", "Preempting")  # stop the instances, with their grace period
+# Stop the instances, with their grace period: stopped by the user, evicted, or a failed attempt restarting.
+LEAVING = ("Stopping", "Preempting", "Restarting")
 DONE_MARK = ".agent-done"
+SAVED_MARK = ".output-saved"  # the exited instance's output and model are in storage
 
 
 class TrainerAgent:
@@ -42,11 +48,20 @@ class TrainerAgent:
         self.scheduler = scheduler_pb2_grpc.SchedulerStub(self._sched_ch)
         self.trainer = trainer_pb2_grpc.TrainerStub(self._trainer_ch)
         self._cards: dict[tuple[str, int], list[tuple[int, int]]] = {}
+        self.storage = OutputStore(settings.storage_root)
+        self._synced_at: dict[tuple[str, int], float] = {}  # (instance key, index) -> monotonic time
+        capacity = detect(settings.node_cpu, settings.node_memory_gib, settings.node_gpus)
+        # deploy and periodic health checks: disk where instances run, memory, GPUs, and the executor's own
+        checks = basic_checks(capacity, settings.agent_dir)
+        if type(self.executor).health_check is not Executor.health_check:
+            checks.append(self._executor_check)
         self.membership = NodeMembership(
             self.scheduler, resource_group=settings.resource_group, node_name=settings.node_name, agent_kind="trainer",
-            capacity=detect(settings.node_cpu, settings.node_memory_gib, settings.node_gpus),
-            heartbeat_s=settings.heartbeat_s,
+            capacity=capacity, heartbeat_s=settings.heartbeat_s, checks=checks, health_interval_s=settings.health_check_s,
         )
+
+    def _executor_check(self) -> Check:
+        return self.executor.health_check() or Check("executor", True)
 
     @property
     def node_id(self) -> str:
@@ -123,6 +138,7 @@ class TrainerAgent:
                 self.executor.stop(key, index)  # released, or an earlier attempt: it must not run on
             await ship(js, task_id, index, self.executor.log_path(key, index), key)
             if st.state == "exited":
+                await self._save_final(key, index)
                 task = await self._get_task(task_id)
                 if (
                     task is not None and task.attempt == attempt and task.status not in ENDED
@@ -130,6 +146,7 @@ class TrainerAgent:
                 ):
                     await self._report(task, index, "Exited", st.exit_code or 0)
                 (idir / DONE_MARK).write_text("")
+                self._synced_at.pop((key, index), None)
 
     async def _get_task(self, task_id: str) -> trainer_pb2.TrainingTask | None:
         try:
@@ -151,6 +168,7 @@ class TrainerAgent:
             elif task.status not in ENDED and inst.status != "Exited":
                 if st.state == "exited":
                     await ship(js, task.id, index, log_path, key)
+                    await self._save_final(key, index)
                     await self._report(task, index, "Exited", st.exit_code or 0)
                 else:
                     await self._report(task, index, "Exited", EXIT_STOPPED_BEFORE_START, "stopped before start")
@@ -158,28 +176,68 @@ class TrainerAgent:
         if task.status == "Queued":
             return  # requeued after an eviction, not placed again yet: the assignment is stale
         if st.state == "absent":
-            self._carry_over(task, index)
+            await self._carry_over(task, index)
             self.executor.start(self._spec(task, index))
+            self._synced_at[(key, index)] = time.monotonic()
             st = self.executor.status(key, index)
         await ship(js, task.id, index, log_path, key)
+        if st.state == "running":
+            await self._save_periodically(key, index)
         if st.state == "running" and inst.status == "Pending":
             await self._report(task, index, "Running", 0)
         elif st.state == "exited" and inst.status != "Exited":
+            await self._save_final(key, index)
             await self._report(task, index, "Exited", st.exit_code if st.exit_code is not None else 0)
 
-    def _carry_over(self, task: trainer_pb2.TrainingTask, index: int) -> None:
-        """A requeued attempt resumes from what the previous one left in /opt/ml/output and /opt/ml/model,
-        when that attempt ran on this node (shared storage for the general case comes with storage)."""
+    # -- durable output ------------------------------------------------------------------
+    def _instance_dir(self, key: str, index: int) -> Path:
+        return self.executor.log_path(key, index).parent
+
+    async def _carry_over(self, task: trainer_pb2.TrainingTask, index: int) -> None:
+        """A requeued attempt resumes from what the previous one left in /opt/ml/output and /opt/ml/model:
+        from storage, wherever it ran; else (nothing in storage) from the previous attempt on this node."""
         if task.attempt == 0:
             return
-        new = self.executor.log_path(instance_key(task.id, task.attempt), index).parent
+        new = self._instance_dir(instance_key(task.id, task.attempt), index)
+        if await asyncio.to_thread(self.storage.restore, task.id, index, task.attempt, new):
+            return
         for previous in range(task.attempt - 1, -1, -1):
-            old = self.executor.log_path(instance_key(task.id, previous), index).parent
+            old = self._instance_dir(instance_key(task.id, previous), index)
             if old.exists():
                 for sub in ("output", "model"):
                     if (old / sub).is_dir() and not (new / sub).exists():
-                        shutil.copytree(old / sub, new / sub)
+                        await asyncio.to_thread(shutil.copytree, old / sub, new / sub, symlinks=True)
                 return
+
+    async def _save(self, key: str, index: int) -> None:
+        task_id, attempt = parse_key(key)
+        try:
+            await asyncio.to_thread(self.storage.save, task_id, index, attempt, self._instance_dir(key, index))
+        except Exception:  # a full or unreachable storage must not stop the node: the next save retries
+            log.exception("saving the output of %s/%d to storage failed", key, index)
+            raise
+
+    async def _save_periodically(self, key: str, index: int) -> None:
+        now = time.monotonic()
+        last = self._synced_at.setdefault((key, index), now)
+        if now - last < self.settings.output_sync_s:
+            return
+        self._synced_at[(key, index)] = now
+        with contextlib.suppress(Exception):
+            await self._save(key, index)
+
+    async def _save_final(self, key: str, index: int) -> None:
+        """The instance has exited: its last output goes to storage before its exit is reported, so an
+        attempt that follows anywhere resumes from it."""
+        mark = self._instance_dir(key, index) / SAVED_MARK
+        if mark.exists():
+            return
+        try:
+            await self._save(key, index)
+        except Exception:  # logged in _save; the exit is reported all the same
+            return
+        mark.write_text("")
+        self._synced_at.pop((key, index), None)
 
     def _spec(self, task: trainer_pb2.TrainingTask, index: int) -> InstanceSpec:
         env = {
@@ -215,8 +273,9 @@ def gpu_env(cards: list[tuple[int, int]], *, simulated: bool) -> dict[str, str]:
     """What an instance is told about the cards it holds (SPEC §7.3).
 
     ``CUDA_VISIBLE_DEVICES`` names the cards; a fraction of a card also gets
-    ``CAPSTAN_GPU_MEMORY_FRACTION`` (e.g. 0.3), which training code applies with
-    ``torch.cuda.set_per_process_memory_fraction``. Declared (simulated) cards have no device:
+    ``CAPSTAN_GPU_MEMORY_FRACTION`` (e.g. 0.3), which the sandbox's sitecustomize hook
+    (``sandbox/pyhook``) applies to PyTorch with ``torch.cuda.set_per_process_memory_fraction``
+    as soon as user code imports torch. Declared (simulated) cards have no device:
     the instance sees none, and ``CAPSTAN_SIMULATED_GPUS=1`` says why.
     """
     if not cards:

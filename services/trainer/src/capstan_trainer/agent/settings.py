@@ -21,5 +21,15 @@ class AgentSettings(BaseSettings):
     node_memory_gib: float = 0.0  # 0: detect
     node_gpus: str = ""  # e.g. "A100:8": declared (simulated) cards, for multi-node tests on one machine
     heartbeat_s: float = 2.0
+    health_check_s: float = 300.0  # how often the node's health checks run (disk, memory, GPUs, sandbox)
     reconcile_s: float = 1.0
     log_level: str = "INFO"
+    # Durable training output (/opt/ml/output, /opt/ml/model) lives under storage_dir, by default
+    # <data_dir>/storage: shared by every agent started from one data dir; a shared mount across machines.
+    data_dir: Path = Path(".capstan")
+    storage_dir: Path | None = None
+    output_sync_s: float = 30.0  # how often a running instance's output is copied to storage
+
+    @property
+    def storage_root(self) -> Path:
+        return self.storage_dir if self.storage_dir is not None else self.data_dir / "storage"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from capstan_core.contracts.common import ResourceSpec
@@ -15,6 +15,7 @@ from capstan_core.contracts.training import (
     TrainingTaskEnded,
     TrainingTaskPreempting,
     TrainingTaskRequeued,
+    TrainingTaskRestarting,
     TrainingTaskStopRequested,
     TrainingTaskSubmitted,
 )
@@ -25,6 +26,7 @@ NAME_MAX = 256
 COMMAND_MAX = 8192
 MAX_INSTANCES = 64
 DEFAULT_GRACE_S = 30
+MAX_RESTARTS = 10  # SPEC 3.1: auto-restart allows 1..10 restarts (0 = off)
 _NAME = re.compile(r"^[^\W_][\w-]*$", re.UNICODE)
 
 
@@ -35,8 +37,14 @@ class Task:
     exited: dict[int, int] = field(default_factory=dict)
     stop_requested: bool = False
     ended: TrainingTaskEnded | None = None
-    attempt: int = 0  # grows when an evicted attempt goes back to the queue
+    attempt: int = 0  # grows when an attempt goes back to the queue (evicted, restarted, node lost)
     preempting: bool = False
+    restarting: TrainingTaskRestarting | None = None  # this attempt failed and is leaving, to run again
+    restarts_used: int = 0  # requeues after a failure: what the auto-restart budget has paid for
+
+    @property
+    def max_restarts(self) -> int:
+        return self.submitted.max_restarts if self.submitted is not None else 0
 
 
 def fold(events: Sequence[Event]) -> Task:
@@ -54,9 +62,13 @@ def fold(events: Sequence[Event]) -> Task:
             t.ended = e
         elif isinstance(e, TrainingTaskPreempting):
             t.preempting = True
+        elif isinstance(e, TrainingTaskRestarting):
+            t.restarting = e
         elif isinstance(e, TrainingTaskRequeued):
             t.attempt = e.attempt
-            t.started, t.exited, t.preempting = {}, {}, False
+            t.started, t.exited, t.preempting, t.restarting = {}, {}, False, None
+            if e.cause == "failed":
+                t.restarts_used += 1
     return t
 
 
@@ -72,6 +84,7 @@ class SubmitTrainingTask:
     tags: dict[str, str]
     creator: str
     stop_grace_seconds: int
+    max_restarts: int = 0
 
 
 def parse_hyperparameters(text: str) -> dict[str, Any]:
@@ -116,6 +129,10 @@ def decide_submit(t: Task, cmd: SubmitTrainingTask, now_ms: int) -> list[Event]:
         raise InvalidArgument(f"instance_count must be 1..{MAX_INSTANCES}", field="instance_count")
     if not 1 <= cmd.stop_grace_seconds <= 86400:
         raise InvalidArgument("stop_grace_seconds must be 1..86400", field="stop_grace_seconds")
+    if not 0 <= cmd.max_restarts <= MAX_RESTARTS:
+        raise InvalidArgument(
+            f"max_restarts must be 1..{MAX_RESTARTS}, or 0 for no automatic restart", field="max_restarts"
+        )
     validate_resources(cmd.resources)
     hyper = parse_hyperparameters(cmd.hyperparameters_json)
     if t.submitted is not None:
@@ -126,7 +143,7 @@ def decide_submit(t: Task, cmd: SubmitTrainingTask, now_ms: int) -> list[Event]:
         TrainingTaskSubmitted(
             task_id=cmd.task_id, name=cmd.name, resource_group_id=cmd.resource_group_id, command=cmd.command,
             hyperparameters=hyper, resources=cmd.resources, instance_count=cmd.instance_count, tags=cmd.tags,
-            creator=cmd.creator, stop_grace_seconds=cmd.stop_grace_seconds, at_ms=now_ms,
+            creator=cmd.creator, stop_grace_seconds=cmd.stop_grace_seconds, at_ms=now_ms, max_restarts=cmd.max_restarts,
         )
     ]
 
@@ -148,8 +165,8 @@ def decide_stop(t: Task, task_id: str, by: str, now_ms: int) -> list[Event]:
 
 def decide_preempting(t: Task, *, task_id: str, preemptor_id: str, now_ms: int) -> list[Event]:
     _existing(t, task_id)
-    if t.ended is not None or t.preempting or t.stop_requested:
-        return []
+    if t.ended is not None or t.preempting or t.stop_requested or t.restarting is not None:
+        return []  # already leaving: the requeue that follows frees the resources all the same
     return [TrainingTaskPreempting(task_id=task_id, attempt=t.attempt, preemptor_id=preemptor_id, at_ms=now_ms)]
 
 
@@ -160,7 +177,17 @@ def decide_restart_lost(t: Task, *, task_id: str, reason: str, now_ms: int) -> l
         return []
     if t.stop_requested:
         return [TrainingTaskEnded(task_id=task_id, status="Stopped", exit_code=None, reason="stopped by user", at_ms=now_ms)]
+    if t.restarting is not None:  # the attempt had failed already: the restart it was granted goes ahead
+        return [_requeue_failed(t, task_id, now_ms)]
+    # Not counted against max_restarts: a lost node is the platform's fault, not the task's.
     return [TrainingTaskRequeued(task_id=task_id, attempt=t.attempt + 1, reason=reason, at_ms=now_ms, cause="node_lost")]
+
+
+def _requeue_failed(t: Task, task_id: str, now_ms: int) -> TrainingTaskRequeued:
+    assert t.restarting is not None
+    return TrainingTaskRequeued(
+        task_id=task_id, attempt=t.attempt + 1, reason=t.restarting.reason, at_ms=now_ms, cause="failed"
+    )
 
 
 def decide_report(
@@ -190,13 +217,24 @@ def decide_report(
     elif t.preempting:
         if len(exited) == sub.instance_count:
             out.append(TrainingTaskRequeued(task_id=task_id, attempt=t.attempt + 1, reason="preempted", at_ms=now_ms))
+    elif t.restarting is not None:
+        if len(exited) == sub.instance_count:
+            out.append(_requeue_failed(t, task_id, now_ms))
     elif exit_code != 0:
-        out.append(
-            TrainingTaskEnded(
-                task_id=task_id, status="Failed", exit_code=exit_code,
-                reason=f"instance {index} exited with code {exit_code}" + (f": {message}" if message else ""), at_ms=now_ms,
+        failure = f"instance {index} exited with code {exit_code}" + (f": {message}" if message else "")
+        if t.restarts_used < t.max_restarts:
+            n = t.restarts_used + 1
+            restarting = TrainingTaskRestarting(
+                task_id=task_id, attempt=t.attempt, index=index, exit_code=exit_code, restart=n,
+                reason=f"{failure}; automatic restart {n} of {t.max_restarts}", at_ms=now_ms,
             )
-        )
+            out.append(restarting)
+            if len(exited) == sub.instance_count:  # nothing else to wait for
+                out.append(_requeue_failed(replace(t, restarting=restarting), task_id, now_ms))
+        else:
+            if t.max_restarts:
+                failure += f"; all {t.max_restarts} automatic restart(s) used"
+            out.append(TrainingTaskEnded(task_id=task_id, status="Failed", exit_code=exit_code, reason=failure, at_ms=now_ms))
     elif len(exited) == sub.instance_count and all(c == 0 for c in exited.values()):
         out.append(TrainingTaskEnded(task_id=task_id, status="Succeeded", exit_code=0, at_ms=now_ms))
     return out

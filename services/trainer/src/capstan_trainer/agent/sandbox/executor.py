@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from capstan_core.healthcheck import Check
+
 from .spec import (
     EXIT_RUNNER_LOST,
     RUNNER_MODULE,
@@ -47,6 +49,10 @@ class InstanceStatus:
 
 class Executor(ABC):
     """What the agent needs from a way of running instances (bwrap, Kubernetes, ...)."""
+
+    def health_check(self) -> Check | None:
+        """A deploy/health check of this way of running instances, or None when it has none."""
+        return None
 
     @abstractmethod
     def start(self, spec: InstanceSpec) -> None:
@@ -81,6 +87,20 @@ class BwrapExecutor(Executor):
     so 137 is also the truth about the user's processes.  The code is then
     written to ``exit_code`` so the answer never changes afterwards.
     """
+
+    def health_check(self) -> Check:
+        """Can this machine start a sandbox? Runs ``true`` in fresh pid/ipc/uts namespaces."""
+        bwrap = shutil.which("bwrap")
+        if bwrap is None:
+            return Check("sandbox", False, "bubblewrap (bwrap) is not installed")
+        run = subprocess.run(
+            [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-pid", "--unshare-ipc",
+             "--unshare-uts", "--die-with-parent", "true"],
+            capture_output=True, text=True, timeout=30,
+        )
+        if run.returncode != 0:
+            return Check("sandbox", False, f"bwrap failed ({run.returncode}): {run.stderr.strip()[:300]}")
+        return Check("sandbox", True, "bubblewrap starts a sandbox")
 
     def __init__(self, root: Path) -> None:
         # Resolved, because the runner's cmdline (our liveness check) holds it.
@@ -131,6 +151,11 @@ class BwrapExecutor(Executor):
         # File first, then signal: a runner still starting up checks the file
         # after installing its handler, so the request cannot fall in between.
         paths.stop_requested.touch()
+        # A runner that has not installed its handler yet (Python still starting:
+        # we write runner.pid right after spawning it) would die of the signal
+        # without recording an exit code; it will find the file instead.
+        if not _catches_sigterm(st.pid):
+            return
         try:
             os.kill(st.pid, signal.SIGTERM)
         except ProcessLookupError:
@@ -204,6 +229,17 @@ def _runner_alive(pid: int, instance_dir: Path) -> bool:
         return False
     is_runner = any(RUNNER_MODULE.encode() == a or a.endswith(_RUNNER_SCRIPT) for a in args)
     return is_runner and os.fsencode(instance_dir) in args
+
+
+def _catches_sigterm(pid: int) -> bool:
+    """Has ``pid`` installed a SIGTERM handler (the SigCgt mask of /proc/<pid>/status)?"""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
 
 
 @contextmanager

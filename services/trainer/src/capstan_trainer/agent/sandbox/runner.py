@@ -36,6 +36,11 @@ _SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _POLL_SECONDS = 0.1
 _MAX_LINE_BYTES = 64 * 1024  # a newline-less stream (progress bars) still gets logged
 _PUMP_JOIN_SECONDS = 5.0
+# sitecustomize.py that applies CAPSTAN_GPU_MEMORY_FRACTION to PyTorch (see pyhook/sitecustomize.py),
+# bound read-only into the sandbox and put first on PYTHONPATH when an instance holds part of a card.
+PYHOOK_DIR = Path(__file__).resolve().parent / "pyhook"
+PYHOOK_MOUNT = "/opt/capstan/pyhook"
+GPU_FRACTION_ENV = "CAPSTAN_GPU_MEMORY_FRACTION"
 
 
 class LogWriter:
@@ -108,7 +113,6 @@ def build_bwrap_argv(bwrap: str, spec: InstanceSpec, paths: InstancePaths) -> li
     argv += ["--bind", str(paths.output), "/opt/ml/output"]
     argv += ["--bind", str(paths.model), "/opt/ml/model"]
     argv += ["--ro-bind", str(paths.input_config), "/opt/ml/input/config"]
-    argv += ["--chdir", "/opt/ml/code", "--clearenv"]
     env = {
         "PATH": _sandbox_path(),
         "HOME": "/tmp",
@@ -116,6 +120,10 @@ def build_bwrap_argv(bwrap: str, spec: InstanceSpec, paths: InstancePaths) -> li
         "PYTHONUNBUFFERED": "1",  # so the user's prints reach the log as they happen
         **spec.env,
     }
+    if spec.env.get(GPU_FRACTION_ENV) and PYHOOK_DIR.is_dir():
+        argv += ["--ro-bind", str(PYHOOK_DIR), PYHOOK_MOUNT]
+        env["PYTHONPATH"] = ":".join(p for p in (PYHOOK_MOUNT, spec.env.get("PYTHONPATH", "")) if p)
+    argv += ["--chdir", "/opt/ml/code", "--clearenv"]
     for name, value in env.items():
         argv += ["--setenv", name, value]
     # No --new-session: the sandbox must stay in the process group we signal on stop.

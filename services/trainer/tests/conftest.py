@@ -1,0 +1,68 @@
+"""What the trainer's end-to-end tests share: scheduler + trainer services in-process over the test's
+real nats-server, one resource group, and a factory for real agents (bubblewrap sandboxes) as nodes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from capstan_core.service import Service
+from capstan_core.settings import ServiceSettings
+from capstan_proto import scheduler_pb2, scheduler_pb2_grpc, trainer_pb2_grpc
+from capstan_scheduler.service import DEFINITION as SCHEDULER
+from capstan_trainer.agent.agent import TrainerAgent
+from capstan_trainer.agent.settings import AgentSettings
+from capstan_trainer.service import DEFINITION as TRAINER
+
+
+@dataclass
+class Platform:
+    sched: Service
+    trainer: Service
+    s: scheduler_pb2_grpc.SchedulerStub
+    t: trainer_pb2_grpc.TrainerStub
+    tmp: Path
+    nats_url: str
+    agents: list[TrainerAgent] = field(default_factory=list)
+
+    async def group(self, name: str, policy: dict[str, Any] | None = None) -> str:
+        rg = await self.s.CreateResourceGroup(
+            scheduler_pb2.CreateResourceGroupRequest(name=name, policy_json=json.dumps(policy) if policy else ""))
+        return str(rg.id)
+
+    async def agent(self, resource_group: str, name: str, **settings: Any) -> TrainerAgent:
+        """A started agent: one node of ``resource_group``. Agents share ``<tmp>/storage`` (one data dir)."""
+        values: dict[str, Any] = dict(node_cpu=2, node_memory_gib=4, reconcile_s=0.2, data_dir=self.tmp)
+        values.update(settings)
+        agent = TrainerAgent(AgentSettings(
+            nats_url=self.nats_url, scheduler_addr=self.sched.address, trainer_addr=self.trainer.address,
+            resource_group=resource_group, node_name=name, agent_dir=self.tmp / f"agent-{name}", **values))
+        await agent.start()
+        self.agents.append(agent)
+        return agent
+
+
+@pytest.fixture
+async def platform(tmp_path: Path, nats_server: Any) -> AsyncIterator[Platform]:
+    sched = Service(SCHEDULER, ServiceSettings(data_dir=tmp_path / "s", nats_url=nats_server.url))
+    await sched.start()
+    trainer = Service(TRAINER, ServiceSettings(data_dir=tmp_path / "t", nats_url=nats_server.url, scheduler_addr=sched.address))
+    await trainer.start()
+    chs, cht = grpc.aio.insecure_channel(sched.address), grpc.aio.insecure_channel(trainer.address)
+    p = Platform(sched, trainer, scheduler_pb2_grpc.SchedulerStub(chs), trainer_pb2_grpc.TrainerStub(cht), tmp_path,
+                 nats_server.url)
+    yield p
+    for agent in p.agents:
+        await agent.stop()
+        for key in agent.executor.list_instances():
+            agent.executor.stop(*key)
+    await chs.close()
+    await cht.close()
+    await trainer.stop()
+    await sched.stop()
