@@ -84,3 +84,11 @@ def test_priority_from_policy_first_matching_rule():
 def test_abnormal_nodes_keep_work_but_take_none():
     d = _run([node("n1", 8, state="Abnormal")], [item("p", 10)], 2)
     assert not d.placements
+
+
+def test_explain_says_services_are_never_preempted():
+    run = [running(item("svc", 80, prio=7, kind="service"), "n1", tuple(range(8)))]
+    d = _run([node("n1", 8)], [item("p", 40, prio=1)], 0, run, preempt=True)
+    assert d.preemptions == ()
+    assert d.queued["p"].reason == "needs 4 x A100 on one node; no free A100 card; " \
+                                   "the lower-priority work here is services, which are never preempted"

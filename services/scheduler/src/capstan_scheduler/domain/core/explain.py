@@ -81,6 +81,10 @@ def _preemption_words(item: Item, why: Why, snapshot: Snapshot) -> str:
         return f"; priority P{item.priority} below running P{top} work"
     if top is not None and top == item.priority:
         return f"; priority P{item.priority} not above running P{top} work"
+    lower = [r for r in snapshot.running if r.item.resource_group == item.resource_group and r.item.lane == item.lane
+             and not r.evicting and r.item.priority > item.priority]
+    if lower and all(r.item.kind == "service" for r in lower):
+        return "; the lower-priority work here is services, which are never preempted"
     return "; evicting lower-priority training would not make room"
 
 
