@@ -36,7 +36,7 @@ def _fits(base: FreeState, item: Item, evict: Sequence[Running], skip: Container
             ids = sorted({a.node_id for r in evict for a in r.assignment if a.node_id in base.nodes})
             nodes = [base.nodes[i] for i in ids if base.nodes[i].rg == item.resource_group]
         else:
-            nodes = base.in_group(item.resource_group)
+            nodes = list(base.in_group(item.resource_group))  # a plain list: placement walks every node
         fit = place_gang(nodes, item.request, item.instance_count, skip)
         if fit is not None:
             base.apply(item.request, fit, +1)

@@ -6,7 +6,8 @@
 - Fractions (1..9 tenths): from ONE card of a type the node marks shareable; best fit by card (the
   partly used card with the least room that still fits), then the node with the least free of that type.
 - CPU-only: spread; the node with the most free CPU (then memory) first.
-Ties break on node id, so the result never depends on iteration order. Never overcommits: every take is
+Ties break on node id, so the result never depends on iteration order (nor on visiting only the nodes a
+``Group``'s index says can hold the request). Never overcommits: every take is
 checked first, and a gang that cannot be completed is rolled back.
 """
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Container, Sequence
 
 from .model import TENTHS_PER_CARD, InstanceAssignment, Request, cpu_milli, mem_mib
-from .state import FreeNode
+from .state import FreeNode, Group
 
 Assignment = tuple[InstanceAssignment, ...]
 _NONE: frozenset[str] = frozenset()
@@ -39,7 +40,7 @@ def _place_whole(nodes: Sequence[FreeNode], req: Request, count: int, skip: Cont
     while remaining:
         best: FreeNode | None = None
         best_key: tuple[int, int, int, str] | None = None
-        for n in nodes:
+        for n in nodes.with_whole(t, k) if isinstance(nodes, Group) else nodes:
             if not n.schedulable or n.id in skip or n.whole.get(t, 0) < k:
                 continue
             c = _copies(n, cpu, mem, t, k, remaining)
@@ -72,7 +73,7 @@ def _place_fraction(nodes: Sequence[FreeNode], req: Request, count: int, skip: C
     for _ in range(count):
         best: tuple[int, int, str, int] | None = None
         best_node: FreeNode | None = None
-        for n in nodes:
+        for n in nodes.with_room(t, need) if isinstance(nodes, Group) else nodes:
             if not n.schedulable or t not in n.shareable or n.id in skip or not n.fits_cpu_mem(cpu, mem):
                 continue
             free = n.free.get(t)

@@ -25,7 +25,7 @@ from itertools import combinations, islice
 
 from .model import Item, Running, cpu_milli, mem_mib
 from .placement import Assignment, place_gang
-from .state import FreeNode, FreeState
+from .state import FreeNode, FreeState, Group
 
 PAIR_SEARCH_MAX = 24  # above this many candidates, pairs are not searched exhaustively
 SINGLES_BOUND_AFTER = 64  # after this many single candidates, check whether any single one can be enough
@@ -91,6 +91,7 @@ class VictimIndex:
                     held = sum(len(a.cards) for a in r.assignment)
                     if held > self.node_most.get(node_id, 0):
                         self.node_most[node_id] = held
+        self.most_anywhere = max(self.node_most.values(), default=0)
 
     def parts(self, r: Running) -> tuple[Part, ...]:
         """``r``'s share of every node it holds, one entry per instance."""
@@ -144,7 +145,15 @@ class _Room:
         self.k, self.need = req.whole_cards, (req.gpu_tenths if req.fractional else 0)
         self.cap0: dict[str, int] = {}
         # nothing fits on ``base`` (checked first), so a single instance has no room anywhere yet
-        self.total0 = 0 if self.count == 1 else sum(self.base_cap(n) for n in base.in_group(self.rg))
+        self.total0 = 0 if self.count == 1 else sum(self.base_cap(n) for n in self._able(base.in_group(self.rg)))
+
+    def _able(self, group: Group) -> Sequence[FreeNode]:
+        """The nodes whose cards could hold an instance at all (every other node takes 0)."""
+        if self.k:
+            return group.with_whole(self.t, self.k)
+        if self.need:
+            return group.with_room(self.t, self.need)
+        return group
 
     def cap(self, n: FreeNode) -> int:
         """Instances node ``n`` can take now (0 when it is not usable), at most ``count``."""
@@ -274,7 +283,8 @@ def _first_single_whole(room: _Room, item: Item, excluded: Container[str]) -> Ru
     if not rs:
         return None
     keys, spans, one_node = index.keys[rg], index.spans[rg], index.one_node[rg]
-    least = k - max((n.whole.get(room.t, 0) for n in room.base.in_group(rg)), default=0)
+    group = room.base.in_group(rg)
+    least = k - group.max_whole(room.t)
     deficit, never = room.count - room.total0, k * (room.count + 1) + 1
     needs: dict[str, int] = {}
 
@@ -293,8 +303,10 @@ def _first_single_whole(room: _Room, item: Item, excluded: Container[str]) -> Ru
     bounded = not index.multi_node.get(rg, False)
     for i in range(index.end(item)):
         if i == SINGLES_BOUND_AFTER and bounded:
+            # need_of(n) <= most cards on n implies n has >= k * deficit - (most anywhere) whole cards free
             most = index.node_most
-            if not any(most.get(n.id, 0) >= need_of(n.id) for n in room.base.in_group(rg)):
+            floor = max(0, k * deficit - index.most_anywhere)
+            if not any(most.get(n.id, 0) >= need_of(n.id) for n in group.with_whole(room.t, floor)):
                 return None
         if spans[i] < least or keys[i][1] in excluded:
             continue

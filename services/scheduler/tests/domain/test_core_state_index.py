@@ -1,0 +1,52 @@
+"""The FreeState's index (nodes by whole free cards and by roomiest card) stays true through every take and
+give-back, and placement through the index picks exactly what a walk over every node picks."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from capstan_scheduler.domain.core import Snapshot
+from capstan_scheduler.domain.core.placement import place_gang
+from capstan_scheduler.domain.core.state import FreeState
+
+
+def _sibling(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"_capstan_{name}", Path(__file__).with_name(f"{name}.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_props = _sibling("test_core_properties")
+
+
+def _buckets(index: dict[tuple[str, str], dict[int, set[str]]]) -> dict[tuple[str, str, int], frozenset[str]]:
+    return {(rg, t, w): frozenset(ids) for (rg, t), b in index.items() for w, ids in b.items() if ids}
+
+
+def _fresh(state: FreeState) -> FreeState:
+    return FreeState({k: n.copy() for k, n in state.nodes.items()})  # its index is built from scratch
+
+
+@settings(max_examples=150, deadline=None)
+@given(snap=_props.snapshots(), data=st.data())
+def test_index_follows_every_change_and_placement_through_it_is_the_same(snap: Snapshot, data: st.DataObject) -> None:
+    state = FreeState.build(snap.nodes, snap.running)
+    plain = _fresh(state)
+    for item in snap.pending:
+        for rg in {n.resource_group for n in snap.nodes}:
+            via_index = place_gang(state.in_group(rg), item.request, item.instance_count)
+            walked = place_gang(list(plain.in_group(rg)), item.request, item.instance_count)
+            assert via_index == walked
+        assert _buckets(state.whole_index) == _buckets(_fresh(state).whole_index)
+        assert _buckets(state.room_index) == _buckets(_fresh(state).room_index)
+    for r in data.draw(st.lists(st.sampled_from(snap.running), unique_by=lambda r: r.item.id)) if snap.running else []:
+        state.release(r)  # give back: the index must follow
+        assert _buckets(state.whole_index) == _buckets(_fresh(state).whole_index)
+        assert _buckets(state.room_index) == _buckets(_fresh(state).room_index)
