@@ -26,8 +26,8 @@ def _sibling(name: str) -> ModuleType:
 _props = _sibling("test_core_properties")
 
 
-def _buckets(index: dict[tuple[str, str], dict[int, set[str]]]) -> dict[tuple[str, str, int], frozenset[str]]:
-    return {(rg, t, w): frozenset(ids) for (rg, t), b in index.items() for w, ids in b.items() if ids}
+def _buckets(index: dict[tuple[str, str], dict[int, list[str]]]) -> dict[tuple[str, str, int], tuple[str, ...]]:
+    return {(rg, t, w): tuple(ids) for (rg, t), b in index.items() for w, ids in b.items() if ids}
 
 
 def _fresh(state: FreeState) -> FreeState:
@@ -50,3 +50,17 @@ def test_index_follows_every_change_and_placement_through_it_is_the_same(snap: S
         state.release(r)  # give back: the index must follow
         assert _buckets(state.whole_index) == _buckets(_fresh(state).whole_index)
         assert _buckets(state.room_index) == _buckets(_fresh(state).room_index)
+
+
+def test_a_fresh_card_goes_to_the_fullest_node_even_past_a_partly_used_one() -> None:
+    from capstan_scheduler.domain.core.builders import item, node, running
+
+    nodes = [node("a", 4, shareable=True), node("b", 4, shareable=True)]
+    run = [running(item("x", 8), "a", (0,), tenths=8),       # a: one card with 0.2 free, three fresh (3.2 free)
+           running(item("y", 20), "b", (0, 1))]               # b: two cards taken, two fresh (2.0 free)
+    state = FreeState.build(nodes, run)
+    plain = _fresh(state)
+    half = item("half", 5).request
+    via_index = place_gang(state.in_group("rg"), half, 1)
+    walked = place_gang(list(plain.in_group("rg")), half, 1)
+    assert via_index == walked and via_index is not None and via_index[0].node_id == "b"

@@ -13,7 +13,7 @@ checked first, and a gang that cannot be completed is rolled back.
 
 from __future__ import annotations
 
-from collections.abc import Container, Sequence
+from collections.abc import Callable, Container, Sequence
 
 from .model import TENTHS_PER_CARD, InstanceAssignment, Request, cpu_milli, mem_mib
 from .state import FreeNode, Group
@@ -36,6 +36,16 @@ def _place_whole(nodes: Sequence[FreeNode], req: Request, count: int, skip: Cont
     cpu, mem, t, k = cpu_milli(req.cpu), mem_mib(req.memory_gib), req.gpu_type, req.whole_cards
     out: list[InstanceAssignment] = []
     taken: list[tuple[FreeNode, tuple[tuple[int, int], ...]]] = []
+    if count == 1 and isinstance(nodes, Group):
+        # one instance: the best key below is (fewest whole cards left, node id), which the index's
+        # buckets (by whole free cards, ids sorted) give in order
+        one = nodes.first_whole(t, k, lambda n: n.schedulable and n.id not in skip and _copies(n, cpu, mem, t, k, 1) > 0)
+        if one is None:
+            return None
+        free, index = one.free[t], one.index[t]
+        cards = tuple((index[p], TENTHS_PER_CARD) for p in range(len(free)) if free[p] == TENTHS_PER_CARD)[:k]
+        one.apply(cpu, mem, cards, -1)
+        return (InstanceAssignment(one.id, cards),)
     remaining = count
     while remaining:
         best: FreeNode | None = None
@@ -66,6 +76,16 @@ def _place_whole(nodes: Sequence[FreeNode], req: Request, count: int, skip: Cont
     return tuple(out)
 
 
+def _fresh_card_taker(
+    partial: Container[str], t: str, skip: Container[str], cpu: int, mem: int
+) -> Callable[[FreeNode], bool]:
+    """Accepts a node without partly used cards of ``t`` that may take a fraction of a fresh card."""
+    def ok(n: FreeNode) -> bool:
+        return (n.id not in partial and n.schedulable and t in n.shareable and n.id not in skip
+                and n.fits_cpu_mem(cpu, mem))
+    return ok
+
+
 def _place_fraction(nodes: Sequence[FreeNode], req: Request, count: int, skip: Container[str]) -> Assignment | None:
     cpu, mem, t, need = cpu_milli(req.cpu), mem_mib(req.memory_gib), req.gpu_type, req.gpu_tenths
     out: list[InstanceAssignment] = []
@@ -73,7 +93,12 @@ def _place_fraction(nodes: Sequence[FreeNode], req: Request, count: int, skip: C
     for _ in range(count):
         best: tuple[int, int, str, int] | None = None
         best_node: FreeNode | None = None
-        for n in nodes.with_room(t, need) if isinstance(nodes, Group) else nodes:
+        # Through a Group's index: a card with less than a whole card free sits on a node of the partial
+        # set, so those nodes are the only ones whose best room can be below 10; when none fits there,
+        # the best fresh card is on the node with the least free of the type (10 x whole free cards for a
+        # node without partial cards: the whole buckets in order give it), or on a partial node.
+        group = nodes if isinstance(nodes, Group) else None
+        for n in group.partial(t) if group is not None else nodes:
             if not n.schedulable or t not in n.shareable or n.id in skip or not n.fits_cpu_mem(cpu, mem):
                 continue
             free = n.free.get(t)
@@ -86,6 +111,13 @@ def _place_fraction(nodes: Sequence[FreeNode], req: Request, count: int, skip: C
             key = (room - need, sum(free), n.id, pos)
             if best is None or key < best:
                 best, best_node = key, n
+        if group is not None and (best is None or best[0] + need == TENTHS_PER_CARD):
+            fresh = group.first_whole(t, 1, _fresh_card_taker(group.partial_ids(t), t, skip, cpu, mem))
+            if fresh is not None:
+                free = fresh.free[t]
+                key = (TENTHS_PER_CARD - need, sum(free), fresh.id, free.index(TENTHS_PER_CARD))
+                if best is None or key < best:
+                    best, best_node = key, fresh
         if best is None or best_node is None:
             for n, cards in taken:
                 n.apply(cpu, mem, cards, +1)

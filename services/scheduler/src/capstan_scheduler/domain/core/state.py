@@ -9,7 +9,8 @@ best node by a key that ends with the node id, so visiting only the nodes that q
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from bisect import bisect_left, insort
+from collections.abc import Callable, Iterable
 
 from .model import TENTHS_PER_CARD, InstanceAssignment, Node, Request, Running, cpu_milli, mem_mib
 
@@ -55,26 +56,32 @@ class FreeNode:
         self.cpu += sign * cpu
         self.mem += sign * mem
         owner = self.owner
+        touched: list[str] = []
         for idx, tenths in cards:
             loc = self.where.get(idx)
             if loc is None:
                 continue
             t, pos = loc
+            if owner is not None and t not in touched:
+                owner.unindex(self, t)  # out of the index before the first change, back in after the last
+                touched.append(t)
             free = self.free[t]
             before = free[pos]
-            if owner is not None:
-                owner.unindex(self, t)
             free[pos] = before + sign * tenths
             if before == TENTHS_PER_CARD:
                 self.whole[t] -= 1
             if free[pos] == TENTHS_PER_CARD:
                 self.whole[t] += 1
-            if owner is not None:
+        if owner is not None:
+            for t in touched:
                 owner.index_node(self, t)
 
     def room(self, card_type: str) -> int:
         """Free tenths on this node's roomiest card of ``card_type`` (0 when none)."""
         return max(self.free.get(card_type) or (0,))
+
+
+_NO_IDS: set[str] = set()
 
 
 class Group(list[FreeNode]):
@@ -88,9 +95,30 @@ class Group(list[FreeNode]):
         """Nodes with at least ``k`` whole free cards of ``card_type`` (any order)."""
         return self.state.nodes_at_least(self.state.whole_index, self.rg, card_type, k)
 
+    def partial_ids(self, card_type: str) -> set[str]:
+        """Ids of nodes with a card of ``card_type`` that is partly used (neither whole nor full)."""
+        return self.state.partial_index.get((self.rg, card_type), _NO_IDS)
+
+    def partial(self, card_type: str) -> list[FreeNode]:
+        nodes = self.state.nodes
+        return [nodes[i] for i in sorted(self.partial_ids(card_type))]
+
     def with_room(self, card_type: str, tenths: int) -> list[FreeNode]:
         """Nodes with a card of ``card_type`` that has at least ``tenths`` free (any order)."""
         return self.state.nodes_at_least(self.state.room_index, self.rg, card_type, tenths)
+
+    def first_whole(self, card_type: str, k: int, ok: Callable[[FreeNode], bool]) -> FreeNode | None:
+        """The accepted node with the fewest whole free cards that are at least ``k``, lowest id first."""
+        buckets = self.state.whole_index.get((self.rg, card_type))
+        if not buckets:
+            return None
+        nodes = self.state.nodes
+        for w in sorted(w for w in buckets if w >= k):
+            for node_id in buckets[w]:
+                n = nodes[node_id]
+                if ok(n):
+                    return n
+        return None
 
     def max_whole(self, card_type: str) -> int:
         buckets = self.state.whole_index.get((self.rg, card_type))
@@ -100,26 +128,38 @@ class Group(list[FreeNode]):
 class FreeState:
     """Free capacity of every node, after subtracting what runs."""
 
-    def __init__(self, nodes: dict[str, FreeNode]) -> None:
+    def __init__(self, nodes: dict[str, FreeNode], indexed: bool = True) -> None:
         self.nodes = nodes
         self._by_rg: dict[str, Group] | None = None
-        # (resource group, card type) -> whole free cards / most free tenths on one card -> node ids
-        self.whole_index: dict[tuple[str, str], dict[int, set[str]]] = {}
-        self.room_index: dict[tuple[str, str], dict[int, set[str]]] = {}
-        for n in nodes.values():
+        # (resource group, card type) -> whole free cards / most free tenths on one card -> node ids (sorted)
+        self.whole_index: dict[tuple[str, str], dict[int, list[str]]] = {}
+        self.room_index: dict[tuple[str, str], dict[int, list[str]]] = {}
+        self.partial_index: dict[tuple[str, str], set[str]] = {}
+        if indexed:
+            self.index_all()
+
+    def index_all(self) -> None:
+        for n in self.nodes.values():
             n.owner = self
             for t in n.free:
                 self.index_node(n, t)
 
     def index_node(self, n: FreeNode, t: str) -> None:
-        self.whole_index.setdefault((n.rg, t), {}).setdefault(n.whole[t], set()).add(n.id)
-        self.room_index.setdefault((n.rg, t), {}).setdefault(n.room(t), set()).add(n.id)
+        insort(self.whole_index.setdefault((n.rg, t), {}).setdefault(n.whole[t], []), n.id)
+        insort(self.room_index.setdefault((n.rg, t), {}).setdefault(n.room(t), []), n.id)
+        if sum(n.free[t]) != TENTHS_PER_CARD * n.whole[t]:  # some card is partly used
+            self.partial_index.setdefault((n.rg, t), set()).add(n.id)
 
     def unindex(self, n: FreeNode, t: str) -> None:
-        self.whole_index[(n.rg, t)][n.whole[t]].discard(n.id)
-        self.room_index[(n.rg, t)][n.room(t)].discard(n.id)
+        for bucket in (self.whole_index[(n.rg, t)][n.whole[t]], self.room_index[(n.rg, t)][n.room(t)]):
+            i = bisect_left(bucket, n.id)
+            if i < len(bucket) and bucket[i] == n.id:
+                del bucket[i]
+        partial = self.partial_index.get((n.rg, t))
+        if partial is not None:
+            partial.discard(n.id)
 
-    def nodes_at_least(self, index: dict[tuple[str, str], dict[int, set[str]]], rg: str, t: str, least: int) -> list[FreeNode]:
+    def nodes_at_least(self, index: dict[tuple[str, str], dict[int, list[str]]], rg: str, t: str, least: int) -> list[FreeNode]:
         buckets = index.get((rg, t))
         if not buckets:
             return []
@@ -127,9 +167,10 @@ class FreeState:
 
     @classmethod
     def build(cls, nodes: Iterable[Node], running: Iterable[Running]) -> FreeState:
-        state = cls({n.id: FreeNode(n) for n in sorted(nodes, key=lambda n: n.id)})
+        state = cls({n.id: FreeNode(n) for n in sorted(nodes, key=lambda n: n.id)}, indexed=False)
         for r in running:
             state.release(r, sign=-1)
+        state.index_all()  # once, after what runs is subtracted
         return state
 
     def copy(self, rg: str | None = None) -> FreeState:
