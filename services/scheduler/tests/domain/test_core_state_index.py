@@ -47,9 +47,14 @@ def test_index_follows_every_change_and_placement_through_it_is_the_same(snap: S
         assert _buckets(state.whole_index) == _buckets(_fresh(state).whole_index)
         assert _buckets(state.room_index) == _buckets(_fresh(state).room_index)
     for r in data.draw(st.lists(st.sampled_from(snap.running), unique_by=lambda r: r.item.id)) if snap.running else []:
-        state.release(r)  # give back: the index must follow
+        state.release(r)  # give back: the index (and the CPU heap) must follow
+        plain.release(r)
         assert _buckets(state.whole_index) == _buckets(_fresh(state).whole_index)
         assert _buckets(state.room_index) == _buckets(_fresh(state).room_index)
+        for item in snap.pending[:3]:
+            for rg in {n.resource_group for n in snap.nodes}:
+                assert place_gang(state.in_group(rg), item.request, item.instance_count) == \
+                    place_gang(list(plain.in_group(rg)), item.request, item.instance_count)
 
 
 def test_a_fresh_card_goes_to_the_fullest_node_even_past_a_partly_used_one() -> None:

@@ -135,11 +135,15 @@ def _place_cpu(nodes: Sequence[FreeNode], req: Request, count: int, skip: Contai
     taken: list[FreeNode] = []
     for _ in range(count):
         best: FreeNode | None = None
-        for n in nodes:
-            if not n.schedulable or n.id in skip or not n.fits_cpu_mem(cpu, mem):
-                continue
-            if best is None or (-n.cpu, -n.mem, n.id) < (-best.cpu, -best.mem, best.id):
-                best = n
+        decided = False
+        if isinstance(nodes, Group):
+            best, decided = nodes.most_cpu(cpu, lambda n: n.schedulable and n.id not in skip and n.fits_cpu_mem(cpu, mem))
+        if not decided:
+            for n in nodes:
+                if not n.schedulable or n.id in skip or not n.fits_cpu_mem(cpu, mem):
+                    continue
+                if best is None or (-n.cpu, -n.mem, n.id) < (-best.cpu, -best.mem, best.id):
+                    best = n
         if best is None:
             for n in taken:
                 n.apply(cpu, mem, (), +1)

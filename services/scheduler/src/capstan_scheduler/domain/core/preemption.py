@@ -92,6 +92,8 @@ class VictimIndex:
                     if held > self.node_most.get(node_id, 0):
                         self.node_most[node_id] = held
         self.most_anywhere = max(self.node_most.values(), default=0)
+        self._excluded: Container[str] | None = None
+        self._starts: dict[str, int] = {}
 
     def parts(self, r: Running) -> tuple[Part, ...]:
         """``r``'s share of every node it holds, one entry per instance."""
@@ -128,9 +130,22 @@ class VictimIndex:
             return
         keys, spans = self.keys[preemptor.resource_group], self.spans[preemptor.resource_group]
         end = bisect_left(keys, (-preemptor.priority,), key=lambda k: (k[0],))
-        for i in range(end):
+        for i in range(self.start(preemptor.resource_group, excluded), end):
             if keys[i][1] not in excluded:
                 yield rs[i], spans[i]
+
+    def start(self, rg: str, excluded: Container[str]) -> int:
+        """The first position of ``rg``'s order not in ``excluded``. Victims are taken from the front of the
+        order, so a cycle's growing set of victims makes a growing excluded prefix: the position is kept
+        for the same ``excluded`` object (which may only grow meanwhile) and moves forward only."""
+        if excluded is not self._excluded:
+            self._excluded, self._starts = excluded, {}
+        keys = self.keys.get(rg, ())
+        p = self._starts.get(rg, 0)
+        while p < len(keys) and keys[p][1] in excluded:
+            p += 1
+        self._starts[rg] = p
+        return p
 
 
 class _Room:
@@ -250,7 +265,8 @@ def find_victims(
     """The minimal victim set that lets ``item`` fit on ``base`` (the pool as it will be once work already
     being evicted has left), or None when evicting every eligible victim would still not make room.
     ``Plan.victims`` is empty when the pending evictions alone make room. ``index``: ``VictimIndex(running)``,
-    built once and reused while ``running`` is unchanged."""
+    built once and reused while ``running`` is unchanged; calls sharing an index and the same ``excluded``
+    object may only add to it in between (the cycle's set of chosen victims)."""
     fit = _fits(base, item, (), skip)
     if fit is not None:
         return Plan((), fit)
@@ -301,8 +317,9 @@ def _first_single_whole(room: _Room, item: Item, excluded: Container[str]) -> Ru
         return v
 
     bounded = not index.multi_node.get(rg, False)
-    for i in range(index.end(item)):
-        if i == SINGLES_BOUND_AFTER and bounded:
+    first = index.start(rg, excluded)
+    for i in range(first, index.end(item)):
+        if i - first == SINGLES_BOUND_AFTER and bounded:
             # need_of(n) <= most cards on n implies n has >= k * deficit - (most anywhere) whole cards free
             most = index.node_most
             floor = max(0, k * deficit - index.most_anywhere)

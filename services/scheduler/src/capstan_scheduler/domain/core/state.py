@@ -9,6 +9,7 @@ best node by a key that ends with the node id, so visiting only the nodes that q
 
 from __future__ import annotations
 
+import heapq
 from bisect import bisect_left, insort
 from collections.abc import Callable, Iterable
 
@@ -18,10 +19,12 @@ from .model import TENTHS_PER_CARD, InstanceAssignment, Node, Request, Running, 
 class FreeNode:
     """Free CPU (millicores), memory (MiB) and per-card free tenths of one node."""
 
-    __slots__ = ("id", "rg", "schedulable", "cpu", "mem", "free", "index", "where", "whole", "shareable", "owner")
+    __slots__ = ("id", "rg", "schedulable", "cpu", "mem", "free", "index", "where", "whole", "shareable", "owner",
+                 "ver")
 
     def __init__(self, node: Node | None = None) -> None:
         self.owner: FreeState | None = None  # the state whose index follows this node's changes
+        self.ver = 0  # grows with every change: marks this node's entry in the CPU heap stale
         if node is None:
             return
         self.id = node.id
@@ -55,6 +58,7 @@ class FreeNode:
         """Take (sign=-1) or give back (sign=+1) one instance's resources."""
         self.cpu += sign * cpu
         self.mem += sign * mem
+        self.ver += 1
         owner = self.owner
         touched: list[str] = []
         for idx, tenths in cards:
@@ -75,6 +79,7 @@ class FreeNode:
         if owner is not None:
             for t in touched:
                 owner.index_node(self, t)
+            owner.cpu_changed(self)
 
     def room(self, card_type: str) -> int:
         """Free tenths on this node's roomiest card of ``card_type`` (0 when none)."""
@@ -82,6 +87,7 @@ class FreeNode:
 
 
 _NO_IDS: set[str] = set()
+HEAP_SKIP_MAX = 32  # refused nodes the CPU heap looks past before the caller walks every node
 
 
 class Group(list[FreeNode]):
@@ -120,6 +126,11 @@ class Group(list[FreeNode]):
                     return n
         return None
 
+    def most_cpu(self, cpu: int, ok: Callable[[FreeNode], bool]) -> tuple[FreeNode | None, bool]:
+        """The accepted node with the most free CPU (then memory, then lowest id) that has ``cpu`` free,
+        and whether the heap decided it (see ``FreeState.most_cpu``)."""
+        return self.state.most_cpu(self.rg, cpu, ok)
+
     def max_whole(self, card_type: str) -> int:
         buckets = self.state.whole_index.get((self.rg, card_type))
         return max((w for w, ids in buckets.items() if ids), default=0) if buckets else 0
@@ -135,8 +146,43 @@ class FreeState:
         self.whole_index: dict[tuple[str, str], dict[int, list[str]]] = {}
         self.room_index: dict[tuple[str, str], dict[int, list[str]]] = {}
         self.partial_index: dict[tuple[str, str], set[str]] = {}
+        self._cpu_heaps: dict[str, list[tuple[int, int, str, int]]] = {}
         if indexed:
             self.index_all()
+
+    def most_cpu(self, rg: str, cpu: int, ok: Callable[[FreeNode], bool]) -> tuple[FreeNode | None, bool]:
+        """A heap of (-free CPU, -free memory, id, version): every change of a node pushes its current entry
+        (once the heap exists), and an entry whose version is not the node's is dropped when it surfaces.
+        Returns (node or None, decided); not decided when more than ``HEAP_SKIP_MAX`` nodes near the top
+        were refused (many reserved nodes): the caller then walks every node."""
+        heap = self._cpu_heaps.get(rg)
+        if heap is None:
+            heap = self._cpu_heaps[rg] = [(-n.cpu, -n.mem, n.id, n.ver) for n in self.nodes.values() if n.rg == rg]
+            heapq.heapify(heap)
+        held = []
+        found = None
+        while heap:
+            _, _, node_id, ver = heap[0]
+            n = self.nodes[node_id]
+            if ver != n.ver:
+                heapq.heappop(heap)  # stale: the node's current entry is in the heap too
+                continue
+            if n.cpu < cpu:
+                break  # the most free CPU is not enough: no node has it
+            if ok(n):
+                found = n
+                break
+            held.append(heapq.heappop(heap))
+            if len(held) > HEAP_SKIP_MAX:
+                break
+        for entry in held:
+            heapq.heappush(heap, entry)
+        return found, len(held) <= HEAP_SKIP_MAX
+
+    def cpu_changed(self, n: FreeNode) -> None:
+        heap = self._cpu_heaps.get(n.rg)
+        if heap is not None:
+            heapq.heappush(heap, (-n.cpu, -n.mem, n.id, n.ver))
 
     def index_all(self) -> None:
         for n in self.nodes.values():
