@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from .model import CPU_LANE, TENTHS_PER_CARD, Item, LaneSummary, Queued, Snapshot, mem_mib
 from .state import FreeNode, FreeState
@@ -71,24 +72,31 @@ def _need(item: Item, free: FreeState, snapshot: Snapshot) -> str:
     return text
 
 
-def _preemption_words(item: Item, why: Why, snapshot: Snapshot) -> str:
+def _running_by_lane(snapshot: Snapshot) -> dict[tuple[str, str], list[tuple[int, str]]]:
+    """(priority, kind) of the work running in each lane that is not being evicted."""
+    out: dict[tuple[str, str], list[tuple[int, str]]] = {}
+    for r in snapshot.running:
+        if not r.evicting:
+            out.setdefault(r.item.lane, []).append((r.item.priority, r.item.kind))
+    return out
+
+
+def _preemption_words(item: Item, why: Why, running: dict[tuple[str, str], list[tuple[int, str]]]) -> str:
     if why.preemption == "off":
         return "; preemption is off"
-    others = [r.item.priority for r in snapshot.running if r.item.resource_group == item.resource_group
-              and r.item.lane == item.lane and not r.evicting]
-    top = min(others, default=None)
+    here = running.get(item.lane, [])
+    top = min((p for p, _ in here), default=None)
     if top is not None and top < item.priority:
         return f"; priority P{item.priority} below running P{top} work"
     if top is not None and top == item.priority:
         return f"; priority P{item.priority} not above running P{top} work"
-    lower = [r for r in snapshot.running if r.item.resource_group == item.resource_group and r.item.lane == item.lane
-             and not r.evicting and r.item.priority > item.priority]
-    if lower and all(r.item.kind == "service" for r in lower):
+    lower = [kind for p, kind in here if p > item.priority]
+    if lower and all(kind == "service" for kind in lower):
         return "; the lower-priority work here is services, which are never preempted"
     return "; evicting lower-priority training would not make room"
 
 
-def reason(item: Item, why: Why, free: FreeState, snapshot: Snapshot, memo: dict[object, str] | None = None) -> str:
+def reason(item: Item, why: Why, free: FreeState, snapshot: Snapshot, memo: dict[object, Any] | None = None) -> str:
     if why.kind == "fifo":
         return f"blocked by strict FIFO behind {why.blocker}"
     if why.kind == "priority_block":
@@ -100,7 +108,10 @@ def reason(item: Item, why: Why, free: FreeState, snapshot: Snapshot, memo: dict
     memo = {} if memo is None else memo
     key = (item.resource_group, item.request, item.instance_count, item.priority, why.preemption)
     if key not in memo:
-        memo[key] = _need(item, free, snapshot) + _preemption_words(item, why, snapshot)
+        running = memo.get("running by lane")
+        if running is None:
+            running = memo["running by lane"] = _running_by_lane(snapshot)
+        memo[key] = _need(item, free, snapshot) + _preemption_words(item, why, running)
     return memo[key]
 
 
@@ -129,7 +140,7 @@ def explain(
     """Queued items (in lane order, with 1-based positions and reasons) and the per-lane summary."""
     queued: dict[str, Queued] = {}
     position: dict[tuple[str, str], int] = {}
-    memo: dict[object, str] = {}
+    memo: dict[object, Any] = {}
     for item in sorted((i for i in snapshot.pending if i.id in why), key=lambda i: (i.lane, i.order_key)):
         position[item.lane] = position.get(item.lane, 0) + 1
         text = reason(item, why[item.id], free, snapshot, memo)
