@@ -290,8 +290,9 @@ def _first_single_whole(room: _Room, item: Item, excluded: Container[str]) -> Ru
     """The first candidate (in preference order) that alone makes room for a whole-card item.
 
     A victim holding one node n alone is enough exactly when the cards it holds there reach
-    k * (deficit + what n takes now) - whole cards free on n (``_Room.may_gain``'s test, per node), and
-    it must free at least k minus the most whole cards free on any node. The scan reads the index's
+    k * (deficit + what n takes now) - whole cards free on n (``_Room.may_gain``'s test, per node), so at
+    least k * deficit minus the most whole cards free on any node; a victim holding several nodes must free
+    at least k minus that on one of them. The scan reads the index's
     arrays directly; after ``SINGLES_BOUND_AFTER`` candidates it stops unless some node has a victim
     holding enough cards there."""
     index, rg, k = room.index, room.rg, room.k
@@ -300,8 +301,11 @@ def _first_single_whole(room: _Room, item: Item, excluded: Container[str]) -> Ru
         return None
     keys, spans, one_node = index.keys[rg], index.spans[rg], index.one_node[rg]
     group = room.base.in_group(rg)
-    least = k - group.max_whole(room.t)
     deficit, never = room.count - room.total0, k * (room.count + 1) + 1
+    max_whole = group.max_whole(room.t)
+    least = k - max_whole
+    # a victim holding one node n needs >= k * deficit - whole free on n >= k * deficit - the most anywhere
+    least_one = k * deficit - max_whole
     needs: dict[str, int] = {}
 
     def need_of(node_id: str) -> int:
@@ -325,9 +329,9 @@ def _first_single_whole(room: _Room, item: Item, excluded: Container[str]) -> Ru
             floor = max(0, k * deficit - index.most_anywhere)
             if not any(most.get(n.id, 0) >= need_of(n.id) for n in group.with_whole(room.t, floor)):
                 return None
-        if spans[i] < least or keys[i][1] in excluded:
-            continue
         held = one_node[i]
+        if spans[i] < (least if held is None else least_one) or keys[i][1] in excluded:
+            continue
         if held is not None:
             v = needs.get(held[0])
             if held[1] < (need_of(held[0]) if v is None else v):
