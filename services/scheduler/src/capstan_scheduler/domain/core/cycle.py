@@ -14,6 +14,9 @@ A preemptor that got its victims waits for them to leave; the nodes of its plan 
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from .explain import Why, explain
@@ -104,6 +107,19 @@ class _Cycle:
         self.why[item.id] = Why("waiting_victims", victims=tuple(v.item.id for v in plan.victims))
 
 
+@contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """A cycle allocates many short-lived objects and makes no reference cycles (reference counting frees
+    them), so the cyclic collector's passes over a large heap are pure cost: pause it while deciding."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def schedule(snapshot: Snapshot, policy_mode: int, preemption_on: bool, now: int) -> Decisions:
     """Decide one cycle: which pending items start where, which running tasks to evict, why the rest wait."""
     if policy_mode not in (STRICT_FIFO, BACKFILL_WITHIN_PRIORITY, BACKFILL_ACROSS):
@@ -111,10 +127,11 @@ def schedule(snapshot: Snapshot, policy_mode: int, preemption_on: bool, now: int
     ids = [i.id for i in snapshot.pending]
     if len(set(ids)) != len(ids):
         raise ValueError("pending item ids must be unique")
-    cycle = _Cycle(snapshot, policy_mode, bool(preemption_on), FreeState.build(snapshot.nodes, snapshot.running))
-    for item in sorted(snapshot.pending, key=lambda i: i.order_key):
-        cycle.admit(item)
-    queued, lanes = explain(snapshot, cycle.real, cycle.why)
+    with _no_cyclic_gc():
+        cycle = _Cycle(snapshot, policy_mode, bool(preemption_on), FreeState.build(snapshot.nodes, snapshot.running))
+        for item in sorted(snapshot.pending, key=lambda i: i.order_key):
+            cycle.admit(item)
+        queued, lanes = explain(snapshot, cycle.real, cycle.why)
     return Decisions(
         at=now, placements=cycle.placements, preemptions=tuple(cycle.preemptions), queued=queued, lanes=lanes
     )
