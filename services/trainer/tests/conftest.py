@@ -3,6 +3,7 @@ real nats-server, one resource group, and a factory for real agents (bubblewrap 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ import pytest
 
 from capstan_core.service import Service
 from capstan_core.settings import ServiceSettings
-from capstan_proto import scheduler_pb2, scheduler_pb2_grpc, trainer_pb2_grpc
+from capstan_proto import scheduler_pb2, scheduler_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 from capstan_scheduler.service import DEFINITION as SCHEDULER
 from capstan_trainer.agent.agent import TrainerAgent
 from capstan_trainer.agent.settings import AgentSettings
@@ -35,6 +36,21 @@ class Platform:
         rg = await self.s.CreateResourceGroup(
             scheduler_pb2.CreateResourceGroupRequest(name=name, policy_json=json.dumps(policy) if policy else ""))
         return str(rg.id)
+
+    async def wait(self, task_id: str, *statuses: str, timeout: float = 40) -> trainer_pb2.TrainingTask:
+        """The task once it is in one of ``statuses``; fails the test past ``timeout`` seconds."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            got = await self.t.GetTrainingTask(trainer_pb2.GetTrainingTaskRequest(id=task_id))
+            if got.status in statuses:
+                return got
+            assert asyncio.get_running_loop().time() < deadline, f"{task_id} is {got.status}, wanted {statuses}"
+            await asyncio.sleep(0.1)
+
+    async def lines(self, task_id: str) -> list[str]:
+        """Every log line of every instance of the task."""
+        resp = await self.t.GetLogs(trainer_pb2.GetLogsRequest(task_id=task_id, instance_index=-1))
+        return [ln.line for ln in resp.lines]
 
     async def agent(self, resource_group: str, name: str, **settings: Any) -> TrainerAgent:
         """A started agent: one node of ``resource_group``. Agents share ``<tmp>/storage`` (one data dir)."""

@@ -16,8 +16,8 @@ pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewra
 
 
 class Slice:
-    def __init__(self, s: Any, t: Any, agent: TrainerAgent, rg_id: str) -> None:
-        self.s, self.t, self.agent, self.rg_id = s, t, agent, rg_id
+    def __init__(self, platform: Any, agent: TrainerAgent, rg_id: str) -> None:
+        self.platform, self.s, self.t, self.agent, self.rg_id = platform, platform.s, platform.t, agent, rg_id
 
     async def submit(self, command: str, **kw: Any) -> trainer_pb2.TrainingTask:
         return await self.t.CreateTrainingTask(
@@ -31,14 +31,7 @@ class Slice:
         return await self.t.GetTrainingTask(trainer_pb2.GetTrainingTaskRequest(id=task_id))
 
     async def wait_status(self, task_id: str, statuses: tuple[str, ...], timeout: float = 30) -> trainer_pb2.TrainingTask:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            task = await self.get(task_id)
-            if task.status in statuses:
-                return task
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"task {task_id} is {task.status}, wanted {statuses}")
-            await asyncio.sleep(0.1)
+        return await self.platform.wait(task_id, *statuses, timeout=timeout)
 
     async def logs(self, task_id: str, **kw: Any) -> list[trainer_pb2.LogLine]:
         resp = await self.t.GetLogs(trainer_pb2.GetLogsRequest(task_id=task_id, instance_index=-1, **kw))
@@ -49,7 +42,7 @@ class Slice:
 async def slice_(platform: Any) -> Slice:
     rg = await platform.group("team")
     agent = await platform.agent("team", "node-a", node_cpu=4, node_memory_gib=8, reconcile_s=0.3, output_sync_s=0.5)
-    return Slice(platform.s, platform.t, agent, rg)
+    return Slice(platform, agent, rg)
 
 
 async def test_task_runs_in_sandbox_succeeds_and_logs_are_searchable(slice_: Slice) -> None:

@@ -4,7 +4,6 @@ hook calls are replaced by recording fakes), and inside a real bwrap sandbox sta
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import json
 import os
@@ -13,22 +12,14 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 
-from capstan_core.service import Service
-from capstan_core.settings import ServiceSettings
-from capstan_proto import common_pb2, scheduler_pb2, scheduler_pb2_grpc, trainer_pb2, trainer_pb2_grpc
-from capstan_scheduler.service import DEFINITION as SCHEDULER
-from capstan_trainer.agent.agent import TrainerAgent
+from capstan_proto import common_pb2, trainer_pb2
 from capstan_trainer.agent.sandbox import InstancePaths, InstanceSpec
 from capstan_trainer.agent.sandbox.runner import PYHOOK_DIR, PYHOOK_MOUNT, build_bwrap_argv
-from capstan_trainer.agent.settings import AgentSettings
-from capstan_trainer.service import DEFINITION as TRAINER
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -163,38 +154,18 @@ SHOW_HOOK = (
 
 
 @pytest.fixture
-async def gpu_node(tmp_path: Path, nats_server: Any) -> AsyncIterator[tuple[Any, str]]:
-    sched = Service(SCHEDULER, ServiceSettings(data_dir=tmp_path / "s", nats_url=nats_server.url))
-    await sched.start()
-    trainer = Service(TRAINER, ServiceSettings(data_dir=tmp_path / "t", nats_url=nats_server.url, scheduler_addr=sched.address))
-    await trainer.start()
-    chs, cht = grpc.aio.insecure_channel(sched.address), grpc.aio.insecure_channel(trainer.address)
-    rg = await scheduler_pb2_grpc.SchedulerStub(chs).CreateResourceGroup(scheduler_pb2.CreateResourceGroupRequest(name="gpu"))
-    agent = TrainerAgent(AgentSettings(
-        nats_url=nats_server.url, scheduler_addr=sched.address, trainer_addr=trainer.address, resource_group=rg.id,
-        node_name="gpu-0", agent_dir=tmp_path / "agent", node_cpu=4, node_memory_gib=8, node_gpus="A100:1",
-        reconcile_s=0.3, data_dir=tmp_path))
-    await agent.start()
-    yield trainer_pb2_grpc.TrainerStub(cht), rg.id
-    await agent.stop()
-    for key in agent.executor.list_instances():
-        agent.executor.stop(*key)
-    await chs.close()
-    await cht.close()
-    await trainer.stop()
-    await sched.stop()
+async def gpu_node(platform: Any) -> tuple[Any, str]:
+    rg = await platform.group("gpu")
+    await platform.agent(rg, "gpu-0", node_cpu=4, node_memory_gib=8, node_gpus="A100:1", reconcile_s=0.3)
+    return platform, rg
 
 
-async def _hook_line(t: Any, rg: str, gpu: float) -> list[Any]:
-    task = await t.CreateTrainingTask(trainer_pb2.CreateTrainingTaskRequest(
+async def _hook_line(platform: Any, rg: str, gpu: float) -> list[Any]:
+    task = await platform.t.CreateTrainingTask(trainer_pb2.CreateTrainingTaskRequest(
         name="hook", resource_group_id=rg, command=SHOW_HOOK,
         resources=common_pb2.Resources(cpu=1, memory_gib=1, gpu_type="A100", gpu=gpu)))
-    for _ in range(300):
-        got = await t.GetTrainingTask(trainer_pb2.GetTrainingTaskRequest(id=task.id))
-        if got.status in ("Succeeded", "Failed"):
-            break
-        await asyncio.sleep(0.1)
-    lines = [ln.line for ln in (await t.GetLogs(trainer_pb2.GetLogsRequest(task_id=task.id, instance_index=-1))).lines]
+    got = await platform.wait(task.id, "Succeeded", "Failed", timeout=30)
+    lines = await platform.lines(task.id)
     assert got.status == "Succeeded", (got.failure_reason, lines)
     (line,) = [ln for ln in lines if ln.startswith("hook=")]
     return list(json.loads(line.removeprefix("hook=")))
@@ -202,16 +173,12 @@ async def _hook_line(t: Any, rg: str, gpu: float) -> list[Any]:
 
 @pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
 async def test_a_sandboxed_instance_with_part_of_a_card_has_the_hook_active(gpu_node: tuple[Any, str]) -> None:
-    t, rg = gpu_node
-    assert await _hook_line(t, rg, gpu=0.5) == [True, 0.5, False, PYHOOK_MOUNT]
+    platform, rg = gpu_node
+    assert await _hook_line(platform, rg, gpu=0.5) == [True, 0.5, False, PYHOOK_MOUNT]
     # a whole card: no fraction, so the sandbox's python finds no hook of ours (sitecustomize may not exist)
-    task = await t.CreateTrainingTask(trainer_pb2.CreateTrainingTaskRequest(
+    task = await platform.t.CreateTrainingTask(trainer_pb2.CreateTrainingTaskRequest(
         name="whole", resource_group_id=rg, resources=common_pb2.Resources(cpu=1, memory_gib=1, gpu_type="A100", gpu=1),
         command="python3 -c \"import os; print('pythonpath=[' + os.environ.get('PYTHONPATH', '') + ']')\""))
-    for _ in range(300):
-        got = await t.GetTrainingTask(trainer_pb2.GetTrainingTaskRequest(id=task.id))
-        if got.status in ("Succeeded", "Failed"):
-            break
-        await asyncio.sleep(0.1)
-    lines = [ln.line for ln in (await t.GetLogs(trainer_pb2.GetLogsRequest(task_id=task.id, instance_index=-1))).lines]
+    got = await platform.wait(task.id, "Succeeded", "Failed", timeout=30)
+    lines = await platform.lines(task.id)
     assert got.status == "Succeeded" and "pythonpath=[]" in lines, lines

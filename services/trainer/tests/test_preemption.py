@@ -35,29 +35,19 @@ async def slice_(platform: Any) -> tuple[Any, Any, str, Any]:
     return platform.t, agent, rg, platform.sched
 
 
-async def _wait(t: Any, task_id: str, *statuses: str, timeout: float = 30) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        got = await t.GetTrainingTask(trainer_pb2.GetTrainingTaskRequest(id=task_id))
-        if got.status in statuses:
-            return got
-        assert asyncio.get_running_loop().time() < deadline, f"{task_id} is {got.status}, wanted {statuses}"
-        await asyncio.sleep(0.1)
-
-
-async def test_low_priority_task_is_evicted_requeued_and_resumes(slice_: Any) -> None:
+async def test_low_priority_task_is_evicted_requeued_and_resumes(slice_: Any, platform: Any) -> None:
     t, agent, rg, sched = slice_
     res = common_pb2.Resources(cpu=2, memory_gib=1)
     low = await t.CreateTrainingTask(trainer_pb2.CreateTrainingTaskRequest(
         name="low", resource_group_id=rg, command=CHECKPOINTING, resources=res, stop_grace_seconds=10))
-    await _wait(t, low.id, "Running")
+    await platform.wait(low.id, "Running")
     await asyncio.sleep(1.0)  # some steps done
     high = await t.CreateTrainingTask(trainer_pb2.CreateTrainingTaskRequest(
         name="high", resource_group_id=rg, command="echo urgent-done", resources=res, tags={"tier": "urgent"}))
-    requeued = await _wait(t, low.id, "Queued", "Failed", "Succeeded")
+    requeued = await platform.wait(low.id, "Queued", "Failed", "Succeeded")
     assert requeued.status == "Queued" and requeued.attempt == 1 and requeued.preemptions == 1
-    assert (await _wait(t, high.id, "Succeeded", "Failed")).status == "Succeeded"
-    done = await _wait(t, low.id, "Succeeded", "Failed", timeout=40)
+    assert (await platform.wait(high.id, "Succeeded", "Failed")).status == "Succeeded"
+    done = await platform.wait(low.id, "Succeeded", "Failed", timeout=40)
     assert done.status == "Succeeded" and done.attempt == 1
     lines = [ln.line for ln in (await t.GetLogs(trainer_pb2.GetLogsRequest(task_id=low.id, instance_index=-1))).lines]
     checkpoints = [ln for ln in lines if ln.startswith("checkpoint ")]

@@ -33,24 +33,12 @@ class Env:
     agent: TrainerAgent
     rg: str
     sched: Service
+    platform: Any
 
     async def submit(self, command: str, *, cpu: float = 1, **kw: Any) -> trainer_pb2.TrainingTask:
         return await self.t.CreateTrainingTask(trainer_pb2.CreateTrainingTaskRequest(
             name=kw.pop("name", "task"), resource_group_id=self.rg, command=command,
             resources=common_pb2.Resources(cpu=cpu, memory_gib=1), **kw))
-
-    async def wait(self, task_id: str, *statuses: str, timeout: float = 40) -> trainer_pb2.TrainingTask:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            got = await self.t.GetTrainingTask(trainer_pb2.GetTrainingTaskRequest(id=task_id))
-            if got.status in statuses:
-                return got
-            assert asyncio.get_running_loop().time() < deadline, f"{task_id} is {got.status}, wanted {statuses}"
-            await asyncio.sleep(0.1)
-
-    async def lines(self, task_id: str) -> list[str]:
-        resp = await self.t.GetLogs(trainer_pb2.GetLogsRequest(task_id=task_id, instance_index=-1))
-        return [ln.line for ln in resp.lines]
 
     async def events(self, task_id: str) -> list[Any]:
         assert self.sched.ctx is not None
@@ -62,7 +50,7 @@ class Env:
 async def env(platform: Any) -> Env:
     rg = await platform.group("shared", POLICY)
     agent = await platform.agent(rg, "only", output_sync_s=0.5)
-    return Env(platform.t, agent, rg, platform.sched)
+    return Env(platform.t, agent, rg, platform.sched, platform)
 
 
 def _types(events: list[Any]) -> list[str]:
@@ -77,10 +65,10 @@ async def test_a_failed_first_attempt_restarts_and_succeeds(env: Env) -> None:
         max_restarts=1,
     )
     assert task.max_restarts == 1 and task.restarts_used == 0
-    done = await env.wait(task.id, "Succeeded", "Failed")
+    done = await env.platform.wait(task.id, "Succeeded", "Failed")
     assert done.status == "Succeeded", done.failure_reason
     assert (done.attempt, done.restarts, done.restarts_used, done.max_restarts, done.preemptions) == (1, 1, 1, 1, 0)
-    lines = await env.lines(task.id)
+    lines = await env.platform.lines(task.id)
     assert lines.count("first try") == 1 and lines.count("second try") == 1
     events = await env.events(task.id)
     restart = next(e for e in events if e.TYPE == "TrainingTaskRestarting")
@@ -92,12 +80,12 @@ async def test_a_failed_first_attempt_restarts_and_succeeds(env: Env) -> None:
 
 async def test_a_task_that_always_fails_stops_after_its_budget(env: Env) -> None:
     task = await env.submit('echo "attempt $CAPSTAN_ATTEMPT"; exit 4', max_restarts=1)
-    done = await env.wait(task.id, "Succeeded", "Failed")
+    done = await env.platform.wait(task.id, "Succeeded", "Failed")
     assert done.status == "Failed" and done.exit_code == 4
     assert (done.attempt, done.restarts_used) == (1, 1)
     assert "all 1 automatic restart(s) used" in done.failure_reason
     await asyncio.sleep(1.0)  # nothing more runs
-    assert [ln for ln in await env.lines(task.id) if ln.startswith("attempt ")] == ["attempt 0", "attempt 1"]
+    assert [ln for ln in await env.platform.lines(task.id) if ln.startswith("attempt ")] == ["attempt 0", "attempt 1"]
     types = _types(await env.events(task.id))
     assert types.count("TrainingTaskRestarting") == 1 and types.count("TrainingTaskRequeued") == 1
     assert types[-1] == "TrainingTaskEnded"
@@ -110,10 +98,10 @@ async def test_the_other_instances_of_a_failed_attempt_are_stopped_gracefully(en
         'echo "ok $INDEX"',
         instance_count=2, max_restarts=2, stop_grace_seconds=10,
     )
-    done = await env.wait(task.id, "Succeeded", "Failed")
+    done = await env.platform.wait(task.id, "Succeeded", "Failed")
     assert done.status == "Succeeded", done.failure_reason
     assert (done.attempt, done.restarts_used, done.max_restarts) == (1, 1, 2)
-    lines = await env.lines(task.id)
+    lines = await env.platform.lines(task.id)
     assert "got-term" in lines and sorted(ln for ln in lines if ln.startswith("ok ")) == ["ok 0", "ok 1"]
     events = await env.events(task.id)
     exits = [(e.index, e.exit_code) for e in events if e.TYPE == "TrainingInstanceExited"]
@@ -128,17 +116,17 @@ async def test_an_eviction_does_not_use_the_budget(env: Env) -> None:
         '*) echo "recovered";; esac',
         cpu=2, max_restarts=1, name="low", stop_grace_seconds=10,
     )
-    await env.wait(low.id, "Running")
+    await env.platform.wait(low.id, "Running")
     for _ in range(100):  # its trap is in place
-        if "ready" in await env.lines(low.id):
+        if "ready" in await env.platform.lines(low.id):
             break
         await asyncio.sleep(0.1)
     high = await env.submit("echo urgent-done", cpu=2, name="high", tags={"tier": "urgent"})
-    assert (await env.wait(high.id, "Succeeded", "Failed")).status == "Succeeded"
-    done = await env.wait(low.id, "Succeeded", "Failed")
+    assert (await env.platform.wait(high.id, "Succeeded", "Failed")).status == "Succeeded"
+    done = await env.platform.wait(low.id, "Succeeded", "Failed")
     assert done.status == "Succeeded", done.failure_reason
     assert (done.attempt, done.preemptions, done.restarts, done.restarts_used) == (2, 1, 1, 1)
-    lines = await env.lines(low.id)
+    lines = await env.platform.lines(low.id)
     assert [ln for ln in lines if ln in ("evicted", "failing", "recovered")] == ["evicted", "failing", "recovered"]
     causes = [e.cause for e in await env.events(low.id) if e.TYPE == "TrainingTaskRequeued"]
     assert causes == ["preempted", "failed"]

@@ -152,44 +152,34 @@ async def two_nodes(platform: Any, tmp_path: Path) -> dict[str, Any]:
     return {"t": platform.t, "rg": rg, "agent": agent, "storage": tmp_path / "storage"}
 
 
-async def _wait(t: Any, task_id: str, *statuses: str, timeout: float = 40) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        got = await t.GetTrainingTask(trainer_pb2.GetTrainingTaskRequest(id=task_id))
-        if got.status in statuses:
-            return got
-        assert asyncio.get_running_loop().time() < deadline, f"{task_id} is {got.status}, wanted {statuses}"
-        await asyncio.sleep(0.1)
-
-
 @pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
-async def test_an_evicted_task_resumes_on_another_node_from_storage(two_nodes: dict[str, Any]) -> None:
+async def test_an_evicted_task_resumes_on_another_node_from_storage(two_nodes: dict[str, Any], platform: Any) -> None:
     t, rg, storage = two_nodes["t"], two_nodes["rg"], two_nodes["storage"]
     a = await two_nodes["agent"]("node-a")
     res = common_pb2.Resources(cpu=2, memory_gib=1)
     low = await t.CreateTrainingTask(trainer_pb2.CreateTrainingTaskRequest(
         name="low", resource_group_id=rg, command=CHECKPOINTING.replace("$NODE_MARK", "$CAPSTAN_ATTEMPT"),
         resources=res, stop_grace_seconds=10))
-    await _wait(t, low.id, "Running")
+    await platform.wait(low.id, "Running")
     saved = storage / "train" / low.id / "0" / "output" / "ckpt" / "latest"
     for _ in range(100):  # copied while the instance still runs, not only when it exits
         if saved.exists():
             break
         await asyncio.sleep(0.1)
-    assert saved.exists() and (await _wait(t, low.id, "Running")).status == "Running"
+    assert saved.exists() and (await platform.wait(low.id, "Running")).status == "Running"
 
     # A higher-priority task takes node A; the evicted task can only go to node B, which joins now.
     high = await t.CreateTrainingTask(trainer_pb2.CreateTrainingTaskRequest(
         name="high", resource_group_id=rg, command="sleep 4; echo urgent-done", resources=res,
         tags={"tier": "urgent"}))
-    requeued = await _wait(t, low.id, "Queued", "Failed", "Succeeded")
+    requeued = await platform.wait(low.id, "Queued", "Failed", "Succeeded")
     assert requeued.status == "Queued" and requeued.attempt == 1
     b = await two_nodes["agent"]("node-b")
 
-    done = await _wait(t, low.id, "Succeeded", "Failed")
+    done = await platform.wait(low.id, "Succeeded", "Failed")
     assert done.status == "Succeeded" and done.attempt == 1
     assert done.instances[0].node_id == b.node_id != a.node_id
-    high_done = await _wait(t, high.id, "Succeeded", "Failed")
+    high_done = await platform.wait(high.id, "Succeeded", "Failed")
     assert high_done.status == "Succeeded" and high_done.instances[0].node_id == a.node_id
     # attempt 1 ran on B only, and its directory there started from A's checkpoint
     assert not a.executor.log_path(f"{low.id}.1", 0).parent.exists()

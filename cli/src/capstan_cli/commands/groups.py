@@ -225,10 +225,15 @@ def nodes_remove(node_ids: tuple[str, ...]) -> None:
     cfg = config()
     with cfg.client() as client:
         removed = [client.request("DELETE", f"/nodes/{n}") for n in node_ids]
-    if cfg.json_output:
-        print_json(removed)
+    _print_states(cfg.json_output, removed)
+
+
+def _print_states(json_output: bool, items: list[dict[str, Any]]) -> None:
+    """Nodes a command changed: as JSON, or one "id  state" line each."""
+    if json_output:
+        print_json(items)
         return
-    for n in removed:
+    for n in items:
         click.echo(f"{n['id']}  {n['state']}")
 
 
@@ -240,11 +245,7 @@ def nodes_release(node_ids: tuple[str, ...]) -> None:
     cfg = config()
     with cfg.client() as client:
         result = client.post("/nodes/release", {"node_ids": list(node_ids)})
-    if cfg.json_output:
-        print_json(result["items"])
-        return
-    for n in result["items"]:
-        click.echo(f"{n['id']}  {n['state']}")
+    _print_states(cfg.json_output, result["items"])
 
 
 @rg.command("queue")
