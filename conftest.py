@@ -9,19 +9,32 @@ import nats
 import pytest
 from nats.aio.client import Client
 
-from capstan_core.testing import NatsServer, PostgresServer, postgres_server, start_nats
+from capstan_core import credentials
+from capstan_core.testing import NatsServer, PostgresServer, make_secrets, postgres_server, start_secure_nats
+
+
+@pytest.fixture(scope="session")
+def secrets_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The platform's secrets (CA, certificates, NATS users), made once per test session."""
+    return make_secrets(tmp_path_factory.mktemp("secrets"))
 
 
 @pytest.fixture
-def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    server = start_nats(tmp_path / "nats")
+def nats_server(tmp_path: Path, secrets_dir: Path) -> Iterator[NatsServer]:
+    """A real nats-server per test, with the platform's users and permissions (no anonymous access)."""
+    server = start_secure_nats(tmp_path / "nats", secrets_dir)
     yield server
     server.stop()
 
 
 @pytest.fixture
-async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
-    client = await nats.connect(nats_server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+async def nc(nats_server: NatsServer, secrets_dir: Path) -> AsyncIterator[Client]:
+    """A NATS client as ``admin`` (every permission), for tests that read or write streams directly."""
+    admin = credentials.load_nats(secrets_dir, "admin")
+    client = await nats.connect(
+        nats_server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2, user=admin.user,
+        password=admin.password, inbox_prefix=admin.inbox_prefix,
+    )
     yield client
     await client.close()
 

@@ -8,7 +8,9 @@ One line per event, as stored: {"seq", "subject", "t", "type", "version", "data"
   .venv/bin/python scripts/simulate.py --event-log events.jsonl --policy '{"ResourceRule": {...}}'
 
 Without --nats the NATS port comes from DATA_DIR/run/ports.json, written by `capstan up`
-(DATA_DIR: --data-dir, else $CAPSTAN_DATA_DIR, else ./.capstan). Progress goes to stderr.
+(DATA_DIR: --data-dir, else $CAPSTAN_DATA_DIR, else ./.capstan). NATS refuses anonymous clients:
+the export connects as the operator (`admin`), whose credentials are in DATA_DIR/secrets/admin.nats
+(--secrets-dir for another place). Progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -29,14 +31,27 @@ from nats.js.errors import NotFoundError
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "services" / "scheduler" / "src"))
 
+from capstan_core import credentials  # noqa: E402
 from capstan_core.streams import EVENTS_STREAM  # noqa: E402
 from capstan_scheduler.sim.eventlog import export_event_log  # noqa: E402
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    return Path(args.data_dir or os.environ.get("CAPSTAN_DATA_DIR") or ".capstan").expanduser()
+
+
+def admin_credentials(args: argparse.Namespace) -> credentials.NatsCredentials:
+    secrets = Path(args.secrets_dir) if args.secrets_dir else _data_dir(args) / "secrets"
+    try:
+        return credentials.load_nats(secrets, "admin")
+    except credentials.MissingCredentials as e:
+        raise SystemExit(f"no operator NATS credentials in {secrets}: pass --secrets-dir ({e})") from None
 
 
 def nats_url(args: argparse.Namespace) -> str:
     if args.nats:
         return str(args.nats)
-    data_dir = Path(args.data_dir or os.environ.get("CAPSTAN_DATA_DIR") or ".capstan").expanduser()
+    data_dir = _data_dir(args)
     ports = data_dir / "run" / "ports.json"
     try:
         port = int(json.loads(ports.read_text())["nats"])
@@ -47,7 +62,7 @@ def nats_url(args: argparse.Namespace) -> str:
     return f"nats://127.0.0.1:{port}"
 
 
-async def export(url: str, out: TextIO, stream: str, quiet: bool) -> int:
+async def export(url: str, admin: credentials.NatsCredentials, out: TextIO, stream: str, quiet: bool) -> int:
     started = time.monotonic()
     last_report = [started]
 
@@ -62,7 +77,10 @@ async def export(url: str, out: TextIO, stream: str, quiet: bool) -> int:
         if not quiet:
             print(f"export: NATS: {type(e).__name__}: {e}", file=sys.stderr)
 
-    nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=3, error_cb=on_error)
+    nc = await nats.connect(
+        url, connect_timeout=5, max_reconnect_attempts=3, error_cb=on_error, user=admin.user, password=admin.password,
+        inbox_prefix=admin.inbox_prefix,
+    )
     try:
         return await export_event_log(nc.jetstream(), out, stream=stream, progress=progress, progress_every=5_000)
     finally:
@@ -73,18 +91,20 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--nats", help="NATS URL, e.g. nats://127.0.0.1:4222")
     p.add_argument("--data-dir", help="a platform's data dir (reads run/ports.json) [env CAPSTAN_DATA_DIR; ./.capstan]")
+    p.add_argument("--secrets-dir", help="the platform's secrets (admin.nats) [DATA_DIR/secrets]")
     p.add_argument("--out", default="-", help="output file ('-': stdout)")
     p.add_argument("--stream", default=EVENTS_STREAM)
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     args = p.parse_args(argv)
     url = nats_url(args)
+    admin = admin_credentials(args)
     tmp = Path(args.out + ".part")
     try:
         if args.out == "-":
-            n = asyncio.run(export(url, sys.stdout, args.stream, args.quiet))
+            n = asyncio.run(export(url, admin, sys.stdout, args.stream, args.quiet))
         else:
             with open(tmp, "w", encoding="utf-8") as f:
-                n = asyncio.run(export(url, f, args.stream, args.quiet))
+                n = asyncio.run(export(url, admin, f, args.stream, args.quiet))
             tmp.replace(args.out)
     except (TimeoutError, NoServersError, NotFoundError) as e:
         tmp.unlink(missing_ok=True)

@@ -15,10 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import nats
+import nats.aio.client
 import pytest
 
 import capstan_core.contracts.scheduling  # noqa: F401 - registers the event types read below
 import capstan_core.contracts.training  # noqa: F401
+from capstan_core import credentials
 from capstan_core.eventstore import decode_commit
 from capstan_core.streams import EVENTS_STREAM
 
@@ -39,8 +41,13 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         p.down()
 
 
-async def _all_commits(url: str) -> list[tuple[int, str, list[str], str]]:
-    nc = await nats.connect(url)
+async def _admin(url: str, secrets: Path) -> nats.aio.client.Client:
+    admin = credentials.load_nats(secrets, "admin")
+    return await nats.connect(url, user=admin.user, password=admin.password, inbox_prefix=admin.inbox_prefix)
+
+
+async def _all_commits(url: str, secrets: Path) -> list[tuple[int, str, list[str], str]]:
+    nc = await _admin(url, secrets)
     js = nc.jetstream()
     last = (await js.stream_info(EVENTS_STREAM)).state.last_seq
     out = []
@@ -60,7 +67,7 @@ def test_kill9_each_component_mid_task_then_everything_consistent(platform: Plat
     for component in KILL_ORDER:
         task = platform.submit("echo start; sleep 2.5; echo end", name=f"survive-{component}")
         platform.wait_status(task["id"], ("Running",))
-        before = asyncio.run(_all_commits(platform.nats_url)) if component == "nats" else None
+        before = asyncio.run(_all_commits(platform.nats_url, platform.data_dir / "secrets")) if component == "nats" else None
         platform.kill9(component)
         platform.restart(component)
         done = platform.wait_status(task["id"], ("Succeeded", "Failed", "Stopped"))
@@ -68,20 +75,20 @@ def test_kill9_each_component_mid_task_then_everything_consistent(platform: Plat
         lines = platform.logs(task["id"])
         assert lines.count("start") == 1 and lines.count("end") == 1, (component, lines)
         if before is not None:  # (c) nothing acknowledged before the nats-server kill is lost
-            after = asyncio.run(_all_commits(platform.nats_url))
+            after = asyncio.run(_all_commits(platform.nats_url, platform.data_dir / "secrets"))
             assert after[: len(before)] == before
         task_ids.append(task["id"])
 
     # Let releases and the last projections land.
     platform.wait_status(task_ids[-1], ("Succeeded",))
-    commits = asyncio.run(_all_commits(platform.nats_url))
+    commits = asyncio.run(_all_commits(platform.nats_url, platform.data_dir / "secrets"))
     for tid in task_ids:
         task_events = [t for _, subj, types, _ in commits if subj == f"capstan.evt.train.{tid}" for t in types]
         assert task_events == [
             "TrainingTaskSubmitted", "TrainingInstanceStarted", "TrainingInstanceExited", "TrainingTaskEnded"
         ], (tid, task_events)
     _wait_released(platform, task_ids)
-    commits = asyncio.run(_all_commits(platform.nats_url))
+    commits = asyncio.run(_all_commits(platform.nats_url, platform.data_dir / "secrets"))
     for tid in task_ids:
         wl = [t for _, subj, types, _ in commits if subj == f"capstan.evt.workload.{tid}" for t in types]
         assert wl == ["WorkloadQueued", "WorkloadPlaced", "WorkloadReleased"], (tid, wl)
@@ -117,7 +124,7 @@ def _wait_released(platform: Platform, task_ids: list[str], timeout: float = 30)
 
     deadline = time.monotonic() + timeout
     while True:
-        commits = asyncio.run(_all_commits(platform.nats_url))
+        commits = asyncio.run(_all_commits(platform.nats_url, platform.data_dir / "secrets"))
         released = {subj.rsplit(".", 1)[-1] for _, subj, types, _ in commits if "WorkloadReleased" in types}
         if set(task_ids) <= released:
             return
@@ -126,17 +133,17 @@ def _wait_released(platform: Platform, task_ids: list[str], timeout: float = 30)
         time.sleep(0.2)
 
 
-def test_nats_restart_loses_nothing_acknowledged(tmp_path: Path) -> None:
+def test_nats_restart_loses_nothing_acknowledged(tmp_path: Path, secrets_dir: Path) -> None:
     """(c) at the store level: every acknowledged append survives kill -9 of nats-server."""
     from capstan_core.contracts.scheduling import NodeStateChanged
     from capstan_core.eventstore import EventStore
     from capstan_core.streams import ensure_streams, event_subject
-    from capstan_core.testing import start_nats
+    from capstan_core.testing import start_secure_nats
 
-    server = start_nats(tmp_path / "nats")
+    server = start_secure_nats(tmp_path / "nats", secrets_dir)
 
     async def append_many() -> list[int]:
-        nc = await nats.connect(server.url)
+        nc = await _admin(server.url, secrets_dir)
         js = nc.jetstream()
         await ensure_streams(js)
         store = EventStore(js)
@@ -149,7 +156,7 @@ def test_nats_restart_loses_nothing_acknowledged(tmp_path: Path) -> None:
         return acked
 
     async def read_back() -> int:
-        nc = await nats.connect(server.url)
+        nc = await _admin(server.url, secrets_dir)
         info = await nc.jetstream().stream_info(EVENTS_STREAM)
         await nc.close()
         return int(info.state.messages)

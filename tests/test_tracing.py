@@ -19,14 +19,15 @@ from capstan_scheduler.service import DEFINITION as SCHEDULER
 from capstan_trainer.service import DEFINITION as TRAINER
 
 
-async def test_one_trace_id_across_gateway_trainer_and_scheduler(tmp_path: Path, nats_server: Any) -> None:
+async def test_one_trace_id_across_gateway_trainer_and_scheduler(tmp_path: Path, nats_server: Any, secrets_dir: Path) -> None:
     EXPORTER = InMemorySpanExporter()  # noqa: N806
     tracing.setup_tracing("tests", exporter=EXPORTER)
-    sched = Service(SCHEDULER, ServiceSettings(data_dir=tmp_path / "s", nats_url=nats_server.url))
+    sched = Service(SCHEDULER, ServiceSettings(secrets_dir=secrets_dir, data_dir=tmp_path / "s", nats_url=nats_server.url))
     await sched.start()
-    trainer = Service(TRAINER, ServiceSettings(data_dir=tmp_path / "t", nats_url=nats_server.url, scheduler_addr=sched.address))
+    trainer = Service(TRAINER, ServiceSettings(secrets_dir=secrets_dir, data_dir=tmp_path / "t", nats_url=nats_server.url, scheduler_addr=sched.address))
     await trainer.start()
-    settings = GatewaySettings(data_dir=tmp_path / "gw", scheduler_addr=sched.address, trainer_addr=trainer.address)
+    settings = GatewaySettings(
+        data_dir=tmp_path / "gw", secrets_dir=secrets_dir, scheduler_addr=sched.address, trainer_addr=trainer.address)
     app = create_app(settings)
     try:
         async with app.router.lifespan_context(app):

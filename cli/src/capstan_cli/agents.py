@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
 from . import procs
+from .client import ApiError, read_token_file
 from .health import ComponentFailed, wait_healthy
-from .lifecycle import STOP_TIMEOUT, TIMEOUT, Say, forget, progress, saved_ports, start_component, startup_error
+from .lifecycle import (
+    STOP_TIMEOUT,
+    TIMEOUT,
+    Say,
+    forget,
+    issue_join_tokens,
+    progress,
+    saved_ports,
+    start_component,
+    startup_error,
+)
 from .platform import (
     AGENT_NAME_RE,
     ExtraAgent,
@@ -48,6 +60,11 @@ def agent_start(
     pid = procs.running_pid(paths, comp)
     if pid is not None:
         raise PlatformError(f"agent {name} is already running (pid {pid}); stop it with capstan agent stop {name}")
+    os.umask(0o077)
+    try:
+        issue_join_tokens(ports.api_url, read_token_file(paths.admin_token, 5.0), [comp], paths)
+    except ApiError as e:
+        raise PlatformError(f"could not issue a join token for agent {name}: {e.message}") from e
     agents = load_extra_agents(paths)
     agents[name] = agent
     save_extra_agents(paths, agents)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 
+from capstan_core import credentials
 from capstan_core.grpcutil import check_health
 
 from . import procs
@@ -39,7 +41,8 @@ async def probe(comp: Component) -> bool:
     if comp.kind == "service":
         assert comp.grpc_addr is not None
         try:
-            return bool(await check_health(comp.grpc_addr, timeout=1.0))
+            admin = credentials.load(Path(comp.extra["secrets"]), "admin").tls
+            return bool(await check_health(comp.grpc_addr, comp.name, admin, timeout=1.0))
         except Exception:
             return False
     if comp.kind == "gateway":

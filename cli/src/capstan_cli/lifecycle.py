@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from capstan_core import credentials
 from capstan_core.natsserver import NatsServer, free_port
 
 from . import procs
@@ -57,7 +60,8 @@ def start_component(paths: Paths, comp: Component, saved_env: dict[str, str]) ->
         link = paths.logs / "nats.log"  # every log under DIR/logs, nats-server's included
         if not link.is_symlink() and not link.exists():
             link.symlink_to(comp.log_file)
-        server = NatsServer(dir=paths.nats, port=comp.listen[1], binary=nats_binary())
+        authorization = (paths.secrets / credentials.NATS_AUTH).read_text()
+        server = NatsServer(dir=paths.nats, port=comp.listen[1], binary=nats_binary(), authorization=authorization)
         try:
             server.start(detach=True)
         except TimeoutError as e:
@@ -93,6 +97,8 @@ def _settle_ports(paths: Paths, ports: Ports | None, port: int, host: str, runni
     if ports is None:
         return Ports.allocate(port, host)
     ports.http, ports.http_host = port, host
+    if not ports.bootstrap:  # saved before the bootstrap port existed
+        ports.bootstrap = free_port()
     for name in ("nats", *SERVICES):
         if name in running:
             continue
@@ -140,6 +146,31 @@ def ensure_default_rg(paths: Paths, api_url: str, token: str | None) -> str:
     return rg_id
 
 
+def issue_join_tokens(api_url: str, token: str | None, agents: list[Component], paths: Paths) -> None:
+    """Each agent without a node certificate yet gets a join token (1 hour, used at its first start),
+    written 0600 where the agent reads it; an agent that already has its certificate needs none."""
+    pending = [c for c in agents if not (Path(c.extra["credentials"]) / "node.json").exists()]
+    if not pending:
+        return
+    with ApiClient(api_url, token) as client:
+        for comp in pending:
+            rg = resolve_group(client, comp.extra["resource_group"])
+            created = client.post(
+                "/join-tokens", {"resource_group_id": rg, "description": f"capstan up: {comp.name}", "ttl_seconds": 3600}
+            )
+            credentials.replace_secret(paths.join_token_file(comp.name), str(created["token"]).encode())
+
+
+def resolve_group(client: ApiClient, rg: str) -> str:
+    """A resource group given by id or by name -> its id."""
+    if rg.startswith("rsg-"):
+        return rg
+    found = [g for g in client.paginate("/resource-groups") if g.get("name") == rg]
+    if not found:
+        raise PlatformError(f"no resource group named {rg!r}")
+    return str(found[0]["id"])
+
+
 def _usable(table: dict[str, Component], say: Say | None = None) -> dict[str, Component]:
     """The table, once every component's code is known to be installed."""
     for name, comp in table.items():
@@ -152,8 +183,10 @@ def _usable(table: dict[str, Component], say: Say | None = None) -> dict[str, Co
 def up(data_dir: str, port: int, host: str, say: Say) -> dict[str, Any]:
     """Start whatever of the platform is not running; return a summary (api url, token path, ...)."""
     started = time.monotonic()
+    os.umask(0o077)  # everything the platform writes under the data dir is its own (0600 / 0700)
     paths = Paths.of(data_dir)
     paths.make()
+    credentials.ensure_platform_secrets(paths.secrets)
     ports = Ports.load(paths)
     saved_rg = read_text(paths.default_rg)
     table = _usable(components(paths, ports, saved_rg)) if ports else {}
@@ -190,6 +223,10 @@ def up(data_dir: str, port: int, host: str, say: Say) -> dict[str, Any]:
         raise PlatformError(f"could not ensure the default resource group: {e.message}") from e
 
     agents = list(_usable({n: c for n, c in components(paths, ports, rg).items() if c.kind == "agent"}, say).values())
+    try:
+        issue_join_tokens(ports.api_url, token, [a for a in agents if a.name not in running], paths)
+    except ApiError as e:
+        raise PlatformError(f"could not issue join tokens for the agents: {e.message}") from e
     _start_and_wait(paths, agents, running, saved_env, report, started)
     write_atomic(paths.api_url, ports.api_url + "\n")
     return _summary(paths, ports, rg, already=False)
@@ -296,6 +333,7 @@ def saved_ports(paths: Paths) -> Ports:
 
 def restart_component(data_dir: str, name: str, say: Say) -> int:
     """Stop ``name`` if it runs, start it again with the saved ports and environment, wait until healthy."""
+    os.umask(0o077)
     paths = Paths.of(data_dir)
     ports = saved_ports(paths)
     rg = read_text(paths.default_rg)

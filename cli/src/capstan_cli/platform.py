@@ -11,6 +11,8 @@ table, so a process is described once. Everything lives under the data dir::
     DIR/run/default-rg        id of the "default" resource group
     DIR/run/extra-agents.json agents added with ``capstan agent start``
     DIR/run/api-url           the REST API address, read by the client commands
+    DIR/run/<agent>.join-token  a join token for an agent that has no node certificate yet (0600)
+    DIR/secrets/              the platform CA, each component's certificate, NATS users (0700)
     DIR/logs/<name>.log       stdout and stderr of each process (nats: DIR/nats/nats-server.log)
 """
 
@@ -51,6 +53,12 @@ OWNED_ENV = (
     "CAPSTAN_NODE_CPU",
     "CAPSTAN_NODE_MEMORY_GIB",
     "CAPSTAN_NODE_GPUS",
+    "CAPSTAN_GRPC_BOOTSTRAP_LISTEN",
+    "CAPSTAN_SCHEDULER_BOOTSTRAP_ADDR",
+    "CAPSTAN_JOIN_TOKEN",
+    "CAPSTAN_JOIN_TOKEN_FILE",
+    "CAPSTAN_SECRETS_DIR",
+    "CAPSTAN_CA_FILE",
 )
 # Client-side settings of this command, meaningless to the platform's processes.
 CLIENT_ENV = ("CAPSTAN_API", "CAPSTAN_TOKEN")
@@ -92,6 +100,13 @@ class Paths:
         return self.root / "admin-token"
 
     @property
+    def secrets(self) -> Path:
+        return self.root / "secrets"
+
+    def join_token_file(self, name: str) -> Path:
+        return self.run / f"{name}.join-token"
+
+    @property
     def ports(self) -> Path:
         return self.run / "ports.json"
 
@@ -118,8 +133,10 @@ class Paths:
         return self.nats / "nats-server.log" if name == "nats" else self.logs / f"{name}.log"
 
     def make(self) -> None:
-        for d in (self.run, self.logs, self.agents):
-            d.mkdir(parents=True, exist_ok=True)
+        """The data dir and its parts, each 0700: nothing in it is for other users of the machine."""
+        for d in (self.root, self.run, self.logs, self.agents):
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(d, 0o700)
 
 
 @dataclass
@@ -133,6 +150,7 @@ class Ports:
     inference: int
     http: int
     http_host: str = "127.0.0.1"
+    bootstrap: int = 0  # the scheduler's TLS-only port for join tokens (0 in ports.json before it existed)
 
     def grpc(self, service: str) -> int:
         return int(getattr(self, service))
@@ -144,7 +162,7 @@ class Ports:
     @classmethod
     def allocate(cls, http: int, http_host: str) -> Ports:
         picked: dict[str, int] = {}
-        for name in ("nats", *SERVICES):
+        for name in ("nats", *SERVICES, "bootstrap"):
             port = free_port()
             while port == http or port in picked.values():
                 port = free_port()
@@ -280,6 +298,7 @@ def shared_env(paths: Paths, ports: Ports) -> dict[str, str]:
     env = {
         "CAPSTAN_DATA_DIR": str(paths.root),
         "CAPSTAN_NATS_URL": f"nats://127.0.0.1:{ports.nats}",
+        "CAPSTAN_SCHEDULER_BOOTSTRAP_ADDR": f"127.0.0.1:{ports.bootstrap}",
         "PYTHONUNBUFFERED": "1",  # logs reach DIR/logs as they are written
     }
     for svc in SERVICES:
@@ -290,16 +309,20 @@ def shared_env(paths: Paths, ports: Ports) -> dict[str, str]:
 def _service(paths: Paths, ports: Ports, base: dict[str, str], svc: str) -> Component:
     ready = paths.run / f"{svc}.addr"
     addr = f"127.0.0.1:{ports.grpc(svc)}"
+    env = {**base, "CAPSTAN_GRPC_LISTEN": addr}
+    if svc == "scheduler":
+        env["CAPSTAN_GRPC_BOOTSTRAP_LISTEN"] = f"127.0.0.1:{ports.bootstrap}"
     return Component(
         name=svc,
         kind="service",
         argv=[str(bin_dir() / f"capstan-{svc}"), "serve", "--ready-file", str(ready)],
-        env={**base, "CAPSTAN_GRPC_LISTEN": addr},
+        env=env,
         log_file=paths.log_file(svc),
         match=str(ready),
         ready_file=ready,
         grpc_addr=addr,
         listen=("127.0.0.1", ports.grpc(svc)),
+        extra={"secrets": str(paths.secrets)},  # health checks present the operator's certificate
     )
 
 
@@ -316,12 +339,14 @@ def _agent(
             "CAPSTAN_RESOURCE_GROUP": rg,
             "CAPSTAN_NODE_NAME": node,
             "CAPSTAN_AGENT_DIR": str(paths.agents / node),
+            # Read only while the node has no certificate yet (its first start).
+            "CAPSTAN_JOIN_TOKEN_FILE": str(paths.join_token_file(name)),
             **capacity,
         },
         log_file=paths.log_file(name),
         match=str(ready),
         ready_file=ready,
-        extra={"node_name": node},
+        extra={"node_name": node, "resource_group": rg, "credentials": str(paths.agents / node / "credentials")},
     )
 
 

@@ -24,8 +24,9 @@ class NodeMembership:
         capacity: Capacity, heartbeat_s: float = 2.0, checks: Sequence[CheckFn] | None = None,
         health_interval_s: float = 300.0, work_dir: Path | None = None,
     ) -> None:
-        """``checks`` run before joining (deploy checks: any failing -> DeployFailed) and every
-        ``health_interval_s`` after (failing -> Abnormal); default: disk, memory and GPUs."""
+        """``resource_group``: the group's id (the one the node's join token named). ``checks`` run
+        before joining (deploy checks: any failing -> DeployFailed) and every ``health_interval_s``
+        after (failing -> Abnormal); default: disk, memory and GPUs."""
         self.scheduler = scheduler
         self.resource_group = resource_group
         self.node_name = node_name
@@ -35,7 +36,7 @@ class NodeMembership:
         self.checks = list(checks) if checks is not None else basic_checks(capacity, work_dir or Path.cwd())
         self.health_interval_s = health_interval_s
         self.node_id = ""
-        self.rg_id = ""
+        self.rg_id = resource_group
         self.state = ""
         self._last_health = 0.0
 
@@ -47,28 +48,11 @@ class NodeMembership:
                 log.warning("health check %s failed: %s", c.name, c.detail)
         return [scheduler_pb2.HealthCheck(name=c.name, ok=c.ok, detail=c.detail) for c in results]
 
-    async def _resolve_group(self) -> str:
-        rg = self.resource_group
-        if rg.startswith("rsg-"):
-            return rg
-        token = ""
-        while True:
-            page = await self.scheduler.ListResourceGroups(
-                scheduler_pb2.ListResourceGroupsRequest(page={"page_size": 500, "page_token": token}), timeout=10
-            )
-            for item in page.items:
-                if item.name == rg:
-                    return str(item.id)
-            token = page.next_page_token
-            if not token:
-                raise LookupError(f"no resource group named {rg!r}")
-
     async def join(self) -> str:
         """Join (retrying until the scheduler answers); returns the node id."""
         delay = 0.2
         while True:
             try:
-                self.rg_id = await self._resolve_group()
                 cap = self.capacity
                 checks = await self._run_checks()
                 node = await self.scheduler.JoinNode(
@@ -85,9 +69,8 @@ class NodeMembership:
                 else:
                     log.info("joined %s as node %s (%s)", self.rg_id, node.id, cap)
                 return self.node_id
-            except (grpc.aio.AioRpcError, LookupError) as e:
-                reason = e.details() if isinstance(e, grpc.aio.AioRpcError) else str(e)
-                log.warning("cannot join yet (%s); retrying", reason)
+            except grpc.aio.AioRpcError as e:
+                log.warning("cannot join yet (%s); retrying", e.details())
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 

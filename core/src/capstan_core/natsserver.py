@@ -54,8 +54,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def write_config(path: Path, port: int, store_dir: Path, binary: str, host: str = "127.0.0.1") -> bool:
-    """Write the server config; returns whether fsync-per-write is on."""
+def write_config(
+    path: Path, port: int, store_dir: Path, binary: str, host: str = "127.0.0.1", authorization: str | None = None
+) -> bool:
+    """Write the server config (mode 0600: it holds password hashes); returns whether fsync-per-write is on.
+    ``authorization``: the users block (``natsauth.authorization_block``); None only for tools that
+    never run a platform."""
     sync = supports_sync_always(binary)
     lines = [
         f'listen: "{host}:{port}"',
@@ -65,7 +69,12 @@ def write_config(path: Path, port: int, store_dir: Path, binary: str, host: str 
     if sync:
         lines.append("  sync_interval: always")
     lines.append("}")
-    path.write_text("\n".join(lines) + "\n")
+    if authorization:
+        lines.append(authorization)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.chmod(path, 0o600)
     if not sync:
         print(
             f"warning: {binary} predates sync_interval; acknowledged writes may be lost on power loss",
@@ -94,15 +103,18 @@ class NatsServer:
     binary: str
     proc: subprocess.Popen[bytes] | None = None
     sync_always: bool = False
+    authorization: str | None = None
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self, detach: bool = False) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         conf = self.dir / "nats.conf"
-        self.sync_always = write_config(conf, self.port, self.dir / "jetstream", self.binary)
+        self.sync_always = write_config(
+            conf, self.port, self.dir / "jetstream", self.binary, authorization=self.authorization
+        )
         log = open(self.dir / "nats-server.log", "ab")
         self.proc = subprocess.Popen(
             [self.binary, "-c", str(conf)],
@@ -131,7 +143,10 @@ class NatsServer:
         self.start()
 
 
-def start_nats(dir: Path, port: int | None = None, detach: bool = False) -> NatsServer:
-    server = NatsServer(dir=dir, port=port or free_port(), binary=os.environ.get("CAPSTAN_NATS_SERVER") or find_binary())
+def start_nats(dir: Path, port: int | None = None, detach: bool = False, authorization: str | None = None) -> NatsServer:
+    server = NatsServer(
+        dir=dir, port=port or free_port(), binary=os.environ.get("CAPSTAN_NATS_SERVER") or find_binary(),
+        authorization=authorization,
+    )
     server.start(detach=detach)
     return server

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -24,11 +25,13 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from sqlalchemy import Engine
 
-from . import db, grpcutil, tracing
+from . import credentials, db, grpcutil, tracing
+from .credentials import Credentials, NatsCredentials
 from .eventstore import EventStore
+from .identity import Access
 from .projection import Projection, ProjectionRunner, cancel_and_wait, rebuild
 from .settings import ServiceSettings
-from .streams import ensure_streams
+from .streams import WAKE_AGENTS, ensure_streams
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +45,15 @@ class ServiceContext:
     store: EventStore
     engine: Engine
     runner: ProjectionRunner
+    credentials: Credentials
     channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def channel(self, address: str) -> grpc.aio.Channel:
+    def channel(self, address: str, service: str) -> grpc.aio.Channel:
+        """A mutual-TLS channel to another service, presenting this service's certificate."""
         ch = self.channels.get(address)
         if ch is None:
-            ch = self.channels[address] = grpcutil.channel(address)
+            ch = self.channels[address] = grpcutil.channel(address, service, self.credentials.tls)
         return ch
 
     async def await_projection(self, seq: int, timeout: float = 5.0) -> None:
@@ -59,17 +64,27 @@ class ServiceContext:
 @dataclass
 class ServiceDefinition:
     """``build`` makes the service's application object from its context; ``register`` adds its
-    gRPC servicers; each ``background`` loop gets the application object."""
+    gRPC servicers; each ``background`` loop gets the application object. ``access``: which
+    callers may call which of its gRPC methods (anything not listed is refused). ``bootstrap``:
+    also serve the TLS-only bootstrap port (the scheduler, for join tokens). ``wakes_agents``:
+    ping node agents each time its read models advance (they then ask it what changed)."""
 
     name: str
     migrations: Path
     projections: Callable[[], Sequence[Projection]]
     build: Callable[[ServiceContext], Any]
     register: Callable[[Any, grpcutil.GrpcServer], None]
+    access: Access
     background: Sequence[Callable[[Any], Awaitable[None]]] = ()
+    bootstrap: bool = False
+    wakes_agents: bool = False
 
 
-async def connect_nats(url: str, name: str) -> NatsClient:
+async def connect_nats(url: str, name: str, creds: NatsCredentials | None) -> NatsClient:
+    """Connect as the component's own NATS user (the server refuses anonymous clients)."""
+    auth: dict[str, Any] = {}
+    if creds is not None:
+        auth = {"user": creds.user, "password": creds.password, "inbox_prefix": creds.inbox_prefix}
     return await nats.connect(
         url,
         name=f"capstan-{name}",
@@ -77,6 +92,7 @@ async def connect_nats(url: str, name: str) -> NatsClient:
         reconnect_time_wait=0.25,
         connect_timeout=5,
         allow_reconnect=True,
+        **auth,
     )
 
 
@@ -94,20 +110,29 @@ class Service:
         assert self.grpc is not None
         return self.grpc.address
 
+    @property
+    def bootstrap_address(self) -> str:
+        assert self.grpc is not None
+        return self.grpc.bootstrap_address
+
     async def start(self) -> None:
         d, s = self.definition, self.settings
-        nc = await connect_nats(s.nats_url, d.name)
+        creds = credentials.load(s.secrets_path, d.name)
+        nc = await connect_nats(s.nats_url, d.name, creds.nats)
         js = nc.jetstream(timeout=10)
         await ensure_streams(js)
         engine = db.make_engine(s.database_url_for(d.name))
         await asyncio.to_thread(db.upgrade, d.migrations, engine)
         runner = ProjectionRunner(d.name, js, engine, d.projections(), service=d.name)
-        ctx = ServiceContext(d.name, s, nc, js, EventStore(js), engine, runner)
+        ctx = ServiceContext(d.name, s, nc, js, EventStore(js), engine, runner, creds)
         runner.on_advance(lambda _pos: ctx.wake.set())
+        if d.wakes_agents:
+            runner.on_advance(lambda _pos: _wake_agents(nc))
         await runner.start()  # catch up from the recorded sequence before serving
         self.ctx = ctx
         self.app = d.build(ctx)
-        self.grpc = grpcutil.GrpcServer(d.name, s.grpc_listen)
+        bootstrap = s.grpc_bootstrap_listen if d.bootstrap else None
+        self.grpc = grpcutil.GrpcServer(d.name, s.grpc_listen, creds.tls, d.access, bootstrap_listen=bootstrap)
         d.register(self.app, self.grpc)
         await self.grpc.start()
         for loop_fn in d.background:
@@ -125,6 +150,12 @@ class Service:
             with contextlib.suppress(Exception):
                 await self.ctx.nc.close()
             self.ctx.engine.dispose()
+
+
+def _wake_agents(nc: NatsClient) -> None:
+    """A content-free ping on core NATS; losing one only delays an agent to its next timer tick."""
+    task = asyncio.ensure_future(nc.publish(WAKE_AGENTS, b""))
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
 
 async def _supervised(fn: Callable[[Any], Awaitable[None]], app: Any, name: str) -> None:
@@ -164,6 +195,9 @@ def main(definition: ServiceDefinition, argv: Sequence[str] | None = None) -> No
 
 
 def _setup_process(name: str, log_level: str) -> None:
+    # Whatever a platform process creates (databases, logs, instance state) is its own: 0600 files,
+    # 0700 directories. Sandboxed instances get their writable directories handed over explicitly.
+    os.umask(0o077)
     logging.basicConfig(
         level=log_level.upper(), format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
@@ -178,11 +212,18 @@ def agent_main(
     parser.add_argument("--ready-file", help="write the node id here once joined")
     args = parser.parse_args(argv)
     _setup_process(name, log_level)
-    asyncio.run(run(args.ready_file))
+    from .errors import DomainError
+    from .nodeauth import JoinRefused
+
+    try:
+        asyncio.run(run(args.ready_file))
+    except (JoinRefused, DomainError) as e:  # no credentials, or a refused join token: say so, no traceback
+        print(f"capstan-{name}: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 async def _rebuild(definition: ServiceDefinition, settings: ServiceSettings) -> None:
-    nc = await connect_nats(settings.nats_url, definition.name)
+    nc = await connect_nats(settings.nats_url, definition.name, credentials.load(settings.secrets_path, definition.name).nats)
     js = nc.jetstream(timeout=10)
     await ensure_streams(js)
     engine = db.make_engine(settings.database_url_for(definition.name))

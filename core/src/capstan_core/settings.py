@@ -15,11 +15,19 @@ class ServiceSettings(BaseSettings):
     # Empty: SQLite at <data_dir>/<service>.db. PostgreSQL: postgresql://user@host:port/db
     database_url: str = ""
     grpc_listen: str = "127.0.0.1:0"
+    # The scheduler's TLS-only port where agents trade a join token for a node certificate.
+    grpc_bootstrap_listen: str = "127.0.0.1:0"
+    # Empty: <data_dir>/secrets (certificates, keys, NATS users; see capstan_core.credentials).
+    secrets_dir: Path | None = None
     scheduler_addr: str = ""
     trainer_addr: str = ""
     registry_addr: str = ""
     inference_addr: str = ""
     log_level: str = "INFO"
+
+    @property
+    def secrets_path(self) -> Path:
+        return self.secrets_dir if self.secrets_dir is not None else self.data_dir / "secrets"
 
     def database_url_for(self, service: str) -> str:
         if self.database_url:

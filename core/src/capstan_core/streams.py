@@ -7,6 +7,7 @@
   expected-sequence check).
 - ``CAPSTAN_LOGS`` (``capstan.log.<task>.<instance>``): instance stdout/stderr,
   15-day age limit (SPEC §0).
+- ``capstan.wake.agents`` (core NATS, no stream): wake-ups for node agents.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ EVENTS_STREAM = "CAPSTAN_EVENTS"
 EVENTS_SUBJECTS = "capstan.evt.>"
 LOGS_STREAM = "CAPSTAN_LOGS"
 LOGS_SUBJECTS = "capstan.log.>"
+# Core NATS, not JetStream: content-free "something changed" pings that wake node agents, published
+# by services once their read models hold new events (agents then ask the owners what to run).
+WAKE_SUBJECTS = "capstan.wake.>"
+WAKE_AGENTS = "capstan.wake.agents"
 LOG_MAX_AGE_S = 15 * 24 * 3600
 DAY_S = 24 * 3600
 

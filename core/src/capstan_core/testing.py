@@ -9,13 +9,52 @@ import shutil
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import Any
 
+from . import credentials, grpcutil
+from .eventstore import EventStore
 from .natsserver import NatsServer, free_port, start_nats
 
-__all__ = ["NatsServer", "PostgresServer", "start_nats", "postgres_server"]
+__all__ = [
+    "NatsServer",
+    "PostgresServer",
+    "admin_channel",
+    "admin_store",
+    "make_secrets",
+    "start_nats",
+    "start_secure_nats",
+    "postgres_server",
+]
+
+
+def make_secrets(directory: Path) -> Path:
+    """The platform's secrets for a test run (bcrypt at its cheapest: these are throw-away)."""
+    return credentials.ensure_platform_secrets(directory, bcrypt_rounds=4)
+
+
+def start_secure_nats(directory: Path, secrets_dir: Path) -> NatsServer:
+    """A nats-server with the platform's users and permissions, as ``capstan up`` runs it."""
+    return start_nats(directory, authorization=(secrets_dir / credentials.NATS_AUTH).read_text())
+
+
+def admin_channel(address: str, service: str, secrets_dir: Path) -> Any:
+    """A gRPC channel to ``service`` as the operator (``admin``)."""
+    return grpcutil.channel(address, service, credentials.load(secrets_dir, "admin").tls)
+
+
+@asynccontextmanager
+async def admin_store(nats_url: str, secrets_dir: Path) -> AsyncIterator[EventStore]:
+    """An event store on an ``admin`` NATS connection: a test acting as the owner of any aggregate."""
+    from .service import connect_nats
+
+    nc = await connect_nats(nats_url, "test-admin", credentials.load_nats(secrets_dir, "admin"))
+    try:
+        yield EventStore(nc.jetstream(timeout=10))
+    finally:
+        await nc.close()
 
 
 def _pg_bin(name: str) -> str:

@@ -34,6 +34,12 @@ async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
             yield client
 
 
+@pytest.fixture(autouse=True)
+def _platform_secrets(secrets_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every gateway (and service) of these tests holds its certificate from the session's secrets."""
+    monkeypatch.setenv("CAPSTAN_SECRETS_DIR", str(secrets_dir))
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> GatewaySettings:
     """Settings whose services are unreachable: enough for auth, validation and error tests."""

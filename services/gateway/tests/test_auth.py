@@ -31,6 +31,9 @@ ROUTES = [
     ("POST", "/api/v1/nodes/node-12345678/release"),
     ("DELETE", "/api/v1/nodes/node-12345678"),
     ("GET", "/api/v1/nodes/health-checks"),
+    ("GET", "/api/v1/join-tokens"),
+    ("POST", "/api/v1/join-tokens"),
+    ("DELETE", "/api/v1/join-tokens/jt-12345678"),
     ("GET", "/api/v1/training-tasks"),
     ("POST", "/api/v1/training-tasks"),
     ("GET", "/api/v1/training-tasks/train-12345678"),
@@ -142,5 +145,5 @@ async def test_the_route_list_above_is_every_api_route(client: httpx.AsyncClient
 
     spec = (await client.get("/openapi.json")).json()
     documented = {(m.upper(), p) for p, item in spec["paths"].items() for m in item if p.startswith("/api/v1")}
-    listed = {(m, re.sub(r"/(rsg|train|node)-12345678", "/{id}", p)) for m, p in ROUTES}
+    listed = {(m, re.sub(r"/(rsg|train|node|jt)-12345678", "/{id}", p)) for m, p in ROUTES}
     assert listed == documented

@@ -17,6 +17,7 @@ from capstan_core.natsserver import free_port
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAPSTAN_")}
     env.update(
+        CAPSTAN_SECRETS_DIR=os.environ["CAPSTAN_SECRETS_DIR"],  # the session's certificates (conftest)
         CAPSTAN_DATA_DIR=str(tmp_path / "data"),
         CAPSTAN_HTTP_LISTEN="127.0.0.1:0",
         CAPSTAN_SCHEDULER_ADDR=f"127.0.0.1:{free_port()}",

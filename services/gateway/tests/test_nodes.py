@@ -6,7 +6,7 @@ import asyncio
 
 import httpx
 
-from capstan_core import grpcutil
+from capstan_core.testing import admin_channel
 from capstan_gateway import GatewaySettings
 from capstan_proto import scheduler_pb2, scheduler_pb2_grpc
 
@@ -17,7 +17,7 @@ async def test_nodes_of_a_group(api: httpx.AsyncClient, platform_settings: Gatew
     rg = (await api.post(RG, json={"name": "pool"})).json()
     other = (await api.post(RG, json={"name": "other"})).json()
     # A node joins through its agent (gRPC), not through the management API.
-    ch = grpcutil.channel(platform_settings.scheduler_addr)
+    ch = admin_channel(platform_settings.scheduler_addr, "scheduler", platform_settings.secrets_path)
     try:
         stub = scheduler_pb2_grpc.SchedulerStub(ch)
         await stub.JoinNode(
@@ -44,7 +44,7 @@ async def test_node_history_health_checks_and_removing_a_released_record(
     api: httpx.AsyncClient, platform_settings: GatewaySettings
 ) -> None:
     rg = (await api.post(RG, json={"name": "pool"})).json()
-    ch = grpcutil.channel(platform_settings.scheduler_addr)
+    ch = admin_channel(platform_settings.scheduler_addr, "scheduler", platform_settings.secrets_path)
     try:
         stub = scheduler_pb2_grpc.SchedulerStub(ch)
         hc = scheduler_pb2.HealthCheck

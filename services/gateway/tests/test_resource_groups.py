@@ -116,12 +116,11 @@ async def test_edit_and_delete(api: httpx.AsyncClient, event_count: Callable[[],
 
 
 async def test_delete_refused_while_a_node_is_in_use_then_release(api: httpx.AsyncClient, platform) -> None:  # type: ignore[no-untyped-def]
-    import grpc
-
+    from capstan_core.testing import admin_channel
     from capstan_proto import scheduler_pb2, scheduler_pb2_grpc
 
     rg = (await api.post(RG, json={"name": "busy"})).json()
-    async with grpc.aio.insecure_channel(platform.scheduler.address) as ch:
+    async with admin_channel(platform.scheduler.address, "scheduler", platform.scheduler.settings.secrets_path) as ch:
         node = await scheduler_pb2_grpc.SchedulerStub(ch).JoinNode(
             scheduler_pb2.JoinNodeRequest(resource_group_id=rg["id"], name="n1", cpu=2, memory_gib=2, agent_kind="trainer")
         )
@@ -143,12 +142,11 @@ async def test_delete_refused_while_a_node_is_in_use_then_release(api: httpx.Asy
 
 
 async def test_queue_view(api: httpx.AsyncClient, platform) -> None:  # type: ignore[no-untyped-def]
-    import grpc
-
+    from capstan_core.testing import admin_channel
     from capstan_proto import scheduler_pb2, scheduler_pb2_grpc
 
     rg = (await api.post(RG, json={"name": "q", "policy": {"ResourceRule": {"DefaultQueue": 0, "DefaultPriority": 4}}})).json()
-    async with grpc.aio.insecure_channel(platform.scheduler.address) as ch:
+    async with admin_channel(platform.scheduler.address, "scheduler", platform.scheduler.settings.secrets_path) as ch:
         await scheduler_pb2_grpc.SchedulerStub(ch).JoinNode(
             scheduler_pb2.JoinNodeRequest(resource_group_id=rg["id"], name="n1", cpu=2, memory_gib=4, gpus={"T4": 1}, agent_kind="trainer")
         )

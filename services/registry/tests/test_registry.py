@@ -12,15 +12,16 @@ import pytest
 from capstan_core.service import Service
 from capstan_core.settings import ServiceSettings
 from capstan_core.streams import EVENTS_STREAM
+from capstan_core.testing import admin_channel
 from capstan_proto import common_pb2, registry_pb2, registry_pb2_grpc
 from capstan_registry.service import DEFINITION
 
 
 @pytest.fixture
-async def registry(tmp_path: Path, nats_server: Any, database_url: str) -> AsyncIterator[tuple[Service, Any]]:
-    svc = Service(DEFINITION, ServiceSettings(data_dir=tmp_path, nats_url=nats_server.url, database_url=database_url))
+async def registry(tmp_path: Path, nats_server: Any, secrets_dir: Path, database_url: str) -> AsyncIterator[tuple[Service, Any]]:
+    svc = Service(DEFINITION, ServiceSettings(secrets_dir=secrets_dir, data_dir=tmp_path, nats_url=nats_server.url, database_url=database_url))
     await svc.start()
-    ch = grpc.aio.insecure_channel(svc.address)
+    ch = admin_channel(svc.address, "registry", secrets_dir)
     yield svc, registry_pb2_grpc.RegistryStub(ch)
     await ch.close()
     await svc.stop()
@@ -33,8 +34,9 @@ async def _events(svc: Service) -> int:
 
 async def test_create_get_list_paginated(registry: tuple[Service, Any]) -> None:
     _, stub = registry
-    a = await stub.CreateModel(registry_pb2.CreateModelRequest(name="llama-tiny", description="d", tags={"k": "v"}, creator="bob"))
+    a = await stub.CreateModel(registry_pb2.CreateModelRequest(name="llama-tiny", description="d", tags={"k": "v"}))
     b = await stub.CreateModel(registry_pb2.CreateModelRequest(name="bert.small"))
+    assert a.creator == "admin"  # the caller's certificate, never a request field
     assert (await stub.GetModel(registry_pb2.GetModelRequest(id=a.id))).tags == {"k": "v"}
     p1 = await stub.ListModels(registry_pb2.ListModelsRequest(page=common_pb2.PageRequest(page_size=1)))
     p2 = await stub.ListModels(registry_pb2.ListModelsRequest(page=common_pb2.PageRequest(page_size=1, page_token=p1.next_page_token)))
@@ -44,7 +46,7 @@ async def test_create_get_list_paginated(registry: tuple[Service, Any]) -> None:
 
 async def test_idempotent_create_and_refusals_append_nothing(registry: tuple[Service, Any]) -> None:
     svc, stub = registry
-    req = registry_pb2.CreateModelRequest(name="m1", creator="bob", idempotency_key="k1")
+    req = registry_pb2.CreateModelRequest(name="m1", idempotency_key="k1")
     first = await stub.CreateModel(req)
     count = await _events(svc)
     assert (await stub.CreateModel(req)).id == first.id

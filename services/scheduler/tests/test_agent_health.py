@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 
 from capstan_core.capacity import Capacity
@@ -13,21 +12,22 @@ from capstan_core.healthcheck import Check, basic_checks, gpus, run_checks
 from capstan_core.membership import NodeMembership
 from capstan_core.service import Service
 from capstan_core.settings import ServiceSettings
+from capstan_core.testing import admin_channel
 from capstan_proto import scheduler_pb2, scheduler_pb2_grpc
 from capstan_scheduler.service import DEFINITION as SCHEDULER
 
 
 async def test_agent_deploy_fails_on_a_full_disk_then_joins_and_turns_abnormal_when_checks_fail(
-    tmp_path: Path, nats_server: Any, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, nats_server: Any, secrets_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    sched = Service(SCHEDULER, ServiceSettings(data_dir=tmp_path / "s", nats_url=nats_server.url))
+    sched = Service(SCHEDULER, ServiceSettings(secrets_dir=secrets_dir, data_dir=tmp_path / "s", nats_url=nats_server.url))
     await sched.start()
-    ch = grpc.aio.insecure_channel(sched.address)
+    ch = admin_channel(sched.address, "scheduler", secrets_dir)
     try:
         stub = scheduler_pb2_grpc.SchedulerStub(ch)
         rg = await stub.CreateResourceGroup(scheduler_pb2.CreateResourceGroupRequest(name="pool"))
         monkeypatch.setenv("CAPSTAN_HEALTH_MIN_FREE_DISK_GIB", "1e9")  # no disk is that large
-        member = NodeMembership(stub, resource_group="pool", node_name="box", agent_kind="trainer",
+        member = NodeMembership(stub, resource_group=rg.id, node_name="box", agent_kind="trainer",
                                 capacity=Capacity(cpu=2, memory_gib=2), work_dir=tmp_path)
         node_id = await member.join()
         assert member.state == "DeployFailed"

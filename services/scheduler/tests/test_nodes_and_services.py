@@ -18,6 +18,7 @@ from capstan_core.eventstore import EventStore
 from capstan_core.service import Service
 from capstan_core.settings import ServiceSettings
 from capstan_core.streams import event_subject
+from capstan_core.testing import admin_channel, admin_store
 from capstan_proto import common_pb2, scheduler_pb2, scheduler_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 from capstan_scheduler.service import DEFINITION as SCHEDULER
 from capstan_trainer.service import DEFINITION as TRAINER
@@ -26,9 +27,9 @@ HC = scheduler_pb2.HealthCheck
 
 
 class Platform:
-    def __init__(self, sched: Service, s: Any, t: Any) -> None:
+    def __init__(self, sched: Service, s: Any, t: Any, store: EventStore) -> None:
         self.sched, self.s, self.t = sched, s, t
-        self.store = EventStore(sched.ctx.js)  # type: ignore[union-attr]
+        self.store = store  # an admin connection: the test appends as the owner of online services
 
     async def group(self, policy: dict[str, Any] | None = None) -> str:
         rg = await self.s.CreateResourceGroup(
@@ -84,15 +85,16 @@ async def until(fn: Any, timeout: float = 10.0) -> Any:
 
 
 @pytest.fixture
-async def platform(tmp_path: Path, nats_server: Any, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Platform]:
+async def platform(tmp_path: Path, nats_server: Any, secrets_dir: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Platform]:
     monkeypatch.setenv("CAPSTAN_NODE_ABNORMAL_AFTER_S", "0.6")
     monkeypatch.setenv("CAPSTAN_NODE_LOST_AFTER_S", "1.2")
-    sched = Service(SCHEDULER, ServiceSettings(data_dir=tmp_path / "s", nats_url=nats_server.url))
+    sched = Service(SCHEDULER, ServiceSettings(secrets_dir=secrets_dir, data_dir=tmp_path / "s", nats_url=nats_server.url))
     await sched.start()
-    trainer = Service(TRAINER, ServiceSettings(data_dir=tmp_path / "t", nats_url=nats_server.url, scheduler_addr=sched.address))
+    trainer = Service(TRAINER, ServiceSettings(secrets_dir=secrets_dir, data_dir=tmp_path / "t", nats_url=nats_server.url, scheduler_addr=sched.address))
     await trainer.start()
-    chs, cht = grpc.aio.insecure_channel(sched.address), grpc.aio.insecure_channel(trainer.address)
-    yield Platform(sched, scheduler_pb2_grpc.SchedulerStub(chs), trainer_pb2_grpc.TrainerStub(cht))
+    chs, cht = admin_channel(sched.address, "scheduler", secrets_dir), admin_channel(trainer.address, "trainer", secrets_dir)
+    async with admin_store(nats_server.url, secrets_dir) as store:
+        yield Platform(sched, scheduler_pb2_grpc.SchedulerStub(chs), trainer_pb2_grpc.TrainerStub(cht), store)
     await chs.close()
     await cht.close()
     await trainer.stop()

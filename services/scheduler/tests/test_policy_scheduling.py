@@ -14,6 +14,7 @@ import pytest
 
 from capstan_core.service import Service
 from capstan_core.settings import ServiceSettings
+from capstan_core.testing import admin_channel
 from capstan_proto import common_pb2, scheduler_pb2, scheduler_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 from capstan_scheduler.service import DEFINITION as SCHEDULER
 from capstan_trainer.agent.agent import gpu_env
@@ -69,12 +70,12 @@ class Pool:
 
 
 @pytest.fixture
-async def pool(tmp_path: Path, nats_server: Any) -> AsyncIterator[Pool]:
-    sched = Service(SCHEDULER, ServiceSettings(data_dir=tmp_path / "s", nats_url=nats_server.url))
+async def pool(tmp_path: Path, nats_server: Any, secrets_dir: Path) -> AsyncIterator[Pool]:
+    sched = Service(SCHEDULER, ServiceSettings(secrets_dir=secrets_dir, data_dir=tmp_path / "s", nats_url=nats_server.url))
     await sched.start()
-    trainer = Service(TRAINER, ServiceSettings(data_dir=tmp_path / "t", nats_url=nats_server.url, scheduler_addr=sched.address))
+    trainer = Service(TRAINER, ServiceSettings(secrets_dir=secrets_dir, data_dir=tmp_path / "t", nats_url=nats_server.url, scheduler_addr=sched.address))
     await trainer.start()
-    chs, cht = grpc.aio.insecure_channel(sched.address), grpc.aio.insecure_channel(trainer.address)
+    chs, cht = admin_channel(sched.address, "scheduler", secrets_dir), admin_channel(trainer.address, "trainer", secrets_dir)
     yield Pool(scheduler_pb2_grpc.SchedulerStub(chs), trainer_pb2_grpc.TrainerStub(cht))
     await chs.close()
     await cht.close()
@@ -214,17 +215,17 @@ def test_scheduler_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch
         SchedulerSettings()
 
 
-async def test_scheduler_restart_mid_run_keeps_assignments_and_never_double_allocates(tmp_path: Path, nats_server: Any) -> None:
+async def test_scheduler_restart_mid_run_keeps_assignments_and_never_double_allocates(tmp_path: Path, nats_server: Any, secrets_dir: Path) -> None:
     from capstan_core.eventstore import EventStore
     from capstan_core.natsserver import free_port
     from capstan_core.streams import event_subject
 
-    settings = ServiceSettings(data_dir=tmp_path / "s", nats_url=nats_server.url, grpc_listen=f"127.0.0.1:{free_port()}")
+    settings = ServiceSettings(secrets_dir=secrets_dir, data_dir=tmp_path / "s", nats_url=nats_server.url, grpc_listen=f"127.0.0.1:{free_port()}")
     sched = Service(SCHEDULER, settings)
     await sched.start()
-    trainer = Service(TRAINER, ServiceSettings(data_dir=tmp_path / "t", nats_url=nats_server.url, scheduler_addr=sched.address))
+    trainer = Service(TRAINER, ServiceSettings(secrets_dir=secrets_dir, data_dir=tmp_path / "t", nats_url=nats_server.url, scheduler_addr=sched.address))
     await trainer.start()
-    chs, cht = grpc.aio.insecure_channel(sched.address), grpc.aio.insecure_channel(trainer.address)
+    chs, cht = admin_channel(sched.address, "scheduler", secrets_dir), admin_channel(trainer.address, "trainer", secrets_dir)
     pool = Pool(scheduler_pb2_grpc.SchedulerStub(chs), trainer_pb2_grpc.TrainerStub(cht))
     try:
         rg, nodes = await pool.group(_policy(queue=2), [{"cpu": 4, "gpus": {"A100": 4}} for _ in range(3)])

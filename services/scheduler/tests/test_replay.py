@@ -34,7 +34,7 @@ from capstan_core.eventstore import EventStore, decode_commit
 from capstan_core.service import Service
 from capstan_core.settings import ServiceSettings
 from capstan_core.streams import EVENTS_STREAM, event_subject
-from capstan_core.testing import start_nats
+from capstan_core.testing import admin_store, start_secure_nats
 from capstan_scheduler.app import SchedulerApp
 from capstan_scheduler.reconcile import Scheduler
 from capstan_scheduler.service import DEFINITION as SCHEDULER
@@ -70,11 +70,11 @@ def _key(commit: Commit) -> tuple[str, list[tuple[str, str]]]:
     return subject, [(e.TYPE, e.model_dump_json()) for e in events]
 
 
-async def _record(tmp: Path, nats_url: str, seed: int) -> tuple[list[Commit], str]:
+async def _record(tmp: Path, nats_url: str, seed: int, secrets_dir: Path) -> tuple[list[Commit], str]:
     """Run A: a random scenario, driven step by step. Returns its event log and read-model digest."""
     rnd = random.Random(seed)
     clock = FixedClock(1_800_000_000_000)
-    svc = Service(_manual(clock), ServiceSettings(data_dir=tmp / "a", nats_url=nats_url))
+    svc = Service(_manual(clock), ServiceSettings(secrets_dir=secrets_dir, data_dir=tmp / "a", nats_url=nats_url))
     await svc.start()
     try:
         app: SchedulerApp = svc.app
@@ -92,8 +92,9 @@ async def _record(tmp: Path, nats_url: str, seed: int) -> tuple[list[Commit], st
         n_tasks = 0
 
         async def owner(subject: str, event: Event) -> None:
-            _, last = await store.load(subject)
-            await store.append(subject, [event], expected_seq=last)
+            async with admin_store(nats_url, secrets_dir) as other:  # the trainer / inference owner's place
+                _, last = await other.load(subject)
+                await other.append(subject, [event], expected_seq=last)
 
         for step in range(40):
             clock.advance(rnd.choice([1_000, 5_000, 20_000]))
@@ -117,7 +118,7 @@ async def _record(tmp: Path, nats_url: str, seed: int) -> tuple[list[Commit], st
                         task_id=tid, name=tid, resource_group_id=rg, command="x", hyperparameters={}, resources=res,
                         instance_count=rnd.choice([1, 1, 1, 2, 3]) if gpu >= 1 else 1, tags=tags, creator="u",
                         stop_grace_seconds=30, at_ms=clock.now_ms()))
-            await app.ctx.runner.wait_for(await store.last_seq())
+            assert await app.ctx.runner.wait_for(await store.last_seq(), timeout=60)  # a loaded machine must not change the decisions
             with app.ctx.engine.connect() as conn:
                 rows = conn.execute(select(workloads)).mappings().all()
             for w in rows:  # the owners react: evicted work goes back, some running work ends
@@ -140,21 +141,21 @@ async def _record(tmp: Path, nats_url: str, seed: int) -> tuple[list[Commit], st
                 clock.advance(400_000)
             if step == 30:
                 await app.release_nodes([nodes[1]])
-            await app.ctx.runner.wait_for(await store.last_seq())
+            assert await app.ctx.runner.wait_for(await store.last_seq(), timeout=60)
             await sched.step()
-        await app.ctx.runner.wait_for(await store.last_seq())
+        assert await app.ctx.runner.wait_for(await store.last_seq(), timeout=60)
         return await _read_log(store), table_digest(app.ctx.engine)
     finally:
         await svc.stop()
 
 
 async def _replay(
-    tmp: Path, log: list[Commit], edit: Callable[[Event], Event] = lambda e: e
+    tmp: Path, log: list[Commit], secrets_dir: Path, edit: Callable[[Event], Event] = lambda e: e
 ) -> tuple[list[Commit], list[Commit], str]:
     """Run B: replay ``log`` into a fresh scheduler. Returns (A's decisions, B's decisions, B's read-model digest)."""
-    server = start_nats(tmp / "nats-b")
+    server = start_secure_nats(tmp / "nats-b", secrets_dir)
     clock = FixedClock(0)
-    svc = Service(_manual(clock), ServiceSettings(data_dir=tmp / "b", nats_url=server.url))
+    svc = Service(_manual(clock), ServiceSettings(secrets_dir=secrets_dir, data_dir=tmp / "b", nats_url=server.url))
     await svc.start()
     try:
         app: SchedulerApp = svc.app
@@ -166,7 +167,8 @@ async def _replay(
         while i < len(log):
             if not _is_decision(log[i]):
                 subject, events = log[i]
-                await store.append(subject, [edit(e) for e in events], expected_seq=None)
+                async with admin_store(server.url, secrets_dir) as inputs:  # appended as their owners did
+                    await inputs.append(subject, [edit(e) for e in events], expected_seq=None)
                 i += 1
                 continue
             # one cycle of A: the run of decisions made at the same clock time
@@ -175,11 +177,11 @@ async def _replay(
                 recorded.append(log[i])
                 i += 1
             before = await store.last_seq()
-            await app.ctx.runner.wait_for(before)
+            assert await app.ctx.runner.wait_for(before, timeout=60)
             clock.t = at
             await sched.cycle()
             replayed.extend(await _read_log(store, before + 1))
-        await app.ctx.runner.wait_for(await store.last_seq())
+        assert await app.ctx.runner.wait_for(await store.last_seq(), timeout=60)
         return recorded, replayed, table_digest(app.ctx.engine)
     finally:
         await svc.stop()
@@ -187,13 +189,13 @@ async def _replay(
 
 
 @pytest.mark.parametrize("seed", [1, 2])
-async def test_replaying_the_recorded_log_gives_the_same_decisions(tmp_path: Path, nats_server: Any, seed: int) -> None:
-    log, digest = await _record(tmp_path, nats_server.url, seed)
+async def test_replaying_the_recorded_log_gives_the_same_decisions(tmp_path: Path, nats_server: Any, secrets_dir: Path, seed: int) -> None:
+    log, digest = await _record(tmp_path, nats_server.url, seed, secrets_dir)
     kinds = {e.TYPE for _, events in log for e in events}
     # the scenario exercised what matters: placements, preemption, lost nodes, services, releases
     assert {"WorkloadPlaced", "WorkloadPreemptionRequested", "WorkloadInstancesLost", "ServiceReplicaRequested",
             "WorkloadReleased"} <= kinds, kinds
-    recorded, replayed, replayed_digest = await _replay(tmp_path / "r1", log)
+    recorded, replayed, replayed_digest = await _replay(tmp_path / "r1", log, secrets_dir)
     assert len(recorded) > 30
     assert [_key(c) for c in replayed] == [_key(c) for c in recorded]
     assert replayed_digest == digest  # and the read models end equal, row for row
@@ -204,6 +206,6 @@ async def test_replaying_the_recorded_log_gives_the_same_decisions(tmp_path: Pat
             return e.model_copy(update={"policy": {**e.policy, "ResourceRule": rule}})
         return e
 
-    recorded, replayed, _ = await _replay(tmp_path / "r2", log, no_preemption)
+    recorded, replayed, _ = await _replay(tmp_path / "r2", log, secrets_dir, no_preemption)
     assert [_key(c) for c in replayed] != [_key(c) for c in recorded]
     assert not any(e.TYPE == "WorkloadPreemptionRequested" for _, events in replayed for e in events)

@@ -10,6 +10,7 @@ import pytest
 
 from capstan_core.service import Service
 from capstan_core.settings import ServiceSettings
+from capstan_core.testing import admin_channel
 from capstan_proto import common_pb2, scheduler_pb2, scheduler_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 from capstan_scheduler.service import DEFINITION as SCHEDULER
 from capstan_trainer.service import DEFINITION as TRAINER
@@ -27,16 +28,16 @@ async def _until(fn, timeout: float = 10.0):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-async def services(tmp_path: Path, nats_server, database_urls):  # type: ignore[no-untyped-def]
+async def services(tmp_path: Path, nats_server, database_urls, secrets_dir):  # type: ignore[no-untyped-def]
     """Scheduler and trainer, each on its own database: every test here runs on SQLite and on PostgreSQL."""
-    sched = Service(SCHEDULER, ServiceSettings(data_dir=tmp_path / "s", nats_url=nats_server.url, database_url=database_urls()))
+    sched = Service(SCHEDULER, ServiceSettings(secrets_dir=secrets_dir, data_dir=tmp_path / "s", nats_url=nats_server.url, database_url=database_urls()))
     await sched.start()
-    trainer = Service(TRAINER, ServiceSettings(
+    trainer = Service(TRAINER, ServiceSettings(secrets_dir=secrets_dir,
         data_dir=tmp_path / "t", nats_url=nats_server.url, scheduler_addr=sched.address, database_url=database_urls()
     ))
     await trainer.start()
-    ch_s = grpc.aio.insecure_channel(sched.address)
-    ch_t = grpc.aio.insecure_channel(trainer.address)
+    ch_s = admin_channel(sched.address, "scheduler", secrets_dir)
+    ch_t = admin_channel(trainer.address, "trainer", secrets_dir)
     yield sched, trainer, scheduler_pb2_grpc.SchedulerStub(ch_s), trainer_pb2_grpc.TrainerStub(ch_t)
     await ch_s.close()
     await ch_t.close()
@@ -46,7 +47,7 @@ async def services(tmp_path: Path, nats_server, database_urls):  # type: ignore[
 
 async def test_task_is_queued_placed_on_a_node_and_released(services) -> None:  # type: ignore[no-untyped-def]
     sched, trainer, s, t = services
-    rg = await s.CreateResourceGroup(scheduler_pb2.CreateResourceGroupRequest(name="team-a", creator="alice"))
+    rg = await s.CreateResourceGroup(scheduler_pb2.CreateResourceGroupRequest(name="team-a"))
     assert rg.id.startswith("rsg-")
     node = await s.JoinNode(scheduler_pb2.JoinNodeRequest(resource_group_id=rg.id, name="n1", cpu=4, memory_gib=8, agent_kind="trainer"))
     assert node.state == "Running"

@@ -268,11 +268,12 @@ async def test_what_if_preemption_on_vs_off(nc: Client) -> None:
         "5.0 s / 5.0 s (n=1)", "2.0 s / 2.0 s (n=1)", "70.0 s / 70.0 s (n=1)", "0.40 / 0.40", "14.00 / 14.00"]
 
 
-async def test_scripts_export_and_replay(nats_server: NatsServer, nc: Client, tmp_path: Path) -> None:
+async def test_scripts_export_and_replay(nats_server: NatsServer, nc: Client, tmp_path: Path, secrets_dir: Path) -> None:
     await _record(nc)
     events = tmp_path / "events.jsonl"
     exp = subprocess.run([sys.executable, str(ROOT / "scripts" / "export_events.py"), "--nats", nats_server.url,
-                          "--out", str(events)], capture_output=True, text=True, timeout=120)
+                          "--secrets-dir", str(secrets_dir), "--out", str(events)],
+                         capture_output=True, text=True, timeout=120)
     assert exp.returncode == 0, exp.stderr
     assert f"export: {sum(len(e) for _, e in SCENARIO)} events" in exp.stderr
     # --data-dir: the NATS port from run/ports.json, as `capstan up` writes it
@@ -280,6 +281,7 @@ async def test_scripts_export_and_replay(nats_server: NatsServer, nc: Client, tm
     (data_dir / "run").mkdir(parents=True)
     port = int(nats_server.url.rsplit(":", 1)[1])
     (data_dir / "run" / "ports.json").write_text(json.dumps({"nats": port, "http": 1}))
+    (data_dir / "secrets").symlink_to(secrets_dir)
     again = subprocess.run([sys.executable, str(ROOT / "scripts" / "export_events.py"), "--data-dir", str(data_dir),
                             "--quiet"], capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr

@@ -41,7 +41,7 @@ class Slice:
 @pytest.fixture
 async def slice_(platform: Any) -> Slice:
     rg = await platform.group("team")
-    agent = await platform.agent("team", "node-a", node_cpu=4, node_memory_gib=8, reconcile_s=0.3, output_sync_s=0.5)
+    agent = await platform.agent(rg, "node-a", node_cpu=4, node_memory_gib=8, reconcile_s=0.3, output_sync_s=0.5)
     return Slice(platform, agent, rg)
 
 

@@ -156,3 +156,38 @@ class WorkloadRequeued(Event):
 class WorkloadReleased(Event):
     workload_id: str
     at_ms: int
+
+
+# -- join tokens: how a node agent gets its certificate (subject capstan.evt.jointoken.<id>) ----------
+JOIN_TOKEN = "jointoken"  # noqa: S105 - an aggregate kind, not a secret
+
+
+@event("JoinTokenCreated", version=1)
+class JoinTokenCreated(Event):
+    """The secret itself is shown once to its creator and never stored: only its SHA-256 is."""
+
+    token_id: str
+    resource_group_id: str
+    secret_sha256: str
+    description: str = ""
+    expires_at_ms: int  # 0: never
+    created_by: str
+    at_ms: int
+
+
+@event("JoinTokenUsed", version=1)
+class JoinTokenUsed(Event):
+    """A node traded the token for a certificate (the audit trail of who joined with what)."""
+
+    token_id: str
+    node_id: str
+    node_name: str
+    certificate_sha256: str
+    at_ms: int
+
+
+@event("JoinTokenRevoked", version=1)
+class JoinTokenRevoked(Event):
+    token_id: str
+    by: str
+    at_ms: int

@@ -23,6 +23,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from capstan_core.errors import Unauthenticated
+from capstan_core.identity import set_acting_principal
 
 from .settings import GatewaySettings
 
@@ -122,7 +123,10 @@ async def current_principal(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     authenticator: Authenticator = request.app.state.authenticator
-    return authenticator.authenticate(credentials.credentials if credentials else None)
+    principal = authenticator.authenticate(credentials.credentials if credentials else None)
+    # Every gRPC call this request makes says whom it acts for (believed only from the gateway).
+    set_acting_principal(principal.name)
+    return principal
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]

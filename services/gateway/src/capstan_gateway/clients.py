@@ -13,7 +13,8 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import Message
 
-from capstan_core import grpcutil
+from capstan_core import credentials, grpcutil
+from capstan_core.credentials import TlsCredentials
 from capstan_core.errors import DomainError, Unavailable
 from capstan_proto import (
     inference_pb2_grpc,
@@ -70,10 +71,11 @@ class ServiceClient:
 
     service = "platform"
 
-    def __init__(self, address: str, timeout: float) -> None:
+    def __init__(self, address: str, timeout: float, tls: TlsCredentials) -> None:
         self.address = address
         self.timeout = timeout
-        self.channel = grpcutil.channel(address)
+        # Mutual TLS as svc:gateway; the user a request acts for rides in each call's metadata.
+        self.channel = grpcutil.channel(address, self.service, tls)
 
     async def call(self, rpc: Callable[..., Awaitable[R]], request: Message) -> R:
         try:
@@ -88,8 +90,8 @@ class ServiceClient:
 class SchedulerClient(ServiceClient):
     service = "scheduler"
 
-    def __init__(self, address: str, timeout: float) -> None:
-        super().__init__(address, timeout)
+    def __init__(self, address: str, timeout: float, tls: TlsCredentials) -> None:
+        super().__init__(address, timeout, tls)
         self.stub = scheduler_pb2_grpc.SchedulerStub(self.channel)
 
     async def create_resource_group(self, req: scheduler_pb2.CreateResourceGroupRequest) -> scheduler_pb2.ResourceGroup:
@@ -128,12 +130,21 @@ class SchedulerClient(ServiceClient):
     ) -> scheduler_pb2.ListHealthChecksResponse:
         return await self.call(self.stub.ListHealthChecks, req)
 
+    async def create_join_token(self, req: scheduler_pb2.CreateJoinTokenRequest) -> scheduler_pb2.JoinToken:
+        return await self.call(self.stub.CreateJoinToken, req)
+
+    async def list_join_tokens(self, req: scheduler_pb2.ListJoinTokensRequest) -> scheduler_pb2.ListJoinTokensResponse:
+        return await self.call(self.stub.ListJoinTokens, req)
+
+    async def revoke_join_token(self, req: scheduler_pb2.RevokeJoinTokenRequest) -> scheduler_pb2.JoinToken:
+        return await self.call(self.stub.RevokeJoinToken, req)
+
 
 class TrainerClient(ServiceClient):
     service = "trainer"
 
-    def __init__(self, address: str, timeout: float) -> None:
-        super().__init__(address, timeout)
+    def __init__(self, address: str, timeout: float, tls: TlsCredentials) -> None:
+        super().__init__(address, timeout, tls)
         self.stub = trainer_pb2_grpc.TrainerStub(self.channel)
 
     async def create_training_task(self, req: trainer_pb2.CreateTrainingTaskRequest) -> trainer_pb2.TrainingTask:
@@ -157,16 +168,16 @@ class TrainerClient(ServiceClient):
 class RegistryClient(ServiceClient):
     service = "registry"
 
-    def __init__(self, address: str, timeout: float) -> None:
-        super().__init__(address, timeout)
+    def __init__(self, address: str, timeout: float, tls: TlsCredentials) -> None:
+        super().__init__(address, timeout, tls)
         self.stub: Any = registry_pb2_grpc.RegistryStub(self.channel)
 
 
 class InferenceClient(ServiceClient):
     service = "inference"
 
-    def __init__(self, address: str, timeout: float) -> None:
-        super().__init__(address, timeout)
+    def __init__(self, address: str, timeout: float, tls: TlsCredentials) -> None:
+        super().__init__(address, timeout, tls)
         self.stub: Any = inference_pb2_grpc.InferenceStub(self.channel)
 
 
@@ -182,11 +193,12 @@ class Clients:
     @classmethod
     def connect(cls, settings: GatewaySettings) -> Clients:
         t = settings.rpc_timeout_s
+        tls = credentials.load(settings.secrets_path, "gateway").tls
         return cls(
-            scheduler=SchedulerClient(settings.scheduler_addr, t),
-            trainer=TrainerClient(settings.trainer_addr, t),
-            registry=RegistryClient(settings.registry_addr, t) if settings.registry_addr else None,
-            inference=InferenceClient(settings.inference_addr, t) if settings.inference_addr else None,
+            scheduler=SchedulerClient(settings.scheduler_addr, t, tls),
+            trainer=TrainerClient(settings.trainer_addr, t, tls),
+            registry=RegistryClient(settings.registry_addr, t, tls) if settings.registry_addr else None,
+            inference=InferenceClient(settings.inference_addr, t, tls) if settings.inference_addr else None,
         )
 
     async def close(self) -> None:

@@ -35,6 +35,8 @@ class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CAPSTAN_", extra="ignore")
 
     data_dir: Path = Path(".capstan")
+    # Empty: <data_dir>/secrets (the gateway's certificate for calling the services).
+    secrets_dir: Path | None = None
     http_listen: str = "127.0.0.1:8080"
     scheduler_addr: str = ""
     trainer_addr: str = ""
@@ -46,6 +48,10 @@ class GatewaySettings(BaseSettings):
     log_level: str = "INFO"
     # Seconds a call to an owning service may take before the route answers 503.
     rpc_timeout_s: float = 10.0
+
+    @property
+    def secrets_path(self) -> Path:
+        return self.secrets_dir if self.secrets_dir is not None else self.data_dir / "secrets"
 
     @field_validator("http_listen")
     @classmethod

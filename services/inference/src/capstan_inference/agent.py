@@ -7,16 +7,17 @@ import asyncio
 import socket
 from pathlib import Path
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from capstan_core import grpcutil
 from capstan_core.capacity import detect
 from capstan_core.membership import NodeMembership
+from capstan_core.nodeauth import NodeAuthSettings
 from capstan_core.service import agent_main, until_terminated, write_ready_file
 from capstan_proto import scheduler_pb2_grpc
 
 
-class InferenceAgentSettings(BaseSettings):
+class InferenceAgentSettings(NodeAuthSettings):
     model_config = SettingsConfigDict(env_prefix="CAPSTAN_", extra="ignore")
 
     scheduler_addr: str = "127.0.0.1:50051"
@@ -31,9 +32,13 @@ class InferenceAgentSettings(BaseSettings):
 
 
 async def _run(settings: InferenceAgentSettings, ready_file: str | None) -> None:
-    channel = grpcutil.channel(settings.scheduler_addr)
+    creds = await settings.node_credentials(
+        settings.agent_dir / "credentials", node_name=settings.node_name, resource_group=settings.resource_group,
+        agent_kind="inference",
+    )
+    channel = grpcutil.channel(settings.scheduler_addr, "scheduler", creds.tls)
     membership = NodeMembership(
-        scheduler_pb2_grpc.SchedulerStub(channel), resource_group=settings.resource_group, node_name=settings.node_name,
+        scheduler_pb2_grpc.SchedulerStub(channel), resource_group=creds.resource_group_id, node_name=settings.node_name,
         agent_kind="inference", capacity=detect(settings.node_cpu, settings.node_memory_gib, settings.node_gpus),
         heartbeat_s=settings.heartbeat_s,
     )

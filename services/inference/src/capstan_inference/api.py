@@ -5,9 +5,13 @@ from __future__ import annotations
 import grpc
 
 from capstan_core.grpcutil import GrpcServer
+from capstan_core.identity import ADMIN, GATEWAY, Access, methods_of
 from capstan_proto import inference_pb2, inference_pb2_grpc
 
 from .app import InferenceApp
+
+SERVICE = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
+ACCESS = Access(methods_of(SERVICE, ["ListAgents"], [GATEWAY, ADMIN]))
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):

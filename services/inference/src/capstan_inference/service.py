@@ -15,4 +15,5 @@ DEFINITION = ServiceDefinition(
     projections=lambda: [InferenceProjection()],
     build=InferenceApp,
     register=api.register,
+    access=api.ACCESS,
 )

@@ -7,9 +7,13 @@ from typing import Any
 import grpc
 
 from capstan_core.grpcutil import GrpcServer
+from capstan_core.identity import ADMIN, GATEWAY, Access, current_caller, methods_of
 from capstan_proto import registry_pb2, registry_pb2_grpc
 
 from .app import RegistryApp
+
+SERVICE = registry_pb2.DESCRIPTOR.services_by_name["Registry"].full_name
+ACCESS = Access(methods_of(SERVICE, ["CreateModel", "GetModel", "ListModels"], [GATEWAY, ADMIN]))
 
 
 def _model(d: dict[str, Any]) -> registry_pb2.Model:
@@ -25,7 +29,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
 
     async def CreateModel(self, req: registry_pb2.CreateModelRequest, context: grpc.aio.ServicerContext) -> registry_pb2.Model:
         return _model(await self.app.create(
-            name=req.name, description=req.description, tags=dict(req.tags), creator=req.creator or "anonymous",
+            name=req.name, description=req.description, tags=dict(req.tags), creator=current_caller().acting,
             idempotency_key=req.idempotency_key,
         ))
 

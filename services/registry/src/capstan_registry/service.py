@@ -15,4 +15,5 @@ DEFINITION = ServiceDefinition(
     projections=lambda: [RegistryProjection()],
     build=RegistryApp,
     register=api.register,
+    access=api.ACCESS,
 )

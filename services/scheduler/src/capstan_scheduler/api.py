@@ -9,9 +9,27 @@ import grpc
 
 from capstan_core.contracts.scheduling import HealthCheckResult
 from capstan_core.grpcutil import GrpcServer
+from capstan_core.identity import ADMIN, ANONYMOUS, GATEWAY, NODE, Access, current_caller, methods_of, service_role
 from capstan_proto import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 
 from .app import SchedulerApp
+from .node_auth import node_id_for, require_own_node
+
+SERVICE = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name
+# Who may call what: users through the gateway and the operator manage groups and nodes; the
+# trainer and inference services check a group exists; a node agent (its own node only, checked
+# in the handlers) joins, heartbeats and reads its assignments; anyone holding a join token may
+# bootstrap, on the TLS-only port.
+ACCESS = Access({
+    **methods_of(SERVICE, [
+        "CreateResourceGroup", "ListResourceGroups", "UpdateResourceGroup", "DeleteResourceGroup", "ReleaseNodes",
+        "GetQueue", "ListNodes", "ListHealthChecks", "RemoveNodeRecord", "CreateJoinToken", "ListJoinTokens",
+        "RevokeJoinToken",
+    ], [GATEWAY, ADMIN]),
+    **methods_of(SERVICE, ["GetResourceGroup"], [GATEWAY, ADMIN, service_role("trainer"), service_role("inference")]),
+    **methods_of(SERVICE, ["JoinNode", "Heartbeat", "ReportHealthCheck", "ListNodeAssignments"], [NODE, ADMIN]),
+    **methods_of(SERVICE, ["BootstrapNode"], [ANONYMOUS, ADMIN]),
+})
 
 
 def _rg(d: dict[str, Any]) -> scheduler_pb2.ResourceGroup:
@@ -42,7 +60,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     async def CreateResourceGroup(self, req: scheduler_pb2.CreateResourceGroupRequest, context: grpc.aio.ServicerContext) -> scheduler_pb2.ResourceGroup:  # noqa: N802
         d = await self.app.create_resource_group(
             name=req.name, description=req.description, tags=dict(req.tags), policy_json=req.policy_json,
-            creator=req.creator or "anonymous", idempotency_key=req.idempotency_key,
+            creator=current_caller().acting, idempotency_key=req.idempotency_key,
         )
         return _rg(d)
 
@@ -101,6 +119,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         )
 
     async def JoinNode(self, req: scheduler_pb2.JoinNodeRequest, context: grpc.aio.ServicerContext) -> scheduler_pb2.Node:  # noqa: N802
+        require_own_node(node_id_for(req.resource_group_id, req.name))
         d = await self.app.join_node(
             rg_id=req.resource_group_id, name=req.name, agent_kind=req.agent_kind or "trainer", cpu=req.cpu,
             memory_gib=req.memory_gib, gpus=dict(req.gpus), checks=_checks(req.checks),
@@ -108,6 +127,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         return _node(d)
 
     async def ReportHealthCheck(self, req: scheduler_pb2.ReportHealthCheckRequest, context: grpc.aio.ServicerContext) -> scheduler_pb2.Node:  # noqa: N802
+        require_own_node(req.node_id)
         return _node(await self.app.report_health(req.node_id, _checks(req.checks)))
 
     async def RemoveNodeRecord(self, req: scheduler_pb2.RemoveNodeRecordRequest, context: grpc.aio.ServicerContext) -> scheduler_pb2.Node:  # noqa: N802
@@ -129,6 +149,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         )
 
     async def Heartbeat(self, req: scheduler_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext) -> scheduler_pb2.HeartbeatResponse:  # noqa: N802
+        require_own_node(req.node_id)
         return scheduler_pb2.HeartbeatResponse(state=await self.app.heartbeat(req.node_id))
 
     async def ListNodes(self, req: scheduler_pb2.ListNodesRequest, context: grpc.aio.ServicerContext) -> scheduler_pb2.ListNodesResponse:  # noqa: N802
@@ -138,6 +159,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         return scheduler_pb2.ListNodesResponse(items=[_node(i) for i in items], next_page_token=token, total=total)
 
     async def ListNodeAssignments(self, req: scheduler_pb2.ListNodeAssignmentsRequest, context: grpc.aio.ServicerContext) -> scheduler_pb2.ListNodeAssignmentsResponse:  # noqa: N802
+        require_own_node(req.node_id)
         items = [
             scheduler_pb2.Assignment(
                 workload_id=a["workload_id"], workload_kind=a["kind"], instance_index=a["idx"],
@@ -147,6 +169,33 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             for a in self.app.node_assignments(req.node_id)
         ]
         return scheduler_pb2.ListNodeAssignmentsResponse(items=items)
+
+    # -- join tokens and node bootstrap -------------------------------------------------
+    async def CreateJoinToken(self, req: scheduler_pb2.CreateJoinTokenRequest, context: grpc.aio.ServicerContext) -> scheduler_pb2.JoinToken:  # noqa: N802
+        return _token(await self.app.node_auth.create(
+            rg_id=req.resource_group_id, description=req.description, ttl_s=req.ttl_seconds,
+            idempotency_key=req.idempotency_key,
+        ))
+
+    async def ListJoinTokens(self, req: scheduler_pb2.ListJoinTokensRequest, context: grpc.aio.ServicerContext) -> scheduler_pb2.ListJoinTokensResponse:  # noqa: N802
+        return scheduler_pb2.ListJoinTokensResponse(items=[_token(t) for t in self.app.node_auth.list(req.resource_group_id)])
+
+    async def RevokeJoinToken(self, req: scheduler_pb2.RevokeJoinTokenRequest, context: grpc.aio.ServicerContext) -> scheduler_pb2.JoinToken:  # noqa: N802
+        return _token(await self.app.node_auth.revoke(req.id))
+
+    async def BootstrapNode(self, req: scheduler_pb2.BootstrapNodeRequest, context: grpc.aio.ServicerContext) -> scheduler_pb2.BootstrapNodeResponse:  # noqa: N802
+        d = await self.app.node_auth.bootstrap(
+            join_token=req.join_token, node_name=req.node_name, agent_kind=req.agent_kind, csr_pem=req.csr_pem
+        )
+        return scheduler_pb2.BootstrapNodeResponse(**d)
+
+
+def _token(d: dict[str, Any]) -> scheduler_pb2.JoinToken:
+    return scheduler_pb2.JoinToken(
+        id=d["id"], resource_group_id=d["resource_group_id"], description=d["description"], created_by=d["created_by"],
+        created_at_ms=d["created_at_ms"], expires_at_ms=d["expires_at_ms"], revoked=d["revoked"], uses=d["uses"],
+        last_used_at_ms=d["last_used_at_ms"], token=d["token"],
+    )
 
 
 def register(app: SchedulerApp, server: GrpcServer) -> None:

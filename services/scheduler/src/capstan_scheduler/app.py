@@ -41,6 +41,7 @@ from .domain.aggregates import (
     fold_node,
     fold_rg,
 )
+from .node_auth import NodeAuth, node_id_for
 from .queue_view import QueueReport, explain
 from .settings import SchedulerSettings
 from .snapshot import GroupPlan, build_plans
@@ -77,6 +78,7 @@ class SchedulerApp:
         self.lost_after_ms = int(settings.node_lost_after_s * 1000)
         self.shareable = settings.shareable
         self.health_record_every_ms = int(settings.health_record_every_s * 1000)
+        self.node_auth = NodeAuth(ctx, self.clock)
 
     # -- commands --------------------------------------------------------------------
     async def create_resource_group(
@@ -171,7 +173,7 @@ class SchedulerApp:
         checks: list[HealthCheckResult] | None = None,
     ) -> dict[str, Any]:
         self.get_resource_group(rg_id)  # NotFound if the group does not exist
-        node_id = stable_id("node", rg_id, name)
+        node_id = node_id_for(rg_id, name)
         now = self.clock.now_ms()
         outcome = await execute(
             self.ctx.store,

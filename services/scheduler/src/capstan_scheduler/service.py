@@ -8,6 +8,7 @@ from capstan_core.service import ServiceDefinition, reconcile_forever
 
 from . import api
 from .app import SchedulerApp
+from .node_auth import JoinTokenProjection
 from .projections import SchedulerProjection
 from .reconcile import Scheduler
 
@@ -20,8 +21,11 @@ async def _schedule(app: SchedulerApp) -> None:
 DEFINITION = ServiceDefinition(
     name="scheduler",
     migrations=Path(__file__).parent / "migrations",
-    projections=lambda: [SchedulerProjection()],
+    projections=lambda: [SchedulerProjection(), JoinTokenProjection()],
     build=SchedulerApp,
     register=api.register,
+    access=api.ACCESS,
     background=[_schedule],
+    bootstrap=True,
+    wakes_agents=True,
 )

@@ -87,3 +87,17 @@ node_health_checks = Table(
 )
 
 tracking = tracking_table(metadata)
+
+join_tokens = Table(
+    "join_tokens",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("resource_group_id", String(40), nullable=False, index=True),
+    Column("description", Text, nullable=False, default=""),
+    Column("created_by", String(140), nullable=False),
+    Column("created_at_ms", BigInteger, nullable=False),
+    Column("expires_at_ms", BigInteger, nullable=False),
+    Column("revoked", Boolean, nullable=False, default=False),
+    Column("uses", Integer, nullable=False, default=0),
+    Column("last_used_at_ms", BigInteger, nullable=False, default=0),
+)

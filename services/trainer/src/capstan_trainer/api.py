@@ -9,10 +9,20 @@ import grpc
 
 from capstan_core.contracts.common import ResourceSpec
 from capstan_core.grpcutil import GrpcServer
+from capstan_core.identity import ADMIN, GATEWAY, NODE, Access, current_caller, methods_of
 from capstan_proto import common_pb2, trainer_pb2, trainer_pb2_grpc
 
 from .app import TrainerApp
 from .logs import read_logs
+
+SERVICE = trainer_pb2.DESCRIPTOR.services_by_name["Trainer"].full_name
+# Users (through the gateway) and the operator manage tasks; a node agent reads the tasks placed
+# on its node and reports their instances (both checked against the placement in the handlers).
+ACCESS = Access({
+    **methods_of(SERVICE, ["CreateTrainingTask", "ListTrainingTasks", "StopTrainingTask", "GetLogs"], [GATEWAY, ADMIN]),
+    **methods_of(SERVICE, ["GetTrainingTask"], [GATEWAY, ADMIN, NODE]),
+    **methods_of(SERVICE, ["ReportInstance"], [NODE, ADMIN]),
+})
 
 
 def _task(d: dict[str, Any]) -> trainer_pb2.TrainingTask:
@@ -45,14 +55,14 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             name=req.name, resource_group_id=req.resource_group_id, command=req.command,
             hyperparameters_json=req.hyperparameters_json,
             resources=ResourceSpec(cpu=r.cpu or 1.0, memory_gib=r.memory_gib or 1.0, gpu_type=r.gpu_type, gpu=r.gpu),
-            instance_count=req.instance_count, tags=dict(req.tags), creator=req.creator or "anonymous",
+            instance_count=req.instance_count, tags=dict(req.tags), creator=current_caller().acting,
             stop_grace_seconds=req.stop_grace_seconds, idempotency_key=req.idempotency_key,
             max_restarts=req.max_restarts,
         )
         return _task(d)
 
     async def GetTrainingTask(self, req: trainer_pb2.GetTrainingTaskRequest, context: grpc.aio.ServicerContext) -> trainer_pb2.TrainingTask:
-        return _task(self.app.get(req.id))
+        return _task(self.app.get_for_caller(req.id, current_caller()))
 
     async def ListTrainingTasks(self, req: trainer_pb2.ListTrainingTasksRequest, context: grpc.aio.ServicerContext) -> trainer_pb2.ListTrainingTasksResponse:
         items, token, total = self.app.list(
@@ -65,8 +75,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         return _task(await self.app.stop(req.id, by="user"))
 
     async def ReportInstance(self, req: trainer_pb2.ReportInstanceRequest, context: grpc.aio.ServicerContext) -> trainer_pb2.ReportInstanceResponse:
-        status = await self.app.report(
-            task_id=req.task_id, index=req.instance_index, node_id=req.node_id, state=req.state,
+        status = await self.app.report_from(
+            current_caller(), task_id=req.task_id, index=req.instance_index, node_id=req.node_id, state=req.state,
             exit_code=req.exit_code, message=req.message, at_ms=req.at_ms, attempt=req.attempt,
         )
         return trainer_pb2.ReportInstanceResponse(task_status=status)

@@ -14,7 +14,8 @@ from capstan_core.clock import Clock, SystemClock
 from capstan_core.command import execute
 from capstan_core.contracts.common import ResourceSpec
 from capstan_core.contracts.training import AGGREGATE
-from capstan_core.errors import InvalidArgument, NotFound, Unavailable
+from capstan_core.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
+from capstan_core.identity import Caller
 from capstan_core.ids import new_id, stable_id
 from capstan_core.paging import next_token, page_bounds
 from capstan_core.service import ServiceContext
@@ -46,7 +47,7 @@ class TrainerApp:
         """Refuse a task for a group that does not exist now, before anything is appended."""
         if not self.ctx.settings.scheduler_addr:
             raise Unavailable("the trainer is not configured with the scheduler's address")
-        stub = scheduler_pb2_grpc.SchedulerStub(self.ctx.channel(self.ctx.settings.scheduler_addr))
+        stub = scheduler_pb2_grpc.SchedulerStub(self.ctx.channel(self.ctx.settings.scheduler_addr, "scheduler"))
         try:
             await stub.GetResourceGroup(scheduler_pb2.GetResourceGroupRequest(id=rg_id), timeout=10)
         except grpc.aio.AioRpcError as e:
@@ -98,6 +99,26 @@ class TrainerApp:
         )
         await self.ctx.await_projection(outcome.seq)
         return self.get(task_id)["status"]
+
+    async def report_from(
+        self, caller: Caller, *, task_id: str, index: int, node_id: str, state: str, exit_code: int, message: str,
+        at_ms: int, attempt: int = 0,
+    ) -> str:
+        """A report from a node agent: the node is the caller's certificate, and it must be where the
+        instance is placed. A report about an earlier attempt changes nothing (the domain ignores it)."""
+        if caller.kind == "node":
+            if node_id and node_id != caller.node_id:
+                raise PermissionDenied(f"{caller.name} may report only for itself, not for node {node_id}")
+            node_id = caller.node_id
+            task = self.get(task_id)
+            if attempt == task["attempt"]:
+                placed = {i["idx"]: i["node_id"] for i in task["instances"]}
+                if placed.get(index) != node_id:
+                    raise NotFound(f"instance {index} of training task {task_id} is not placed on {node_id}")
+        return await self.report(
+            task_id=task_id, index=index, node_id=node_id, state=state, exit_code=exit_code, message=message,
+            at_ms=at_ms, attempt=attempt,
+        )
 
     async def reconcile(self) -> None:
         """End tasks that will never run: rejected by the scheduler, or stopped before being placed."""
@@ -166,6 +187,13 @@ class TrainerApp:
                 select(training_instances).where(training_instances.c.task_id == task_id).order_by(training_instances.c.idx)
             ).mappings().all()
         return _view(dict(row), [dict(i) for i in instances])
+
+    def get_for_caller(self, task_id: str, caller: Caller) -> dict[str, Any]:
+        """A node sees only the tasks with an instance placed on it (others do not exist for it)."""
+        task = self.get(task_id)
+        if caller.kind == "node" and not any(i["node_id"] == caller.node_id for i in task["instances"]):
+            raise NotFound(f"training task {task_id} does not exist")
+        return task
 
     def list(self, *, page_size: int, page_token: str, creator: str, resource_group_id: str, status: str) -> tuple[list[dict[str, Any]], str, int]:
         size, offset = page_bounds(page_size, page_token)

@@ -26,5 +26,7 @@ DEFINITION = ServiceDefinition(
     projections=lambda: [TrainerProjection()],
     build=TrainerApp,
     register=api.register,
+    access=api.ACCESS,
     background=[_reconcile],
+    wakes_agents=True,
 )

@@ -25,7 +25,7 @@ async def create_resource_group(
     scheduler: Scheduler,
     idempotency_key: IdempotencyKey = "",
 ) -> ResourceGroup:
-    req = body.to_proto(creator=principal.name, idempotency_key=idempotency_key)
+    req = body.to_proto(idempotency_key=idempotency_key)
     return ResourceGroup.from_proto(await scheduler.create_resource_group(req))
 
 

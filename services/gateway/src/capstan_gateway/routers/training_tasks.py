@@ -27,7 +27,7 @@ async def create_training_task(
     trainer: Trainer,
     idempotency_key: IdempotencyKey = "",
 ) -> TrainingTask:
-    req = body.to_proto(creator=principal.name, idempotency_key=idempotency_key)
+    req = body.to_proto(idempotency_key=idempotency_key)
     return TrainingTask.from_proto(await trainer.create_training_task(req))
 
 

@@ -22,13 +22,12 @@ class ResourceGroupCreate(RequestModel):
     )
     description: Annotated[str, StringConstraints(max_length=500)] = ""
 
-    def to_proto(self, *, creator: str, idempotency_key: str) -> scheduler_pb2.CreateResourceGroupRequest:
+    def to_proto(self, *, idempotency_key: str) -> scheduler_pb2.CreateResourceGroupRequest:
         return scheduler_pb2.CreateResourceGroupRequest(
             name=self.name,
             description=self.description,
             tags=self.tags,
             policy_json=dump_json_object(self.policy, "body.policy"),
-            creator=creator,
             idempotency_key=idempotency_key,
         )
 

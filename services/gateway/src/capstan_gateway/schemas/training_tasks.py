@@ -66,7 +66,7 @@ class TrainingTaskCreate(RequestModel):
         "while running; 0: never (the default). Evictions and lost nodes do not count.",
     )
 
-    def to_proto(self, *, creator: str, idempotency_key: str) -> trainer_pb2.CreateTrainingTaskRequest:
+    def to_proto(self, *, idempotency_key: str) -> trainer_pb2.CreateTrainingTaskRequest:
         return trainer_pb2.CreateTrainingTaskRequest(
             name=self.name,
             resource_group_id=self.resource_group_id,
@@ -75,7 +75,6 @@ class TrainingTaskCreate(RequestModel):
             resources=self.resources.to_proto(),
             instance_count=self.instance_count,
             tags=self.tags,
-            creator=creator,
             idempotency_key=idempotency_key,
             stop_grace_seconds=self.stop_grace_seconds,
             max_restarts=self.max_restarts,

@@ -19,8 +19,10 @@ from capstan_core import grpcutil
 from capstan_core.capacity import detect
 from capstan_core.healthcheck import Check, basic_checks
 from capstan_core.membership import NodeMembership
+from capstan_core.nodeauth import NodeCredentials
 from capstan_core.projection import cancel_and_wait
 from capstan_core.service import connect_nats
+from capstan_core.streams import WAKE_AGENTS
 from capstan_proto import scheduler_pb2, scheduler_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 
 from .sandbox import EXIT_STOPPED_BEFORE_START, BwrapExecutor, Executor, InstanceSpec
@@ -43,36 +45,46 @@ class TrainerAgent:
         self._nc: NatsClient | None = None
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._sched_ch = grpcutil.channel(settings.scheduler_addr)
-        self._trainer_ch = grpcutil.channel(settings.trainer_addr)
-        self.scheduler = scheduler_pb2_grpc.SchedulerStub(self._sched_ch)
-        self.trainer = trainer_pb2_grpc.TrainerStub(self._trainer_ch)
+        self._channels: list[grpc.aio.Channel] = []
         self._cards: dict[tuple[str, int], list[tuple[int, int]]] = {}
         self.storage = OutputStore(settings.storage_root)
         self._synced_at: dict[tuple[str, int], float] = {}  # (instance key, index) -> monotonic time
         capacity = detect(settings.node_cpu, settings.node_memory_gib, settings.node_gpus)
         # deploy and periodic health checks: disk where instances run, memory, GPUs, and the executor's own
-        checks = basic_checks(capacity, settings.agent_dir)
+        self.checks = basic_checks(capacity, settings.agent_dir)
         if type(self.executor).health_check is not Executor.health_check:
-            checks.append(self._executor_check)
-        self.membership = NodeMembership(
-            self.scheduler, resource_group=settings.resource_group, node_name=settings.node_name, agent_kind="trainer",
-            capacity=capacity, heartbeat_s=settings.heartbeat_s, checks=checks, health_interval_s=settings.health_check_s,
-        )
+            self.checks.append(self._executor_check)
+        self.capacity = capacity
+        self.credentials: NodeCredentials | None = None
+        self.membership: NodeMembership | None = None
 
     def _executor_check(self) -> Check:
         return self.executor.health_check() or Check("executor", True)
 
     @property
     def node_id(self) -> str:
-        return self.membership.node_id
+        return self.credentials.node_id if self.credentials else ""
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
-        self.settings.agent_dir.mkdir(parents=True, exist_ok=True)
-        self._nc = await connect_nats(self.settings.nats_url, f"trainer-agent-{self.settings.node_name}")
-        # Any new event may change what this node should run: wake the reconcile loop.
-        await self._nc.subscribe("capstan.evt.>", cb=self._on_event)
+        s = self.settings
+        s.agent_dir.mkdir(parents=True, exist_ok=True)
+        # The node's certificate (a join token the first time); it names this node to every service.
+        creds = self.credentials = await s.node_credentials(
+            s.agent_dir / "credentials", node_name=s.node_name, resource_group=s.resource_group, agent_kind="trainer"
+        )
+        sched_ch = grpcutil.channel(s.scheduler_addr, "scheduler", creds.tls)
+        trainer_ch = grpcutil.channel(s.trainer_addr, "trainer", creds.tls)
+        self._channels = [sched_ch, trainer_ch]
+        self.scheduler = scheduler_pb2_grpc.SchedulerStub(sched_ch)
+        self.trainer = trainer_pb2_grpc.TrainerStub(trainer_ch)
+        self.membership = NodeMembership(
+            self.scheduler, resource_group=creds.resource_group_id, node_name=s.node_name, agent_kind="trainer",
+            capacity=self.capacity, heartbeat_s=s.heartbeat_s, checks=self.checks, health_interval_s=s.health_check_s,
+        )
+        self._nc = await connect_nats(s.nats_url, f"trainer-agent-{s.node_name}", creds.nats)
+        # Services ping when their read models advance: what this node should run may have changed.
+        await self._nc.subscribe(WAKE_AGENTS, cb=self._on_event)
         await self.membership.join()
         self._tasks = [
             asyncio.create_task(self.membership.heartbeat_forever(), name="heartbeat"),
@@ -85,8 +97,8 @@ class TrainerAgent:
     async def stop(self) -> None:
         """Stop the agent only: instances keep running under their runners and are re-adopted on restart."""
         await cancel_and_wait(self._tasks)
-        await self._sched_ch.close()
-        await self._trainer_ch.close()
+        for ch in self._channels:
+            await ch.close()
         if self._nc:
             with contextlib.suppress(Exception):
                 await self._nc.close()
@@ -246,7 +258,7 @@ class TrainerAgent:
             "INDEX": str(index),
             "RANK": str(index),
             "WORLD_SIZE": str(task.instance_count),
-            **gpu_env(self._cards.get((task.id, index), []), simulated=self.membership.capacity.simulated_gpus),
+            **gpu_env(self._cards.get((task.id, index), []), simulated=self.capacity.simulated_gpus),
         }
         env["CAPSTAN_ATTEMPT"] = str(task.attempt)
         return InstanceSpec(

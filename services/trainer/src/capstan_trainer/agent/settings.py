@@ -5,10 +5,12 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from capstan_core.nodeauth import NodeAuthSettings
 
 
-class AgentSettings(BaseSettings):
+class AgentSettings(NodeAuthSettings):
     model_config = SettingsConfigDict(env_prefix="CAPSTAN_", extra="ignore")
 
     nats_url: str = "nats://127.0.0.1:4222"
@@ -26,7 +28,6 @@ class AgentSettings(BaseSettings):
     log_level: str = "INFO"
     # Durable training output (/opt/ml/output, /opt/ml/model) lives under storage_dir, by default
     # <data_dir>/storage: shared by every agent started from one data dir; a shared mount across machines.
-    data_dir: Path = Path(".capstan")
     storage_dir: Path | None = None
     output_sync_s: float = 30.0  # how often a running instance's output is copied to storage
 
