@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from capstan_core import credentials
+from capstan_core.contracts.training import PLATFORM_STOP_FILE
 from capstan_core.natsserver import NatsServer, free_port
 
 from . import procs
@@ -315,6 +316,9 @@ def _stop_runners(paths: Paths, say: Say) -> list[dict[str, Any]]:
     for pid_file in sorted(paths.agents.glob("*/instances/*/runner.pid")):
         pid = procs.read_pid(pid_file)
         if pid is not None and procs.alive(pid, "runner"):
+            # The platform stops it, not its user or its code: the agent reports an eviction, and the
+            # task runs again after the next `up` instead of failing with 143.
+            (pid_file.parent / PLATFORM_STOP_FILE).touch()
             found.append((pid, str(pid_file.parent.relative_to(paths.root))))
     results = dict(procs.terminate([(pid, "runner") for pid, _ in found], STOP_TIMEOUT))
     out = []

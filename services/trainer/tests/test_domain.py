@@ -187,3 +187,36 @@ def test_events_written_before_the_budget_still_read() -> None:
     old = decode(raw)
     assert isinstance(old, TrainingTaskSubmitted) and old.max_restarts == 0
     assert fold([old]).max_restarts == 0
+
+
+def evicted(history: Sequence[Event], index: int, code: int = 143) -> list[Event]:
+    return decide_report(fold(history), task_id=T, index=index, node_id="n1", state="Evicted", exit_code=code,
+                         message="stopped with the platform (capstan down); requeued", now_ms=10, attempt=0)
+
+
+def test_a_platform_stop_is_an_eviction_never_a_failure_or_a_restart() -> None:
+    """`capstan down` stopped the instance: the attempt leaves (the others get SIGTERM) and the task is
+    requeued as an eviction, even with no restart budget and whatever the exit code."""
+    one = evicted([submitted(), started(0)], 0)
+    assert [type(e) for e in one] == [TrainingInstanceExited, TrainingTaskPreempting, TrainingTaskRequeued]
+    requeue = one[-1]
+    assert isinstance(requeue, TrainingTaskRequeued) and requeue.cause == "preempted" and requeue.attempt == 1
+    assert "capstan down" in requeue.reason
+    # two instances: the first eviction makes the attempt leave; the other instance's exit (whatever
+    # its code) then completes the requeue instead of failing the task
+    first = evicted([submitted(instances=2), started(0), started(1)], 0)
+    assert [type(e) for e in first] == [TrainingInstanceExited, TrainingTaskPreempting]
+    rest = report([submitted(instances=2), started(0), started(1), *first], 1, 143)
+    assert [type(e) for e in rest] == [TrainingInstanceExited, TrainingTaskRequeued]
+    assert fold([submitted(), started(0), *one]).restarts_used == 0
+    # a user's stop still wins
+    stopped = evicted([submitted(), started(0), TrainingTaskStopRequested(task_id=T, by="u", at_ms=5)], 0)
+    assert isinstance(stopped[-1], TrainingTaskEnded) and stopped[-1].status == "Stopped"
+
+
+def test_a_preempting_event_written_before_it_had_a_reason_still_reads() -> None:
+    raw = {"type": "TrainingTaskPreempting", "version": 1,
+           "data": {"task_id": T, "attempt": 0, "preemptor_id": "train-x", "at_ms": 1}}
+    e = decode(raw)
+    assert isinstance(e, TrainingTaskPreempting) and e.reason == "preempted"
+    assert decide_preempting(fold([submitted(), e]), task_id=T, preemptor_id="y", now_ms=2) == []

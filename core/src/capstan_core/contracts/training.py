@@ -54,12 +54,15 @@ class TrainingTaskStopRequested(Event):
 
 @event("TrainingTaskPreempting", version=1)
 class TrainingTaskPreempting(Event):
-    """The scheduler asked for this attempt's resources: instances get SIGTERM and their grace period."""
+    """This attempt is evicted: the scheduler asked for its resources, or the platform stopped its
+    instances (``capstan down``). Instances get SIGTERM and their grace period; once all have exited
+    the task is requeued, an eviction, never a failure or a restart."""
 
     task_id: str
     attempt: int
     preemptor_id: str
     at_ms: int
+    reason: str = "preempted"
 
 
 @event("TrainingTaskRequeued", version=1)
@@ -98,3 +101,8 @@ class TrainingTaskEnded(Event):
     exit_code: int | None = None
     reason: str = ""
     at_ms: int
+
+
+# A file `capstan down` leaves in a running instance's directory before it stops the instance's runner:
+# the platform stopped it, not the user and not its code, so the agent reports it as an eviction.
+PLATFORM_STOP_FILE = "platform-stop"

@@ -17,6 +17,7 @@ from nats.aio.client import Client as NatsClient
 
 from capstan_core import grpcutil
 from capstan_core.capacity import detect
+from capstan_core.contracts.training import PLATFORM_STOP_FILE
 from capstan_core.healthcheck import Check, basic_checks
 from capstan_core.membership import NodeMembership
 from capstan_core.nodeauth import NodeCredentials
@@ -156,7 +157,7 @@ class TrainerAgent:
                     task is not None and task.attempt == attempt and task.status not in ENDED
                     and task.instances[index].status != "Exited"
                 ):
-                    await self._report(task, index, "Exited", st.exit_code or 0)
+                    await self._report_exit(task, index, st.exit_code or 0)
                 (idir / DONE_MARK).write_text("")
                 self._synced_at.pop((key, index), None)
 
@@ -181,7 +182,7 @@ class TrainerAgent:
                 if st.state == "exited":
                     await ship(js, task.id, index, log_path, key)
                     await self._save_final(key, index)
-                    await self._report(task, index, "Exited", st.exit_code or 0)
+                    await self._report_exit(task, index, st.exit_code or 0)
                 else:
                     await self._report(task, index, "Exited", EXIT_STOPPED_BEFORE_START, "stopped before start")
             return
@@ -199,7 +200,7 @@ class TrainerAgent:
             await self._report(task, index, "Running", 0)
         elif st.state == "exited" and inst.status != "Exited":
             await self._save_final(key, index)
-            await self._report(task, index, "Exited", st.exit_code if st.exit_code is not None else 0)
+            await self._report_exit(task, index, st.exit_code if st.exit_code is not None else 0)
 
     # -- durable output ------------------------------------------------------------------
     def _instance_dir(self, key: str, index: int) -> Path:
@@ -267,6 +268,15 @@ class TrainerAgent:
             stop_grace_seconds=task.stop_grace_seconds or 30, cpu=task.resources.cpu,
             memory_gib=task.resources.memory_gib,
         )
+
+    async def _report_exit(self, task: trainer_pb2.TrainingTask, index: int, exit_code: int) -> None:
+        """An exited instance: an eviction if the platform stopped it (``capstan down`` marks those),
+        else its exit code decides."""
+        idir = self._instance_dir(instance_key(task.id, task.attempt), index)
+        if (idir / PLATFORM_STOP_FILE).exists():
+            await self._report(task, index, "Evicted", exit_code, "stopped with the platform (capstan down); requeued")
+        else:
+            await self._report(task, index, "Exited", exit_code)
 
     async def _report(
         self, task: trainer_pb2.TrainingTask, index: int, state: str, exit_code: int, message: str = ""

@@ -38,7 +38,7 @@ class Task:
     stop_requested: bool = False
     ended: TrainingTaskEnded | None = None
     attempt: int = 0  # grows when an attempt goes back to the queue (evicted, restarted, node lost)
-    preempting: bool = False
+    preempting: TrainingTaskPreempting | None = None
     restarting: TrainingTaskRestarting | None = None  # this attempt failed and is leaving, to run again
     restarts_used: int = 0  # requeues after a failure: what the auto-restart budget has paid for
 
@@ -61,12 +61,12 @@ def fold(events: Sequence[Event]) -> Task:
         elif isinstance(e, TrainingTaskEnded):
             t.ended = e
         elif isinstance(e, TrainingTaskPreempting):
-            t.preempting = True
+            t.preempting = e
         elif isinstance(e, TrainingTaskRestarting):
             t.restarting = e
         elif isinstance(e, TrainingTaskRequeued):
             t.attempt = e.attempt
-            t.started, t.exited, t.preempting, t.restarting = {}, {}, False, None
+            t.started, t.exited, t.preempting, t.restarting = {}, {}, None, None
             if e.cause == "failed":
                 t.restarts_used += 1
     return t
@@ -165,7 +165,7 @@ def decide_stop(t: Task, task_id: str, by: str, now_ms: int) -> list[Event]:
 
 def decide_preempting(t: Task, *, task_id: str, preemptor_id: str, now_ms: int) -> list[Event]:
     _existing(t, task_id)
-    if t.ended is not None or t.preempting or t.stop_requested or t.restarting is not None:
+    if t.ended is not None or t.preempting is not None or t.stop_requested or t.restarting is not None:
         return []  # already leaving: the requeue that follows frees the resources all the same
     return [TrainingTaskPreempting(task_id=task_id, attempt=t.attempt, preemptor_id=preemptor_id, at_ms=now_ms)]
 
@@ -203,20 +203,29 @@ def decide_report(
         if index in t.started or index in t.exited:
             return []
         return [TrainingInstanceStarted(task_id=task_id, index=index, node_id=node_id, at_ms=now_ms)]
-    if state != "Exited":
-        raise InvalidArgument("state must be Running or Exited", field="state")
+    if state not in ("Exited", "Evicted"):
+        raise InvalidArgument("state must be Running, Exited or Evicted", field="state")
     if index in t.exited:
         return []
     out: list[Event] = [
         TrainingInstanceExited(task_id=task_id, index=index, node_id=node_id, exit_code=exit_code, message=message, at_ms=now_ms)
     ]
     exited = {**t.exited, index: exit_code}
+    preempting = t.preempting
+    if state == "Evicted" and not (t.stop_requested or preempting or t.restarting):
+        # The platform stopped it (its node went down with ``capstan down``): not the code's failure.
+        # The attempt's other instances leave too, and the task runs again as an eviction.
+        preempting = TrainingTaskPreempting(
+            task_id=task_id, attempt=t.attempt, preemptor_id="", at_ms=now_ms,
+            reason=message or f"instance {index} was stopped by the platform",
+        )
+        out.append(preempting)
     if t.stop_requested:
         if len(exited) == sub.instance_count:
             out.append(TrainingTaskEnded(task_id=task_id, status="Stopped", exit_code=None, reason="stopped by user", at_ms=now_ms))
-    elif t.preempting:
+    elif preempting is not None:
         if len(exited) == sub.instance_count:
-            out.append(TrainingTaskRequeued(task_id=task_id, attempt=t.attempt + 1, reason="preempted", at_ms=now_ms))
+            out.append(TrainingTaskRequeued(task_id=task_id, attempt=t.attempt + 1, reason=preempting.reason, at_ms=now_ms))
     elif t.restarting is not None:
         if len(exited) == sub.instance_count:
             out.append(_requeue_failed(t, task_id, now_ms))

@@ -1,0 +1,53 @@
+"""A platform stop is not a failure: ``capstan down`` then ``capstan up`` requeues a running task as an
+eviction (not Failed with 143, not a restart), and it resumes from the output it had checkpointed."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from .platform_harness import Platform, cli
+
+# Counts its runs in its durable output, then works until stopped.
+COMMAND = (
+    'n=$(cat /opt/ml/output/runs 2>/dev/null || echo 0); n=$((n+1)); echo $n > /opt/ml/output/runs; '
+    'echo "run $n"; sleep 600'
+)
+
+
+def test_down_then_up_requeues_a_running_task_as_an_eviction(tmp_path: Path) -> None:
+    platform = Platform.up(tmp_path / "data")
+    try:
+        task = platform.submit(COMMAND, name="long")
+        platform.wait_status(task["id"], ("Running",))
+        _wait_line(platform, task["id"], "run 1")
+        cli("down", data_dir=platform.data_dir)
+        cli("up", "--port", str(platform.port), data_dir=platform.data_dir, timeout=180)
+        again = _wait_attempt(platform, task["id"], 1)
+        assert again["status"] == "Running", again
+        assert again["preemptions"] == 1 and again["restarts"] == 0 and again["restarts_used"] == 0, again
+        _wait_line(platform, task["id"], "run 2")  # it resumed from what it wrote before the stop
+        with platform.client() as c:
+            assert c.post(f"/api/v1/training-tasks/{task['id']}/stop").status_code == 200
+        done = platform.wait_status(task["id"], ("Stopped", "Failed", "Succeeded"))
+        assert done["status"] == "Stopped", done
+    finally:
+        platform.down()
+
+
+def _wait_attempt(platform: Platform, task_id: str, attempt: int) -> dict[str, object]:
+    deadline = time.monotonic() + 120
+    while True:
+        t = platform.task(task_id)
+        assert t["status"] != "Failed", t
+        if t["attempt"] == attempt and t["status"] == "Running":
+            return t
+        assert time.monotonic() < deadline, t
+        time.sleep(0.2)
+
+
+def _wait_line(platform: Platform, task_id: str, line: str) -> None:
+    deadline = time.monotonic() + 60
+    while line not in platform.logs(task_id):
+        assert time.monotonic() < deadline, platform.logs(task_id)
+        time.sleep(0.2)
