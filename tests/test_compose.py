@@ -255,11 +255,12 @@ def test_python_healthchecks_compile(services: dict[str, Any]) -> None:
 
 
 def test_grpc_services_check_grpc_health_on_their_port(services: dict[str, Any]) -> None:
+    """The probe (capstan_core.healthprobe, tested against real services) asks grpc.health.v1 on the
+    port of CAPSTAN_GRPC_LISTEN with the service's own certificate: the port answers only mutual TLS."""
     for name in GRPC_PORTS:
-        code = python_snippet((services[name].get("healthcheck") or {}).get("test") or [])
-        assert code and "grpc_health.v1" in code and "Check(" in code, f"{name}: use grpc.health.v1"
-        # The snippet reads the port from CAPSTAN_GRPC_LISTEN, so it follows the listen address.
-        assert "CAPSTAN_GRPC_LISTEN" in code or str(GRPC_PORTS[name]) in code, name
+        test = (services[name].get("healthcheck") or {}).get("test") or []
+        assert test == ["CMD", "python", "-m", "capstan_core.healthprobe", name], f"{name}: {test}"
+        assert f"{name}.crt" in (services[name].get("secrets") or []), f"{name}: the probe needs its certificate"
 
 
 def test_gateway_healthcheck_gets_healthz_on_its_listen_port(services: dict[str, Any]) -> None:
@@ -274,6 +275,42 @@ def test_nats_and_postgres_healthchecks(services: dict[str, Any]) -> None:
     nats_test = " ".join(services["nats"]["healthcheck"]["test"])
     m = re.search(r"http_port:\s*(\d+)", nats_conf())
     assert m and f":{m[1]}/healthz" in nats_test, "the NATS healthcheck must poll the monitoring port of nats.conf"
+
+
+# -- secrets ---------------------------------------------------------------------------------------
+
+
+def _secret_names(svc: dict[str, Any]) -> set[str]:
+    return {s if isinstance(s, str) else s["source"] for s in svc.get("secrets") or []}
+
+
+def test_each_component_gets_only_its_own_secrets(compose: dict[str, Any], services: dict[str, Any]) -> None:
+    from capstan_core.credentials import TLS_COMPONENTS
+
+    declared = set(compose.get("secrets") or {})
+    for name, svc in services.items():
+        mine = _secret_names(svc)
+        assert mine <= declared, f"{name}: undeclared secrets {mine - declared}"
+        others = {s for s in mine if s.split(".")[0] in TLS_COMPONENTS and s.split(".")[0] != name}
+        assert not others, f"{name} holds another component's secrets: {others}"
+        if name in GRPC_PORTS:
+            assert {f"{name}.crt", f"{name}.key", f"{name}.nats", "ca.crt"} <= mine, name
+        assert "admin.crt" not in mine and "admin.key" not in mine and "admin.nats" not in mine, name
+    assert _secret_names(services["scheduler"]) >= {"ca.key", "agent.nats"}  # it signs nodes, hands agents NATS
+    assert all("ca.key" not in _secret_names(s) for n, s in services.items() if n != "scheduler")
+    for name in AGENTS:  # agents start with the CA's certificate and a join token, nothing else
+        assert _secret_names(services[name]) == {"ca.crt"}, name
+        env = env_of(services[name])
+        assert env["CAPSTAN_SCHEDULER_BOOTSTRAP_ADDR"] == "scheduler:50050" and "CAPSTAN_JOIN_TOKEN" in env
+    assert env_of(services["scheduler"])["CAPSTAN_GRPC_BOOTSTRAP_LISTEN"] == "0.0.0.0:50050"
+    for name, spec in (compose.get("secrets") or {}).items():
+        assert spec["file"] == f"./deploy/secrets/{name}", name
+
+
+def test_nats_has_users_and_no_anonymous_access(services: dict[str, Any]) -> None:
+    assert re.search(r"^include \./nats-auth\.conf$", nats_conf(), re.M)
+    targets = {s.get("target") for s in services["nats"]["secrets"] if isinstance(s, dict)}
+    assert "/etc/nats/nats-auth.conf" in targets
 
 
 # -- volumes ---------------------------------------------------------------------------------------

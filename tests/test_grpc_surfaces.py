@@ -3,6 +3,7 @@ nothing without a certificate of the platform CA."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +108,26 @@ async def test_no_call_without_a_certificate_of_the_platform_ca(tmp_path: Path, 
             assert reflect.value.code() == grpc.StatusCode.UNAUTHENTICATED
     finally:
         await svc.stop()
+
+
+async def test_the_container_healthcheck_probe_uses_the_services_own_certificate(
+    tmp_path: Path, nats_server: Any, secrets_dir: Path
+) -> None:
+    """``python -m capstan_core.healthprobe <svc>`` (the compose healthcheck): 0 while serving, 1 after."""
+    import subprocess
+    import sys
+
+    svc = Service(REGISTRY, ServiceSettings(secrets_dir=secrets_dir, data_dir=tmp_path, nats_url=nats_server.url))
+    await svc.start()
+    env = {"PATH": "/usr/bin:/bin", "CAPSTAN_GRPC_LISTEN": f"0.0.0.0:{svc.address.rsplit(':', 1)[1]}",
+           "CAPSTAN_SECRETS_DIR": str(secrets_dir)}
+
+    def probe() -> int:
+        return subprocess.run([sys.executable, "-m", "capstan_core.healthprobe", "registry"], env=env,
+                              capture_output=True, timeout=60).returncode
+
+    try:
+        assert await asyncio.to_thread(probe) == 0
+    finally:
+        await svc.stop()
+    assert await asyncio.to_thread(probe) == 1

@@ -61,3 +61,44 @@ def test_remove_moves_released_nodes_to_history(runner: CliRunner, fake_api: Fak
                 (409, {"error": {"code": "failed_precondition", "message": "node node-1 is Running; release it first"}}))
     result = run(runner, fake_api, data_dir, "nodes", "remove", "node-1")
     assert result.exit_code == 1 and "release it first" in result.stderr
+
+
+def _token(token: str | None = None) -> dict[str, Any]:
+    return {"id": "jt-abcdefgh", "resource_group_id": "rsg-1", "description": "rack 4", "created_by": "admin",
+            "created_at": "2025-01-01T00:00:00Z", "expires_at": "2025-01-02T00:00:00Z", "revoked": False, "uses": 0,
+            "last_used_at": None, "token": token}
+
+
+def test_join_token_create_prints_the_token_once_and_how_to_use_it(
+    runner: CliRunner, fake_api: FakeApi, data_dir: Path
+) -> None:
+    fake_api.on("POST", "/api/v1/join-tokens", (201, _token("cjt.jt-abcdefgh.s3cretS3cretS3cretS3cret")))
+    result = run(runner, fake_api, data_dir, "nodes", "join-token", "create", "--resource-group", "rsg-1",
+                 "--ttl", "3600", "--description", "rack 4")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "cjt.jt-abcdefgh.s3cretS3cretS3cretS3cret\n"  # alone on stdout: scripts can take it
+    assert "CAPSTAN_JOIN_TOKEN" in result.stderr and "ca.crt" in result.stderr
+    assert fake_api.requests[0].body == {"resource_group_id": "rsg-1", "ttl_seconds": 3600, "description": "rack 4"}
+
+
+def test_join_token_list_never_shows_a_secret_and_revoke(runner: CliRunner, fake_api: FakeApi, data_dir: Path) -> None:
+    fake_api.on("GET", "/api/v1/join-tokens", (200, {"items": [_token()]}))
+    result = run(runner, fake_api, data_dir, "nodes", "join-token", "list")
+    assert result.exit_code == 0, result.output
+    assert "jt-abcdefgh" in result.stdout and "active" in result.stdout and "cjt." not in result.stdout
+    fake_api.on("DELETE", "/api/v1/join-tokens/jt-abcdefgh", (200, {**_token(), "revoked": True}))
+    result = run(runner, fake_api, data_dir, "nodes", "join-token", "revoke", "jt-abcdefgh")
+    assert result.stdout == "jt-abcdefgh  revoked\n"
+
+
+def test_secrets_init_makes_every_secret_0600_and_never_overwrites(runner: CliRunner, tmp_path: Path) -> None:
+    target = tmp_path / "compose-secrets"
+    result = runner.invoke(cli, ["secrets", "init", "--dir", str(target)])
+    assert result.exit_code == 0, result.output
+    files = {p.name: p for p in target.iterdir()}
+    assert {"ca.crt", "ca.key", "scheduler.crt", "gateway.key", "admin.nats", "agent.nats", "nats-auth.conf"} <= set(files)
+    assert target.stat().st_mode & 0o777 == 0o700
+    assert all(p.stat().st_mode & 0o077 == 0 for p in files.values())
+    before = {n: p.read_bytes() for n, p in files.items()}
+    assert runner.invoke(cli, ["secrets", "init", "--dir", str(target)]).exit_code == 0
+    assert {n: p.read_bytes() for n, p in files.items()} == before
