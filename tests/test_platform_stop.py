@@ -1,4 +1,4 @@
-"""A platform stop is not a failure: ``capstan down`` then ``capstan up`` requeues a running task as an
+"""A platform stop is not a failure (and the data dir is the platform's alone): ``capstan down`` then ``capstan up`` requeues a running task as an
 eviction (not Failed with 143, not a restart), and it resumes from the output it had checkpointed."""
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ def test_down_then_up_requeues_a_running_task_as_an_eviction(tmp_path: Path) -> 
         assert again["status"] == "Running", again
         assert again["preemptions"] == 1 and again["restarts"] == 0 and again["restarts_used"] == 0, again
         _wait_line(platform, task["id"], "run 2")  # it resumed from what it wrote before the stop
+        assert _open_to_others(platform.data_dir) == []
         with platform.client() as c:
             assert c.post(f"/api/v1/training-tasks/{task['id']}/stop").status_code == 200
         done = platform.wait_status(task["id"], ("Stopped", "Failed", "Succeeded"))
@@ -51,3 +52,12 @@ def _wait_line(platform: Platform, task_id: str, line: str) -> None:
     while line not in platform.logs(task_id):
         assert time.monotonic() < deadline, platform.logs(task_id)
         time.sleep(0.2)
+
+
+def _open_to_others(root: Path) -> list[str]:
+    """Paths in the data dir that a user other than the platform's could read, write or enter."""
+    found = [root] if root.stat().st_mode & 0o077 else []
+    for p in root.rglob("*"):
+        if not p.is_symlink() and p.stat().st_mode & 0o077:
+            found.append(p)
+    return [f"{p.relative_to(root.parent)} {oct(p.stat().st_mode & 0o777)}" for p in found]

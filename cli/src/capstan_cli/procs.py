@@ -149,7 +149,9 @@ def tail(path: Path, lines: int = 30) -> str:
 
 @contextlib.contextmanager
 def exclusive(paths: Paths, say: Callable[[str], None]) -> Iterator[None]:
-    """One up/down/restart/agent command at a time per data dir (a second one waits its turn)."""
+    """One up/down/restart/agent command at a time per data dir (a second one waits its turn).
+    What these commands and the processes they start create is the platform's alone (0600/0700)."""
+    os.umask(0o077)
     if not paths.run.is_dir():
         yield
         return
