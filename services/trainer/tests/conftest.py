@@ -18,6 +18,7 @@ from capstan_core.settings import ServiceSettings
 from capstan_proto import scheduler_pb2, scheduler_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 from capstan_scheduler.service import DEFINITION as SCHEDULER
 from capstan_trainer.agent.agent import TrainerAgent
+from capstan_trainer.agent.sandbox import testing as sandbox_testing
 from capstan_trainer.agent.settings import AgentSettings
 from capstan_trainer.service import DEFINITION as TRAINER
 
@@ -54,7 +55,8 @@ class Platform:
 
     async def agent(self, resource_group: str, name: str, **settings: Any) -> TrainerAgent:
         """A started agent: one node of ``resource_group``. Agents share ``<tmp>/storage`` (one data dir)."""
-        values: dict[str, Any] = dict(node_cpu=2, node_memory_gib=4, reconcile_s=0.2, data_dir=self.tmp)
+        values: dict[str, Any] = dict(node_cpu=2, node_memory_gib=4, reconcile_s=0.2, data_dir=self.tmp,
+                                      **sandbox_testing.agent_settings())
         values.update(settings)
         agent = TrainerAgent(AgentSettings(
             nats_url=self.nats_url, scheduler_addr=self.sched.address, trainer_addr=self.trainer.address,

@@ -32,6 +32,7 @@ from capstan_trainer.agent.sandbox import (
     InstanceStatus,
     read_log,
 )
+from capstan_trainer.agent.sandbox import testing as sandbox_testing
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
 
@@ -118,7 +119,7 @@ class ExecutorContract:
         assert self.run_to_end(executor, three).exit_code == 3
         assert self.run_to_end(executor, killed).exit_code == 128 + signal.SIGKILL
         platform = [r["line"] for r in self.records(executor, three) if r["stream"] == "platform"]
-        assert platform[0].startswith("instance started") and platform[-1] == "exit code 3"
+        assert any(x.startswith("instance started") for x in platform) and platform[-1] == "exit code 3"
 
     def test_sees_the_opt_ml_layout(self, executor: Executor) -> None:
         hp = {"lr": 0.01, "layers": [64, 32], "name": "ünï"}
@@ -268,11 +269,14 @@ time.sleep(60)
 
 
 class TestBwrapExecutor(ExecutorContract):
+    """Contained, as every node is unless its operator opts out (that case: TestUncontainedBwrapExecutor)."""
+
     def make_executor(self, tmp_path: Path) -> Executor:
-        return BwrapExecutor(tmp_path / "instances")
+        return BwrapExecutor(tmp_path / "instances", sandbox_testing.CONFIG)
 
     def spawn_source(self, tmp_path: Path) -> str:
-        return f"executor = BwrapExecutor(Path({str(tmp_path / 'instances')!r}))"
+        return (f"from capstan_trainer.agent.sandbox import testing\n"
+                f"executor = BwrapExecutor(Path({str(tmp_path / 'instances')!r}), testing.CONFIG)")
 
     def host_path(self, executor: Executor, task_id: str, index: int, name: str) -> Path:
         assert isinstance(executor, BwrapExecutor)
@@ -305,6 +309,29 @@ class TestBwrapExecutor(ExecutorContract):
         assert self.run_to_end(executor, spec).exit_code == EXIT_SANDBOX_UNAVAILABLE
         assert self.lines(executor, spec) == []
         assert "bwrap not found" in self.records(executor, spec)[0]["line"]
+
+
+class TestUncontainedBwrapExecutor(ExecutorContract):
+    """The operator's opt-out (CAPSTAN_SANDBOX_UNCONTAINED=true) must still behave as an executor."""
+
+    def make_executor(self, tmp_path: Path) -> Executor:
+        return BwrapExecutor(tmp_path / "instances", sandbox_testing.config(contained=False))
+
+    def spawn_source(self, tmp_path: Path) -> str:
+        return (f"from capstan_trainer.agent.sandbox import testing\n"
+                f"executor = BwrapExecutor(Path({str(tmp_path / 'instances')!r}), testing.config(contained=False))")
+
+    def host_path(self, executor: Executor, task_id: str, index: int, name: str) -> Path:
+        assert isinstance(executor, BwrapExecutor)
+        return executor.instance_dir(task_id, index) / name
+
+    def test_says_loudly_that_it_is_uncontained(self, executor: Executor) -> None:
+        check = executor.health_check()
+        assert check is not None and check.ok and "UNCONTAINED" in check.detail
+        spec = self.spec("id -u")
+        self.run_to_end(executor, spec)
+        assert self.lines(executor, spec) == ["0"]
+        assert any("UNCONTAINED" in r["line"] for r in self.records(executor, spec) if r["stream"] == "platform")
 
 
 def test_read_log_returns_complete_lines_only(tmp_path: Path) -> None:
