@@ -94,7 +94,7 @@ def open_file(root: Path, relpath: str) -> BinaryIO:
     regular file: ``..``, absolute paths, links anywhere on the way and special files are refused
     (``PermissionError``; a missing file is ``FileNotFoundError``)."""
     parts = [p for p in relpath.split("/") if p not in ("", ".")]
-    if not parts or any(p == ".." for p in parts):
+    if not parts or any(p == ".." for p in parts) or relpath.startswith("/"):
         raise PermissionError(f"not a path inside the tree: {relpath!r}")
     fd = os.open(root, _DIR_FLAGS)
     try:

@@ -40,6 +40,7 @@ class AgentSettings(BaseSettings):
     # then warns at every start and its sandbox health check says so.
     sandbox_uncontained: bool = False
     sandbox_state_dir: Path = DEFAULT_STATE_DIR  # host-wide: every agent of one host must share it
+    sandbox_cgroup_root: Path = Path("/sys/fs/cgroup")  # where the cgroup hierarchy (v2) or hierarchies (v1) are
     sandbox_cgroup_parent: str = "capstan"
     sandbox_uid_base: int = 2_000_000
     sandbox_uid_count: int = 50_000
@@ -54,7 +55,7 @@ class AgentSettings(BaseSettings):
         data_dir = self.data_dir.resolve()
         return SandboxConfig(
             contained=not self.sandbox_uncontained, state_dir=self.sandbox_state_dir,
-            cgroup_parent=self.sandbox_cgroup_parent, uid_base=self.sandbox_uid_base,
+            cgroup_root=self.sandbox_cgroup_root, cgroup_parent=self.sandbox_cgroup_parent, uid_base=self.sandbox_uid_base,
             uid_count=self.sandbox_uid_count, pool=self.sandbox_pool, subnet_prefix=self.sandbox_subnet_prefix,
             name_prefix=self.sandbox_name_prefix,
             blocked_nets=tuple(n.strip() for n in self.sandbox_blocked_nets.split(",") if n.strip()),

@@ -62,14 +62,16 @@ class Lease:
 
 
 def process_start(pid: int) -> int | None:
-    """The start time of ``pid`` (clock ticks since boot), or None when it does not exist: with the
+    """The start time of ``pid`` (clock ticks since boot), or None when it is not running: with the
     pid, it names one process even after the pid is reused."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_bytes()
     except OSError:
         return None
     fields = stat[stat.rfind(b")") + 2 :].split()
-    return int(fields[19]) if len(fields) > 19 else None
+    if len(fields) <= 19 or fields[0] in (b"Z", b"X"):  # a zombie is dead: only its parent has not looked yet
+        return None
+    return int(fields[19])
 
 
 class State:
