@@ -13,8 +13,9 @@ import pytest
 
 from capstan_proto import common_pb2, trainer_pb2
 from capstan_trainer.agent.__main__ import _apply_flags
+from capstan_trainer.agent.safefs import mirror
 from capstan_trainer.agent.settings import AgentSettings
-from capstan_trainer.agent.storage import OutputStore, mirror
+from capstan_trainer.agent.storage import OutputStore
 
 
 def tree(root: Path) -> dict[str, str]:
@@ -57,7 +58,7 @@ def test_mirror_copies_changes_and_deletions(tmp_path: Path) -> None:
     assert tree(dst) == {}
 
 
-def test_mirror_never_follows_links_left_by_user_code(tmp_path: Path) -> None:
+def test_mirror_never_follows_nor_stores_links_left_by_user_code(tmp_path: Path) -> None:
     secret = tmp_path / "host-secret"
     secret.write_text("do not copy")
     (tmp_path / "host-dir").mkdir()
@@ -65,17 +66,27 @@ def test_mirror_never_follows_links_left_by_user_code(tmp_path: Path) -> None:
     src, dst = tmp_path / "src", tmp_path / "dst"
     src.mkdir()
     (src / "file-link").symlink_to(secret)
+    (src / "relative-link").symlink_to("../../../../../admin-token")
     (src / "dir-link").symlink_to(tmp_path / "host-dir")
     os.mkfifo(src / "fifo")  # a special file: skipped (opening it would block)
+    (src / "setuid").write_text("x")
+    os.chmod(src / "setuid", 0o4755)
     mirror(src, dst)
-    assert tree(dst) == {"file-link": f"link -> {secret}", "dir-link": f"link -> {tmp_path / 'host-dir'}"}
-    # the user replaces the link with a real directory: the copy must not write through the old link
+    # a stored link would lead wherever it points on whichever host reads the storage later
+    assert tree(dst) == {"setuid": "x"}
+    assert os.stat(dst / "setuid").st_mode & 0o7777 == 0o755  # never a set-uid file of root's in storage
+    # the user replaces the link with a real directory: it is copied as one; the old target is untouched
     (src / "dir-link").unlink()
     (src / "dir-link").mkdir()
     (src / "dir-link" / "inside").write_text("user data")
     mirror(src, dst)
     assert (tmp_path / "host-dir" / "inside").read_text() == "do not copy either"
     assert tree(dst)["dir-link/inside"] == "user data" and not (dst / "dir-link").is_symlink()
+    # a link that replaces a directory already copied: the copy goes, nothing is followed
+    shutil.rmtree(src / "dir-link")
+    (src / "dir-link").symlink_to(tmp_path / "host-dir")
+    mirror(src, dst)
+    assert tree(dst) == {"setuid": "x"}
     # a source that is itself a link counts as empty
     (tmp_path / "src-link").symlink_to(tmp_path / "host-dir")
     mirror(tmp_path / "src-link", dst)
