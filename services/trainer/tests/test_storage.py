@@ -13,7 +13,7 @@ import pytest
 
 from capstan_proto import common_pb2, trainer_pb2
 from capstan_trainer.agent.__main__ import _apply_flags
-from capstan_trainer.agent.safefs import mirror
+from capstan_trainer.agent.safefs import chown_tree, list_tree, mirror, open_file
 from capstan_trainer.agent.settings import AgentSettings
 from capstan_trainer.agent.storage import OutputStore
 
@@ -91,6 +91,46 @@ def test_mirror_never_follows_nor_stores_links_left_by_user_code(tmp_path: Path)
     (tmp_path / "src-link").symlink_to(tmp_path / "host-dir")
     mirror(tmp_path / "src-link", dst)
     assert tree(dst) == {}
+
+
+def test_chown_tree_never_follows_a_link(tmp_path: Path) -> None:
+    outside = tmp_path / "host-file"
+    outside.write_text("root's")
+    (tmp_path / "host-dir").mkdir()
+    tree_root = tmp_path / "output"
+    (tree_root / "ckpt").mkdir(parents=True)
+    (tree_root / "ckpt" / "step").write_text("1")
+    (tree_root / "link").symlink_to(outside)
+    (tree_root / "ckpt" / "dir-link").symlink_to(tmp_path / "host-dir")
+    chown_tree(tree_root, 2_999_999, 2_999_998)
+    for p in (tree_root, tree_root / "ckpt", tree_root / "ckpt" / "step", tree_root / "link", tree_root / "ckpt" / "dir-link"):
+        st = os.lstat(p)
+        assert (st.st_uid, st.st_gid) == (2_999_999, 2_999_998), p
+    for p in (outside, tmp_path / "host-dir"):
+        assert os.stat(p).st_uid == os.getuid()  # the targets stay whose they were
+    (tmp_path / "root-link").symlink_to(tmp_path / "host-dir")
+    with pytest.raises(NotADirectoryError):
+        chown_tree(tmp_path / "root-link", 2_999_999, 2_999_999)
+
+
+def test_list_and_open_only_regular_files_of_the_tree(tmp_path: Path) -> None:
+    root = tmp_path / "output"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "a" / "b" / "w.bin").write_bytes(b"12345")
+    (root / "top.txt").write_text("t")
+    (root / "a" / "up").symlink_to("..")
+    (root / "etc").symlink_to("/etc")
+    os.mkfifo(root / "pipe")
+    assert [(e.path, e.kind, e.size) for e in list_tree(root)] == [
+        ("a", "dir", 0), ("a/b", "dir", 0), ("a/b/w.bin", "file", 5), ("top.txt", "file", 1)]
+    with open_file(root, "a/b/w.bin") as f:
+        assert f.read() == b"12345"
+    for bad in ("a/up/top.txt", "etc/passwd", "etc", "pipe", "a", "../output/top.txt", "/top.txt", ""):
+        with pytest.raises(PermissionError):
+            open_file(root, bad)
+    with pytest.raises(FileNotFoundError):
+        open_file(root, "a/missing")
+    assert list_tree(tmp_path / "missing") == [] and list_tree(root / "etc") == []
 
 
 @pytest.mark.parametrize("task_id", ["../x", "a/b", ".", "..", "", "train-x.1", "/abs", "x" * 200])

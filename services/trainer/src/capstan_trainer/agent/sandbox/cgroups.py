@@ -73,7 +73,8 @@ class Cgroups(ABC):
 
     def remove(self, name: str) -> None:
         """Kill what is left in the cgroup and delete it, then its parent if no other cgroup is there."""
-        self.kill(name)
+        if self.pids(name):  # an empty cgroup stays empty: nothing but root can move a process in
+            self.kill(name)
         for d in self.dirs(name):
             _rmdir(d, retry=True)
         for p in self._parent_dirs():
