@@ -80,6 +80,12 @@ async def platform(tmp_path: Path, nats_server: Any) -> AsyncIterator[Platform]:
         await agent.stop()
         for key in agent.executor.list_instances():
             agent.executor.stop(*key)
+    # Wait (bounded) for the runners to end and undo their containment, so no test inherits another's.
+    deadline = asyncio.get_running_loop().time() + 15
+    while asyncio.get_running_loop().time() < deadline and any(
+        a.executor.status(*k).state == "running" for a in p.agents for k in a.executor.list_instances()
+    ):
+        await asyncio.sleep(0.1)
     await chs.close()
     await cht.close()
     await trainer.stop()

@@ -92,9 +92,9 @@ class Node:
 def nodes(tmp_path: Path) -> Iterator[Callable[[str], Node]]:
     """Nodes of one platform on this host (one data dir: they share task networks), like the test agents."""
     made: list[Node] = []
+    config = sandbox_testing.fresh(network_scope=str(tmp_path), private_paths=(str(tmp_path / "data"),))
 
     def make(name: str) -> Node:
-        config = sandbox_testing.config(network_scope=str(tmp_path), private_paths=(str(tmp_path / "data"),))
         made.append(Node(BwrapExecutor(tmp_path / name / "instances", config)))
         return made[-1]
 
@@ -104,7 +104,7 @@ def nodes(tmp_path: Path) -> Iterator[Callable[[str], Node]]:
             node.ex.stop(*key)
     for node in made:
         assert wait_until(lambda n=node: all(n.ex.status(*k).state == "exited" for k in n.ex.list_instances()))
-    assert wait_until(lambda: not sandbox_testing.leftovers()), sandbox_testing.leftovers()
+    assert wait_until(lambda: not sandbox_testing.leftovers(config)), sandbox_testing.leftovers(config)
 
 
 @pytest.fixture
@@ -315,7 +315,7 @@ def test_instances_of_one_task_reach_each_other_and_no_other_task_does(nodes: Ca
 def outside() -> Iterator[str]:
     """A host "on the internet": its own namespace behind a veth, serving TCP on port 8080 and printing
     the address each connection comes from."""
-    prefix = sandbox_testing.CONFIG.name_prefix
+    prefix = sandbox_testing.CONFIG.name_prefix  # the session's: removed by this fixture itself
     ns, veth = f"{prefix}-outside{os.getpid()}", f"{prefix}o{os.getpid() % 100000}"
     net = ipaddress.IPv4Network("198.18.0.0/15")
     base = net.network_address + 4 * random.randrange(net.num_addresses // 4)
@@ -402,7 +402,7 @@ def test_a_killed_runner_leaves_nothing_behind(node: Node) -> None:
     restarted = BwrapExecutor(node.ex.root, node.ex.config)
     assert wait_until(lambda: restarted.status("task-1", 0).state == "exited")
     assert lease.id not in HostState(node.ex.config.state_dir).read().leases
-    assert sandbox_testing.leftovers() == []
+    assert sandbox_testing.leftovers(node.ex.config) == []
 
 
 def test_capstan_down_style_sigterm_and_the_reaper(node: Node) -> None:
@@ -410,7 +410,7 @@ def test_capstan_down_style_sigterm_and_the_reaper(node: Node) -> None:
     node.line_starting(spec, "ready")
     os.kill(node.ex.status("task-1", 0).pid or 0, signal.SIGTERM)  # what `capstan down` sends
     assert node.wait(spec).exit_code == 0
-    assert sandbox_testing.leftovers() == []
+    assert sandbox_testing.leftovers(node.ex.config) == []
     # SIGKILL (down's last resort): the stand-alone reaper that `capstan down` runs cleans up
     spec = node.start("echo ready; sleep 600", index=1)
     node.line_starting(spec, "ready")
@@ -420,7 +420,7 @@ def test_capstan_down_style_sigterm_and_the_reaper(node: Node) -> None:
     reap = subprocess.run([sys.executable, "-m", "capstan_trainer.agent.sandbox.containment", "--reap",
                            "--state-dir", str(node.ex.config.state_dir)], capture_output=True, text=True, check=True)
     assert f"cleaned up the sandbox of {node.dir(spec)}" in reap.stdout
-    assert sandbox_testing.leftovers() == []
+    assert sandbox_testing.leftovers(node.ex.config) == []
 
 
 # -- the deploy check -------------------------------------------------------------------------------------------

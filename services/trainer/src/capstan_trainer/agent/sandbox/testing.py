@@ -18,12 +18,23 @@ from . import network
 from .config import SandboxConfig
 from .leases import HostState
 
-PREFIX = "t" + "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(3))
+
+def _prefix() -> str:
+    return "t" + "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(3))
+
+
+PREFIX = _prefix()
 CONFIG = SandboxConfig(name_prefix=PREFIX, cgroup_parent=f"capstan-test-{PREFIX}-{os.getpid()}")
 
 
 def config(**overrides: object) -> SandboxConfig:
     return replace(CONFIG, **overrides)  # type: ignore[arg-type]
+
+
+def fresh(**overrides: object) -> SandboxConfig:
+    """A config with a prefix and cgroup parent of its own: what one test leaves is its alone."""
+    prefix = _prefix()
+    return config(name_prefix=prefix, cgroup_parent=f"capstan-test-{prefix}-{os.getpid()}", **overrides)
 
 
 def agent_settings() -> dict[str, object]:
