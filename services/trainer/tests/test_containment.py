@@ -211,12 +211,13 @@ def test_runs_unprivileged_and_host_secrets_stay_hidden(node: Node, tmp_path: Pa
         echo x > /opt/ml/output/o && echo x > /opt/ml/model/m && echo x > /opt/ml/code/c && echo writable
         echo x > /opt/ml/input/config/x 2>/dev/null || echo "config read-only"
         whoami; hostname
+        unshare --user --map-root-user true 2>/dev/null && echo "root in a nested user namespace" || echo "no nested userns"
     """
     status, lines = node.run(command, memory_gib=0.25, cpu=1)
     assert status.exit_code == 0, lines
     assert int(lines[0]) != 0 and int(lines[0]) >= sandbox_testing.CONFIG.uid_base
     assert lines[1:] == ["denied /etc/shadow", "denied /etc/gshadow", "no data dir", "writable", "config read-only",
-                         "capstan", "instance-0"]
+                         "capstan", "instance-0", "no nested userns"]
     owner = (node.dir(InstanceSpec("task-1", 0, "x")) / "output" / "o").stat().st_uid
     assert owner == int(lines[0])
 

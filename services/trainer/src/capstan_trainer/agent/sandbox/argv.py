@@ -8,8 +8,10 @@ operator's opt-out) bubblewrap runs as root with every capability dropped, as be
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +50,16 @@ class View:
         return None
 
 
+@functools.lru_cache(maxsize=8)
+def bwrap_supports(bwrap: str, option: str) -> bool:
+    """Does this bubblewrap know ``option``? (its --help lists every option it has)"""
+    try:
+        run = subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return option in run.stdout + run.stderr
+
+
 def python_prefixes(private_paths: tuple[str, ...] = ()) -> list[str]:
     """Host directories the user's ``python3`` needs that system binds miss.
 
@@ -82,8 +94,11 @@ def build_bwrap_argv(bwrap: str, spec: InstanceSpec, paths: InstancePaths, view:
     argv = [bwrap]
     if view.contained:
         # bwrap runs as the instance's uid: a user namespace of its own, and none nested in it (a
-        # nested one would hand user code capabilities over fresh mount and network namespaces).
-        argv += ["--unshare-user", "--disable-userns", "--unshare-cgroup-try"]
+        # nested one would hand user code capabilities over fresh mount and network namespaces;
+        # bubblewrap before 0.8 cannot forbid them, and the instance is still contained without).
+        argv += ["--unshare-user", "--unshare-cgroup-try"]
+        if bwrap_supports(bwrap, "--disable-userns"):
+            argv += ["--disable-userns"]
     argv += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--die-with-parent"]
     # As root, bwrap keeps *all* capabilities unless told otherwise; user code
     # must not be able to mount, mknod or touch the (shared) host network config.
