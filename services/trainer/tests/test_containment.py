@@ -306,6 +306,8 @@ def test_instances_of_one_task_reach_each_other_and_no_other_task_does(nodes: Ca
     a.tell(other, "go.json", [[server_ip, 5000]])
     assert a.wait(other).exit_code == 0
     assert a.lines(other)[1].split()[:2] == ["blocked", server_ip]
+    with socket.create_connection((server_ip, 5000), timeout=5) as c:  # the host (an agent) may probe it
+        assert c.recv(16) == b"pong\n"
     b.tell(server, "stop", True)
     assert b.wait(server).exit_code == 0
     hosts = (a.dir(peer) / "etc" / "hosts").read_text()

@@ -43,7 +43,8 @@ def check(config: SandboxConfig, work_dir: Path) -> Check:
     if not config.contained:
         return _uncontained(bwrap)
     if problems := missing(config):
-        return Check(NAME, False, "cannot contain instances: " + "; ".join(problems))
+        return Check(NAME, False, "cannot contain instances: " + "; ".join(problems)
+                     + " (CAPSTAN_SANDBOX_UNCONTAINED=true runs them uncontained, at your own risk)")
     try:
         return Check(NAME, True, _probe(config, bwrap, work_dir))
     except Exception as e:  # noqa: BLE001 - the reason is the check's detail

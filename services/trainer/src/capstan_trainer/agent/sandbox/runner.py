@@ -1,9 +1,12 @@
 """The instance runner: one detached process per instance, owning its sandbox.
 
 Started by the executor in its own session, so it outlives the agent (even a
-``kill -9`` of it).  It runs the user's command under bubblewrap, copies the
-sandbox's stdout/stderr into ``log.jsonl``, turns SIGTERM into a graceful stop
-of the sandbox, and finally records ``exit_code``.  Usage::
+``kill -9`` of it).  It contains the instance (:mod:`.containment`: cgroup,
+network namespace, uid), runs the user's command under bubblewrap through the
+launcher, copies the sandbox's stdout/stderr into ``log.jsonl``, turns SIGTERM
+into a graceful stop of the sandbox, ends an instance that ran out of memory,
+undoes the containment and finally records ``exit_reason`` (when it knows one)
+and ``exit_code``.  Usage::
 
     python -m capstan_trainer.agent.sandbox.runner <instance_dir>
 """
