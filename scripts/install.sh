@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything Capstan needs on a fresh Debian/Ubuntu machine, idempotently:
-# system packages (bubblewrap, OpenMPI, PostgreSQL for the tests), a virtualenv in
+# system packages (bubblewrap, iproute2 and nftables, OpenMPI, PostgreSQL for the tests), a virtualenv in
 # .venv with every package of the monorepo installed editable, and the gRPC code
 # generated from proto/ (generated code is never committed).
 set -euo pipefail
@@ -9,6 +9,9 @@ cd "$root"
 
 need_apt=()
 command -v bwrap >/dev/null 2>&1 || need_apt+=(bubblewrap)
+# sandbox containment: network namespaces, veths and bridges (ip), the firewall and NAT (nft)
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
 command -v mpirun >/dev/null 2>&1 || need_apt+=(openmpi-bin)
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then need_apt+=(postgresql); fi
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -325,7 +327,22 @@ def _stop_runners(paths: Paths, say: Say) -> list[dict[str, Any]]:
     for pid, where in found:
         say(f"  stopped instance runner (pid {pid}, {where})")
         out.append({"name": "instance-runner", "pid": pid, "killed": results.get(pid, False), "instance": where})
+    if any(results.values()):
+        _reap_sandboxes(paths, say)
     return out
+
+
+def _reap_sandboxes(paths: Paths, say: Say) -> None:
+    """A runner that needed SIGKILL (a grace period longer than ours) could not undo its sandbox's
+    containment (cgroup, network namespace, bridge); the trainer's reaper does, as an agent start would."""
+    argv = [sys.executable, "-m", "capstan_trainer.agent.sandbox.containment", "--reap"]
+    try:
+        run = subprocess.run(argv, env={**os.environ, **load_env(paths)}, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        say(f"  could not clean up after the killed instance runners: {e}")
+        return
+    for line in run.stdout.splitlines():
+        say(f"  {line}")
 
 
 def saved_ports(paths: Paths) -> Ports:

@@ -18,6 +18,7 @@ from capstan_core.testing import admin_channel
 from capstan_proto import scheduler_pb2, scheduler_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 from capstan_scheduler.service import DEFINITION as SCHEDULER
 from capstan_trainer.agent.agent import TrainerAgent
+from capstan_trainer.agent.sandbox import testing as sandbox_testing
 from capstan_trainer.agent.settings import AgentSettings
 from capstan_trainer.service import DEFINITION as TRAINER
 
@@ -59,7 +60,8 @@ class Platform:
         return str(tok.token)
 
     def agent_settings(self, resource_group: str, name: str, token: str, **settings: Any) -> AgentSettings:
-        values: dict[str, Any] = dict(node_cpu=2, node_memory_gib=4, reconcile_s=0.2, data_dir=self.tmp)
+        values: dict[str, Any] = dict(node_cpu=2, node_memory_gib=4, reconcile_s=0.2, data_dir=self.tmp,
+                                      **sandbox_testing.agent_settings())
         values.update(settings)
         return AgentSettings(
             nats_url=self.nats_url, scheduler_addr=self.sched.address, trainer_addr=self.trainer.address,
@@ -92,6 +94,12 @@ async def platform(tmp_path: Path, nats_server: Any, secrets_dir: Path) -> Async
         await agent.stop()
         for key in agent.executor.list_instances():
             agent.executor.stop(*key)
+    # Wait (bounded) for the runners to end and undo their containment, so no test inherits another's.
+    deadline = asyncio.get_running_loop().time() + 15
+    while asyncio.get_running_loop().time() < deadline and any(
+        a.executor.status(*k).state == "running" for a in p.agents for k in a.executor.list_instances()
+    ):
+        await asyncio.sleep(0.1)
     await chs.close()
     await cht.close()
     await trainer.stop()

@@ -131,6 +131,14 @@ def test_failed_past_the_budget_says_so() -> None:
     assert isinstance(end, TrainingTaskEnded) and end.reason == "instance 0 exited with code 3"
 
 
+def test_the_agents_reason_replaces_the_bare_exit_code() -> None:
+    out = decide_report(fold([submitted(0)]), task_id=T, index=0, node_id="n1", state="Exited", exit_code=137,
+                        message="out of memory (limit 1 GiB)", now_ms=10)
+    end = out[-1]
+    assert isinstance(end, TrainingTaskEnded) and end.exit_code == 137
+    assert end.reason == "instance 0: out of memory (limit 1 GiB)"
+
+
 def test_the_restart_event_says_which_restart_of_how_many() -> None:
     out = report([submitted(3), requeued(1, "failed")], 0, 2, attempt=1)
     r = out[1]

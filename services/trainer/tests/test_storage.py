@@ -13,8 +13,9 @@ import pytest
 
 from capstan_proto import common_pb2, trainer_pb2
 from capstan_trainer.agent.__main__ import _apply_flags
+from capstan_trainer.agent.safefs import chown_tree, list_tree, mirror, open_file
 from capstan_trainer.agent.settings import AgentSettings
-from capstan_trainer.agent.storage import OutputStore, mirror
+from capstan_trainer.agent.storage import OutputStore
 
 
 def tree(root: Path) -> dict[str, str]:
@@ -57,7 +58,7 @@ def test_mirror_copies_changes_and_deletions(tmp_path: Path) -> None:
     assert tree(dst) == {}
 
 
-def test_mirror_never_follows_links_left_by_user_code(tmp_path: Path) -> None:
+def test_mirror_never_follows_nor_stores_links_left_by_user_code(tmp_path: Path) -> None:
     secret = tmp_path / "host-secret"
     secret.write_text("do not copy")
     (tmp_path / "host-dir").mkdir()
@@ -65,21 +66,71 @@ def test_mirror_never_follows_links_left_by_user_code(tmp_path: Path) -> None:
     src, dst = tmp_path / "src", tmp_path / "dst"
     src.mkdir()
     (src / "file-link").symlink_to(secret)
+    (src / "relative-link").symlink_to("../../../../../admin-token")
     (src / "dir-link").symlink_to(tmp_path / "host-dir")
     os.mkfifo(src / "fifo")  # a special file: skipped (opening it would block)
+    (src / "setuid").write_text("x")
+    os.chmod(src / "setuid", 0o4755)
     mirror(src, dst)
-    assert tree(dst) == {"file-link": f"link -> {secret}", "dir-link": f"link -> {tmp_path / 'host-dir'}"}
-    # the user replaces the link with a real directory: the copy must not write through the old link
+    # a stored link would lead wherever it points on whichever host reads the storage later
+    assert tree(dst) == {"setuid": "x"}
+    assert os.stat(dst / "setuid").st_mode & 0o7777 == 0o755  # never a set-uid file of root's in storage
+    # the user replaces the link with a real directory: it is copied as one; the old target is untouched
     (src / "dir-link").unlink()
     (src / "dir-link").mkdir()
     (src / "dir-link" / "inside").write_text("user data")
     mirror(src, dst)
     assert (tmp_path / "host-dir" / "inside").read_text() == "do not copy either"
     assert tree(dst)["dir-link/inside"] == "user data" and not (dst / "dir-link").is_symlink()
+    # a link that replaces a directory already copied: the copy goes, nothing is followed
+    shutil.rmtree(src / "dir-link")
+    (src / "dir-link").symlink_to(tmp_path / "host-dir")
+    mirror(src, dst)
+    assert tree(dst) == {"setuid": "x"}
     # a source that is itself a link counts as empty
     (tmp_path / "src-link").symlink_to(tmp_path / "host-dir")
     mirror(tmp_path / "src-link", dst)
     assert tree(dst) == {}
+
+
+def test_chown_tree_never_follows_a_link(tmp_path: Path) -> None:
+    outside = tmp_path / "host-file"
+    outside.write_text("root's")
+    (tmp_path / "host-dir").mkdir()
+    tree_root = tmp_path / "output"
+    (tree_root / "ckpt").mkdir(parents=True)
+    (tree_root / "ckpt" / "step").write_text("1")
+    (tree_root / "link").symlink_to(outside)
+    (tree_root / "ckpt" / "dir-link").symlink_to(tmp_path / "host-dir")
+    chown_tree(tree_root, 2_999_999, 2_999_998)
+    for p in (tree_root, tree_root / "ckpt", tree_root / "ckpt" / "step", tree_root / "link", tree_root / "ckpt" / "dir-link"):
+        st = os.lstat(p)
+        assert (st.st_uid, st.st_gid) == (2_999_999, 2_999_998), p
+    for p in (outside, tmp_path / "host-dir"):
+        assert os.stat(p).st_uid == os.getuid()  # the targets stay whose they were
+    (tmp_path / "root-link").symlink_to(tmp_path / "host-dir")
+    with pytest.raises(NotADirectoryError):
+        chown_tree(tmp_path / "root-link", 2_999_999, 2_999_999)
+
+
+def test_list_and_open_only_regular_files_of_the_tree(tmp_path: Path) -> None:
+    root = tmp_path / "output"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "a" / "b" / "w.bin").write_bytes(b"12345")
+    (root / "top.txt").write_text("t")
+    (root / "a" / "up").symlink_to("..")
+    (root / "etc").symlink_to("/etc")
+    os.mkfifo(root / "pipe")
+    assert [(e.path, e.kind, e.size) for e in list_tree(root)] == [
+        ("a", "dir", 0), ("a/b", "dir", 0), ("a/b/w.bin", "file", 5), ("top.txt", "file", 1)]
+    with open_file(root, "a/b/w.bin") as f:
+        assert f.read() == b"12345"
+    for bad in ("a/up/top.txt", "etc/passwd", "etc", "pipe", "a", "../output/top.txt", "/top.txt", ""):
+        with pytest.raises(PermissionError):
+            open_file(root, bad)
+    with pytest.raises(FileNotFoundError):
+        open_file(root, "a/missing")
+    assert list_tree(tmp_path / "missing") == [] and list_tree(root / "etc") == []
 
 
 @pytest.mark.parametrize("task_id", ["../x", "a/b", ".", "..", "", "train-x.1", "/abs", "x" * 200])

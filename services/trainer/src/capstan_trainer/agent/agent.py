@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from capstan_core.service import connect_nats
 from capstan_core.streams import WAKE_AGENTS
 from capstan_proto import scheduler_pb2, scheduler_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 
+from .safefs import mirror
 from .sandbox import EXIT_STOPPED_BEFORE_START, BwrapExecutor, Executor, InstanceSpec
 from .settings import AgentSettings
 from .shipper import ship
@@ -42,7 +42,7 @@ SAVED_MARK = ".output-saved"  # the exited instance's output and model are in st
 class TrainerAgent:
     def __init__(self, settings: AgentSettings, executor: Executor | None = None) -> None:
         self.settings = settings
-        self.executor = executor or BwrapExecutor(settings.agent_dir / "instances")
+        self.executor = executor or BwrapExecutor(settings.agent_dir / "instances", settings.sandbox_config())
         self._nc: NatsClient | None = None
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -70,6 +70,12 @@ class TrainerAgent:
     async def start(self) -> None:
         s = self.settings
         s.agent_dir.mkdir(parents=True, exist_ok=True)
+        if s.sandbox_uncontained:
+            log.warning("CAPSTAN_SANDBOX_UNCONTAINED=true: instances on this node run with NO network isolation, "
+                        "NO resource limits and as root inside the sandbox; never do this where users are not trusted")
+        # Runners killed while this agent was down may have left cgroups, namespaces and links behind.
+        for lease in await asyncio.to_thread(self.executor.reap_stale):
+            log.info("cleaned up the sandbox left by %s", lease)
         # The node's certificate (a join token the first time); it names this node to every service.
         creds = self.credentials = await s.node_credentials(
             s.agent_dir / "credentials", node_name=s.node_name, resource_group=s.resource_group, agent_kind="trainer"
@@ -157,7 +163,7 @@ class TrainerAgent:
                     task is not None and task.attempt == attempt and task.status not in ENDED
                     and task.instances[index].status != "Exited"
                 ):
-                    await self._report_exit(task, index, st.exit_code or 0)
+                    await self._report_exit(task, index, st.exit_code or 0, st.reason or "")
                 (idir / DONE_MARK).write_text("")
                 self._synced_at.pop((key, index), None)
 
@@ -182,7 +188,7 @@ class TrainerAgent:
                 if st.state == "exited":
                     await ship(js, task.id, index, log_path, key)
                     await self._save_final(key, index)
-                    await self._report_exit(task, index, st.exit_code or 0)
+                    await self._report_exit(task, index, st.exit_code or 0, st.reason or "")
                 else:
                     await self._report(task, index, "Exited", EXIT_STOPPED_BEFORE_START, "stopped before start")
             return
@@ -200,7 +206,7 @@ class TrainerAgent:
             await self._report(task, index, "Running", 0)
         elif st.state == "exited" and inst.status != "Exited":
             await self._save_final(key, index)
-            await self._report_exit(task, index, st.exit_code if st.exit_code is not None else 0)
+            await self._report_exit(task, index, st.exit_code if st.exit_code is not None else 0, st.reason or "")
 
     # -- durable output ------------------------------------------------------------------
     def _instance_dir(self, key: str, index: int) -> Path:
@@ -218,8 +224,10 @@ class TrainerAgent:
             old = self._instance_dir(instance_key(task.id, previous), index)
             if old.exists():
                 for sub in ("output", "model"):
-                    if (old / sub).is_dir() and not (new / sub).exists():
-                        await asyncio.to_thread(shutil.copytree, old / sub, new / sub, symlinks=True)
+                    # The same copy as storage's: links and special files the old attempt left are not
+                    # carried over (never followed), and every step is a no-follow directory descriptor.
+                    if not (new / sub).exists():
+                        await asyncio.to_thread(mirror, old / sub, new / sub)
                 return
 
     async def _save(self, key: str, index: int) -> None:
@@ -266,17 +274,17 @@ class TrainerAgent:
             task_id=instance_key(task.id, task.attempt), instance_index=index, command=task.command,
             hyperparameters=json.loads(task.hyperparameters_json or "{}"), env=env,
             stop_grace_seconds=task.stop_grace_seconds or 30, cpu=task.resources.cpu,
-            memory_gib=task.resources.memory_gib,
+            memory_gib=task.resources.memory_gib, instance_count=max(1, task.instance_count),
         )
 
-    async def _report_exit(self, task: trainer_pb2.TrainingTask, index: int, exit_code: int) -> None:
+    async def _report_exit(self, task: trainer_pb2.TrainingTask, index: int, exit_code: int, reason: str) -> None:
         """An exited instance: an eviction if the platform stopped it (``capstan down`` marks those),
-        else its exit code decides."""
+        else its exit code decides (with the sandbox's reason, e.g. out of memory)."""
         idir = self._instance_dir(instance_key(task.id, task.attempt), index)
         if (idir / PLATFORM_STOP_FILE).exists():
             await self._report(task, index, "Evicted", exit_code, "stopped with the platform (capstan down); requeued")
         else:
-            await self._report(task, index, "Exited", exit_code)
+            await self._report(task, index, "Exited", exit_code, reason)
 
     async def _report(
         self, task: trainer_pb2.TrainingTask, index: int, state: str, exit_code: int, message: str = ""

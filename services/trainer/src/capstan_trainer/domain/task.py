@@ -230,7 +230,9 @@ def decide_report(
         if len(exited) == sub.instance_count:
             out.append(_requeue_failed(t, task_id, now_ms))
     elif exit_code != 0:
-        failure = f"instance {index} exited with code {exit_code}" + (f": {message}" if message else "")
+        # The agent's message, when it has one, says why better than the code does ("out of memory
+        # (limit 1 GiB)" rather than "exited with code 137").
+        failure = f"instance {index}: {message}" if message else f"instance {index} exited with code {exit_code}"
         if t.restarts_used < t.max_restarts:
             n = t.restarts_used + 1
             restarting = TrainingTaskRestarting(

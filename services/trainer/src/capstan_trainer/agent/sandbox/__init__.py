@@ -4,6 +4,7 @@ Each instance runs under bubblewrap, supervised by a detached runner process
 that outlives the agent; see :mod:`.executor` for the API the agent uses.
 """
 
+from .config import SandboxConfig
 from .executor import BwrapExecutor, Executor, InstanceState, InstanceStatus, read_log
 from .spec import (
     EXIT_RUNNER_ERROR,
@@ -25,5 +26,6 @@ __all__ = [
     "InstanceSpec",
     "InstanceState",
     "InstanceStatus",
+    "SandboxConfig",
     "read_log",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import shutil
 import signal
@@ -26,6 +27,9 @@ from typing import Any, Literal
 
 from capstan_core.healthcheck import Check
 
+from . import probe
+from .config import SandboxConfig
+from .containment import Containment
 from .spec import (
     EXIT_RUNNER_LOST,
     RUNNER_MODULE,
@@ -34,17 +38,20 @@ from .spec import (
     write_atomic,
 )
 
+log = logging.getLogger(__name__)
 InstanceState = Literal["absent", "running", "exited"]
 _RUNNER_SCRIPT = b"capstan-instance-runner"  # the console-script form of the runner
 
 
 @dataclass(frozen=True)
 class InstanceStatus:
-    """``exit_code`` is set only when exited; ``pid`` is the runner's, if known."""
+    """``exit_code`` is set only when exited; ``pid`` is the runner's, if known; ``reason`` says why
+    it exited when the platform knows (``out of memory (limit 1 GiB)``)."""
 
     state: InstanceState
     exit_code: int | None = None
     pid: int | None = None
+    reason: str | None = None
 
 
 class Executor(ABC):
@@ -53,6 +60,10 @@ class Executor(ABC):
     def health_check(self) -> Check | None:
         """A deploy/health check of this way of running instances, or None when it has none."""
         return None
+
+    def reap_stale(self) -> list[str]:
+        """Clean up after instances whose supervisor died uncleanly; what was cleaned. Run at agent start."""
+        return []
 
     @abstractmethod
     def start(self, spec: InstanceSpec) -> None:
@@ -89,23 +100,20 @@ class BwrapExecutor(Executor):
     """
 
     def health_check(self) -> Check:
-        """Can this machine start a sandbox? Runs ``true`` in fresh pid/ipc/uts namespaces."""
-        bwrap = shutil.which("bwrap")
-        if bwrap is None:
-            return Check("sandbox", False, "bubblewrap (bwrap) is not installed")
-        run = subprocess.run(
-            [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-pid", "--unshare-ipc",
-             "--unshare-uts", "--die-with-parent", "true"],
-            capture_output=True, text=True, timeout=30,
-        )
-        if run.returncode != 0:
-            return Check("sandbox", False, f"bwrap failed ({run.returncode}): {run.stderr.strip()[:300]}")
-        return Check("sandbox", True, "bubblewrap starts a sandbox")
+        """Can this node contain an instance? Sets one up for real (see :mod:`.probe`)."""
+        return probe.check(self.config, self.root)
 
-    def __init__(self, root: Path) -> None:
+    def reap_stale(self) -> list[str]:
+        """Undo what runners killed before their cleanup left on the host (cgroups, namespaces, links)."""
+        if not self.config.contained or not self.config.state_dir.exists():
+            return []
+        return Containment(self.config).reap_stale()
+
+    def __init__(self, root: Path, config: SandboxConfig | None = None) -> None:
         # Resolved, because the runner's cmdline (our liveness check) holds it.
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self.config = config or SandboxConfig()
         self._lock = threading.RLock()
         # Runners we spawned ourselves, kept only so they get reaped (no zombies).
         self._children: dict[tuple[str, int], subprocess.Popen[bytes]] = {}
@@ -121,9 +129,12 @@ class BwrapExecutor(Executor):
         with self._lock, _file_lock(paths.dir / ".lock"):
             if self._status(paths).state != "absent":
                 return
+            # Root's, and only root's: the sandbox sees its parts through binds, never this directory.
+            os.chmod(paths.dir, 0o700)
             for d in (paths.code, paths.input_config, paths.output, paths.model):
                 d.mkdir(parents=True, exist_ok=True)
             write_atomic(paths.hyperparameters, json.dumps(spec.hyperparameters))
+            write_atomic(paths.sandbox, self.config.to_json())
             write_atomic(paths.spec, spec.to_json())
             paths.stop_requested.unlink(missing_ok=True)
             with open(paths.runner_err, "ab") as err:
@@ -189,7 +200,7 @@ class BwrapExecutor(Executor):
         code = paths.read_int(paths.exit_code)
         pid = paths.read_int(paths.runner_pid)
         if code is not None:
-            return InstanceStatus("exited", code, pid)
+            return InstanceStatus("exited", code, pid, paths.read_text(paths.exit_reason))
         if pid is None:
             return InstanceStatus("absent")
         if _runner_alive(pid, paths.dir):
@@ -197,7 +208,7 @@ class BwrapExecutor(Executor):
         # It may have written exit_code and exited since our first look.
         code = paths.read_int(paths.exit_code)
         if code is not None:
-            return InstanceStatus("exited", code, pid)
+            return InstanceStatus("exited", code, pid, paths.read_text(paths.exit_reason))
         return self._mark_lost(paths, pid)
 
     def _mark_lost(self, paths: InstancePaths, pid: int) -> InstanceStatus:
@@ -209,6 +220,10 @@ class BwrapExecutor(Executor):
         with open(paths.log, "a") as f:
             f.write(json.dumps(record) + "\n")
         write_atomic(paths.exit_code, str(EXIT_RUNNER_LOST))
+        try:  # its sandbox died with it (--die-with-parent); what it had set up on the host must go too
+            self.reap_stale()
+        except Exception:  # noqa: BLE001 - the next reap (agent start, any setup) retries
+            log.exception("cleaning up after the lost runner of %s failed", paths.dir.name)
         return InstanceStatus("exited", EXIT_RUNNER_LOST, pid)
 
     def _reap(self) -> None:

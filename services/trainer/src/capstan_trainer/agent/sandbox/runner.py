@@ -1,9 +1,12 @@
 """The instance runner: one detached process per instance, owning its sandbox.
 
 Started by the executor in its own session, so it outlives the agent (even a
-``kill -9`` of it).  It runs the user's command under bubblewrap, copies the
-sandbox's stdout/stderr into ``log.jsonl``, turns SIGTERM into a graceful stop
-of the sandbox, and finally records ``exit_code``.  Usage::
+``kill -9`` of it).  It contains the instance (:mod:`.containment`: cgroup,
+network namespace, uid), runs the user's command under bubblewrap through the
+launcher, copies the sandbox's stdout/stderr into ``log.jsonl``, turns SIGTERM
+into a graceful stop of the sandbox, ends an instance that ran out of memory,
+undoes the containment and finally records ``exit_reason`` (when it knows one)
+and ``exit_code``.  Usage::
 
     python -m capstan_trainer.agent.sandbox.runner <instance_dir>
 """
@@ -21,6 +24,9 @@ import time
 from pathlib import Path
 from typing import IO
 
+from .argv import View, build_bwrap_argv
+from .config import Limits, SandboxConfig, describe_memory, thread_env
+from .containment import Containment, Sandbox
 from .spec import (
     EXIT_RUNNER_ERROR,
     EXIT_SANDBOX_UNAVAILABLE,
@@ -31,16 +37,9 @@ from .spec import (
     write_atomic,
 )
 
-_SYSTEM_DIRS = ("/usr", "/bin", "/lib", "/lib64", "/sbin", "/etc")
-_SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _POLL_SECONDS = 0.1
 _MAX_LINE_BYTES = 64 * 1024  # a newline-less stream (progress bars) still gets logged
 _PUMP_JOIN_SECONDS = 5.0
-# sitecustomize.py that applies CAPSTAN_GPU_MEMORY_FRACTION to PyTorch (see pyhook/sitecustomize.py),
-# bound read-only into the sandbox and put first on PYTHONPATH when an instance holds part of a card.
-PYHOOK_DIR = Path(__file__).resolve().parent / "pyhook"
-PYHOOK_MOUNT = "/opt/capstan/pyhook"
-GPU_FRACTION_ENV = "CAPSTAN_GPU_MEMORY_FRACTION"
 
 
 class LogWriter:
@@ -65,69 +64,6 @@ class LogWriter:
 
     def platform(self, line: str) -> None:
         self.write("platform", line)
-
-
-def _python_prefixes() -> list[str]:
-    """Host directories the user's ``python3`` needs that system binds miss."""
-    raw = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
-    raw |= {os.path.realpath(p) for p in raw}  # a symlinked prefix needs its target too
-    keep: list[str] = []
-    for p in sorted(raw):
-        if p == "/" or not os.path.isdir(p):
-            continue
-        if any(p == d or p.startswith(d + "/") for d in _SYSTEM_DIRS):
-            continue  # already visible through the system binds
-        if any(p.startswith(k + "/") for k in keep):
-            continue  # nested in a prefix we bind anyway (sorted: parents come first)
-        keep.append(p)
-    return keep
-
-
-def _sandbox_path() -> str:
-    # The runner's own environment first: a venv is where the node's ML
-    # packages live, and its python3 is what "python3" should mean inside.
-    python_bins = dict.fromkeys(f"{p}/bin" for p in (sys.prefix, sys.base_prefix))
-    return ":".join([*python_bins, _SYSTEM_PATH])
-
-
-def build_bwrap_argv(bwrap: str, spec: InstanceSpec, paths: InstancePaths) -> list[str]:
-    """The full bwrap command line; an argv list, so no host shell ever parses user text."""
-    argv = [bwrap, "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--die-with-parent"]
-    # As root, bwrap keeps *all* capabilities unless told otherwise; user code
-    # must not be able to mount, mknod or touch the (shared) host network config.
-    argv += ["--cap-drop", "ALL"]
-    for d in _SYSTEM_DIRS:
-        if os.path.islink(d):  # merged-/usr hosts: /bin -> usr/bin etc.
-            argv += ["--symlink", os.readlink(d), d]
-        elif os.path.isdir(d):
-            argv += ["--ro-bind", d, d]
-    # uid 0 keeps write access to /proc/sys and /proc/sysrq-trigger even without
-    # capabilities, and bwrap does not cover those for root: make them read-only.
-    argv += ["--proc", "/proc", "--ro-bind", "/proc/sys", "/proc/sys"]
-    argv += ["--ro-bind-try", "/proc/sysrq-trigger", "/proc/sysrq-trigger"]
-    argv += ["--dev", "/dev", "--tmpfs", "/tmp"]
-    for p in _python_prefixes():  # after /tmp, so a prefix under /tmp is not hidden
-        argv += ["--ro-bind", p, p]
-    argv += ["--dir", "/opt/ml", "--dir", "/opt/ml/input"]
-    argv += ["--bind", str(paths.code), "/opt/ml/code"]
-    argv += ["--bind", str(paths.output), "/opt/ml/output"]
-    argv += ["--bind", str(paths.model), "/opt/ml/model"]
-    argv += ["--ro-bind", str(paths.input_config), "/opt/ml/input/config"]
-    env = {
-        "PATH": _sandbox_path(),
-        "HOME": "/tmp",
-        "LANG": "C.UTF-8",
-        "PYTHONUNBUFFERED": "1",  # so the user's prints reach the log as they happen
-        **spec.env,
-    }
-    if spec.env.get(GPU_FRACTION_ENV) and PYHOOK_DIR.is_dir():
-        argv += ["--ro-bind", str(PYHOOK_DIR), PYHOOK_MOUNT]
-        env["PYTHONPATH"] = ":".join(p for p in (PYHOOK_MOUNT, spec.env.get("PYTHONPATH", "")) if p)
-    argv += ["--chdir", "/opt/ml/code", "--clearenv"]
-    for name, value in env.items():
-        argv += ["--setenv", name, value]
-    # No --new-session: the sandbox must stay in the process group we signal on stop.
-    return [*argv, "--", "/bin/sh", "-c", spec.command]
 
 
 def _pump(stream: IO[bytes], name: str, log: LogWriter) -> None:
@@ -178,6 +114,7 @@ def _exit_code(returncode: int) -> int:
 def run(paths: InstancePaths, log: LogWriter, stop: threading.Event) -> int:
     """Run the sandbox to completion and return the instance's exit code."""
     spec = InstanceSpec.from_json(paths.spec.read_text())
+    config = _config(paths)
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         log.platform("bwrap not found on PATH; refusing to run the instance unsandboxed")
@@ -185,11 +122,60 @@ def run(paths: InstancePaths, log: LogWriter, stop: threading.Event) -> int:
     if stop.is_set() or paths.stop_requested.exists():
         log.platform("stop requested before the instance started")
         return EXIT_STOPPED_BEFORE_START
+    if not config.contained:
+        log.platform("WARNING: this node runs instances UNCONTAINED (CAPSTAN_SANDBOX_UNCONTAINED=true): "
+                     "no network isolation, no resource limits, root inside the sandbox")
+        view = View(network="none" if spec.network == "none" else "host", env=thread_env(spec.cpu, spec.env))
+        return _supervise(build_bwrap_argv(bwrap, spec, paths, view), spec, paths, log, stop, None)
+    containment = Containment(config)
+    try:
+        sandbox = containment.setup(spec, paths, os.getpid())
+    except Exception as exc:  # noqa: BLE001 - whatever is missing, the instance must fail saying so
+        _record_reason(paths, log, f"sandbox could not be set up: {exc}")
+        return EXIT_SANDBOX_UNAVAILABLE
+    try:
+        argv = sandbox.launcher_argv(build_bwrap_argv(bwrap, spec, paths, sandbox.view))
+        limits = Limits.of(spec.cpu, spec.memory_gib, config)
+        memory = describe_memory(spec.memory_gib) if spec.memory_gib else "no limit"
+        cpu = f"{spec.cpu:g}" if spec.cpu else "no limit"
+        log.platform(f"contained: uid {sandbox.uid}, memory {memory}, cpu {cpu}, "
+                     f"pids {limits.pids_max}, network {spec.network}" + (f" {sandbox.address}" if sandbox.address else ""))
+        code = _supervise(argv, spec, paths, log, stop, sandbox)
+        if (reason := sandbox.exit_reason()) is not None:
+            _record_reason(paths, log, reason)
+        return code
+    finally:
+        try:
+            containment.teardown(sandbox.lease)
+        except Exception as exc:  # noqa: BLE001 - the lease stays; it is reaped once this runner is gone
+            log.platform(f"sandbox cleanup failed (retried later): {exc}")
+
+
+def _config(paths: InstancePaths) -> SandboxConfig:
+    """The policy the executor wrote; an instance started without one is contained by default."""
+    try:
+        return SandboxConfig.from_json(paths.sandbox.read_text())
+    except FileNotFoundError:
+        return SandboxConfig()
+
+
+def _record_reason(paths: InstancePaths, log: LogWriter, reason: str) -> None:
+    log.platform(reason)
+    write_atomic(paths.exit_reason, reason)
+
+
+def _supervise(
+    argv: list[str], spec: InstanceSpec, paths: InstancePaths, log: LogWriter, stop: threading.Event,
+    sandbox: Sandbox | None,
+) -> int:
+    if stop.is_set() or paths.stop_requested.exists():  # the setup took a moment: look again
+        log.platform("stop requested before the instance started")
+        return EXIT_STOPPED_BEFORE_START
     # Spawned from the main thread on purpose: --die-with-parent uses
     # PR_SET_PDEATHSIG, which fires when the *thread* that forked bwrap exits.
     try:
         proc = subprocess.Popen(
-            build_bwrap_argv(bwrap, spec, paths),
+            argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -207,6 +193,7 @@ def run(paths: InstancePaths, log: LogWriter, stop: threading.Event) -> int:
     for t in pumps:
         t.start()
     kill_at: float | None = None
+    out_of_memory = False
     try:
         while True:
             try:
@@ -214,6 +201,13 @@ def run(paths: InstancePaths, log: LogWriter, stop: threading.Event) -> int:
                 break
             except subprocess.TimeoutExpired:
                 pass
+            if sandbox is not None and not out_of_memory and sandbox.oom_kills() > 0:
+                # v1 kills one process and lets the rest run on; v2 (oom.group) kills them all. Either
+                # way the instance is over: exceeding the limit ends it, the same on every node.
+                out_of_memory = True
+                log.platform(f"out of memory (limit {describe_memory(spec.memory_gib)}): ending the instance")
+                os.killpg(proc.pid, signal.SIGKILL)
+                sandbox.kill()
             # The stop_requested file backs up the signal (e.g. if it was lost).
             if kill_at is None and (stop.is_set() or paths.stop_requested.exists()):
                 log.platform(f"stop requested: SIGTERM, {spec.stop_grace_seconds}s grace period")

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config import NETWORK_MODES
+
 # Lives here, not in runner.py, so the package never imports the runner module
 # (that would make ``python -m`` of it warn about a double import).
 RUNNER_MODULE = "capstan_trainer.agent.sandbox.runner"
@@ -46,8 +48,12 @@ class InstanceSpec:
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     stop_grace_seconds: int = 30
-    cpu: float = 0.0  # informational only: no cgroup limits are applied yet
-    memory_gib: float = 0.0  # informational only
+    cpu: float = 0.0  # the request is the limit (CPU quota, process count); 0: none
+    memory_gib: float = 0.0  # the request is the limit; exceeding it ends the instance; 0: none
+    instance_count: int = 1  # peers are named instance-0 .. instance-<count-1>
+    # "isolated": own network namespace, peers of the task and the outside (NAT) only; "host": the
+    # host's network (an operator policy decides who may ask for it); "none": loopback only
+    network: str = "isolated"
 
     def __post_init__(self) -> None:
         validate_instance_key(self.task_id, self.instance_index)
@@ -62,6 +68,10 @@ class InstanceSpec:
                 raise ValueError(f"invalid environment variable name: {name!r}")
             if not isinstance(value, str) or "\0" in value:
                 raise ValueError(f"environment value for {name} must be a str without NUL")
+        if self.network not in NETWORK_MODES:
+            raise ValueError(f"network must be one of {', '.join(NETWORK_MODES)}")
+        if not isinstance(self.instance_count, int) or not 1 <= self.instance_count or self.cpu < 0 or self.memory_gib < 0:
+            raise ValueError("instance_count must be >= 1, cpu and memory_gib >= 0")
         # Fail at construction rather than later in the runner.
         json.dumps(self.hyperparameters)
 
@@ -82,6 +92,8 @@ class InstanceSpec:
             stop_grace_seconds=int(data.get("stop_grace_seconds", 30)),
             cpu=float(data.get("cpu", 0.0)),
             memory_gib=float(data.get("memory_gib", 0.0)),
+            instance_count=int(data.get("instance_count", 1)),
+            network=str(data.get("network", "isolated")),
         )
 
 
@@ -145,8 +157,37 @@ class InstancePaths:
         return self.dir / "log.jsonl"
 
     @property
+    def sandbox(self) -> Path:
+        """The node's containment policy the instance was started under (SandboxConfig JSON)."""
+        return self.dir / "sandbox.json"
+
+    @property
+    def exit_reason(self) -> Path:
+        """Why the instance ended, when the platform knows better than the code (out of memory)."""
+        return self.dir / "exit_reason"
+
+    @property
+    def etc(self) -> Path:
+        """Files the runner generates for the sandbox's /etc (hosts, passwd, group)."""
+        return self.dir / "etc"
+
+    @property
+    def launch_plan(self) -> Path:
+        return self.dir / "launch.json"
+
+    @property
+    def launch_error(self) -> Path:
+        return self.dir / "launch.err"
+
+    @property
     def stop_requested(self) -> Path:
         return self.dir / "stop_requested"
+
+    def read_text(self, path: Path) -> str | None:
+        try:
+            return path.read_text().strip() or None
+        except OSError:
+            return None
 
     def read_int(self, path: Path) -> int | None:
         """Read a small integer file; ``None`` if absent or not (yet) valid."""

@@ -1,0 +1,234 @@
+"""Containment of one instance: set up before the sandbox starts, undone when it has ended.
+
+:meth:`Containment.setup` leases a uid and a name slot from the host-wide state, creates the cgroup
+with the instance's limits and (network "isolated") the task bridge, firewall and the instance's
+network namespace, gives the writable directories to the uid and writes the sandbox's /etc files.
+The runner then starts the launcher (:mod:`.launch`) with :meth:`Sandbox.launcher_argv`, and calls
+:meth:`Containment.teardown` once the sandbox has exited. A runner killed before its teardown leaves a
+lease whose owner is dead: :meth:`Containment.reap_stale` (run at agent start, when an instance is
+found lost, before every setup, and by ``capstan down``) undoes it. Usage for the last one::
+
+    python -m capstan_trainer.agent.sandbox.containment --reap [--state-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..safefs import chown_tree
+from . import network
+from .argv import View
+from .cgroups import Cgroups, detect, for_version
+from .config import Limits, SandboxConfig, describe_memory, thread_env
+from .leases import HostState, Lease, State
+from .spec import InstancePaths, InstanceSpec, write_atomic
+
+log = logging.getLogger(__name__)
+LAUNCHER = Path(__file__).resolve().parent / "launch.py"
+_MASK = "empty"
+
+
+@dataclass
+class StagedView(View):
+    """The contained view: every host source is bind-mounted by the launcher under ``stage``."""
+
+    stage: str = ""
+    binds: dict[str, str] = field(default_factory=dict)  # host source -> name under the stage
+
+    def source(self, path: str | Path) -> str:
+        name = self.binds.setdefault(str(path), f"b{len(self.binds)}")
+        return f"{self.stage}/{name}"
+
+    def mask(self) -> str:
+        return f"{self.stage}/{_MASK}"
+
+
+@dataclass
+class Sandbox:
+    """One instance's containment, set up; what the runner needs to start and watch it."""
+
+    spec: InstanceSpec
+    paths: InstancePaths
+    lease: Lease
+    cgroups: Cgroups
+    view: StagedView
+    address: str | None = None
+
+    @property
+    def uid(self) -> int:
+        return self.lease.uid
+
+    def launcher_argv(self, bwrap_argv: list[str]) -> list[str]:
+        """The argv that starts the sandbox: the launcher, then (exec'd by it) ``bwrap_argv``.
+        Call it after the bwrap argv was built with :attr:`view` (that is when sources are staged)."""
+        plan = {
+            "cgroup_procs": [str(p) for p in self.cgroups.procs_files(self.lease.cgroup_name)],
+            "stage": self.view.stage,
+            "binds": [[src, name] for src, name in self.view.binds.items()],
+            "masks": [_MASK],
+            "netns": str(network.NETNS_DIR / self.lease.netns) if self.lease.netns else None,
+            "uid": self.lease.uid,
+            "gid": self.lease.uid,
+            "error_file": str(self.paths.launch_error),
+        }
+        write_atomic(self.paths.launch_plan, json.dumps(plan))
+        # -I -S: the launcher needs the standard library only, and nothing from the environment.
+        return [sys.executable, "-I", "-S", str(LAUNCHER), str(self.paths.launch_plan), "--", *bwrap_argv]
+
+    def oom_kills(self) -> int:
+        return self.cgroups.oom_kills(self.lease.cgroup_name)
+
+    def kill(self) -> None:
+        """SIGKILL everything left in the instance's cgroup."""
+        self.cgroups.kill(self.lease.cgroup_name)
+
+    def exit_reason(self) -> str | None:
+        """Why the instance ended, when the platform knows: it could not start, or ran out of memory."""
+        if (err := self.paths.read_text(self.paths.launch_error)) is not None:
+            return f"sandbox could not start: {err}"
+        if self.oom_kills() > 0:
+            return f"out of memory (limit {describe_memory(self.spec.memory_gib)})"
+        return None
+
+
+class Containment:
+    def __init__(self, config: SandboxConfig) -> None:
+        self.config = config
+        self.state = HostState(config.state_dir)
+
+    def setup(self, spec: InstanceSpec, paths: InstancePaths, owner_pid: int) -> Sandbox:
+        """Everything the instance needs before its sandbox starts; raises RuntimeError (having undone
+        what it did) with what is missing when the node cannot contain it."""
+        cfg = self.config
+        if os.geteuid() != 0:
+            raise RuntimeError("containment needs root (cgroups, network namespaces, instance uids)")
+        cgroups = detect(cfg.cgroup_root, cfg.cgroup_parent)
+        if spec.network == "isolated" and (lacking := network.missing_tools()):
+            raise RuntimeError(f"{' and '.join(lacking)} not installed (network isolation needs iproute2 and nftables)")
+        with self.state.locked() as st:
+            self._reap(st)
+            lease = st.new_lease(str(paths.dir), owner_pid, cfg)
+            try:
+                addressing = self._create(st, lease, cgroups, spec)
+            except BaseException:
+                self._undo(st, lease)
+                raise
+        try:
+            view = self._prepare_files(spec, paths, lease, addressing)
+        except BaseException:
+            self.teardown(lease)
+            raise
+        return Sandbox(spec, paths, lease, cgroups, view, addressing[0] if addressing else None)
+
+    def teardown(self, lease: Lease) -> None:
+        """Undo :meth:`setup` once the sandbox has exited (anything left in its cgroup is killed)."""
+        with self.state.locked() as st:
+            current = st.leases.get(lease.id)
+            if current is not None:
+                self._undo(st, current)
+
+    def reap_stale(self) -> list[str]:
+        """Undo the leases of runners that died without their teardown; their ids."""
+        with self.state.locked() as st:
+            return self._reap(st)
+
+    # -- under the host lock -----------------------------------------------------------------------------
+    def _create(self, st: State, lease: Lease, cgroups: Cgroups, spec: InstanceSpec) -> tuple[str, str] | None:
+        """Cgroup, then network; the instance's (address, subnet) when it has a network of its own."""
+        cfg = self.config
+        lease.cgroup_version, lease.cgroup_root, lease.cgroup_parent = cgroups.version, str(cgroups.root), cgroups.parent
+        lease.cgroup_name = f"{cfg.name_prefix}-{lease.slot}"
+        cgroups.create(lease.cgroup_name, Limits.of(spec.cpu, spec.memory_gib, cfg))
+        if spec.network != "isolated":
+            return None
+        net, created = st.join_net(lease, f"{cfg.network_scope}|{spec.task_id}", cfg)
+        network.create_bridge(net.bridge, net.subnet)
+        if created:  # rules for the new bridge are in place before anything is plugged into it
+            self._firewall(st)
+        lease.netns, lease.veth, lease.index = f"{cfg.name_prefix}-{lease.slot}", f"{cfg.name_prefix}v{lease.slot}", spec.instance_index
+        address = network.create_instance_net(lease.netns, lease.veth, net.bridge, net.subnet, spec.instance_index)
+        return str(address), net.subnet
+
+    def _undo(self, st: State, lease: Lease) -> None:
+        # The cgroup first: should it fail (a process that will not die), the lease stays, and with it
+        # the uid, so no other instance gets the uid a live process still has.
+        if lease.cgroup_name:
+            for_version(lease.cgroup_version, Path(lease.cgroup_root), lease.cgroup_parent).remove(lease.cgroup_name)
+        network.delete_instance_net(lease.netns, lease.veth)
+        if (net := st.leave_net(lease)) is not None:
+            network.delete_link(net.bridge)
+            self._firewall(st)
+        st.leases.pop(lease.id, None)
+
+    def _reap(self, st: State) -> list[str]:
+        reaped = []
+        for lease in st.stale():
+            try:
+                self._undo(st, lease)
+                reaped.append(lease.id)
+            except Exception:  # noqa: BLE001 - one stuck lease must not block the others (or a setup)
+                log.exception("could not clean up the sandbox of %s", lease.id)
+        return reaped
+
+    def _firewall(self, st: State) -> None:
+        nets = st.nets.values()
+        network.apply_firewall(self.config.nft_table, [n.bridge for n in nets], [n.subnet for n in nets],
+                               [b for n in nets for b in n.blocked])
+
+    # -- the instance's own files (no lock needed) ---------------------------------------------------------
+    def _prepare_files(
+        self, spec: InstanceSpec, paths: InstancePaths, lease: Lease, addressing: tuple[str, str] | None
+    ) -> StagedView:
+        for d in (paths.code, paths.output, paths.model):
+            d.mkdir(parents=True, exist_ok=True)
+            chown_tree(d, lease.uid, lease.uid)  # what storage restored is root's until now
+        # Read-only inside (bound read-only), but the agent writes it with the platform's umask (0600):
+        # the instance's uid must be able to read its own hyperparameters.
+        chown_tree(paths.input_config.parent, lease.uid, lease.uid)
+        paths.etc.mkdir(mode=0o755, exist_ok=True)
+        address, subnet = addressing or (None, None)
+        files = {
+            "/etc/hosts": network.hosts_file(subnet, spec.instance_count, spec.instance_index),
+            "/etc/passwd": (f"root:x:0:0:root:/root:/bin/sh\ncapstan:x:{lease.uid}:{lease.uid}:capstan instance:/tmp:/bin/sh\n"
+                            "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"),
+            "/etc/group": f"root:x:0:\ncapstan:x:{lease.uid}:\nnogroup:x:65534:\n",
+        }
+        etc_files = {}
+        for target, text in files.items():
+            host_file = paths.etc / Path(target).name
+            write_atomic(host_file, text)
+            os.chmod(host_file, 0o644)
+            etc_files[target] = host_file
+        env = thread_env(spec.cpu, spec.env)
+        if address:
+            env["CAPSTAN_INSTANCE_IP"] = address
+        stage = self.config.state_dir / "stage"
+        stage.mkdir(mode=0o755, exist_ok=True)
+        return StagedView(contained=True, network=spec.network, hostname=f"instance-{spec.instance_index}", env=env,
+                          etc_files=etc_files, private_paths=self.config.private_paths, stage=str(stage))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m capstan_trainer.agent.sandbox.containment")
+    parser.add_argument("--reap", action="store_true", help="undo what killed instance runners left behind")
+    parser.add_argument("--state-dir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if not args.reap:
+        parser.print_usage()
+        return 2
+    state_dir = args.state_dir or Path(os.environ.get("CAPSTAN_SANDBOX_STATE_DIR") or SandboxConfig().state_dir)
+    if not (state_dir / "state.json").exists():
+        return 0  # nothing was ever contained here
+    for lease_id in Containment(SandboxConfig(state_dir=state_dir)).reap_stale():
+        print(f"cleaned up the sandbox of {lease_id}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

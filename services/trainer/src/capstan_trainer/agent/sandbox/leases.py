@@ -1,0 +1,200 @@
+"""Host-wide allocations of the sandbox: uids, name slots, task subnets, under one file lock.
+
+Several agents can run on one host (the tests run a few as nodes of one machine), and instances of
+one task placed on two of them must share a bridge and a subnet. So what is allocated lives in one
+JSON document in ``<state_dir>`` (on /run by default: it is as volatile as the namespaces, links and
+cgroups it describes), changed only under an exclusive ``flock``. Each lease records everything
+needed to undo it, and its owner (the runner's pid and start time): a lease whose owner is gone is
+stale, and whoever holds the lock next may clean it up (:mod:`.containment`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import json
+import os
+import pwd
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import SandboxConfig
+
+_STATE_FILE = "state.json"
+_LOCK_FILE = "lock"
+
+
+@dataclass
+class Net:
+    """One task's network on this host: a bridge and a subnet; members are lease ids."""
+
+    key: str
+    subnet: str
+    number: int
+    bridge: str
+    members: list[str] = field(default_factory=list)
+    blocked: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Lease:
+    """One running instance's share of the host (its owner is the runner process)."""
+
+    id: str
+    pid: int
+    start: int
+    uid: int
+    slot: int
+    net: str | None = None  # the Net key
+    index: int = 0
+    netns: str | None = None
+    veth: str | None = None
+    cgroup_version: int = 0
+    cgroup_root: str = ""
+    cgroup_parent: str = ""
+    cgroup_name: str = ""
+
+    def owner_alive(self) -> bool:
+        return process_start(self.pid) == self.start
+
+
+def process_start(pid: int) -> int | None:
+    """The start time of ``pid`` (clock ticks since boot), or None when it is not running: with the
+    pid, it names one process even after the pid is reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    if len(fields) <= 19 or fields[0] in (b"Z", b"X"):  # a zombie is dead: only its parent has not looked yet
+        return None
+    return int(fields[19])
+
+
+class State:
+    """The document: change it only inside :meth:`HostState.locked`."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.leases = {k: Lease(**v) for k, v in (data.get("leases") or {}).items()}
+        self.nets = {k: Net(**v) for k, v in (data.get("nets") or {}).items()}
+
+    def to_json(self) -> str:
+        return json.dumps({"leases": {k: asdict(v) for k, v in self.leases.items()},
+                           "nets": {k: asdict(v) for k, v in self.nets.items()}}, sort_keys=True, indent=1)
+
+    def new_lease(self, lease_id: str, pid: int, config: SandboxConfig) -> Lease:
+        """A lease with a fresh slot and a uid no other lease, and no local account, uses."""
+        if lease_id in self.leases:
+            raise RuntimeError(f"{lease_id} already holds a sandbox lease")
+        start = process_start(pid)
+        if start is None:
+            raise RuntimeError(f"lease owner {pid} is not running")
+        used_slots = {x.slot for x in self.leases.values()}
+        used_uids = {x.uid for x in self.leases.values()}
+        slot = next(i for i in range(len(used_slots) + 1) if i not in used_slots)
+        uid = next((u for u in range(config.uid_base, config.uid_base + config.uid_count)
+                    if u not in used_uids and not _has_account(u)), None)
+        if uid is None:
+            raise RuntimeError(f"no free sandbox uid in {config.uid_base}..{config.uid_base + config.uid_count - 1}")
+        lease = Lease(lease_id, pid, start, uid, slot)
+        self.leases[lease_id] = lease
+        return lease
+
+    def join_net(self, lease: Lease, key: str, config: SandboxConfig) -> tuple[Net, bool]:
+        """The task's network (True: new, its bridge must be made), with ``lease`` as a member."""
+        net = self.nets.get(key)
+        created = net is None
+        if net is None:
+            net = Net(key, str(self._free_subnet(config)), self._free_number(),
+                      bridge="", blocked=list(config.blocked_nets))
+            net.bridge = f"{config.name_prefix}b{net.number}"
+            self.nets[key] = net
+        if lease.id not in net.members:
+            net.members.append(lease.id)
+        lease.net = key
+        return net, created
+
+    def leave_net(self, lease: Lease) -> Net | None:
+        """Take ``lease`` out of its network; the network if that was its last member (tear it down)."""
+        net = self.nets.get(lease.net or "")
+        lease.net = None
+        if net is None:
+            return None
+        if lease.id in net.members:
+            net.members.remove(lease.id)
+        if net.members:
+            return None
+        del self.nets[net.key]
+        return net
+
+    def stale(self) -> list[Lease]:
+        return [x for x in self.leases.values() if not x.owner_alive()]
+
+    def _free_subnet(self, config: SandboxConfig) -> ipaddress.IPv4Network:
+        taken = [ipaddress.IPv4Network(n.subnet) for n in self.nets.values()]
+        pool = ipaddress.IPv4Network(config.pool)
+        for candidate in pool.subnets(new_prefix=config.subnet_prefix):
+            if not any(candidate.overlaps(t) for t in taken):
+                return candidate
+        raise RuntimeError(f"no free /{config.subnet_prefix} left in the sandbox pool {config.pool}")
+
+    def _free_number(self) -> int:
+        used = {n.number for n in self.nets.values()}
+        return next(i for i in range(len(used) + 1) if i not in used)
+
+
+def _has_account(uid: int) -> bool:
+    try:
+        pwd.getpwuid(uid)
+        return True
+    except KeyError:
+        return False
+
+
+class HostState:
+    """The allocation document of one host, in ``state_dir``."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = Path(state_dir)
+
+    @contextmanager
+    def locked(self) -> Iterator[State]:
+        """Exclusive access to the document; what the block changed is saved when it ends (also when
+        it raises: what was already done on the host must stay recorded so it can be undone)."""
+        # 0755: the sandbox's staging mount point lives here and must be reachable by instance uids.
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+        fd = os.open(self.dir / _LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            state = self._load()
+            before = state.to_json()
+            try:
+                yield state
+            finally:
+                if state.to_json() != before:
+                    self._save(state)
+        finally:
+            os.close(fd)  # releases the lock
+
+    def read(self) -> State:
+        """A snapshot, for looking only."""
+        with self.locked() as state:
+            return state
+
+    def _load(self) -> State:
+        try:
+            return State(json.loads((self.dir / _STATE_FILE).read_text()))
+        except FileNotFoundError:
+            return State({})
+
+    def _save(self, state: State) -> None:
+        tmp = self.dir / f".{_STATE_FILE}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(state.to_json())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.dir / _STATE_FILE)

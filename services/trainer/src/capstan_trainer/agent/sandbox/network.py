@@ -1,0 +1,161 @@
+"""Instance networking: a network namespace per instance, a bridge per task, NAT out, no way in.
+
+Layout on the host (names from :class:`.leases.Net` / :class:`.leases.Lease`)::
+
+    instance netns <prefix>-<slot>:  eth0 = <subnet>.<index + 2>/N, default route via <subnet>.1
+        └─ veth <prefix>v<slot> ── bridge <prefix>b<n> (<subnet>.1/N, one per task and host)
+                                        └─ routed + masqueraded out of the host's own interfaces
+
+The nftables table (one, regenerated from the host's allocations on every change, applied atomically
+by ``nft -f``) is what makes this a boundary: nothing from an instance bridge reaches the host itself
+(any of its addresses: NATS, gRPC and databases listen there), nor another task's bridge, nor the
+operator's blocked networks (cloud metadata by default); nothing from outside opens a connection to
+an instance. Replies to connections the host opens are allowed, so the agent can probe an instance.
+Every command is an argv list of ``ip`` / ``nft``; names and addresses come from the allocator only.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import shutil
+import subprocess
+from collections.abc import Iterable
+from pathlib import Path
+
+NETNS_DIR = Path("/run/netns")
+_IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
+_TIMEOUT_S = 30
+
+
+def gateway(subnet: str) -> ipaddress.IPv4Address:
+    """The bridge's (host side) address in a task subnet."""
+    return ipaddress.IPv4Network(subnet).network_address + 1
+
+
+def instance_address(subnet: str, index: int) -> ipaddress.IPv4Address:
+    """Instance ``index``'s address: deterministic, so every peer can be named without asking."""
+    net = ipaddress.IPv4Network(subnet)
+    addr = net.network_address + 2 + index
+    if addr >= net.broadcast_address:
+        raise RuntimeError(f"instance {index} does not fit in subnet {subnet}")
+    return addr
+
+
+def hosts_file(subnet: str | None, count: int, index: int) -> str:
+    """/etc/hosts for instance ``index``: itself and every peer as ``instance-<i>``."""
+    lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+    if subnet is None:  # no peers to name (network "none"): the own name resolves locally
+        lines.append(f"127.0.1.1\tinstance-{index}")
+    else:
+        lines += [f"{instance_address(subnet, i)}\tinstance-{i}" for i in range(max(count, index + 1))]
+    return "\n".join(lines) + "\n"
+
+
+def missing_tools() -> list[str]:
+    return [tool for tool in ("ip", "nft") if shutil.which(tool) is None]
+
+
+def link_exists(name: str) -> bool:
+    return Path("/sys/class/net", name).exists()
+
+
+def netns_exists(name: str) -> bool:
+    return (NETNS_DIR / name).exists()
+
+
+def create_bridge(name: str, subnet: str) -> None:
+    """The task's bridge with the gateway address; forwarding on (the host routes instances out)."""
+    if not link_exists(name):
+        _ip("link", "add", name, "type", "bridge")
+    net = ipaddress.IPv4Network(subnet)
+    _ip("addr", "replace", f"{gateway(subnet)}/{net.prefixlen}", "dev", name)
+    _ip("link", "set", name, "up")
+    if _IP_FORWARD.read_text().strip() != "1":
+        _IP_FORWARD.write_text("1\n")
+
+
+def delete_link(name: str) -> None:
+    if link_exists(name):
+        _ip("link", "del", name, check=False)
+
+
+def create_instance_net(netns: str, veth: str, bridge: str, subnet: str, index: int) -> ipaddress.IPv4Address:
+    """A namespace whose eth0 is plugged into ``bridge``; returns the instance's address."""
+    delete_instance_net(netns, veth)  # a killed runner's leftovers under the same (reused) names
+    addr = instance_address(subnet, index)
+    prefixlen = ipaddress.IPv4Network(subnet).prefixlen
+    _ip("netns", "add", netns)
+    _ip("-n", netns, "link", "set", "lo", "up")
+    # The peer is created directly inside the namespace, so "eth0" never clashes on the host.
+    _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", netns)
+    _ip("link", "set", veth, "master", bridge, "up")
+    _ip("-n", netns, "addr", "add", f"{addr}/{prefixlen}", "dev", "eth0")
+    _ip("-n", netns, "link", "set", "eth0", "up")
+    _ip("-n", netns, "route", "add", "default", "via", str(gateway(subnet)))
+    return addr
+
+
+def create_empty_netns(netns: str) -> None:
+    """A namespace with loopback only (the health probe's, and network mode "none" if ever needed)."""
+    delete_instance_net(netns, None)
+    _ip("netns", "add", netns)
+    _ip("-n", netns, "link", "set", "lo", "up")
+
+
+def delete_instance_net(netns: str | None, veth: str | None) -> None:
+    """Undo :func:`create_instance_net`; deleting the namespace also deletes the veth pair."""
+    if netns and netns_exists(netns):
+        _ip("netns", "del", netns, check=False)
+    if veth:
+        delete_link(veth)
+
+
+def apply_firewall(table: str, bridges: Iterable[str], subnets: Iterable[str], blocked: Iterable[str]) -> None:
+    """Replace the nftables table with the rules for these bridges; none left: remove the table."""
+    bridges, subnets = sorted(set(bridges)), sorted(set(subnets))
+    script = f"table inet {table}\ndelete table inet {table}\n"
+    if bridges:
+        script += firewall_rules(table, bridges, subnets, sorted(set(blocked)))
+    _run(["nft", "-f", "-"], stdin=script)
+
+
+def firewall_rules(table: str, bridges: list[str], subnets: list[str], blocked: list[str]) -> str:
+    def elements(items: Iterable[str]) -> str:
+        items = list(items)
+        return f"elements = {{ {', '.join(items)} }}" if items else ""
+
+    quoted = [f'"{b}"' for b in bridges]
+    return f"""table inet {table} {{
+  set bridges {{ type ifname; {elements(quoted)} }}
+  set same {{ type ifname . ifname; {elements(f"{q} . {q}" for q in quoted)} }}
+  set subnets {{ type ipv4_addr; flags interval; {elements(subnets)} }}
+  set blocked {{ type ipv4_addr; flags interval; {elements(blocked)} }}
+  chain input {{
+    type filter hook input priority filter - 5; policy accept;
+    iifname @bridges ct state established,related accept
+    iifname @bridges drop
+  }}
+  chain forward {{
+    type filter hook forward priority filter - 5; policy accept;
+    iifname @bridges ip daddr @blocked drop
+    oifname @bridges ct state established,related accept
+    iifname . oifname @same accept
+    iifname @bridges oifname @bridges drop
+    oifname @bridges drop
+  }}
+  chain postrouting {{
+    type nat hook postrouting priority srcnat + 5; policy accept;
+    ip saddr @subnets oifname != @bridges masquerade
+  }}
+}}
+"""
+
+
+def _ip(*args: str, check: bool = True) -> None:
+    _run(["ip", *args], check=check)
+
+
+def _run(argv: list[str], *, stdin: str | None = None, check: bool = True) -> None:
+    run = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=_TIMEOUT_S)
+    if check and run.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:4])} failed: {run.stderr.strip()[:300]}")
