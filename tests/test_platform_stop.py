@@ -55,9 +55,21 @@ def _wait_line(platform: Platform, task_id: str, line: str) -> None:
 
 
 def _open_to_others(root: Path) -> list[str]:
-    """Paths in the data dir that a user other than the platform's could read, write or enter."""
-    found = [root] if root.stat().st_mode & 0o077 else []
-    for p in root.rglob("*"):
-        if not p.is_symlink() and p.stat().st_mode & 0o077:
-            found.append(p)
-    return [f"{p.relative_to(root.parent)} {oct(p.stat().st_mode & 0o777)}" for p in found]
+    """Paths in the data dir open to another user of the machine: the data dir is 0700 and what the
+    platform writes is 0600/0700. Inside instance directories (root-only, 0700) the files an instance's
+    unprivileged uid must read, and what user code wrote, may have other bits: none is reachable."""
+    found = [f"{root.name} {oct(root.stat().st_mode & 0o777)}"] if root.stat().st_mode & 0o077 else []
+
+    def walk(d: Path, reachable: bool) -> None:
+        for p in d.iterdir():
+            if p.is_symlink():
+                continue
+            mode = p.stat().st_mode
+            in_instance = "instances" in p.relative_to(root).parts[:-1]
+            if mode & 0o077 and (reachable or not in_instance):
+                found.append(f"{p.relative_to(root.parent)} {oct(mode & 0o777)}")
+            if p.is_dir():
+                walk(p, reachable and bool(mode & 0o011))
+
+    walk(root, bool(root.stat().st_mode & 0o011))
+    return found
