@@ -28,6 +28,9 @@ GRPC_CODE: dict[str, grpc.StatusCode] = {
     "permission_denied": grpc.StatusCode.PERMISSION_DENIED,
 }
 CODE_BY_GRPC = {v: k for k, v in GRPC_CODE.items()}
+# Trailing metadata on every status a service raised itself: a caller tells "the owner answered
+# Unavailable (its NATS is down, a service it calls is down)" from "nothing answered".
+ANSWERED_BY = "capstan-answered-by"
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
@@ -35,6 +38,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, service: str) -> None:
         self._tracer = tracing.tracer(service)
+        self._answered_by = ((ANSWERED_BY, service),)
 
     async def intercept_service(
         self,
@@ -48,6 +52,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         method = details.method
         metadata = {k: v for k, v in (details.invocation_metadata or ()) if isinstance(v, str)}
         tracer = self._tracer
+        answered_by = self._answered_by
 
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             with tracing.attached(tracing.extract(metadata)), tracer.start_as_current_span(
@@ -58,13 +63,16 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 except DomainError as e:
                     span.set_status(Status(StatusCode.ERROR, e.message))
                     # Domain messages name their field themselves ("ResourceRule.DefaultQueue must be ...").
-                    await context.abort(GRPC_CODE.get(e.code, grpc.StatusCode.FAILED_PRECONDITION), e.message)
+                    code = GRPC_CODE.get(e.code, grpc.StatusCode.FAILED_PRECONDITION)
+                    await context.abort(code, e.message, trailing_metadata=answered_by)
                 except grpc.aio.AbortError:
                     raise
                 except Exception as e:
                     log.exception("%s failed", method)
                     span.set_status(Status(StatusCode.ERROR, str(e)))
-                    await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the service log")
+                    await context.abort(
+                        grpc.StatusCode.INTERNAL, "internal error; see the service log", trailing_metadata=answered_by
+                    )
 
         return grpc.unary_unary_rpc_method_handler(
             wrapped,
@@ -93,12 +101,20 @@ def channel(address: str) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(address, interceptors=[ClientInterceptor()])
 
 
-def to_domain_error(e: grpc.aio.AioRpcError) -> DomainError:
-    """Map a failed call back to the domain error the owner raised (at the calling edge)."""
+def answered(e: grpc.aio.AioRpcError) -> bool:
+    """Whether the called service itself raised this status (rather than the transport, or no one)."""
+    return any(k == ANSWERED_BY for k, _ in (e.trailing_metadata() or ()))
+
+
+def to_domain_error(e: grpc.aio.AioRpcError, service: str = "platform") -> DomainError:
+    """Map a failed call to ``service`` back to the domain error it raised (at the calling edge).
+    When it did not answer (down, unreachable, too slow), the Unavailable names ``service``."""
+    if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return Unavailable(f"the {service} service did not answer in time; retry shortly")
+    if e.code() == grpc.StatusCode.UNAVAILABLE and not answered(e):
+        return Unavailable(f"the {service} service is not reachable; retry shortly")
     code = CODE_BY_GRPC.get(e.code())
     if code is None:
-        if e.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE):
-            return Unavailable("a platform service is not reachable now; retry shortly")
         return DomainError(e.details() or "internal error")
     cls = ERRORS_BY_CODE[code]
     return cls(e.details() or code)

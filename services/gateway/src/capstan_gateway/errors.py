@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 
 from capstan_core.errors import DomainError
 
@@ -117,14 +118,26 @@ async def validation_error_handler(request: Request, exc: Exception) -> JSONResp
 async def http_exception_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     status = exc.status_code
+    headers = dict(exc.headers or {})
     if status == 404:
         message = f"no such route: {request.method} {request.url.path}; the API is described at /openapi.json"
     elif status == 405:
-        message = f"{request.method} is not allowed on {request.url.path}; see /openapi.json"
+        allowed = allowed_methods(request)
+        headers["Allow"] = ", ".join(allowed)
+        message = f"{request.method} is not allowed on {request.url.path} (allowed: {', '.join(allowed)})"
     else:
         message = str(exc.detail)
     code = CODE_BY_STATUS.get(status, "internal" if status >= 500 else "invalid_argument")
-    return error_response(status, code, message, exc.headers)
+    return error_response(status, code, message, headers)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (Starlette's own 405 names only the first route's)."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        if isinstance(route, Route) and route.methods and route.path_regex.match(request.url.path):
+            methods |= route.methods
+    return sorted(methods)
 
 
 def install(app: FastAPI) -> None:

@@ -1,0 +1,44 @@
+"""Request bodies hold only what the platform can store.
+
+Python's ``json`` accepts the non-standard ``NaN`` / ``Infinity`` tokens and turns ``1e400`` into
+``inf``; it also accepts integers of any size, lone surrogates and NUL characters. None of these
+can be stored, so the body is refused here, as it is parsed, with a 400 naming the field
+(``body.resources.cpu: must be a finite number ...``), before any model or service sees it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import HTTPException, Request, Response
+from fastapi.routing import APIRoute
+
+from capstan_core.numbers import TOO_DEEP, unstorable
+
+
+class StorableJsonRequest(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            try:
+                value = json.loads(await self.body())
+            except RecursionError as e:
+                raise HTTPException(status_code=400, detail=f"body: {TOO_DEEP}") from e
+            found = unstorable(value, "body")
+            if found:
+                raise HTTPException(status_code=400, detail=f"{found[0]}: {found[1]}")
+            self._json = value
+        return self._json
+
+
+class GatewayRoute(APIRoute):
+    """Every /api/v1 route: its JSON body is parsed by ``StorableJsonRequest``."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            return await handler(StorableJsonRequest(request.scope, request.receive))
+
+        return route
