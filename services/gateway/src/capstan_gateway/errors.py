@@ -15,7 +15,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Route
 
 from capstan_core.errors import DomainError
 
@@ -132,12 +131,27 @@ async def http_exception_handler(request: Request, exc: Exception) -> JSONRespon
 
 
 def allowed_methods(request: Request) -> list[str]:
-    """Every method some route serves at this path (Starlette's own 405 names only the first route's)."""
-    methods: set[str] = set()
-    for route in request.app.routes:
-        if isinstance(route, Route) and route.methods and route.path_regex.match(request.url.path):
-            methods |= route.methods
-    return sorted(methods)
+    """The methods the API documents at this path, HEAD with GET (Starlette's own 405 names only the
+    first matching route's). As in OpenAPI, a concrete path (``/nodes/release``) is matched before a
+    templated one (``/nodes/{id}``)."""
+    segments = request.url.path.rstrip("/").split("/")
+    best: tuple[int, set[str]] | None = None
+    for template, item in request.app.openapi().get("paths", {}).items():
+        parts = template.rstrip("/").split("/")
+        if len(parts) != len(segments):
+            continue
+        templated = [p.startswith("{") and p.endswith("}") for p in parts]
+        if all(t and s or p == s for p, s, t in zip(parts, segments, templated, strict=True)):
+            rank = sum(templated)
+            methods = {m.upper() for m in item}
+            if best is None or rank < best[0]:
+                best = (rank, methods)
+            elif rank == best[0]:
+                best[1].update(methods)
+    allowed = best[1] if best else set()
+    if "GET" in allowed:
+        allowed.add("HEAD")
+    return sorted(allowed)
 
 
 def install(app: FastAPI) -> None:
