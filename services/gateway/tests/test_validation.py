@@ -124,6 +124,13 @@ async def test_text_and_integers_no_store_can_hold_are_refused(
     assert await last_seq() == before
 
 
+async def test_nul_in_a_query_or_a_path_is_refused(api: httpx.AsyncClient) -> None:
+    assert refused(await api.get(TASKS, params={"resource_group_id": "rsg-\x00"})).startswith(
+        "query.resource_group_id: text must not contain the NUL character"
+    )
+    assert refused(await api.get(f"{RG}/rsg-%00")).startswith("path.id: text must not contain the NUL character")
+
+
 async def test_integers_beyond_64_bits_in_queries_are_refused(api: httpx.AsyncClient, rg_id: str) -> None:
     task = (await api.post(TASKS, json={"name": "t", "resource_group_id": rg_id, "command": "true"})).json()
     logs = f"{TASKS}/{task['id']}/logs"
