@@ -10,7 +10,8 @@ ids and of the group / node filters are real (a resource group with a Running no
 task), so the cases reach the deep code.
 
 Deterministic (``--generation-deterministic``): CI sees the same cases every time. By hand, more
-cases: ``CAPSTAN_FUZZ_EXAMPLES=2000 .venv/bin/python -m pytest services/gateway/tests/test_fuzz.py -s``.
+cases: ``CAPSTAN_FUZZ_EXAMPLES=1000 .venv/bin/python -m pytest services/gateway/tests/test_fuzz.py -s``,
+or random ones: ``CAPSTAN_FUZZ_SEED=7 CAPSTAN_FUZZ_EXAMPLES=500 ...``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from capstan_scheduler.service import DEFINITION as SCHEDULER
 from capstan_trainer.service import DEFINITION as TRAINER
 
 EXAMPLES = int(os.environ.get("CAPSTAN_FUZZ_EXAMPLES", "50"))
+# By hand: CAPSTAN_FUZZ_SEED=<n> explores random cases instead (reproducible with the same seed).
+SEED = os.environ.get("CAPSTAN_FUZZ_SEED", "")
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 
 # About 0.3 s per case per operation on a shared 2-core machine, all phases together.
@@ -127,7 +130,7 @@ def _config(tmp_path: Path, live: LivePlatform) -> Path:
     """schemathesis.toml: every check on; half of the ids and group filters the fuzzer sends are real."""
     text = f"""
 [generation]
-deterministic = true
+deterministic = {"false" if SEED else "true"}
 
 [checks]
 enabled = true
@@ -170,7 +173,7 @@ async def _run_schemathesis(tmp_path: Path, live: LivePlatform) -> tuple[int, st
         "--checks", "all",
         "--exclude-checks", "positive_data_acceptance",
         "--max-examples", str(EXAMPLES),
-        "--generation-deterministic",
+        *(["--seed", SEED] if SEED else ["--generation-deterministic"]),
         "--workers", "1",
         "--suppress-health-check", "all",
         "--no-color",
