@@ -10,14 +10,28 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationInfo, model_validator
+
+from .numbers import check_storable
+
+# model_validate context of an event read back from the log: stored facts are not checked again.
+_STORED = {"stored": True}
 
 
 class Event(BaseModel):
+    """Building one refuses what no store can hold (NaN, Infinity, integers beyond 64 bits, NUL in
+    text), anywhere in it, with ``InvalidArgument`` naming the field: no code path can append one."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     TYPE: ClassVar[str] = ""
     VERSION: ClassVar[int] = 1
+
+    @model_validator(mode="after")
+    def _storable(self, info: ValidationInfo) -> Event:
+        if info.context is not _STORED:
+            check_storable(self, "")
+        return self
 
 
 class UnknownEvent(Event):
@@ -72,7 +86,7 @@ def decode(raw: dict[str, Any]) -> Event:
     data = dict(raw.get("data", {}))
     cls = _TYPES.get(name)
     if cls is None:
-        return UnknownEvent(type_name=name, type_version=version, **data)
+        return UnknownEvent.model_validate({"type_name": name, "type_version": version, **data}, context=_STORED)
     while version < cls.VERSION:
         step = _UPCASTERS.get((name, version))
         if step is None:
@@ -81,7 +95,7 @@ def decode(raw: dict[str, Any]) -> Event:
         version += 1
     # A newer writer may have added optional fields (the compatible way to grow an event): an older
     # reader drops what it does not know instead of refusing the whole event.
-    return cls.model_validate({k: v for k, v in data.items() if k in cls.model_fields})
+    return cls.model_validate({k: v for k, v in data.items() if k in cls.model_fields}, context=_STORED)
 
 
 def registered_types() -> dict[str, type[Event]]:

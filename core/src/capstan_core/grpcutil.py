@@ -33,6 +33,9 @@ GRPC_CODE: dict[str, grpc.StatusCode] = {
     "permission_denied": grpc.StatusCode.PERMISSION_DENIED,
 }
 CODE_BY_GRPC = {v: k for k, v in GRPC_CODE.items()}
+# Trailing metadata on every status a service raised itself: a caller tells "the owner answered
+# Unavailable (its NATS is down, a service it calls is down)" from "nothing answered".
+ANSWERED_BY = "capstan-answered-by"
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
@@ -48,6 +51,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, service: str, access: Access) -> None:
         self._tracer = tracing.tracer(service)
         self._access = access
+        self._answered_by = ((ANSWERED_BY, service),)
 
     async def intercept_service(
         self,
@@ -64,9 +68,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         inner = handler.unary_unary
         tracer = self._tracer
         access = self._access
+        answered_by = self._answered_by
 
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            token = await _authorise(context, method, metadata, access)
+            token = await _authorise(context, method, metadata, access, answered_by)
             try:
                 with tracing.attached(tracing.extract(metadata)), tracer.start_as_current_span(
                     method.lstrip("/"), kind=SpanKind.SERVER
@@ -76,13 +81,16 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                     except DomainError as e:
                         span.set_status(Status(StatusCode.ERROR, e.message))
                         # Domain messages name their field themselves ("ResourceRule.DefaultQueue must be ...").
-                        await context.abort(GRPC_CODE.get(e.code, grpc.StatusCode.FAILED_PRECONDITION), e.message)
+                        code = GRPC_CODE.get(e.code, grpc.StatusCode.FAILED_PRECONDITION)
+                        await context.abort(code, e.message, trailing_metadata=answered_by)
                     except grpc.aio.AbortError:
                         raise
                     except Exception as e:
                         log.exception("%s failed", method)
                         span.set_status(Status(StatusCode.ERROR, str(e)))
-                        await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the service log")
+                        await context.abort(
+                            grpc.StatusCode.INTERNAL, "internal error; see the service log", trailing_metadata=answered_by
+                        )
             finally:
                 identity.reset_caller(token)
 
@@ -94,7 +102,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
 
 async def _authorise(
-    context: grpc.aio.ServicerContext, method: str, metadata: dict[str, str], access: Access
+    context: grpc.aio.ServicerContext, method: str, metadata: dict[str, str], access: Access,
+    answered_by: tuple[tuple[str, str], ...] = (),
 ) -> contextvars.Token[identity.Caller]:
     """The verified caller, allowed ``method``, set as the current caller; aborts the call otherwise."""
     names = context.auth_context().get("x509_common_name") or []
@@ -103,7 +112,7 @@ async def _authorise(
         caller = identity.caller_from_certificate(common_name, metadata)
         access.check(method, caller)
     except DomainError as e:
-        await context.abort(GRPC_CODE[e.code], e.message)
+        await context.abort(GRPC_CODE[e.code], e.message, trailing_metadata=answered_by)
     return identity.set_caller(caller)
 
 
@@ -181,12 +190,20 @@ def bootstrap_channel(address: str, ca_pem: bytes) -> grpc.aio.Channel:
     )
 
 
-def to_domain_error(e: grpc.aio.AioRpcError) -> DomainError:
-    """Map a failed call back to the domain error the owner raised (at the calling edge)."""
+def answered(e: grpc.aio.AioRpcError) -> bool:
+    """Whether the called service itself raised this status (rather than the transport, or no one)."""
+    return any(k == ANSWERED_BY for k, _ in (e.trailing_metadata() or ()))
+
+
+def to_domain_error(e: grpc.aio.AioRpcError, service: str = "platform") -> DomainError:
+    """Map a failed call to ``service`` back to the domain error it raised (at the calling edge).
+    When it did not answer (down, unreachable, too slow), the Unavailable names ``service``."""
+    if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return Unavailable(f"the {service} service did not answer in time; retry shortly")
+    if e.code() == grpc.StatusCode.UNAVAILABLE and not answered(e):
+        return Unavailable(f"the {service} service is not reachable; retry shortly")
     code = CODE_BY_GRPC.get(e.code())
     if code is None:
-        if e.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE):
-            return Unavailable("a platform service is not reachable now; retry shortly")
         return DomainError(e.details() or "internal error")
     cls = ERRORS_BY_CODE[code]
     return cls(e.details() or code)

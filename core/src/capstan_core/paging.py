@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 
 from .errors import InvalidArgument
+from .numbers import INT64_MAX
 
 MAX_PAGE = 500
 DEFAULT_PAGE = 50
@@ -19,9 +20,9 @@ def page_bounds(page_size: int, page_token: str) -> tuple[int, int]:
     if page_token:
         try:
             offset = int(base64.urlsafe_b64decode(page_token.encode()).decode())
-        except (ValueError, UnicodeDecodeError) as e:
+        except (ValueError, UnicodeDecodeError) as e:  # binascii.Error is a ValueError
             raise InvalidArgument("page_token is not one this service issued", field="page_token") from e
-        if offset < 0:
+        if not 0 <= offset <= INT64_MAX:  # an offset the SQL stores can take
             raise InvalidArgument("page_token is not one this service issued", field="page_token")
     return size, offset
 

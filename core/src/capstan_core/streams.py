@@ -12,9 +12,15 @@
 
 from __future__ import annotations
 
+import re
+
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
+
+from .errors import InvalidArgument
+
+_SUBJECT_TOKEN = re.compile(r"^[^\s*>\x00-\x1f\x7f]+$")
 
 EVENTS_STREAM = "CAPSTAN_EVENTS"
 EVENTS_SUBJECTS = "capstan.evt.>"
@@ -29,6 +35,10 @@ DAY_S = 24 * 3600
 
 
 def event_subject(kind: str, aggregate_id: str) -> str:
+    """The aggregate's subject. An id that is no literal subject (empty, a wildcard, whitespace,
+    an empty token) names nothing that can exist: refused before the store is touched."""
+    if not aggregate_id or not all(t and _SUBJECT_TOKEN.match(t) for t in aggregate_id.split(".")):
+        raise InvalidArgument(f"{aggregate_id[:80]!r} is not a valid id", field="id")
     return f"capstan.evt.{kind}.{aggregate_id}"
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from capstan_core.contracts.capacity import MAX_NODE_CARDS, MAX_NODE_CPU, MAX_NODE_MEMORY_GIB
 from capstan_core.contracts.common import ResourceSpec
 from capstan_core.contracts.training import (
     TrainingInstanceExited,
@@ -228,3 +229,50 @@ def test_a_preempting_event_written_before_it_had_a_reason_still_reads() -> None
     e = decode(raw)
     assert isinstance(e, TrainingTaskPreempting) and e.reason == "preempted"
     assert decide_preempting(fold([submitted(), e]), task_id=T, preemptor_id="y", now_ms=2) == []
+
+
+def _submit_with(resources: ResourceSpec, hyperparameters_json: str = "") -> list[Event]:
+    cmd = SubmitTrainingTask(task_id=T, name="t", resource_group_id="rsg-1", command="x",
+                             hyperparameters_json=hyperparameters_json, resources=resources, instance_count=1, tags={},
+                             creator="me", stop_grace_seconds=30)
+    return decide_submit(fold([]), cmd, 1)
+
+
+@pytest.mark.parametrize(
+    ("resources", "field", "message"),
+    [
+        (ResourceSpec(cpu=float("inf")), "resources.cpu", "resources.cpu must be a finite number"),
+        (ResourceSpec(cpu=float("nan")), "resources.cpu", "resources.cpu must be a finite number"),
+        (ResourceSpec(cpu=1e308), "resources.cpu", f"resources.cpu must be at most {MAX_NODE_CPU} cores"),
+        (ResourceSpec(memory_gib=1e308), "resources.memory_gib", f"resources.memory_gib must be at most {MAX_NODE_MEMORY_GIB}"),
+        (ResourceSpec(gpu_type="A100", gpu=9007199254740994), "resources.gpu", f"resources.gpu must be at most {MAX_NODE_CARDS}"),
+        (ResourceSpec(gpu_type="A100", gpu=0), "resources.gpu", "resources.gpu_type 'A100' is set but resources.gpu is 0"),
+        (ResourceSpec(gpu=1), "resources.gpu_type", "resources.gpu_type is required when resources.gpu > 0"),
+        (ResourceSpec(gpu_type="A100", gpu=1.5), "resources.gpu", "resources.gpu must be 0.1..1 in steps of 0.1"),
+    ],
+)
+def test_a_request_no_node_could_hold_is_refused(resources: ResourceSpec, field: str, message: str) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        _submit_with(resources)
+    assert err.value.field == field and err.value.message.startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"lr": NaN}', "hyperparameters.lr: must be a finite number"),
+        ('{"lr": -Infinity}', "hyperparameters.lr: must be a finite number"),
+        ('{"lr": [1e400]}', "hyperparameters.lr[0]: must be a finite number"),
+        ('{"n": 99999999999999999999999}', "hyperparameters.n: integers must fit in 64 bits"),
+        ("[" * 100_000 + "]" * 100_000, "hyperparameters: nested deeper than"),
+    ],
+)
+def test_hyperparameters_no_store_can_hold_are_refused(text: str, message: str) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        _submit_with(RES, text)
+    assert err.value.message.startswith(message)
+
+
+def test_the_largest_request_a_node_may_hold_is_accepted() -> None:
+    (e,) = _submit_with(ResourceSpec(cpu=MAX_NODE_CPU, memory_gib=MAX_NODE_MEMORY_GIB, gpu_type="A100", gpu=MAX_NODE_CARDS))
+    assert isinstance(e, TrainingTaskSubmitted) and e.resources.gpu == MAX_NODE_CARDS

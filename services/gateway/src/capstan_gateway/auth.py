@@ -63,9 +63,10 @@ class TokenFileAuthenticator:
 
     def authenticate(self, token: str | None) -> Principal:
         if not token:
+            # Never the file's path: it would tell any caller where the host keeps its data.
             raise Unauthenticated(
-                f"missing credentials: send 'Authorization: Bearer <token>'; the admin token is in "
-                f"{self.token_file} on the gateway host"
+                "missing credentials: send 'Authorization: Bearer <token>'; the admin token is in the "
+                f"data dir's `{ADMIN_TOKEN_FILE}` file on the gateway host"
             )
         if hmac.compare_digest(_digest(token), self._admin_digest):
             return ADMIN
@@ -115,7 +116,7 @@ def build_authenticator(settings: GatewaySettings) -> Authenticator:
     return TokenFileAuthenticator(settings.data_dir / ADMIN_TOKEN_FILE)
 
 
-_bearer = HTTPBearer(auto_error=False, description="The admin token from <data_dir>/admin-token")
+_bearer = HTTPBearer(auto_error=False, description=f"The admin token: the `{ADMIN_TOKEN_FILE}` file in the gateway's data dir")
 
 
 async def current_principal(

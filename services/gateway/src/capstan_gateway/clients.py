@@ -15,7 +15,7 @@ from google.protobuf.message import Message
 
 from capstan_core import credentials, grpcutil
 from capstan_core.credentials import TlsCredentials
-from capstan_core.errors import DomainError, Unavailable
+from capstan_core.errors import DomainError
 from capstan_proto import (
     inference_pb2_grpc,
     registry_pb2_grpc,
@@ -30,31 +30,16 @@ from .settings import GatewaySettings
 
 R = TypeVar("R", bound=Message)
 
-# Status details grpc-core itself writes when the transport fails (no server answered).
-_TRANSPORT_DETAILS = (
-    "failed to connect",
-    "connections to all backends failing",
-    "socket closed",
-    "connection reset",
-    "broken pipe",
-    "transport closed",
-    "connection refused",
-)
+def rpc_error(service: str, e: grpc.aio.AioRpcError) -> DomainError:
+    """Map a failed call to a domain error whose message a user can act on.
 
-
-def rpc_error(service: str, e: grpc.aio.AioRpcError, channel: grpc.aio.Channel) -> DomainError:
-    """Map a failed call to a domain error whose message a user can act on."""
+    A status the service raised itself (marked ``grpcutil.ANSWERED_BY``) keeps its message: an
+    Unavailable from the trainer saying the scheduler is not reachable stays that. Anything else
+    (nothing answered, the transport failed, too slow) names ``service``."""
     code = e.code()
     details = e.details() or ""
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return Unavailable(f"the {service} service did not answer in time; retry shortly")
-    if code == grpc.StatusCode.UNAVAILABLE:
-        # The service may raise Unavailable itself (e.g. NATS down) with its own message; keep
-        # that one. Otherwise nothing answered: say which service is down.
-        ready = channel.get_state(try_to_connect=False) == grpc.ChannelConnectivity.READY
-        if not ready or any(t in details.lower() for t in _TRANSPORT_DETAILS):
-            return Unavailable(f"the {service} service is not reachable; retry shortly")
-        return Unavailable(details)
+    if code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE):
+        return grpcutil.to_domain_error(e, service)
     if code == grpc.StatusCode.UNIMPLEMENTED:
         return NotImplementedYet(f"the {service} service does not implement this call yet")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
@@ -62,7 +47,7 @@ def rpc_error(service: str, e: grpc.aio.AioRpcError, channel: grpc.aio.Channel) 
     if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS):
         return Internal(f"the {service} service failed unexpectedly; see its log")
     if code in grpcutil.CODE_BY_GRPC:
-        return grpcutil.to_domain_error(e)
+        return grpcutil.to_domain_error(e, service)
     return Internal(f"the {service} service answered {code.name}: {details}")
 
 
@@ -81,7 +66,7 @@ class ServiceClient:
         try:
             return await rpc(request, timeout=self.timeout)
         except grpc.aio.AioRpcError as e:
-            raise rpc_error(self.service, e, self.channel) from e
+            raise rpc_error(self.service, e) from e
 
     async def close(self) -> None:
         await self.channel.close()

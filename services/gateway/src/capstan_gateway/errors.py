@@ -117,14 +117,41 @@ async def validation_error_handler(request: Request, exc: Exception) -> JSONResp
 async def http_exception_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     status = exc.status_code
+    headers = dict(exc.headers or {})
     if status == 404:
         message = f"no such route: {request.method} {request.url.path}; the API is described at /openapi.json"
     elif status == 405:
-        message = f"{request.method} is not allowed on {request.url.path}; see /openapi.json"
+        allowed = allowed_methods(request)
+        headers["Allow"] = ", ".join(allowed)
+        message = f"{request.method} is not allowed on {request.url.path} (allowed: {', '.join(allowed)})"
     else:
         message = str(exc.detail)
     code = CODE_BY_STATUS.get(status, "internal" if status >= 500 else "invalid_argument")
-    return error_response(status, code, message, exc.headers)
+    return error_response(status, code, message, headers)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods the API documents at this path, HEAD with GET (Starlette's own 405 names only the
+    first matching route's). As in OpenAPI, a concrete path (``/nodes/release``) is matched before a
+    templated one (``/nodes/{id}``)."""
+    segments = request.url.path.rstrip("/").split("/")
+    best: tuple[int, set[str]] | None = None
+    for template, item in request.app.openapi().get("paths", {}).items():
+        parts = template.rstrip("/").split("/")
+        if len(parts) != len(segments):
+            continue
+        templated = [p.startswith("{") and p.endswith("}") for p in parts]
+        if all(t and s or p == s for p, s, t in zip(parts, segments, templated, strict=True)):
+            rank = sum(templated)
+            methods = {m.upper() for m in item}
+            if best is None or rank < best[0]:
+                best = (rank, methods)
+            elif rank == best[0]:
+                best[1].update(methods)
+    allowed = best[1] if best else set()
+    if "GET" in allowed:
+        allowed.add("HEAD")
+    return sorted(allowed)
 
 
 def install(app: FastAPI) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import json
@@ -79,6 +80,10 @@ class SchedulerApp:
         self.shareable = settings.shareable
         self.health_record_every_ms = int(settings.health_record_every_s * 1000)
         self.node_auth = NodeAuth(ctx, self.clock)
+        # Group names are unique: creates and renames check the read model and append under this lock,
+        # and wait for the read model to hold what they appended before releasing it, so two
+        # concurrent creates of one name cannot both pass the check (one scheduler process owns groups).
+        self.names_lock = asyncio.Lock()
 
     # -- commands --------------------------------------------------------------------
     async def create_resource_group(
@@ -87,16 +92,18 @@ class SchedulerApp:
         policy = _parse_policy(policy_json)
         rg_id = stable_id("rsg", creator, idempotency_key) if idempotency_key else new_id("rsg")
         now = self.clock.now_ms()
-        outcome = await execute(
-            self.ctx.store,
-            event_subject(RSG, rg_id),
-            fold_rg,
-            lambda rg: decide_create_rg(
-                rg, rg_id=rg_id, name=name, description=description, tags=tags, policy=policy, creator=creator, now_ms=now
-            ),
-            msg_id=f"create-rsg:{rg_id}",
-        )
-        await self.ctx.await_projection(outcome.seq)
+        async with self.names_lock:
+            outcome = await execute(
+                self.ctx.store,
+                event_subject(RSG, rg_id),
+                fold_rg,
+                lambda rg: decide_create_rg(
+                    rg, rg_id=rg_id, name=name, description=description, tags=tags, policy=policy, creator=creator,
+                    now_ms=now, name_taken_by=self._group_named(name, other_than=rg_id),
+                ),
+                msg_id=f"create-rsg:{rg_id}",
+            )
+            await self.ctx.await_projection(outcome.seq)
         return self.get_resource_group(rg_id)
 
     async def update_resource_group(
@@ -107,12 +114,14 @@ class SchedulerApp:
         if policy_json is not None and policy is None:
             policy = {}  # an empty policy string resets to the default policy
         now = self.clock.now_ms()
-        outcome = await execute(
-            self.ctx.store, event_subject(RSG, rg_id), fold_rg,
-            functools.partial(decide_update_rg, rg_id=rg_id, name=name, description=description, tags=tags,
-                              policy=policy, now_ms=now),
-        )
-        await self.ctx.await_projection(outcome.seq)
+        async with self.names_lock:
+            outcome = await execute(
+                self.ctx.store, event_subject(RSG, rg_id), fold_rg,
+                functools.partial(decide_update_rg, rg_id=rg_id, name=name, description=description, tags=tags,
+                                  policy=policy, now_ms=now,
+                                  name_taken_by=None if name is None else self._group_named(name, other_than=rg_id)),
+            )
+            await self.ctx.await_projection(outcome.seq)
         return self.get_resource_group(rg_id)
 
     async def delete_resource_group(self, rg_id: str) -> None:
@@ -297,6 +306,17 @@ class SchedulerApp:
             await self.ctx.await_projection(last)
 
     # -- queries ---------------------------------------------------------------------
+    def _group_named(self, name: str, *, other_than: str) -> str | None:
+        """The id of a live group (other than ``other_than``) named ``name``, if any."""
+        with self.ctx.engine.connect() as conn:
+            found = conn.execute(
+                select(resource_groups.c.id)
+                .where(resource_groups.c.name == name, resource_groups.c.id != other_than)
+                .order_by(resource_groups.c.created_at_ms)
+                .limit(1)
+            ).scalar()
+        return None if found is None else str(found)
+
     def get_resource_group(self, rg_id: str) -> dict[str, Any]:
         with self.ctx.engine.connect() as conn:
             row = conn.execute(select(resource_groups).where(resource_groups.c.id == rg_id)).mappings().first()

@@ -49,9 +49,10 @@ class TrainerApp:
             raise Unavailable("the trainer is not configured with the scheduler's address")
         stub = scheduler_pb2_grpc.SchedulerStub(self.ctx.channel(self.ctx.settings.scheduler_addr, "scheduler"))
         try:
-            await stub.GetResourceGroup(scheduler_pb2.GetResourceGroupRequest(id=rg_id), timeout=10)
+            # Shorter than the gateway's deadline, so a slow scheduler is named as such, not the trainer.
+            await stub.GetResourceGroup(scheduler_pb2.GetResourceGroupRequest(id=rg_id), timeout=5)
         except grpc.aio.AioRpcError as e:
-            err = grpcutil.to_domain_error(e)
+            err = grpcutil.to_domain_error(e, service="scheduler")  # down: a 503 naming the scheduler
             if isinstance(err, NotFound):
                 raise InvalidArgument(f"resource group {rg_id} does not exist", field="resource_group_id") from e
             raise err from e

@@ -13,6 +13,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from capstan_core.errors import InvalidArgument
+from capstan_core.numbers import INT64_MAX, MAX_TIME_MS
 from capstan_core.streams import LOGS_STREAM, log_subject
 
 MAX_LIMIT = 10_000
@@ -40,8 +41,15 @@ async def read_logs(
     limit = limit or 1000
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidArgument(f"limit must be 1..{MAX_LIMIT}", field="limit")
+    for name, ms in (("start", start_ms), ("end", end_ms)):
+        if not 0 <= ms <= MAX_TIME_MS:
+            raise InvalidArgument(
+                f"{name} must be epoch milliseconds from 0 to {MAX_TIME_MS} (9999-12-31T23:59:59.999Z)", field=name
+            )
     if end_ms and start_ms and end_ms < start_ms:
         raise InvalidArgument("end must not be before start", field="end")
+    if not 0 <= after_seq <= INT64_MAX:
+        raise InvalidArgument(f"after_seq must be 0..{INT64_MAX} (a last_seq this service returned)", field="after_seq")
     subject = log_subject(task_id, instance_index) if instance_index >= 0 else f"capstan.log.{task_id}.*"
     if after_seq:
         cfg = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after_seq + 1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from ..auth import current_principal
+from ..body import GatewayRoute
 from ..errors import ErrorBody
 
 API_PREFIX = "/api/v1"
@@ -22,18 +23,21 @@ _ERRORS: dict[int | str, dict[str, object]] = {
         403: "permission_denied",
         404: "not_found",
         409: "already_exists, conflict or failed_precondition",
+        413: "payload_too_large: the request body exceeds 1 MiB",
         503: "unavailable: an owning service cannot be reached",
     }.items()
 }
 
 
 def api_router(resource: str) -> APIRouter:
-    """The router of one resource: ``/api/v1/<resource>``, tagged ``<resource>``, authenticated."""
+    """The router of one resource: ``/api/v1/<resource>``, tagged ``<resource>``, authenticated, its
+    JSON bodies refused unless storable (``GatewayRoute``), every error status documented."""
     return APIRouter(
         prefix=f"{API_PREFIX}/{resource}",
         tags=[resource],
         dependencies=[Depends(current_principal)],
         responses=_ERRORS,
+        route_class=GatewayRoute,
     )
 
 

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Path, Query
 
+from capstan_core.numbers import INT64_MAX
 from capstan_proto import trainer_pb2
 
 from ..deps import CurrentPrincipal, IdempotencyKey, PageRequest, Trainer
@@ -68,7 +69,7 @@ async def get_training_task_logs(
     end: TimeQuery = None,
     keyword: Annotated[str, Query(max_length=256, description="case-insensitive substring")] = "",
     instance: Annotated[int | None, Query(ge=0, le=63, description="one instance's index; default every one")] = None,
-    after_seq: Annotated[int, Query(ge=0)] = 0,
+    after_seq: Annotated[int, Query(ge=0, le=INT64_MAX, description="last_seq of the previous page")] = 0,
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
 ) -> LogPage:
     req = trainer_pb2.GetLogsRequest(

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from capstan_core.errors import InvalidArgument
+from capstan_core.numbers import MAX_TIME_MS
 
 T = TypeVar("T")
 
@@ -25,9 +26,10 @@ Id = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 
 class RequestModel(BaseModel):
-    """Request bodies reject unknown fields: a typo must not be silently ignored."""
+    """Request bodies reject unknown fields (a typo must not be silently ignored) and values of the
+    wrong JSON type: ``false`` is not the number 0, ``"3"`` not the number 3 (strict mode)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class Page(BaseModel, Generic[T]):
@@ -51,17 +53,21 @@ def from_ms_required(ms: int) -> datetime:
 def parse_time(value: str, field: str) -> int:
     """A query time given as ISO-8601 (naive means UTC) or epoch milliseconds -> epoch ms."""
     text = value.strip()
-    if text.isdigit():
-        return int(text)
-    try:
-        dt = datetime.fromisoformat(text)
-    except ValueError:
-        raise InvalidArgument(
-            f"{field}: expected an ISO-8601 time (2024-05-01T12:00:00Z) or epoch milliseconds, got {text[:40]!r}"
-        ) from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return int(dt.timestamp() * 1000)
+    if text.isascii() and text.isdigit():
+        ms = int(text)
+    else:
+        try:
+            dt = datetime.fromisoformat(text)
+        except ValueError:
+            raise InvalidArgument(
+                f"{field}: expected an ISO-8601 time (2024-05-01T12:00:00Z) or epoch milliseconds, got {text[:40]!r}"
+            ) from None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)
+        ms = int(dt.timestamp() * 1000)
+    if not 0 <= ms <= MAX_TIME_MS:
+        raise InvalidArgument(f"{field}: must be from 1970-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z")
+    return ms
 
 
 def dump_json_object(value: dict[str, Any] | None, field: str) -> str:

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
 
+from capstan_core.contracts.capacity import MAX_CARD_TYPE_LEN, MAX_NODE_CARDS, MAX_NODE_CPU, MAX_NODE_MEMORY_GIB
 from capstan_proto import common_pb2, trainer_pb2
 
 from .common import (
@@ -29,22 +30,37 @@ TaskName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 Command = Annotated[str, StringConstraints(max_length=8192)]
 
 
-class Resources(RequestModel):
-    """What one instance asks for."""
+class Resources(BaseModel):
+    """What one instance asks for (as stored)."""
 
-    cpu: float = Field(default=1.0, ge=0, description="cores (0: the default, 1)")
-    memory_gib: float = Field(default=1.0, ge=0, description="GiB (0: the default, 1)")
-    gpu_type: Annotated[str, StringConstraints(max_length=64)] = Field(
-        default="", description='card type, e.g. "A100"; empty for CPU-only'
-    )
-    gpu: float = Field(default=0, ge=0, description="cards of gpu_type (0.1..1 in steps of 0.1, or whole cards)")
-
-    def to_proto(self) -> common_pb2.Resources:
-        return common_pb2.Resources(cpu=self.cpu, memory_gib=self.memory_gib, gpu_type=self.gpu_type, gpu=self.gpu)
+    cpu: float = Field(description="cores")
+    memory_gib: float = Field(description="GiB")
+    gpu_type: str = Field(description='card type, e.g. "A100"; empty for CPU-only')
+    gpu: float = Field(description="cards of gpu_type")
 
     @classmethod
     def from_proto(cls, r: common_pb2.Resources) -> Resources:
         return cls(cpu=r.cpu, memory_gib=r.memory_gib, gpu_type=r.gpu_type, gpu=r.gpu)
+
+
+class ResourceRequest(RequestModel):
+    """What one instance asks for: no more than the largest node may declare (the trainer decides the
+    rest, e.g. gpu_type and gpu come together)."""
+
+    cpu: float = Field(default=1.0, ge=0, le=MAX_NODE_CPU, allow_inf_nan=False, description="cores (0: the default, 1)")
+    memory_gib: float = Field(
+        default=1.0, ge=0, le=MAX_NODE_MEMORY_GIB, allow_inf_nan=False, description="GiB (0: the default, 1)"
+    )
+    gpu_type: Annotated[str, StringConstraints(max_length=MAX_CARD_TYPE_LEN)] = Field(
+        default="", description='card type, e.g. "A100"; empty for CPU-only (then gpu must be 0)'
+    )
+    gpu: float = Field(
+        default=0, ge=0, le=MAX_NODE_CARDS, allow_inf_nan=False,
+        description="cards of gpu_type (0.1..1 in steps of 0.1, or whole cards); > 0 needs gpu_type",
+    )
+
+    def to_proto(self) -> common_pb2.Resources:
+        return common_pb2.Resources(cpu=self.cpu, memory_gib=self.memory_gib, gpu_type=self.gpu_type, gpu=self.gpu)
 
 
 class TrainingTaskCreate(RequestModel):
@@ -54,7 +70,9 @@ class TrainingTaskCreate(RequestModel):
     hyperparameters: dict[str, Any] = Field(
         default_factory=dict, description="written to /opt/ml/input/config/hyperparameters.json"
     )
-    resources: Resources = Field(default_factory=Resources, description="per instance; default 1 core, 1 GiB")
+    resources: ResourceRequest = Field(
+        default_factory=ResourceRequest, description="per instance; default 1 core, 1 GiB"
+    )
     instance_count: int = Field(default=1, ge=1, le=64)
     tags: Tags = Field(default_factory=dict)
     stop_grace_seconds: int = Field(

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from capstan_core.contracts.capacity import check_node_capacity
 from capstan_core.contracts.scheduling import (
     HealthCheckResult,
     NodeHealthChecked,
@@ -55,6 +56,14 @@ def fold_rg(events: Sequence[Event]) -> ResourceGroup:
     return rg
 
 
+def _check_name_free(name: str, taken_by: str | None) -> None:
+    """Group names are unique among live groups; ``taken_by``: the id of another group that holds ``name``."""
+    if taken_by is not None:
+        raise AlreadyExists(
+            f"a resource group named {name!r} already exists ({taken_by}); choose another name", field="name"
+        )
+
+
 def _live(rg: ResourceGroup, rg_id: str) -> ResourceGroup:
     if rg.created is None or rg.deleted:
         raise NotFound(f"resource group {rg_id} does not exist")
@@ -63,9 +72,10 @@ def _live(rg: ResourceGroup, rg_id: str) -> ResourceGroup:
 
 def decide_update_rg(
     rg: ResourceGroup, *, rg_id: str, name: str | None, description: str | None, tags: dict[str, str] | None,
-    policy: dict[str, Any] | None, now_ms: int,
+    policy: dict[str, Any] | None, now_ms: int, name_taken_by: str | None = None,
 ) -> list[Event]:
-    """Edit any of name, description, tags (replaced whole) and policy; unchanged fields stay."""
+    """Edit any of name, description, tags (replaced whole) and policy; unchanged fields stay.
+    ``name_taken_by``: another live group already named ``name``, if any (a rename onto it is refused)."""
     _live(rg, rg_id)
     new_name = rg.name if name is None else name
     new_desc = rg.description if description is None else description
@@ -75,6 +85,8 @@ def decide_update_rg(
     if len(new_desc) > 500:
         raise InvalidArgument("description must be at most 500 characters", field="description")
     new_policy = dict(rg.policy or {}) if policy is None else validate_policy(policy)
+    if new_name != rg.name:
+        _check_name_free(new_name, name_taken_by)
     if (new_name, new_desc, new_tags, new_policy) == (rg.name, rg.description, rg.tags, rg.policy):
         return []
     return [
@@ -97,8 +109,9 @@ def decide_delete_rg(rg: ResourceGroup, *, rg_id: str, nodes_in_use: Sequence[tu
 
 def decide_create_rg(
     rg: ResourceGroup, *, rg_id: str, name: str, description: str, tags: dict[str, str], policy: dict[str, Any] | None,
-    creator: str, now_ms: int,
+    creator: str, now_ms: int, name_taken_by: str | None = None,
 ) -> list[Event]:
+    """``name_taken_by``: another live group already named ``name``, if any (the create is refused)."""
     check_name(name, field="name", max_len=RG_NAME_MAX)
     check_tags(tags)
     if len(description) > 500:
@@ -108,6 +121,7 @@ def decide_create_rg(
         if rg.created.name == name:
             return []  # the same create, retried: nothing more to append
         raise AlreadyExists(f"resource group {rg_id} already exists")
+    _check_name_free(name, name_taken_by)
     return [
         ResourceGroupCreated(
             rg_id=rg_id, name=name, description=description, tags=tags, policy=normalised, creator=creator, at_ms=now_ms
@@ -156,10 +170,7 @@ def decide_join(
     """Join (Deploying) and deploy: the agent ran its deploy checks first; all passing -> Running,
     any failing -> DeployFailed (kept in the group's node history). Re-joining is the same node."""
     check_name(name, field="name", max_len=RG_NAME_MAX)
-    if cpu <= 0 or memory_gib <= 0:
-        raise InvalidArgument("a node must offer cpu > 0 and memory_gib > 0", field="cpu")
-    if any(v < 0 for v in gpus.values()):
-        raise InvalidArgument("GPU counts must be >= 0", field="gpus")
+    check_node_capacity(cpu, memory_gib, gpus)  # the node limits task submission checks too
     if agent_kind not in ("trainer", "inference"):
         raise InvalidArgument("agent_kind must be trainer or inference", field="agent_kind")
     _check_results(checks)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from capstan_core.contracts.capacity import check_request
 from capstan_core.contracts.common import ResourceSpec
 from capstan_core.contracts.training import (
     TrainingInstanceExited,
@@ -21,6 +22,7 @@ from capstan_core.contracts.training import (
 )
 from capstan_core.errors import FailedPrecondition, InvalidArgument, NotFound
 from capstan_core.events import Event
+from capstan_core.numbers import TOO_DEEP, check_storable
 
 NAME_MAX = 256
 COMMAND_MAX = 8192
@@ -94,19 +96,19 @@ def parse_hyperparameters(text: str) -> dict[str, Any]:
         value = json.loads(text)
     except json.JSONDecodeError as e:
         raise InvalidArgument(f"hyperparameters is not valid JSON: {e.msg} at position {e.pos}", field="hyperparameters") from e
+    except RecursionError as e:
+        raise InvalidArgument(f"hyperparameters: {TOO_DEEP}", field="hyperparameters") from e
     if not isinstance(value, dict):
         raise InvalidArgument("hyperparameters must be a JSON object", field="hyperparameters")
+    check_storable(value, "hyperparameters")  # NaN, Infinity, 1e400, integers beyond 64 bits, NUL
     return value
 
 
 def validate_resources(r: ResourceSpec) -> None:
-    if r.cpu <= 0 or r.memory_gib <= 0:
-        raise InvalidArgument("resources.cpu and resources.memory_gib must be > 0", field="resources")
-    if r.gpu < 0:
-        raise InvalidArgument("resources.gpu must be >= 0", field="resources.gpu")
+    """One instance's request: finite, no larger than any node may be (the shared node limits), a
+    card type with cards and the reverse; cards in tenths up to one, or whole cards."""
+    check_request(r.cpu, r.memory_gib, r.gpu_type, r.gpu)
     if r.gpu > 0:
-        if not r.gpu_type:
-            raise InvalidArgument("resources.gpu_type is required when resources.gpu > 0", field="resources.gpu_type")
         tenths = round(r.gpu * 10)
         if abs(r.gpu * 10 - tenths) > 1e-6 or (r.gpu > 1 and abs(r.gpu - round(r.gpu)) > 1e-9):
             raise InvalidArgument(
