@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import BigInteger, Boolean, Column, Float, Integer, MetaData, String, Table, Text
 
-from capstan_core.db import tracking_table
+from capstan_core.db import quarantine_table, tracking_table
 
 metadata = MetaData()
 
@@ -87,3 +87,4 @@ node_health_checks = Table(
 )
 
 tracking = tracking_table(metadata)
+quarantine = quarantine_table(metadata)
