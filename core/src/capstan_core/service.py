@@ -24,8 +24,10 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from sqlalchemy import Engine
 
-from . import db, grpcutil, tracing
+from . import admin, db, grpcutil, tracing
 from .eventstore import EventStore
+from .loops import Step, run_steps
+from .metrics import Counters
 from .projection import Projection, ProjectionRunner, cancel_and_wait, rebuild
 from .settings import ServiceSettings
 from .streams import ensure_streams
@@ -42,6 +44,7 @@ class ServiceContext:
     store: EventStore
     engine: Engine
     runner: ProjectionRunner
+    counters: Counters
     channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -101,14 +104,16 @@ class Service:
         await ensure_streams(js)
         engine = db.make_engine(s.database_url_for(d.name))
         await asyncio.to_thread(db.upgrade, d.migrations, engine)
-        runner = ProjectionRunner(d.name, js, engine, d.projections(), service=d.name)
-        ctx = ServiceContext(d.name, s, nc, js, EventStore(js), engine, runner)
+        counters = Counters()
+        runner = ProjectionRunner(d.name, js, engine, d.projections(), service=d.name, counters=counters)
+        ctx = ServiceContext(d.name, s, nc, js, EventStore(js, counters=counters), engine, runner, counters)
         runner.on_advance(lambda _pos: ctx.wake.set())
         await runner.start()  # catch up from the recorded sequence before serving
         self.ctx = ctx
         self.app = d.build(ctx)
         self.grpc = grpcutil.GrpcServer(d.name, s.grpc_listen)
         d.register(self.app, self.grpc)
+        admin.register(self.grpc, d.name, engine, counters)
         await self.grpc.start()
         for loop_fn in d.background:
             self._tasks.append(asyncio.create_task(_supervised(loop_fn, self.app, d.name), name=f"{d.name}-bg"))
@@ -140,11 +145,12 @@ async def _supervised(fn: Callable[[Any], Awaitable[None]], app: Any, name: str)
             await asyncio.sleep(1.0)
 
 
-async def reconcile_forever(ctx: ServiceContext, step: Callable[[], Awaitable[None]], interval: float = 1.0) -> None:
-    """Level-triggered control loop: run ``step`` whenever the read models advance, or every ``interval``."""
+async def reconcile_forever(ctx: ServiceContext, steps: Sequence[Step], interval: float = 1.0) -> None:
+    """Level-triggered control loop: run the named ``steps`` whenever the read models advance, or every
+    ``interval``; a step that fails is counted and logged, and neither stops the others nor the loop."""
     while True:
         ctx.wake.clear()
-        await step()
+        await run_steps(steps, ctx.counters)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(ctx.wake.wait(), interval)
 
