@@ -43,7 +43,7 @@ async def test_health_and_reflection(definition: ServiceDefinition, full_name: s
             names = set()
             async for r in refl.ServerReflectionInfo(requests()):
                 names |= {s.name for s in r.list_services_response.service}
-            assert {full_name, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= names
+            assert {full_name, "capstan.v1.Admin", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= names
     finally:
         await svc.stop()
     # stopped: the port no longer answers

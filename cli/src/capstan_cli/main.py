@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from .commands.events import events
 from .commands.groups import nodes, rg
 from .commands.platform_cmds import agent, down, ps, restart_component, up
 from .commands.tasks import task
@@ -25,7 +26,7 @@ def cli() -> None:
     """
 
 
-for command in (up, down, ps, restart_component, agent, rg, nodes, task):
+for command in (up, down, ps, restart_component, agent, rg, nodes, task, events):
     cli.add_command(command)
 
 

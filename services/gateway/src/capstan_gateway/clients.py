@@ -16,6 +16,7 @@ from google.protobuf.message import Message
 from capstan_core import grpcutil
 from capstan_core.errors import DomainError, Unavailable
 from capstan_proto import (
+    admin_pb2_grpc,
     inference_pb2_grpc,
     registry_pb2_grpc,
     scheduler_pb2,
@@ -74,6 +75,7 @@ class ServiceClient:
         self.address = address
         self.timeout = timeout
         self.channel = grpcutil.channel(address)
+        self.admin = admin_pb2_grpc.AdminStub(self.channel)  # every service answers Admin
 
     async def call(self, rpc: Callable[..., Awaitable[R]], request: Message) -> R:
         try:
@@ -189,7 +191,10 @@ class Clients:
             inference=InferenceClient(settings.inference_addr, t) if settings.inference_addr else None,
         )
 
+    def all(self) -> list[ServiceClient]:
+        """Every service the gateway knows the address of."""
+        return [c for c in (self.scheduler, self.trainer, self.registry, self.inference) if c is not None]
+
     async def close(self) -> None:
-        for client in (self.scheduler, self.trainer, self.registry, self.inference):
-            if client is not None:
-                await client.close()
+        for client in self.all():
+            await client.close()

@@ -38,9 +38,9 @@ def api_router(resource: str) -> APIRouter:
 
 
 def routers() -> list[APIRouter]:
-    from . import nodes, resource_groups, training_tasks
+    from . import admin, nodes, resource_groups, training_tasks
 
-    return [resource_groups.router, nodes.router, training_tasks.router]
+    return [resource_groups.router, nodes.router, training_tasks.router, admin.router]
 
 
 __all__ = ["API_PREFIX", "api_router", "routers"]
