@@ -136,6 +136,7 @@ class TrainerApp:
                 .where(training_tasks.c.status.not_in(("Succeeded", "Failed", "Stopped")))
                 .where((training_tasks.c.placement == "rejected") | (training_tasks.c.stop_requested.is_(True)))
                 .where(training_tasks.c.placement.not_in(("evicting", "lost")))
+                .order_by(training_tasks.c.id)
             ).mappings().all())
 
     async def restart_lost(self) -> None:
@@ -167,7 +168,9 @@ class TrainerApp:
 
     def _task_ids(self, *conditions: Any) -> list[str]:
         with self.ctx.engine.connect() as conn:
-            return list(conn.execute(select(training_tasks.c.id).where(*conditions)).scalars().all())
+            return list(conn.execute(
+                select(training_tasks.c.id).where(*conditions).order_by(training_tasks.c.id)
+            ).scalars().all())
 
     # -- queries ---------------------------------------------------------------------
     def get(self, task_id: str) -> dict[str, Any]:
