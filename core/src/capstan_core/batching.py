@@ -23,9 +23,8 @@ class BatchedLookup(Generic[K, V]):
     ``fetch(keys)`` runs in the lookup's own thread, one batch at a time; it must be thread-safe
     (open its own database connection)."""
 
-    def __init__(self, fetch: Callable[[list[K]], Mapping[K, V]], name: str, max_batch: int = 500) -> None:
+    def __init__(self, fetch: Callable[[list[K]], Mapping[K, V]], name: str) -> None:
         self._fetch = fetch
-        self._max_batch = max_batch
         self._waiting: dict[K, list[asyncio.Future[V | None]]] = {}
         self._runner: asyncio.Task[None] | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
@@ -40,7 +39,7 @@ class BatchedLookup(Generic[K, V]):
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while self._waiting:
-            batch = dict(_take(self._waiting, self._max_batch))
+            batch, self._waiting = self._waiting, {}  # everything asked for while the last query ran
             try:
                 found = await loop.run_in_executor(self._thread, self._fetch, list(batch))
             except Exception as e:
@@ -48,13 +47,6 @@ class BatchedLookup(Generic[K, V]):
                 continue
             for key, futures in batch.items():
                 _settle([futures], value=found.get(key))
-
-
-def _take(waiting: dict[K, list[asyncio.Future[V | None]]], n: int) -> list[tuple[K, list[asyncio.Future[V | None]]]]:
-    out = []
-    for key in list(waiting)[:n]:
-        out.append((key, waiting.pop(key)))
-    return out
 
 
 def _settle(groups: Iterable[list[asyncio.Future[V | None]]], value: V | None = None, error: BaseException | None = None) -> None:

@@ -217,9 +217,12 @@ class SchedulerApp:
         return state
 
     def _read_node_states(self, node_ids: list[str]) -> dict[str, tuple[str, str]]:
+        out: dict[str, tuple[str, str]] = {}
         with self.ctx.engine.connect() as conn:
-            rows = conn.execute(select(nodes.c.id, nodes.c.state, nodes.c.state_reason).where(nodes.c.id.in_(node_ids)))
-            return {r.id: (r.state, r.state_reason or "") for r in rows}
+            for i in range(0, len(node_ids), 1000):  # bound the statement's parameters
+                q = select(nodes.c.id, nodes.c.state, nodes.c.state_reason).where(nodes.c.id.in_(node_ids[i:i + 1000]))
+                out.update((r.id, (r.state, r.state_reason or "")) for r in conn.execute(q))
+        return out
 
     async def report_health(self, node_id: str, checks: list[HealthCheckResult]) -> dict[str, Any]:
         """A periodic health check from a node's agent: recorded when its outcome changes (and hourly);
