@@ -24,7 +24,13 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from sqlalchemy import Engine
 
-from . import admin, db, grpcutil, tracing
+from . import (
+    admin,
+    contracts,  # noqa: F401 - every service reads every cross-service event type (see contracts)
+    db,
+    grpcutil,
+    tracing,
+)
 from .eventstore import EventStore
 from .loops import Step, run_steps
 from .metrics import Counters
