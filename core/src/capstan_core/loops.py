@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -47,18 +48,21 @@ class LoopGuard:
     def __init__(self, name: str, counters: Counters) -> None:
         self.name = name
         self.counters = counters
+        self._lock = threading.Lock()
         self._logged: OrderedDict[str, str] = OrderedDict()
 
     def item_failed(self, item: str, error: BaseException | str) -> None:
         """Count and log an item set aside (logged again only when its error changes)."""
         text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
         self.counters.inc(LOOP_ITEM_FAILURES, loop=self.name)
-        if self._logged.get(item) != text:
-            log.error("%s: %s set aside: %s", self.name, item, text, exc_info=None if isinstance(error, str) else error)
+        with self._lock:
+            new = self._logged.get(item) != text
             self._logged[item] = text
             self._logged.move_to_end(item)
             while len(self._logged) > _REMEMBERED:
                 self._logged.popitem(last=False)
+        if new:
+            log.error("%s: %s set aside: %s", self.name, item, text, exc_info=None if isinstance(error, str) else error)
 
     @contextmanager
     def item(self, item: str) -> Iterator[None]:
