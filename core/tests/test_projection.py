@@ -180,6 +180,27 @@ async def test_poison_is_set_aside_the_same_way_on_every_rebuild(
     assert table_digest(engine) == before
 
 
+async def test_an_error_quoting_a_nul_the_poison_chose_is_still_recorded(database_url: str, nc: Client) -> None:
+    """pydantic's error names the offending key; PostgreSQL text cannot hold the NUL it may contain."""
+    import json
+
+    from capstan_core.contracts.training import TrainingTaskSubmitted
+
+    engine = make_engine(database_url)
+    metadata.create_all(engine)
+    js = nc.jetstream()
+    await ensure_streams(js)
+    data = {"task_id": "t", "name": "n", "resource_group_id": "r", "command": "c", "hyperparameters": {},
+            "resources": {}, "instance_count": 1, "tags": {"\x00": 5}, "creator": "u", "stop_grace_seconds": 1,
+            "at_ms": 1}
+    body = {"t": 1, "events": [{"type": TrainingTaskSubmitted.TYPE, "version": 1, "data": data}]}
+    await js.publish(event_subject("train", "t"), json.dumps(body).encode())
+    runner = ProjectionRunner("p", js, engine, [CounterProjection()], service="test")
+    await runner.catch_up()
+    await runner.stop()
+    assert _quarantined(engine) == [(1, "invalid", "event 0 (TrainingTaskSubmitted): tags.\\x00: Input should be a valid string")]
+
+
 async def test_a_transient_database_error_is_retried_never_set_aside(
     database_url: str, nc: Client, store: EventStore
 ) -> None:

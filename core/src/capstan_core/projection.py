@@ -148,13 +148,18 @@ def _stored_ms(m: Msg) -> int:
     return int(m.metadata.timestamp.timestamp() * 1000)
 
 
+def _storable(text: str) -> str:
+    """PostgreSQL text cannot hold NUL, and an error may quote a key the poison chose."""
+    return text.replace("\x00", "\\x00")
+
+
 def record_set_aside(conn: Connection, projection: str, items: Sequence[SetAside]) -> None:
     """Write quarantine rows (in the caller's transaction); a row already there stays as it is."""
     if not items:
         return
     rows = [
-        dict(projection=projection, seq=a.seq, subject=a.subject[:255], kind=a.kind, error=a.error[:ERROR_MAX_CHARS],
-             stored_at_ms=a.stored_ms)
+        dict(projection=projection, seq=a.seq, subject=_storable(a.subject)[:255], kind=a.kind,
+             error=_storable(a.error)[:ERROR_MAX_CHARS], stored_at_ms=a.stored_ms)
         for a in items
     ]
     insert = postgresql.insert(_quarantine) if conn.dialect.name == "postgresql" else sqlite.insert(_quarantine)
