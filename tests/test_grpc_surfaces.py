@@ -44,7 +44,7 @@ async def test_health_and_reflection(
             for name in ("", full_name):
                 resp = await health.Check(health_pb2.HealthCheckRequest(service=name))
                 assert resp.status == health_pb2.HealthCheckResponse.SERVING
-            assert {full_name, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= await _services(ch)
+            assert {full_name, "capstan.v1.Admin", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= await _services(ch)
         async with grpcutil.channel(svc.address, definition.name, credentials.load(secrets_dir, "gateway").tls) as ch:
             resp = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest())
             assert resp.status == health_pb2.HealthCheckResponse.SERVING

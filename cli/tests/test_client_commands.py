@@ -247,3 +247,43 @@ def test_logs_follow_until_the_task_ends(runner: CliRunner, fake_api: FakeApi, d
     assert result.exit_code == 0, result.output
     assert result.stdout == "[0] n0\n[1] n1\n[0] n2\n[1] n3\n"  # two instances: lines carry their index
     assert len([r for r in fake_api.requests if r.path.endswith("/logs")]) > 4  # it polled
+
+
+QUARANTINE = {
+    "items": [
+        {"service": "scheduler", "seq": 7, "subject": "capstan.evt.rsg.x", "projection": "scheduler",
+         "kind": "undecodable", "error": "not JSON (JSONDecodeError: Expecting value)", "stored_at": "2025-01-01T00:00:00Z"},
+        {"service": "trainer", "seq": 9, "subject": "capstan.evt.train.y", "projection": "trainer",
+         "kind": "invalid", "error": "event 0 (TrainingTaskSubmitted): resources: Input should be a valid dictionary",
+         "stored_at": "2025-01-01T00:00:01Z"},
+    ],
+    "counters": [{"service": "scheduler", "name": "quarantined_commits",
+                  "labels": {"projection": "scheduler", "kind": "undecodable"}, "value": 1}],
+    "services": [{"service": "scheduler", "reachable": True, "error": "", "quarantined": 1},
+                 {"service": "trainer", "reachable": True, "error": "", "quarantined": 1},
+                 {"service": "registry", "reachable": False, "error": "the registry service is not reachable",
+                  "quarantined": 0}],
+}
+
+
+def test_events_quarantine_table_names_each_message_and_unreachable_services(
+    runner: CliRunner, fake_api: FakeApi, data_dir: Path
+) -> None:
+    fake_api.on("GET", "/api/v1/admin/quarantine", (200, QUARANTINE))
+    r = run(runner, fake_api, data_dir, "events", "quarantine", "--limit", "20")
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert lines[0].split() == ["SERVICE", "SEQ", "SUBJECT", "KIND", "STORED", "ERROR"]
+    assert lines[1].split()[:4] == ["scheduler", "7", "capstan.evt.rsg.x", "undecodable"]
+    assert "resources: Input should be a valid dictionary" in lines[2]
+    assert lines[3] == "set aside in all: scheduler 1, trainer 1"
+    assert "warning: registry could not be asked: the registry service is not reachable" in r.stderr
+    assert fake_api.requests[0].query == {"limit": "20"}
+
+
+def test_events_quarantine_json_and_counters(runner: CliRunner, fake_api: FakeApi, data_dir: Path) -> None:
+    fake_api.on("GET", "/api/v1/admin/quarantine", (200, QUARANTINE))
+    r = run(runner, fake_api, data_dir, "--json", "events", "quarantine")
+    assert json.loads(r.stdout) == QUARANTINE
+    r = run(runner, fake_api, data_dir, "events", "counters")
+    assert r.stdout.splitlines()[1].split() == ["scheduler", "quarantined_commits", "projection=scheduler,kind=undecodable", "1"]

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 
 import pytest
 from nats.aio.client import Client
+from nats.js.errors import APIError
 
-from capstan_core.errors import Conflict
-from capstan_core.events import Event, UnknownEvent, decode, encode, event, upcaster
-from capstan_core.eventstore import EventStore, encode_commit
-from capstan_core.streams import EVENTS_STREAM, ensure_streams, event_subject
+from capstan_core.errors import Conflict, InvalidArgument
+from capstan_core.events import Event, NewerEventVersion, UnknownEvent, decode, encode, event, upcaster
+from capstan_core.eventstore import EventStore, PoisonCommit, decode_commit, encode_commit
+from capstan_core.metrics import SKIPPED_ON_LOAD, Counters
+from capstan_core.streams import EVENTS_STREAM, MAX_COMMIT_BYTES, ensure_streams, event_subject
+from capstan_core.testing import poison_messages, publish_poison
 
 
 @event("TestThingCreated", version=1)
@@ -111,6 +116,33 @@ class EventStoreContract:
         events, last = await other.load(subj)
         assert len(events) == 2 and last > r1.seq
 
+    async def test_load_skips_an_undecodable_commit_so_commands_still_work(self, store: EventStore, nc: Client) -> None:
+        """Every kind of poison on an aggregate's subject: load skips it the same way every time, reports
+        the subject's real last sequence (so the next append lands), and counts it."""
+        subj = event_subject("thing", "poisoned")
+        r1 = await store.append(subj, [ThingCreated(name="a")], expected_seq=0)
+        poisons = poison_messages(("TestThingCreated", {"name": "b"}), ("TestThingCreated", {"name": ["not", "str"]}))
+        for poison in poisons:
+            await publish_poison(nc.jetstream(), subj, poison)
+        fresh = EventStore(nc.jetstream(), counters=Counters())
+        events, last = await fresh.load(subj)
+        assert [e.seq for e in events] == [r1.seq] and last == await store.last_seq()
+        r2 = await fresh.append(subj, [ThingRenamed(name="c", reason="")], expected_seq=last)
+        events, _ = await fresh.load(subj)
+        assert [e.seq for e in events] == [r1.seq, r2.seq]
+        assert fresh._counters.get(SKIPPED_ON_LOAD) == len(poisons)
+        assert {s.labels["kind"] for s in fresh._counters.samples()} == {p.kind for p in poisons}
+
+    async def test_a_commit_over_the_size_limit_is_refused_by_the_store_and_the_stream(
+        self, store: EventStore, nc: Client
+    ) -> None:
+        subj = event_subject("thing", "big")
+        with pytest.raises(InvalidArgument, match="too large to record"):
+            await store.append(subj, [ThingCreated(name="x" * MAX_COMMIT_BYTES)], expected_seq=0)
+        with pytest.raises(APIError, match="maximum"):
+            await nc.jetstream().publish(subj, b"x" * (MAX_COMMIT_BYTES + 1), stream=EVENTS_STREAM)
+        assert await store.load(subj) == ([], 0)
+
     async def test_trace_context_rides_in_headers(self, store: EventStore) -> None:
         from opentelemetry.sdk.trace import TracerProvider
 
@@ -166,3 +198,48 @@ def test_fields_a_newer_writer_added_are_dropped_by_an_older_reader() -> None:
     assert decode(newer) == ThingCreated(name="a")
     with pytest.raises(ValueError):  # building one in code still refuses an unknown field
         ThingCreated(name="a", colour="red")  # type: ignore[call-arg]
+
+
+async def test_an_older_stream_gets_the_size_limit_at_start(nc: Client) -> None:
+    js = nc.jetstream()
+    await ensure_streams(js)
+    info = await js.stream_info(EVENTS_STREAM)
+    await js.update_stream(dataclasses.replace(info.config, max_msg_size=-1))
+    await ensure_streams(js)
+    assert (await js.stream_info(EVENTS_STREAM)).config.max_msg_size == MAX_COMMIT_BYTES
+
+
+def test_a_known_type_at_a_newer_version_is_refused_not_guessed() -> None:
+    with pytest.raises(NewerEventVersion, match="TestThingRenamed v3 is newer than this service reads \\(v2\\)"):
+        decode({"type": "TestThingRenamed", "version": 3, "data": {"name": "a", "reason": "b"}})
+    data = json.dumps({"t": 1, "events": [{"type": "TestThingRenamed", "version": 3, "data": {}}]}).encode()
+    with pytest.raises(PoisonCommit) as e:
+        decode_commit(1, "capstan.evt.thing.x", data, {})
+    assert e.value.kind == "newer_version"
+
+
+@pytest.mark.parametrize(
+    ("payload", "kind"),
+    [
+        (b"\xff\xfe not utf-8", "undecodable"),
+        (b"[1, 2]", "undecodable"),
+        (b'{"t": "yesterday", "events": [{"type": "TestThingCreated", "data": {"name": "a"}}]}', "undecodable"),
+        (b'{"t": 1, "events": []}', "undecodable"),
+        (b'{"t": 1, "events": [42]}', "undecodable"),
+        (b"[" * 100_000 + b"]" * 100_000, "undecodable"),
+        (b'{"t": 1, "events": [{"type": "TestThingCreated", "version": "1", "data": {"name": "a"}}]}', "invalid"),
+        (b'{"t": 1, "events": [{"type": "TestThingCreated", "data": {"name": null}}]}', "invalid"),
+        (b'{"t": 1, "events": [{"type": "TestThingRenamed", "version": 1, "data": {}}]}', "invalid"),
+    ],
+    ids=["not-utf8", "a-list", "time-not-int", "no-events", "event-not-object", "nested-deep", "version-str",
+         "null-field", "upcaster-fails"],
+)
+def test_anything_that_is_not_a_commit_is_a_poison_commit(payload: bytes, kind: str) -> None:
+    with pytest.raises(PoisonCommit) as e:
+        decode_commit(1, "capstan.evt.thing.x", payload, {})
+    assert e.value.kind == kind
+
+
+def test_unknown_types_stay_skippable_whatever_their_data() -> None:
+    ev = decode({"type": "FromTheFuture", "version": 1, "data": {"type_name": "spoof", "type_version": "x"}})
+    assert isinstance(ev, UnknownEvent) and ev.type_name == "FromTheFuture" and ev.type_version == 1

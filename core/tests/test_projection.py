@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import sqlite3
+import threading
+
 import pytest
 from nats.aio.client import Client
 from sqlalchemy import Column, Connection, Integer, MetaData, String, Table, select
+from sqlalchemy.exc import OperationalError
 
-from capstan_core.db import make_engine, table_digest, tracking_table
+from capstan_core.db import make_engine, quarantine_table, table_digest, tracking_table
 from capstan_core.events import Event, event
 from capstan_core.eventstore import EventStore, RecordedEvent
+from capstan_core.metrics import QUARANTINED
 from capstan_core.projection import Projection, ProjectionRunner, read_position
 from capstan_core.streams import ensure_streams, event_subject
+from capstan_core.testing import poison_messages, publish_poison
 
 metadata = MetaData()
 counters = Table(
@@ -21,6 +27,7 @@ counters = Table(
     Column("applied", Integer, nullable=False),
 )
 tracking_table(metadata)
+quarantine = quarantine_table(metadata)
 
 
 @event("TestCounterAdded")
@@ -29,14 +36,27 @@ class CounterAdded(Event):
 
 
 class CounterProjection(Projection):
-    def __init__(self, fail_on: int | None = None) -> None:
+    """Counts per aggregate. ``fail_on``: an amount whose apply raises AFTER writing (the write must roll
+    back with it); ``transient_on``: an amount whose first apply hits a locked database."""
+
+    def __init__(self, fail_on: int | None = None, transient_on: int | None = None) -> None:
         self.fail_on = fail_on
+        self.transient_on = transient_on
+        self.threads: set[str] = set()
 
     def apply(self, conn: Connection, rec: RecordedEvent) -> None:
+        self.threads.add(threading.current_thread().name)
         if not isinstance(rec.event, CounterAdded):
             return
+        if self.transient_on is not None and rec.event.amount == self.transient_on:
+            self.transient_on = None
+            raise OperationalError("UPDATE counters", {}, sqlite3.OperationalError("database is locked"))
+        self._count(conn, rec)
         if self.fail_on is not None and rec.event.amount == self.fail_on:
             raise RuntimeError("boom")
+
+    def _count(self, conn: Connection, rec: RecordedEvent) -> None:
+        assert isinstance(rec.event, CounterAdded)
         row = conn.execute(select(counters).where(counters.c.id == rec.aggregate_id)).first()
         if row is None:
             conn.execute(counters.insert().values(id=rec.aggregate_id, value=rec.event.amount, applied=1))
@@ -92,18 +112,114 @@ async def test_restart_resumes_without_applying_twice(database_url: str, nc: Cli
         assert sum(r.applied for r in conn.execute(select(counters))) == 15
 
 
-async def test_failed_batch_leaves_rows_and_position_untouched(database_url: str, nc: Client, store: EventStore) -> None:
+def _quarantined(engine) -> list[tuple[int, str, str]]:  # type: ignore[no-untyped-def]
+    with engine.connect() as conn:
+        return [(r.seq, r.kind, r.error) for r in conn.execute(select(quarantine).order_by(quarantine.c.seq))]
+
+
+@pytest.mark.parametrize("live", [False, True], ids=["catching-up", "live"])
+async def test_a_commit_whose_apply_raises_is_set_aside_alone(
+    database_url: str, nc: Client, store: EventStore, live: bool
+) -> None:
+    """Its writes roll back (its SAVEPOINT), every other commit of the batch is applied, the position moves
+    past it, and the quarantine names it with its sequence and error."""
     engine = make_engine(database_url)
     metadata.create_all(engine)
-    await _append(store, 5)
+    await _append(store, 5, ids=1)  # amounts 1..5 on c0; 4 fails after writing
     sub = await nc.jetstream().subscribe("capstan.evt.>", ordered_consumer=True)
     msgs = [await sub.next_msg(timeout=2) for _ in range(5)]
-    runner = ProjectionRunner("p", nc.jetstream(), engine, [CounterProjection(fail_on=4)], service="test")
-    with pytest.raises(RuntimeError):
-        runner._apply_batch(msgs)
+    projection = CounterProjection(fail_on=4)
+    runner = ProjectionRunner("p", nc.jetstream(), engine, [projection], service="test")
+    runner.live = live
+    assert runner._apply_batch(msgs) == 5
     with engine.connect() as conn:
-        assert read_position(conn, "p") == 0
-        assert conn.execute(select(counters)).fetchall() == []
+        assert read_position(conn, "p") == 5
+        assert conn.execute(select(counters.c.value, counters.c.applied)).one() == (1 + 2 + 3 + 5, 4)
+    assert _quarantined(engine) == [(4, "apply_failed", "applying TestCounterAdded: RuntimeError: boom")]
+    assert runner.counters.get(QUARANTINED, kind="apply_failed") == 1
+
+
+async def test_poison_is_set_aside_the_same_way_on_every_rebuild(
+    database_url: str, nc: Client, store: EventStore
+) -> None:
+    """Every kind of poison between good commits: the good ones are applied, each poison is recorded
+    once (sequence, kind, error) and counted; a rebuild from zero records the same rows."""
+    engine = make_engine(database_url)
+    metadata.create_all(engine)
+    js = nc.jetstream()
+    poisons = poison_messages(("TestCounterAdded", {"amount": 1}), ("TestCounterAdded", {"amount": "lots"}))
+    expected = []
+    for i, poison in enumerate(poisons):
+        await store.append(event_subject("counter", "c"), [CounterAdded(amount=i + 1)], expected_seq=None)
+        seq = await publish_poison(js, event_subject("counter", "c"), poison)
+        expected.append((seq, poison.kind))
+    await store.append(event_subject("counter", "c"), [CounterAdded(amount=100)], expected_seq=None)
+    runner = ProjectionRunner("p", js, engine, [CounterProjection()], service="test")
+    await runner.catch_up()
+    await runner.stop()
+    rows = _quarantined(engine)
+    assert [(seq, kind) for seq, kind, _ in rows] == expected
+    errors = [error for _, _, error in rows]
+    assert errors[0].startswith("not JSON (JSONDecodeError: Expecting value")
+    assert errors[1].startswith("not a commit")
+    assert errors[2] == "event 0 (TestCounterAdded): TestCounterAdded v99 is newer than this service reads (v1); " \
+        "upgrade the service to apply it"
+    assert errors[3].startswith("event 0 (TestCounterAdded): amount: Input should be a valid integer")
+    assert "over the 524288-byte limit" in errors[4]
+    assert runner.counters.get(QUARANTINED) == len(poisons)
+    assert runner.position == await store.last_seq()
+    with engine.connect() as conn:
+        assert conn.execute(select(counters.c.value)).scalar() == sum(range(1, len(poisons) + 1)) + 100
+    before = table_digest(engine)
+    metadata.drop_all(engine)
+    metadata.create_all(engine)
+    again = ProjectionRunner("p", js, engine, [CounterProjection()], service="test")
+    await again.catch_up()
+    await again.stop()
+    assert _quarantined(engine) == rows
+    assert table_digest(engine) == before
+
+
+async def test_an_error_quoting_a_nul_the_poison_chose_is_still_recorded(database_url: str, nc: Client) -> None:
+    """pydantic's error names the offending key; PostgreSQL text cannot hold the NUL it may contain."""
+    import json
+
+    from capstan_core.contracts.training import TrainingTaskSubmitted
+
+    engine = make_engine(database_url)
+    metadata.create_all(engine)
+    js = nc.jetstream()
+    await ensure_streams(js)
+    data = {"task_id": "t", "name": "n", "resource_group_id": "r", "command": "c", "hyperparameters": {},
+            "resources": {}, "instance_count": 1, "tags": {"\x00": 5}, "creator": "u", "stop_grace_seconds": 1,
+            "at_ms": 1}
+    body = {"t": 1, "events": [{"type": TrainingTaskSubmitted.TYPE, "version": 1, "data": data}]}
+    await js.publish(event_subject("train", "t"), json.dumps(body).encode())
+    runner = ProjectionRunner("p", js, engine, [CounterProjection()], service="test")
+    await runner.catch_up()
+    await runner.stop()
+    assert _quarantined(engine) == [(1, "invalid", "event 0 (TrainingTaskSubmitted): tags.\\x00: Input should be a valid string")]
+
+
+async def test_a_transient_database_error_is_retried_never_set_aside(
+    database_url: str, nc: Client, store: EventStore
+) -> None:
+    engine = make_engine(database_url)
+    metadata.create_all(engine)
+    projection = CounterProjection(transient_on=2)
+    runner = ProjectionRunner("p", nc.jetstream(), engine, [projection], service="test")
+    await runner.start()
+    try:
+        await _append(store, 3, ids=1)
+        assert await runner.wait_for(3, timeout=10)
+        with engine.connect() as conn:
+            assert conn.execute(select(counters.c.value, counters.c.applied)).one() == (6, 3)
+        assert _quarantined(engine) == []
+        # batches are written in the runner's own thread, never on the event loop
+        assert projection.threads == {"projection-p_0"}
+        assert threading.current_thread().name not in projection.threads
+    finally:
+        await runner.stop()
 
 
 async def test_live_runner_follows_new_events_and_wait_for(database_url: str, nc: Client, store: EventStore) -> None:

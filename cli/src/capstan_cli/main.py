@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from .commands.credentials_cmds import secrets
+from .commands.events import events
 from .commands.groups import nodes, rg
 from .commands.platform_cmds import agent, down, ps, restart_component, up
 from .commands.tasks import task
@@ -26,7 +27,7 @@ def cli() -> None:
     """
 
 
-for command in (up, down, ps, restart_component, agent, rg, nodes, task, secrets):
+for command in (up, down, ps, restart_component, agent, rg, nodes, task, secrets, events):
     cli.add_command(command)
 
 

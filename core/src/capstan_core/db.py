@@ -1,4 +1,9 @@
-"""SQL plumbing shared by every service: engines, Alembic, the projection tracking table."""
+"""SQL plumbing shared by every service: engines, Alembic, the projection tracking and quarantine tables.
+
+Engines are used from the event loop and from worker threads (projection batches, the scheduling
+cycle, slow queries); each use checks out its own connection from the pool, and no connection is
+shared between threads.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,10 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import BigInteger, Column, Engine, MetaData, String, Table, create_engine, event, inspect, text
+from sqlalchemy import BigInteger, Column, Engine, MetaData, String, Table, Text, create_engine, event, inspect, text
 
 TRACKING_TABLE = "projection_positions"
+QUARANTINE_TABLE = "event_quarantine"
 
 
 def tracking_table(metadata: MetaData) -> Table:
@@ -23,6 +29,21 @@ def tracking_table(metadata: MetaData) -> Table:
     )
 
 
+def quarantine_table(metadata: MetaData) -> Table:
+    """Commits of the event log a projection runner set aside: one row per (runner, stream sequence).
+    Every column comes from the stored message and this code, so a rebuild writes the same rows."""
+    return Table(
+        QUARANTINE_TABLE,
+        metadata,
+        Column("projection", String(100), primary_key=True),
+        Column("seq", BigInteger, primary_key=True, autoincrement=False),
+        Column("subject", String(255), nullable=False),
+        Column("kind", String(30), nullable=False),  # oversized, undecodable, newer_version, invalid, apply_failed
+        Column("error", Text, nullable=False),
+        Column("stored_at_ms", BigInteger, nullable=False),  # when the stream stored the message
+    )
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
@@ -32,6 +53,10 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            # pysqlite opens a transaction only before an INSERT/UPDATE/DELETE, so a SAVEPOINT issued
+            # first would start (and its RELEASE commit) the transaction itself. Turn that off and
+            # let SQLAlchemy emit BEGIN (below): projection batches nest a SAVEPOINT per commit.
+            dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
             # WAL: readers never block the projection writer. synchronous=NORMAL is safe here:
             # a read model that loses its last transactions replays them from the log.
@@ -39,6 +64,10 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN")
 
         return engine
     if url.startswith("postgresql://"):
@@ -99,3 +128,22 @@ def create_tracking_table(op: Any) -> None:
 
 def drop_tracking_table(op: Any) -> None:
     op.drop_table(TRACKING_TABLE)
+
+
+def create_quarantine_table(op: Any) -> None:
+    """For each service's migration that adds the quarantine table (issue #7)."""
+    import sqlalchemy as sa
+
+    op.create_table(
+        QUARANTINE_TABLE,
+        sa.Column("projection", sa.String(100), primary_key=True),
+        sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("subject", sa.String(255), nullable=False),
+        sa.Column("kind", sa.String(30), nullable=False),
+        sa.Column("error", sa.Text, nullable=False),
+        sa.Column("stored_at_ms", sa.BigInteger, nullable=False),
+    )
+
+
+def drop_quarantine_table(op: Any) -> None:
+    op.drop_table(QUARANTINE_TABLE)

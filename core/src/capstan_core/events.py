@@ -2,7 +2,9 @@
 
 The stored name is explicit (never a Python path) so modules can move without
 stranding old events. When an event's shape changes, bump ``version`` and
-register an upcaster from the old version; stored events are upcast on read.
+register an upcaster from the old version; stored events are upcast on read. An event of a known type at a version NEWER than this
+process knows raises ``NewerEventVersion``: guessing at its shape could apply it wrongly, so the
+readers set its commit aside (see ``eventstore.decode_commit``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ class Event(BaseModel):
         if info.context is not _STORED:
             check_storable(self, "")
         return self
+
+
+class NewerEventVersion(ValueError):
+    """A known event type written at a version this process does not know yet (a newer service wrote it)."""
 
 
 class UnknownEvent(Event):
@@ -81,12 +87,21 @@ def encode(ev: Event) -> dict[str, Any]:
 
 
 def decode(raw: dict[str, Any]) -> Event:
+    """One stored event -> its model. Raises ``ValueError`` (pydantic's ``ValidationError`` included) for
+    data that does not fit, ``NewerEventVersion`` for a version newer than the registered one."""
     name = raw["type"]
-    version = int(raw.get("version", 1))
-    data = dict(raw.get("data", {}))
+    version = raw.get("version", 1)
+    data = raw.get("data", {})
+    if not isinstance(name, str) or type(version) is not int or not isinstance(data, dict):
+        raise ValueError("an event is {\"type\": str, \"version\": int, \"data\": {...}}")
     cls = _TYPES.get(name)
     if cls is None:
-        return UnknownEvent.model_validate({"type_name": name, "type_version": version, **data}, context=_STORED)
+        # Our keys last, so data cannot override what the reader reports about the type.
+        return UnknownEvent.model_validate({**data, "type_name": name, "type_version": version}, context=_STORED)
+    if version > cls.VERSION:
+        raise NewerEventVersion(
+            f"{name} v{version} is newer than this service reads (v{cls.VERSION}); upgrade the service to apply it"
+        )
     while version < cls.VERSION:
         step = _UPCASTERS.get((name, version))
         if step is None:

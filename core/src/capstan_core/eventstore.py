@@ -5,11 +5,17 @@ stored atomically on the aggregate's subject. Concurrency uses
 ``Nats-Expected-Last-Subject-Sequence`` (a conflict raises ``Conflict``);
 idempotent retries use ``Nats-Msg-Id`` (a duplicate appends nothing and reports
 the original sequence). Trace context travels in the message headers.
+
+Anything can end up in the stream (a bug, an older or newer writer, a hostile publisher), so reading
+is total: a message that is not a commit this process can read raises ``PoisonCommit`` with a kind and
+an error that depend only on the message's bytes (and this code), never on the moment it is read. The
+projection runner records such a commit in its quarantine table; ``load`` skips it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -18,11 +24,15 @@ from dataclasses import dataclass, field
 from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
+from pydantic import ValidationError
 
 from . import tracing
-from .errors import Conflict, Unavailable
-from .events import Event, decode
-from .streams import EVENTS_STREAM
+from .errors import Conflict, InvalidArgument, Unavailable
+from .events import Event, NewerEventVersion, decode
+from .metrics import SKIPPED_ON_LOAD, Counters
+from .streams import EVENTS_STREAM, MAX_COMMIT_BYTES
+
+log = logging.getLogger(__name__)
 
 ERR_WRONG_LAST_SEQUENCE = 10071
 HDR_EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
@@ -62,21 +72,63 @@ def encode_commit(events: Sequence[Event], time_ms: int) -> bytes:
     return b'{"t":%d,"events":[%s]}' % (time_ms, b",".join(parts))
 
 
+class PoisonCommit(ValueError):
+    """A stored message that is not a commit this process can read. ``kind``: ``oversized`` (over
+    ``MAX_COMMIT_BYTES``), ``undecodable`` (not JSON, or not a commit's shape), ``newer_version`` (a
+    known event type at a version newer than this process reads), ``invalid`` (an event's data fails
+    its model's validation)."""
+
+    def __init__(self, kind: str, error: str) -> None:
+        super().__init__(f"{kind}: {error}")
+        self.kind = kind
+        self.error = error
+
+
+def _validation_text(e: ValidationError) -> str:
+    """pydantic's errors without input values or URLs: short, and the same on every read."""
+    return "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '(event)'}: {err['msg']}" for err in e.errors())
+
+
 def decode_commit(seq: int, subject: str, data: bytes, headers: Mapping[str, str] | None) -> list[RecordedEvent]:
-    body = json.loads(data)
+    """The events of one stored commit; raises ``PoisonCommit`` for anything else."""
+    if len(data) > MAX_COMMIT_BYTES:
+        raise PoisonCommit("oversized", f"{len(data)} bytes, over the {MAX_COMMIT_BYTES}-byte limit of a commit")
+    try:
+        body = json.loads(data)
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError included; RecursionError: absurd nesting
+        raise PoisonCommit("undecodable", f"not JSON ({type(e).__name__}: {e})") from None
+    raw_events = body.get("events") if isinstance(body, dict) else None
+    t = body.get("t", 0) if isinstance(body, dict) else None
+    if not isinstance(raw_events, list) or not raw_events or type(t) is not int:
+        raise PoisonCommit("undecodable", 'not a commit: expected {"t": <ms>, "events": [<at least one event>]}')
     hdrs = dict(headers or {})
-    return [
-        RecordedEvent(seq=seq, index=i, subject=subject, event=decode(raw), time_ms=int(body.get("t", 0)), headers=hdrs)
-        for i, raw in enumerate(body["events"])
-    ]
+    out = []
+    for i, raw in enumerate(raw_events):
+        name = raw.get("type") if isinstance(raw, dict) else None
+        if not isinstance(name, str):
+            raise PoisonCommit("undecodable", f'event {i}: an event is {{"type": str, "version": int, "data": {{...}}}}')
+        where = f"event {i} ({name})"
+        try:
+            ev = decode(raw)
+        except NewerEventVersion as e:
+            raise PoisonCommit("newer_version", f"{where}: {e}") from None
+        except ValidationError as e:
+            raise PoisonCommit("invalid", f"{where}: {_validation_text(e)}") from None
+        except Exception as e:  # an upcaster or a shape check refusing the data
+            raise PoisonCommit("invalid", f"{where}: {type(e).__name__}: {e}") from None
+        out.append(RecordedEvent(seq=seq, index=i, subject=subject, event=ev, time_ms=t, headers=hdrs))
+    return out
 
 
 class EventStore:
     """Append-only store of commits on per-aggregate subjects of one JetStream stream."""
 
-    def __init__(self, js: JetStreamContext, stream: str = EVENTS_STREAM, cache_size: int = 4096) -> None:
+    def __init__(
+        self, js: JetStreamContext, stream: str = EVENTS_STREAM, cache_size: int = 4096, counters: Counters | None = None
+    ) -> None:
         self._js = js
         self._stream = stream
+        self._counters = counters or Counters()
         # Loaded aggregates are cached; a load only fetches what was appended since.
         self._cache: OrderedDict[str, tuple[list[RecordedEvent], int]] = OrderedDict()
         self._cache_size = cache_size
@@ -105,6 +157,11 @@ class EventStore:
             headers[HDR_MSG_ID] = msg_id
         tracing.inject(headers)
         payload = encode_commit(events, int(time.time() * 1000))
+        if len(payload) > MAX_COMMIT_BYTES:
+            # The stream refuses it too (max_msg_size); saying so here names the limit.
+            raise InvalidArgument(
+                f"the change is too large to record: {len(payload)} bytes, over the {MAX_COMMIT_BYTES}-byte limit"
+            )
         try:
             ack = await self._js.publish(subject, payload, headers=headers)
         except APIError as e:
@@ -141,7 +198,13 @@ class EventStore:
             except NotFoundError:
                 break
             assert msg.seq is not None and msg.data is not None
-            events.extend(decode_commit(msg.seq, subject, msg.data, msg.headers))
+            try:
+                events.extend(decode_commit(msg.seq, subject, msg.data, msg.headers))
+            except PoisonCommit as e:
+                # Skipped the same way on every load, so every command on this aggregate still works;
+                # the projection runner records it in the quarantine table.
+                log.warning("%s: commit %d is skipped (%s)", subject, msg.seq, e)
+                self._counters.inc(SKIPPED_ON_LOAD, kind=e.kind)
             last = msg.seq
             seq = msg.seq + 1
         self._cache[subject] = (events, last)

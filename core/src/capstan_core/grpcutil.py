@@ -244,9 +244,15 @@ class GrpcServer:
             port = self.server.add_secure_port(bootstrap_listen, tls.server_credentials(require_client_auth=False))
             self.bootstrap_address = f"{bootstrap_listen.rsplit(':', 1)[0]}:{port}"
 
-    def add(self, register: Callable[[Any, grpc.aio.Server], None], servicer: Any, full_names: Sequence[str]) -> None:
+    def add(
+        self, register: Callable[[Any, grpc.aio.Server], None], servicer: Any, full_names: Sequence[str],
+        access: Access | None = None,
+    ) -> None:
+        """Serve ``servicer``; ``access``: its methods' rules, when the service's own table lacks them."""
         register(servicer, self.server)
         self._names.extend(full_names)
+        if access is not None:
+            self.access.extend(access)
 
     async def start(self) -> None:
         reflection.enable_server_reflection([*self._names, reflection.SERVICE_NAME], self.server)

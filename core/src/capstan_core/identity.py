@@ -115,6 +115,10 @@ class Access:
     def merged(self, other: Access) -> Access:
         return Access({**self._rules, **other._rules})
 
+    def extend(self, other: Access) -> None:
+        """Add ``other``'s rules (a server adding a servicer after it was built)."""
+        self._rules.update(other._rules)
+
     def methods(self) -> list[str]:
         return sorted(self._rules)
 

@@ -5,6 +5,17 @@ applies each batch of events in ONE SQL transaction that also records the last
 applied sequence; a redelivered event (sequence <= recorded) is skipped. On
 start a service catches up from its recorded sequence; ``rebuild`` drops the
 read models (Alembic down to base, then up) and replays from zero.
+
+Nothing in the stream can stop a runner. A message that is not a readable
+commit (``PoisonCommit``), and a commit whose ``apply`` raises, are set aside:
+recorded in the service's quarantine table (in the batch's transaction, so a
+rebuild records the same rows), counted and logged; each commit is applied in
+its own SAVEPOINT, so a failing one rolls back alone. Database trouble that may
+pass (locked, connection lost) is retried, never set aside.
+
+Batches are applied in the runner's own thread: the event loop keeps serving
+RPCs and heartbeats while a large batch is written. Batches stay in order (one
+at a time); ``position`` moves on the loop once a batch is committed.
 """
 
 from __future__ import annotations
@@ -13,6 +24,8 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +35,12 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from sqlalchemy import Connection, Engine, MetaData, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from . import tracing
-from .db import downgrade_to_base, tracking_table, upgrade
-from .eventstore import RecordedEvent, decode_commit
+from .db import downgrade_to_base, quarantine_table, tracking_table, upgrade
+from .eventstore import PoisonCommit, RecordedEvent, decode_commit
+from .metrics import QUARANTINED, Counters
 from .streams import EVENTS_STREAM, EVENTS_SUBJECTS
 
 log = logging.getLogger(__name__)
@@ -52,6 +67,9 @@ class Projection:
     whole batch at once: ``apply_many`` (default: ``apply`` per event, in order) is called
     while catching up or rebuilding. A projection that must rebuild fast overrides it, e.g.
     with one ``executemany`` per batch.
+
+    ``apply`` may raise on an event's data: the runner rolls that commit back and sets it
+    aside. It runs in the runner's thread, so it must not touch the event loop.
     """
 
     def apply(self, conn: Connection, rec: RecordedEvent) -> None:
@@ -62,7 +80,10 @@ class Projection:
             self.apply(conn, rec)
 
 
-_tracking = tracking_table(MetaData())
+_tables = MetaData()
+_tracking = tracking_table(_tables)
+_quarantine = quarantine_table(_tables)
+ERROR_MAX_CHARS = 2000
 
 
 def read_position(conn: Connection, name: str) -> int:
@@ -77,6 +98,72 @@ def write_position(conn: Connection, name: str, position: int) -> None:
     else:
         stmt2 = sqlite.insert(_tracking).values(name=name, position=position)
         conn.execute(stmt2.on_conflict_do_update(index_elements=["name"], set_={"position": position}))
+
+
+def is_transient(e: BaseException) -> bool:
+    """Database trouble that may pass (locked, connection lost, out of memory): retried, never set aside.
+    Anything else an ``apply`` raises depends on the event's data, so it would fail again on every replay."""
+    err: BaseException | None = e
+    while err is not None:
+        if isinstance(err, (OperationalError, InterfaceError, MemoryError)):
+            return True
+        if isinstance(err, DBAPIError) and err.connection_invalidated:
+            return True
+        err = err.__cause__
+    return False
+
+
+def _error_text(e: BaseException) -> str:
+    """The error without SQLAlchemy's SQL, parameters and links: the driver's own message is the point."""
+    inner = e.orig if isinstance(e, DBAPIError) and e.orig is not None else e
+    text = f"{type(inner).__name__}: {inner}"
+    return text if len(text) <= ERROR_MAX_CHARS else text[: ERROR_MAX_CHARS - 3] + "..."
+
+
+@dataclass(frozen=True)
+class _Commit:
+    """One message of a batch: its events, or why it cannot be read."""
+
+    seq: int
+    subject: str
+    stored_ms: int
+    records: list[RecordedEvent]
+    poison: PoisonCommit | None = None
+
+
+@dataclass(frozen=True)
+class SetAside:
+    seq: int
+    subject: str
+    kind: str
+    error: str
+    stored_ms: int
+
+
+def _stored_ms(m: Msg) -> int:
+    """When the stream stored the message (the same on every delivery), from the ack reply's nanoseconds."""
+    tokens = (m.reply or "").split(".")
+    if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
+        return int(tokens[7]) // 1_000_000
+    return int(m.metadata.timestamp.timestamp() * 1000)
+
+
+def _storable(text: str) -> str:
+    """PostgreSQL text cannot hold NUL, and an error may quote a key the poison chose."""
+    return text.replace("\x00", "\\x00")
+
+
+def record_set_aside(conn: Connection, projection: str, items: Sequence[SetAside]) -> None:
+    """Write quarantine rows (in the caller's transaction); a row already there stays as it is."""
+    if not items:
+        return
+    rows = [
+        dict(projection=projection, seq=a.seq, subject=_storable(a.subject)[:255], kind=a.kind,
+             error=_storable(a.error)[:ERROR_MAX_CHARS], stored_at_ms=a.stored_ms)
+        for a in items
+    ]
+    insert = postgresql.insert(_quarantine) if conn.dialect.name == "postgresql" else sqlite.insert(_quarantine)
+    conn.execute(insert.on_conflict_do_nothing(index_elements=["projection", "seq"]), rows)
 
 
 def _stream_seq(m: Msg) -> int:
@@ -122,6 +209,7 @@ class ProjectionRunner:
         stream: str = EVENTS_STREAM,
         filter_subject: str = EVENTS_SUBJECTS,
         batch_max: int = 2000,
+        counters: Counters | None = None,
     ) -> None:
         self.name = name
         self._js = js
@@ -131,7 +219,10 @@ class ProjectionRunner:
         self._filter = filter_subject
         self._batch_max = batch_max
         self._tracer = tracing.tracer(service)
+        self.counters = counters or Counters()
         self._task: asyncio.Task[None] | None = None
+        # One thread of its own: batches stay in order, and slow queries elsewhere never delay them.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"projection-{name}")
         self._advanced = asyncio.Condition()
         self._listeners: list[Callable[[int], None]] = []
         self.live = False  # spans per event only once caught up (not during a rebuild)
@@ -149,31 +240,83 @@ class ProjectionRunner:
         return await self._js.subscribe(self._filter, stream=self._stream, ordered_consumer=True, config=cfg)
 
     def _apply_batch(self, msgs: list[Msg]) -> int:
-        records: list[RecordedEvent] = []
+        """Apply a batch in one transaction (runs in the runner's thread); returns the position reached.
+        Raises only what ``is_transient`` says may pass: nothing is written then."""
+        commits: list[_Commit] = []
         for m in msgs:
             seq = _stream_seq(m)
             if seq <= self.position:
                 continue  # duplicate delivery: already applied
-            records.extend(decode_commit(seq, m.subject, m.data, m.headers))
-        if not records:
+            try:
+                commits.append(_Commit(seq, m.subject, _stored_ms(m), decode_commit(seq, m.subject, m.data, m.headers)))
+            except PoisonCommit as e:
+                commits.append(_Commit(seq, m.subject, _stored_ms(m), [], e))
+        if not commits:
             return self.position
-        last = records[-1].seq
+        last = commits[-1].seq
         with self._engine.begin() as conn:
             if read_position(conn, self.name) >= last:
                 return last  # another runner (a rebuild) got there first
-            if self.live:
-                # Live: one span per event, continuing the trace of the command that appended it.
-                for rec in records:
-                    with tracing.attached(tracing.extract(rec.headers)), self._tracer.start_as_current_span(
-                        f"project {rec.event.TYPE}", attributes={"capstan.seq": rec.seq}
-                    ):
-                        for p in self._projections:
-                            p.apply(conn, rec)
-            else:
-                for p in self._projections:
-                    p.apply_many(conn, records)
+            aside = self._apply_commits(conn, commits)
+            record_set_aside(conn, self.name, aside)
             write_position(conn, self.name, last)
+        for a in aside:  # once committed: a batch retried after a transient error counts once
+            log.error("projection %s set aside commit %d on %s (%s): %s", self.name, a.seq, a.subject, a.kind, a.error)
+            self.counters.inc(QUARANTINED, projection=self.name, kind=a.kind)
         return last
+
+    def _apply_commits(self, conn: Connection, commits: list[_Commit]) -> list[SetAside]:
+        aside = [SetAside(c.seq, c.subject, c.poison.kind, c.poison.error, c.stored_ms) for c in commits if c.poison]
+        good = [c for c in commits if c.poison is None]
+        if not self.live and good:
+            # Catching up: the whole batch at once (apply_many). Should it fail, find the culprit below,
+            # one commit at a time.
+            try:
+                with conn.begin_nested():
+                    records = [r for c in good for r in c.records]
+                    for p in self._projections:
+                        p.apply_many(conn, records)
+                return aside
+            except Exception as e:
+                if is_transient(e):
+                    raise
+        for c in good:
+            try:
+                with conn.begin_nested():
+                    self._apply_commit(conn, c)
+            except Exception as e:
+                if is_transient(e):
+                    raise
+                types = ", ".join(r.event.TYPE or type(r.event).__name__ for r in c.records)
+                aside.append(SetAside(c.seq, c.subject, "apply_failed", f"applying {types}: {_error_text(e)}",
+                                      c.stored_ms))
+        return sorted(aside, key=lambda a: a.seq)
+
+    def _apply_commit(self, conn: Connection, c: _Commit) -> None:
+        if not self.live:
+            for p in self._projections:
+                p.apply_many(conn, c.records)
+            return
+        # Live: one span per event, continuing the trace of the command that appended it.
+        for rec in c.records:
+            with tracing.attached(tracing.extract(rec.headers)), self._tracer.start_as_current_span(
+                f"project {rec.event.TYPE}", attributes={"capstan.seq": rec.seq}
+            ):
+                for p in self._projections:
+                    p.apply(conn, rec)
+
+    async def _apply(self, batch: list[Msg]) -> int:
+        """Apply one batch off the event loop; database trouble that may pass is retried until it does."""
+        delay = 0.1
+        while True:
+            try:
+                return await asyncio.get_running_loop().run_in_executor(self._executor, self._apply_batch, batch)
+            except Exception as e:
+                if not is_transient(e):
+                    raise
+                log.warning("projection %s: the database failed (%s); retrying in %.1fs", self.name, _error_text(e), delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def _consume(self, stop_at: int | None = None) -> None:
         """Consume until cancelled, or until ``stop_at`` is reached."""
@@ -202,7 +345,7 @@ class ProjectionRunner:
                         batch.extend(_take_buffered(sub, self._batch_max - len(batch) - 1))
                         # The last one through next_msg: it answers JetStream flow control.
                         batch.append(await sub.next_msg(timeout=1.0))
-                    new_pos = self._apply_batch(batch)
+                    new_pos = await self._apply(batch)
                     if new_pos > self.position:
                         self.position = new_pos
                         async with self._advanced:
@@ -239,9 +382,11 @@ class ProjectionRunner:
                 await asyncio.sleep(0.5)
 
     async def stop(self) -> None:
+        """Stop consuming; a batch already in the runner's thread finishes (it commits or rolls back whole)."""
         if self._task:
             await cancel_and_wait([self._task])
             self._task = None
+        await asyncio.to_thread(self._executor.shutdown)
 
     async def wait_for(self, seq: int, timeout: float = 5.0) -> bool:
         """Wait until the read models include ``seq`` (read-your-writes after a command)."""
@@ -263,5 +408,8 @@ async def rebuild(
     downgrade_to_base(migrations, engine)
     upgrade(migrations, engine)
     runner = ProjectionRunner(name, js, engine, projections, service=service)
-    await runner.catch_up()
+    try:
+        await runner.catch_up()
+    finally:
+        await runner.stop()
     return runner.position

@@ -25,15 +25,31 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from sqlalchemy import Engine
 
-from . import credentials, db, grpcutil, tracing
+from . import (
+    admin,
+    contracts,  # noqa: F401 - every service reads every cross-service event type (see contracts)
+    credentials,
+    db,
+    grpcutil,
+    tracing,
+)
 from .credentials import Credentials, NatsCredentials
 from .eventstore import EventStore
 from .identity import Access
+from .loops import Step, run_steps
+from .metrics import Counters
 from .projection import Projection, ProjectionRunner, cancel_and_wait, rebuild
 from .settings import ServiceSettings
 from .streams import WAKE_AGENTS, ensure_streams
 
 log = logging.getLogger(__name__)
+
+# A service's CPU-heavy work (projection batches, the scheduling cycle) runs in threads beside its event
+# loop. CPython hands the GIL to a waiting thread only after this interval (5 ms by default), and the loop
+# waits for it again after every socket or database call it makes: with 5 ms, one RPC answered during a
+# cycle waits tens of milliseconds for the GIL alone. 1 ms keeps the loop responsive; the cycle itself
+# loses little (measured: tests/scheduler test_loop_latency).
+GIL_SWITCH_INTERVAL_S = 0.001
 
 
 @dataclass
@@ -46,6 +62,7 @@ class ServiceContext:
     engine: Engine
     runner: ProjectionRunner
     credentials: Credentials
+    counters: Counters
     channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -117,14 +134,16 @@ class Service:
 
     async def start(self) -> None:
         d, s = self.definition, self.settings
+        sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_S))
         creds = credentials.load(s.secrets_path, d.name)
         nc = await connect_nats(s.nats_url, d.name, creds.nats)
         js = nc.jetstream(timeout=10)
         await ensure_streams(js)
         engine = db.make_engine(s.database_url_for(d.name))
         await asyncio.to_thread(db.upgrade, d.migrations, engine)
-        runner = ProjectionRunner(d.name, js, engine, d.projections(), service=d.name)
-        ctx = ServiceContext(d.name, s, nc, js, EventStore(js), engine, runner, creds)
+        counters = Counters()
+        runner = ProjectionRunner(d.name, js, engine, d.projections(), service=d.name, counters=counters)
+        ctx = ServiceContext(d.name, s, nc, js, EventStore(js, counters=counters), engine, runner, creds, counters)
         runner.on_advance(lambda _pos: ctx.wake.set())
         if d.wakes_agents:
             runner.on_advance(lambda _pos: _wake_agents(nc))
@@ -134,6 +153,7 @@ class Service:
         bootstrap = s.grpc_bootstrap_listen if d.bootstrap else None
         self.grpc = grpcutil.GrpcServer(d.name, s.grpc_listen, creds.tls, d.access, bootstrap_listen=bootstrap)
         d.register(self.app, self.grpc)
+        admin.register(self.grpc, d.name, engine, counters)
         await self.grpc.start()
         for loop_fn in d.background:
             self._tasks.append(asyncio.create_task(_supervised(loop_fn, self.app, d.name), name=f"{d.name}-bg"))
@@ -171,11 +191,12 @@ async def _supervised(fn: Callable[[Any], Awaitable[None]], app: Any, name: str)
             await asyncio.sleep(1.0)
 
 
-async def reconcile_forever(ctx: ServiceContext, step: Callable[[], Awaitable[None]], interval: float = 1.0) -> None:
-    """Level-triggered control loop: run ``step`` whenever the read models advance, or every ``interval``."""
+async def reconcile_forever(ctx: ServiceContext, steps: Sequence[Step], interval: float = 1.0) -> None:
+    """Level-triggered control loop: run the named ``steps`` whenever the read models advance, or every
+    ``interval``; a step that fails is counted and logged, and neither stops the others nor the loop."""
     while True:
         ctx.wake.clear()
-        await step()
+        await run_steps(steps, ctx.counters)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(ctx.wake.wait(), interval)
 

@@ -4,7 +4,9 @@
   storage, no age limit, kept forever. Deduplication window 24 h for
   ``Nats-Msg-Id``; creates also derive their id from the idempotency key, so a
   retry after the window still appends nothing more (it hits the
-  expected-sequence check).
+  expected-sequence check). A message (one commit) may be at most ``MAX_COMMIT_BYTES``:
+  the stream refuses a larger one, and every reader sets a larger one aside (an older
+  stream may hold one from before the limit).
 - ``CAPSTAN_LOGS`` (``capstan.log.<task>.<instance>``): instance stdout/stderr,
   15-day age limit (SPEC §0).
 - ``capstan.wake.agents`` (core NATS, no stream): wake-ups for node agents.
@@ -12,6 +14,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import re
 
 from nats.js import JetStreamContext
@@ -19,6 +23,8 @@ from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfi
 from nats.js.errors import NotFoundError
 
 from .errors import InvalidArgument
+
+log = logging.getLogger(__name__)
 
 _SUBJECT_TOKEN = re.compile(r"^[^\s*>\x00-\x1f\x7f]+$")
 
@@ -32,6 +38,9 @@ WAKE_SUBJECTS = "capstan.wake.>"
 WAKE_AGENTS = "capstan.wake.agents"
 LOG_MAX_AGE_S = 15 * 24 * 3600
 DAY_S = 24 * 3600
+# Half of NATS's default 1 MiB payload limit: a command's events are a few KiB, and the edge caps what a
+# user can put in one far below this, so only a bug or a hostile publisher reaches it.
+MAX_COMMIT_BYTES = 512 * 1024
 
 
 def event_subject(kind: str, aggregate_id: str) -> str:
@@ -56,6 +65,7 @@ def stream_configs() -> list[StreamConfig]:
             discard=DiscardPolicy.OLD,
             duplicate_window=DAY_S,
             allow_direct=True,
+            max_msg_size=MAX_COMMIT_BYTES,
         ),
         StreamConfig(
             name=LOGS_STREAM,
@@ -70,14 +80,20 @@ def stream_configs() -> list[StreamConfig]:
 
 
 async def ensure_streams(js: JetStreamContext) -> None:
-    """Create the streams if missing (idempotent; every service may call it at start)."""
+    """Create the streams if missing, and give an existing one the message size limit it lacks
+    (idempotent; every service calls it at start)."""
     for cfg in stream_configs():
         assert cfg.name is not None
         try:
-            await js.stream_info(cfg.name)
+            info = await js.stream_info(cfg.name)
         except NotFoundError:
             try:
                 await js.add_stream(cfg)
             except Exception:
                 # Another service created it between our check and our add.
                 await js.stream_info(cfg.name)
+            continue
+        want = cfg.max_msg_size
+        if want is not None and info.config.max_msg_size != want:
+            log.info("stream %s: setting the message size limit to %d bytes", cfg.name, want)
+            await js.update_stream(dataclasses.replace(info.config, max_msg_size=want))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import glob
+import json
 import os
 import pwd
 import shutil
@@ -11,16 +13,24 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from nats.js import JetStreamContext
 
 from . import credentials, grpcutil
 from .eventstore import EventStore
 from .natsserver import NatsServer, free_port, start_nats
+from .streams import EVENTS_STREAM, MAX_COMMIT_BYTES, ensure_streams
 
 __all__ = [
     "NatsServer",
+    "Poison",
     "PostgresServer",
+    "platform_poison",
+    "poison_messages",
+    "publish_poison",
     "admin_channel",
     "admin_store",
     "make_secrets",
@@ -128,3 +138,58 @@ def postgres_server() -> Iterator[PostgresServer]:
     finally:
         server.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+# -- poison: messages no reader of the event log may choke on (issue #7) ------------------------------
+
+
+@dataclass(frozen=True)
+class Poison:
+    """A message to publish into the event stream, and the kind of quarantine it must end in."""
+
+    name: str
+    kind: str
+    payload: bytes
+
+
+def poison_messages(newer: tuple[str, dict[str, Any]], invalid: tuple[str, dict[str, Any]]) -> list[Poison]:
+    """Plain text, JSON of the wrong shape, a known type at a newer version, a valid-looking event with a
+    field of the wrong type, and a message over the commit size limit. ``newer``: a registered type and
+    data; ``invalid``: a registered type and data that fails its validation."""
+
+    def commit(name: str, version: int, data: dict[str, Any]) -> bytes:
+        return json.dumps({"t": 1, "events": [{"type": name, "version": version, "data": data}]}).encode()
+
+    filler = "x" * (MAX_COMMIT_BYTES + 1024)
+    return [
+        Poison("plain text", "undecodable", b"this is not an event, just text"),
+        Poison("wrong shape", "undecodable", json.dumps({"t": 1, "events": {"not": "a list"}}).encode()),
+        Poison("newer version", "newer_version", commit(newer[0], 99, newer[1])),
+        Poison("wrong-type field", "invalid", commit(invalid[0], 1, invalid[1])),
+        Poison("oversized", "oversized", commit("Padding", 1, {"filler": filler})),
+    ]
+
+
+def platform_poison() -> list[Poison]:
+    """The poison for the platform's own readers: the event types every service registers."""
+    newer: tuple[str, dict[str, Any]] = ("ResourceGroupCreated", {"rg_id": "rsg-future", "name": "future"})
+    invalid: tuple[str, dict[str, Any]] = ("TrainingTaskSubmitted", {
+        "task_id": "train-poison", "name": "poison", "resource_group_id": "rsg-x", "command": "true",
+        "hyperparameters": {}, "resources": None, "instance_count": 1, "tags": {}, "creator": "x",
+        "stop_grace_seconds": 30, "at_ms": 1,
+    })
+    return poison_messages(newer, invalid)
+
+
+async def publish_poison(js: JetStreamContext, subject: str, poison: Poison) -> int:
+    """Publish one poison message on ``subject``; returns its stream sequence. An oversized one is
+    published as a stream from before the size limit would have taken it (the limit is lifted for it,
+    then restored)."""
+    if len(poison.payload) <= MAX_COMMIT_BYTES:
+        return int((await js.publish(subject, poison.payload, stream=EVENTS_STREAM)).seq)
+    info = await js.stream_info(EVENTS_STREAM)
+    await js.update_stream(dataclasses.replace(info.config, max_msg_size=-1))
+    try:
+        return int((await js.publish(subject, poison.payload, stream=EVENTS_STREAM)).seq)
+    finally:
+        await ensure_streams(js)

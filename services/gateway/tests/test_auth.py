@@ -39,6 +39,7 @@ ROUTES = [
     ("GET", "/api/v1/training-tasks/train-12345678"),
     ("POST", "/api/v1/training-tasks/train-12345678/stop"),
     ("GET", "/api/v1/training-tasks/train-12345678/logs"),
+    ("GET", "/api/v1/admin/quarantine"),
 ]
 
 

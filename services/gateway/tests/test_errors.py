@@ -176,6 +176,7 @@ async def test_openapi_lists_every_route(client: httpx.AsyncClient) -> None:
         ("GET", f"{TASKS}/{{id}}"),
         ("POST", f"{TASKS}/{{id}}/stop"),
         ("GET", f"{TASKS}/{{id}}/logs"),
+        ("GET", "/api/v1/admin/quarantine"),
     }
     for path, item in spec["paths"].items():
         for op in item.values():

@@ -17,6 +17,7 @@ from capstan_core import credentials, grpcutil
 from capstan_core.credentials import TlsCredentials
 from capstan_core.errors import DomainError
 from capstan_proto import (
+    admin_pb2_grpc,
     inference_pb2_grpc,
     registry_pb2_grpc,
     scheduler_pb2,
@@ -61,6 +62,7 @@ class ServiceClient:
         self.timeout = timeout
         # Mutual TLS as svc:gateway; the user a request acts for rides in each call's metadata.
         self.channel = grpcutil.channel(address, self.service, tls)
+        self.admin = admin_pb2_grpc.AdminStub(self.channel)  # every service answers Admin
 
     async def call(self, rpc: Callable[..., Awaitable[R]], request: Message) -> R:
         try:
@@ -186,7 +188,10 @@ class Clients:
             inference=InferenceClient(settings.inference_addr, t, tls) if settings.inference_addr else None,
         )
 
+    def all(self) -> list[ServiceClient]:
+        """Every service the gateway knows the address of."""
+        return [c for c in (self.scheduler, self.trainer, self.registry, self.inference) if c is not None]
+
     async def close(self) -> None:
-        for client in (self.scheduler, self.trainer, self.registry, self.inference):
-            if client is not None:
-                await client.close()
+        for client in self.all():
+            await client.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 
 from capstan_core.grpcutil import GrpcServer
@@ -19,7 +21,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         self.app = app
 
     async def ListAgents(self, req: inference_pb2.ListAgentsRequest, context: grpc.aio.ServicerContext) -> inference_pb2.ListAgentsResponse:
-        return inference_pb2.ListAgentsResponse(items=[inference_pb2.InferenceAgent(**a) for a in self.app.list_agents()])
+        return inference_pb2.ListAgentsResponse(items=[inference_pb2.InferenceAgent(**a) for a in await asyncio.to_thread(self.app.list_agents)])
 
 
 def register(app: InferenceApp, server: GrpcServer) -> None:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from sqlalchemy import Column, MetaData, String, Table
 
-from capstan_core.db import tracking_table
+from capstan_core.db import quarantine_table, tracking_table
 
 metadata = MetaData()
 
@@ -16,3 +16,4 @@ agents = Table(
 )
 
 tracking = tracking_table(metadata)
+quarantine = quarantine_table(metadata)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
@@ -34,10 +35,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         ))
 
     async def GetModel(self, req: registry_pb2.GetModelRequest, context: grpc.aio.ServicerContext) -> registry_pb2.Model:
-        return _model(self.app.get(req.id))
+        return _model(await asyncio.to_thread(self.app.get, req.id))
 
     async def ListModels(self, req: registry_pb2.ListModelsRequest, context: grpc.aio.ServicerContext) -> registry_pb2.ListModelsResponse:
-        items, token, total = self.app.list(req.page.page_size, req.page.page_token)
+        items, token, total = await asyncio.to_thread(self.app.list, req.page.page_size, req.page.page_token)
         return registry_pb2.ListModelsResponse(items=[_model(i) for i in items], next_page_token=token, total=total)
 
 

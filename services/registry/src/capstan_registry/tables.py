@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from sqlalchemy import BigInteger, Column, MetaData, String, Table, Text
 
-from capstan_core.db import tracking_table
+from capstan_core.db import quarantine_table, tracking_table
 
 metadata = MetaData()
 
@@ -18,3 +18,4 @@ models = Table(
 )
 
 tracking = tracking_table(metadata)
+quarantine = quarantine_table(metadata)

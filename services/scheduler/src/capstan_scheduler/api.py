@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -65,10 +66,10 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         return _rg(d)
 
     async def GetResourceGroup(self, req: scheduler_pb2.GetResourceGroupRequest, context: grpc.aio.ServicerContext) -> scheduler_pb2.ResourceGroup:  # noqa: N802
-        return _rg(self.app.get_resource_group(req.id))
+        return _rg(await asyncio.to_thread(self.app.get_resource_group, req.id))
 
     async def ListResourceGroups(self, req: scheduler_pb2.ListResourceGroupsRequest, context: grpc.aio.ServicerContext) -> scheduler_pb2.ListResourceGroupsResponse:  # noqa: N802
-        items, token, total = self.app.list_resource_groups(req.page.page_size, req.page.page_token)
+        items, token, total = await asyncio.to_thread(self.app.list_resource_groups, req.page.page_size, req.page.page_token)
         return scheduler_pb2.ListResourceGroupsResponse(items=[_rg(i) for i in items], next_page_token=token, total=total)
 
     async def UpdateResourceGroup(self, req: scheduler_pb2.UpdateResourceGroupRequest, context: grpc.aio.ServicerContext) -> scheduler_pb2.ResourceGroup:  # noqa: N802
@@ -90,7 +91,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         return scheduler_pb2.ReleaseNodesResponse(items=[_node(i) for i in items])
 
     async def GetQueue(self, req: scheduler_pb2.GetQueueRequest, context: grpc.aio.ServicerContext) -> scheduler_pb2.QueueView:  # noqa: N802
-        report, extra = self.app.queue(req.resource_group_id)
+        report, extra = await asyncio.to_thread(self.app.queue, req.resource_group_id)
         rows, names = extra["workloads"], extra["node_names"]
         items = []
         for e in report.items:
@@ -134,8 +135,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         return _node(await self.app.remove_node_record(req.node_id))
 
     async def ListHealthChecks(self, req: scheduler_pb2.ListHealthChecksRequest, context: grpc.aio.ServicerContext) -> scheduler_pb2.ListHealthChecksResponse:  # noqa: N802
-        items, token, total = self.app.list_health_checks(
-            rg_id=req.resource_group_id, node_id=req.node_id, page_size=req.page.page_size, page_token=req.page.page_token
+        items, token, total = await asyncio.to_thread(
+            self.app.list_health_checks, rg_id=req.resource_group_id, node_id=req.node_id, page_size=req.page.page_size, page_token=req.page.page_token
         )
         return scheduler_pb2.ListHealthChecksResponse(
             items=[
@@ -153,8 +154,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         return scheduler_pb2.HeartbeatResponse(state=await self.app.heartbeat(req.node_id))
 
     async def ListNodes(self, req: scheduler_pb2.ListNodesRequest, context: grpc.aio.ServicerContext) -> scheduler_pb2.ListNodesResponse:  # noqa: N802
-        items, token, total = self.app.list_nodes(
-            req.resource_group_id, req.page.page_size, req.page.page_token, req.view or "active"
+        items, token, total = await asyncio.to_thread(
+            self.app.list_nodes, req.resource_group_id, req.page.page_size, req.page.page_token, req.view or "active"
         )
         return scheduler_pb2.ListNodesResponse(items=[_node(i) for i in items], next_page_token=token, total=total)
 
@@ -166,7 +167,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 resources=common_pb2.Resources(cpu=a["cpu"], memory_gib=a["memory_gib"], gpu_type=a["gpu_type"], gpu=a["gpu"]),
                 cards=[scheduler_pb2.CardShare(index=i, tenths=t) for i, t in json.loads(a["cards"] or "[]")],
             )
-            for a in self.app.node_assignments(req.node_id)
+            for a in await asyncio.to_thread(self.app.node_assignments, req.node_id)
         ]
         return scheduler_pb2.ListNodeAssignmentsResponse(items=items)
 

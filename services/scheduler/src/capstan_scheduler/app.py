@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from capstan_core.batching import BatchedLookup
 from capstan_core.clock import Clock, SystemClock
 from capstan_core.command import execute
 from capstan_core.contracts.scheduling import (
@@ -21,8 +22,9 @@ from capstan_core.contracts.scheduling import (
     WorkloadInstancesLost,
     WorkloadRequeued,
 )
-from capstan_core.errors import Conflict, InvalidArgument, NotFound
+from capstan_core.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from capstan_core.ids import new_id, stable_id
+from capstan_core.loops import LoopGuard
 from capstan_core.paging import next_token, page_bounds
 from capstan_core.service import ServiceContext
 from capstan_core.streams import event_subject
@@ -84,6 +86,12 @@ class SchedulerApp:
         # and wait for the read model to hold what they appended before releasing it, so two
         # concurrent creates of one name cannot both pass the check (one scheduler process owns groups).
         self.names_lock = asyncio.Lock()
+        # heartbeats read their node's state in batches, off the event loop
+        self._node_states: BatchedLookup[str, tuple[str, str]] = BatchedLookup(self._read_node_states, "heartbeats")
+        # the scheduler's node loops: one node (or workload) that fails is set aside, the others go on
+        self._silent = LoopGuard("scheduler.silent_nodes", ctx.counters)
+        self._lost = LoopGuard("scheduler.lost_nodes", ctx.counters)
+        self._releases = LoopGuard("scheduler.releases", ctx.counters)
 
     # -- commands --------------------------------------------------------------------
     async def create_resource_group(
@@ -162,20 +170,23 @@ class SchedulerApp:
     async def finish_drained_releases(self) -> None:
         """Releasing nodes with nothing left on them become Released. Service replicas there are moved
         (requeued, placed elsewhere by the next cycle); training runs to its end first."""
-        with self.ctx.engine.connect() as conn:
-            releasing = conn.execute(select(nodes.c.id).where(nodes.c.state == "Releasing")).scalars().all()
-        await self._replace_service_replicas(releasing, "moved off node {node} (released)")
-        with self.ctx.engine.connect() as conn:
-            drained = conn.execute(
-                select(nodes.c.id).where(nodes.c.state == "Releasing")
-                .where(~select(allocations.c.node_id).where(allocations.c.node_id == nodes.c.id).exists())
-            ).scalars().all()
+        releasing = await asyncio.to_thread(self._node_ids, nodes.c.state == "Releasing")
+        await self._replace_service_replicas(releasing, "moved off node {node} (released)", self._releases)
+        drained = await asyncio.to_thread(
+            self._node_ids, nodes.c.state == "Releasing",
+            ~select(allocations.c.node_id).where(allocations.c.node_id == nodes.c.id).exists(),
+        )
         now = self.clock.now_ms()
         for node_id in drained:
-            await execute(
-                self.ctx.store, event_subject(NODE, node_id), fold_node,
-                functools.partial(decide_node_state, node_id=node_id, state="Released", reason="drained", now_ms=now),
-            )
+            async with self._releases.aitem(f"node {node_id}"):
+                await execute(
+                    self.ctx.store, event_subject(NODE, node_id), fold_node,
+                    functools.partial(decide_node_state, node_id=node_id, state="Released", reason="drained", now_ms=now),
+                )
+
+    def _node_ids(self, *conditions: Any) -> list[str]:
+        with self.ctx.engine.connect() as conn:
+            return list(conn.execute(select(nodes.c.id).where(*conditions).order_by(nodes.c.id)).scalars().all())
 
     async def join_node(
         self, *, rg_id: str, name: str, agent_kind: str, cpu: float, memory_gib: float, gpus: dict[str, int],
@@ -198,10 +209,13 @@ class SchedulerApp:
         return self.get_node(node_id)
 
     async def heartbeat(self, node_id: str) -> str:
-        node = self.get_node(node_id)
         now = self.clock.now_ms()
+        node = await self._node_states.get(node_id)
+        if node is None:
+            raise NotFound(f"node {node_id} does not exist; the agent must join again")
         self.liveness.last_seen_ms[node_id] = now
-        if node["state"] == "Abnormal" and not str(node["state_reason"]).startswith(HEALTH_ABNORMAL_PREFIX):
+        state, reason = node
+        if state == "Abnormal" and not reason.startswith(HEALTH_ABNORMAL_PREFIX):
             outcome = await execute(
                 self.ctx.store,
                 event_subject(NODE, node_id),
@@ -210,7 +224,15 @@ class SchedulerApp:
             )
             await self.ctx.await_projection(outcome.seq)
             return "Running"
-        return str(node["state"])
+        return state
+
+    def _read_node_states(self, node_ids: list[str]) -> dict[str, tuple[str, str]]:
+        out: dict[str, tuple[str, str]] = {}
+        with self.ctx.engine.connect() as conn:
+            for i in range(0, len(node_ids), 1000):  # bound the statement's parameters
+                q = select(nodes.c.id, nodes.c.state, nodes.c.state_reason).where(nodes.c.id.in_(node_ids[i:i + 1000]))
+                out.update((r.id, (r.state, r.state_reason or "")) for r in conn.execute(q))
+        return out
 
     async def report_health(self, node_id: str, checks: list[HealthCheckResult]) -> dict[str, Any]:
         """A periodic health check from a node's agent: recorded when its outcome changes (and hourly);
@@ -238,70 +260,70 @@ class SchedulerApp:
         return self.get_node(node_id)
 
     async def mark_silent_nodes_abnormal(self) -> None:
-        now = self.clock.now_ms()
-        with self.ctx.engine.connect() as conn:
-            running = conn.execute(select(nodes.c.id).where(nodes.c.state == "Running")).scalars().all()
+        running = await asyncio.to_thread(self._node_ids, nodes.c.state == "Running")
+        now = self.clock.now_ms()  # after the read: heartbeats that arrived meanwhile count
         for node_id in running:
             seen = self.liveness.last_seen_ms.get(node_id, self.liveness.started_ms)
             if now - seen > self.abnormal_after_ms:
                 reason = f"no heartbeat for {(now - seen) // 1000}s"
-                await execute(
-                    self.ctx.store,
-                    event_subject(NODE, node_id),
-                    fold_node,
-                    functools.partial(decide_node_state, node_id=node_id, state="Abnormal", reason=reason, now_ms=now),
-                )
+                async with self._silent.aitem(f"node {node_id}"):
+                    await execute(
+                        self.ctx.store,
+                        event_subject(NODE, node_id),
+                        fold_node,
+                        functools.partial(decide_node_state, node_id=node_id, state="Abnormal", reason=reason, now_ms=now),
+                    )
 
     async def restart_work_of_lost_nodes(self) -> None:
         """Abnormal nodes silent past the lost threshold: every workload placed there is lost."""
+        abnormal = await asyncio.to_thread(self._node_ids, nodes.c.state == "Abnormal")
         now = self.clock.now_ms()
-        with self.ctx.engine.connect() as conn:
-            abnormal = conn.execute(select(nodes.c.id).where(nodes.c.state == "Abnormal")).scalars().all()
-            lost = [n for n in abnormal if now - self.liveness.last_seen_ms.get(n, self.liveness.started_ms) > self.lost_after_ms]
-            if not lost:
-                return
-        await self._replace_service_replicas(lost, "replaced: node {node} was lost")
-        with self.ctx.engine.connect() as conn:
-            rows = conn.execute(
-                select(workloads.c.id, workloads.c.subject_seq, allocations.c.node_id)
-                .join(allocations, allocations.c.workload_id == workloads.c.id)
-                .where(allocations.c.node_id.in_(lost), workloads.c.status == "placed", workloads.c.ended.is_(False),
-                       workloads.c.kind == "training")
-            ).all()
+        lost = [n for n in abnormal if now - self.liveness.last_seen_ms.get(n, self.liveness.started_ms) > self.lost_after_ms]
+        if not lost:
+            return
+        await self._replace_service_replicas(lost, "replaced: node {node} was lost", self._lost)
+        rows = await asyncio.to_thread(self._placed_on, lost, ("placed",), "training")
         done: set[str] = set()
         for wid, seq, node_id in rows:
             if wid in done:
                 continue
             done.add(wid)
-            with contextlib.suppress(Conflict):
-                await self.ctx.store.append(
-                    event_subject(WORKLOAD, wid), [WorkloadInstancesLost(workload_id=wid, node_id=node_id, at_ms=now)],
-                    expected_seq=seq, msg_id=f"lost:{wid}:{seq}",
-                )
+            async with self._lost.aitem(f"workload {wid}"):
+                with contextlib.suppress(Conflict):
+                    await self.ctx.store.append(
+                        event_subject(WORKLOAD, wid), [WorkloadInstancesLost(workload_id=wid, node_id=node_id, at_ms=now)],
+                        expected_seq=seq, msg_id=f"lost:{wid}:{seq}",
+                    )
 
-    async def _replace_service_replicas(self, node_ids: list[str] | Any, reason: str) -> None:
+    def _placed_on(self, node_ids: list[str], statuses: tuple[str, ...], kind: str) -> list[tuple[str, int, str]]:
+        """(workload id, its subject's sequence, node id) of the unended ``kind`` work placed on these nodes."""
+        with self.ctx.engine.connect() as conn:
+            return [(r[0], r[1], r[2]) for r in conn.execute(
+                select(workloads.c.id, workloads.c.subject_seq, allocations.c.node_id)
+                .join(allocations, allocations.c.workload_id == workloads.c.id)
+                .where(allocations.c.node_id.in_(node_ids), workloads.c.status.in_(statuses),
+                       workloads.c.ended.is_(False), workloads.c.kind == kind)
+                .order_by(workloads.c.id, allocations.c.idx)
+            )]
+
+    async def _replace_service_replicas(self, node_ids: list[str], reason: str, guard: LoopGuard) -> None:
         """Service replicas on these nodes go back to the queue at once (their original order and
         priority kept) and the next cycle places them elsewhere: a replica keeps no state to resume,
         and each replica is its own workload, so the service's other replicas keep serving."""
         if not node_ids:
             return
         now = self.clock.now_ms()
-        with self.ctx.engine.connect() as conn:
-            rows = conn.execute(
-                select(workloads.c.id, workloads.c.subject_seq, allocations.c.node_id)
-                .join(allocations, allocations.c.workload_id == workloads.c.id)
-                .where(allocations.c.node_id.in_(list(node_ids)), workloads.c.status.in_(("placed", "evicting")),
-                       workloads.c.ended.is_(False), workloads.c.kind == "service")
-            ).all()
+        rows = await asyncio.to_thread(self._placed_on, node_ids, ("placed", "evicting"), "service")
         last = 0
         for wid, seq, node_id in rows:
             events = [WorkloadInstancesLost(workload_id=wid, node_id=node_id, at_ms=now),
                       WorkloadRequeued(workload_id=wid, reason=reason.format(node=node_id), at_ms=now)]
-            with contextlib.suppress(Conflict):
-                r = await self.ctx.store.append(
-                    event_subject(WORKLOAD, wid), events, expected_seq=seq, msg_id=f"replace:{wid}:{seq}"
-                )
-                last = max(last, r.seq)
+            async with guard.aitem(f"workload {wid}"):
+                with contextlib.suppress(Conflict):
+                    r = await self.ctx.store.append(
+                        event_subject(WORKLOAD, wid), events, expected_seq=seq, msg_id=f"replace:{wid}:{seq}"
+                    )
+                    last = max(last, r.seq)
         if last:
             await self.ctx.await_projection(last)
 
@@ -357,6 +379,8 @@ class SchedulerApp:
         """The explainable queue of one group, and the workload rows it names."""
         self.get_resource_group(rg_id)  # NotFound for an unknown group
         plan = self.plans()[rg_id]
+        if plan.error:
+            raise FailedPrecondition(f"resource group {rg_id} cannot be scheduled now: {plan.error}")
         report = explain(plan, self.clock.now_ms())
         with self.ctx.engine.connect() as conn:
             rows = {

@@ -7,8 +7,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from .domain.core import FreeState, preemption_on, schedule
+from .domain.core import FreeState
 from .domain.core.model import TENTHS_PER_CARD
+from .isolation import schedule_isolating
 from .snapshot import GroupPlan
 
 
@@ -44,11 +45,14 @@ class QueueReport:
 
 
 def explain(plan: GroupPlan, now_ms: int) -> QueueReport:
-    decisions = schedule(plan.snapshot, plan.mode, preemption_on(plan.policy), now_ms)
+    decisions, set_aside = schedule_isolating(plan, now_ms)
     items: list[QueueEntry] = []
     for item_id in sorted(plan.items, key=lambda i: plan.items[i].order_key):
         item = plan.items[item_id]
-        if item_id in decisions.placements:
+        if item_id in set_aside:
+            items.append(QueueEntry(item_id, item.kind, item.priority, 0, item.request.lane_type,
+                                    f"the scheduler cannot handle it ({set_aside[item_id]}): the next cycle rejects it"))
+        elif item_id in decisions.placements:
             items.append(QueueEntry(item_id, item.kind, item.priority, 0, item.request.lane_type,
                                     "fits now: starts in the next scheduling cycle"))
         elif item_id in decisions.queued:

@@ -6,17 +6,30 @@
 4. place: the pure scheduling core (``domain/core``) decides with the group's queue
    mode and priorities: lanes per card type, gangs all-or-nothing, GPU work packed
    onto cards (fractions share a card), CPU work spread;
-5. wait until the read models hold what was appended, so the next cycle's
-   snapshot includes it (no double allocation).
+5. append what was decided, then wait until the read models hold it, so the next
+   phase sees it: what phases 1-2 admit or free is placed in the same cycle, and
+   the next cycle's snapshot includes every placement (no double allocation).
 Every append carries an expected sequence on the workload's subject, so a
 restarted or duplicated scheduler cannot place a workload twice.
+
+The reads, snapshot building and the core run in the scheduler's own thread, so the event loop keeps serving RPCs and heartbeats
+while a large cycle decides; phase 5 runs on the loop.
+
+One bad item never stops the cycle (issue #7): a workload whose row or request
+cannot be handled, or that the core raises on (``isolation.py``), is rejected
+with the error as its reason; a group that cannot be planned is skipped (and
+counted) while the other groups are decided as usual. The scheduler's other
+steps (silent nodes, lost nodes, drained releases) run even when the cycle fails.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import replace
-from typing import Any
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 
@@ -35,15 +48,45 @@ from capstan_core.contracts.scheduling import (
 from capstan_core.errors import Conflict, Unavailable
 from capstan_core.events import Event
 from capstan_core.eventstore import AppendResult
+from capstan_core.loops import LoopGuard, Step, is_infrastructure, run_steps
 from capstan_core.service import ServiceContext
 from capstan_core.streams import event_subject
 
 from .app import SchedulerApp
-from .domain.core import FreeState, place_gang, preemption_on, schedule
-from .snapshot import GroupPlan, request_of
+from .domain.core import FreeState, place_gang
+from .isolation import schedule_isolating
+from .snapshot import GroupPlan, error_text, request_of
 from .tables import resource_groups, workloads
 
 log = logging.getLogger(__name__)
+CYCLE = "scheduler.cycle"
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class View:
+    """One read of the read models: the workloads a cycle looks at (in submit order), the groups, the plans."""
+
+    rows: list[Mapping[str, Any]]
+    groups: set[str]
+    plans: dict[str, GroupPlan]
+
+
+@dataclass(frozen=True)
+class Intent:
+    """One commit the cycle decided to append on a workload's subject."""
+
+    workload: Mapping[str, Any]  # its row: id, subject_seq (the expected sequence), trace_parent
+    events: tuple[Event, ...]
+    msg_id: str
+
+
+def _rejected(w: Mapping[str, Any], reason: str, now: int) -> Intent:
+    return Intent(w, (WorkloadRejected(workload_id=w["id"], reason=reason, at_ms=now),), f"reject:{w['id']}")
+
+
+def _cannot_handle(error: str) -> str:
+    return f"the scheduler cannot handle this workload: {error}"
 
 
 class Scheduler:
@@ -51,68 +94,141 @@ class Scheduler:
         self.app = app
         self.ctx: ServiceContext = app.ctx
         self._tracer = tracing.tracer("scheduler")
+        self.guard = LoopGuard(CYCLE, app.ctx.counters)
+        # Its own thread: a long cycle never waits behind slow queries, nor they behind it.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scheduler-cycle")
 
-    async def _append(self, w: dict[str, Any], events: list[Event], msg_id: str) -> AppendResult | None:
+    def steps(self) -> list[Step]:
+        """The scheduler's control loop: each step runs even when another fails."""
+        return [
+            (CYCLE, self.cycle),
+            ("scheduler.silent_nodes", self.app.mark_silent_nodes_abnormal),
+            ("scheduler.lost_nodes", self.app.restart_work_of_lost_nodes),
+            ("scheduler.releases", self.app.finish_drained_releases),
+        ]
+
+    async def step(self) -> None:
+        await run_steps(self.steps(), self.ctx.counters)
+
+    async def _append(self, intent: Intent) -> AppendResult | None:
         """Append on the workload's subject, continuing the trace of the submission."""
+        w = intent.workload
         ctx = tracing.extract({"traceparent": w["trace_parent"]} if w["trace_parent"] else {})
-        with tracing.attached(ctx), self._tracer.start_as_current_span(f"schedule {events[0].TYPE}"):
+        with tracing.attached(ctx), self._tracer.start_as_current_span(f"schedule {intent.events[0].TYPE}"):
             try:
                 return await self.ctx.store.append(
-                    event_subject(WORKLOAD, w["id"]), events, expected_seq=w["subject_seq"], msg_id=msg_id
+                    event_subject(WORKLOAD, w["id"]), list(intent.events), expected_seq=w["subject_seq"],
+                    msg_id=intent.msg_id,
                 )
             except Conflict:
                 return None  # the read model was stale; the next cycle sees the truth
 
     async def cycle(self) -> None:
         now = self.app.clock.now_ms()
+        view = await self._in_thread(self.read)
+        if await self._append_all(await self._in_thread(self.admit_and_release, view, now)):
+            view = await self._in_thread(self.read)  # what was just admitted or freed is placed in this cycle
+        await self._append_all(await self._in_thread(self.place, view, now))
+
+    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    async def _append_all(self, intents: list[Intent]) -> bool:
+        """Append in order, then wait until the read models hold it (read-your-writes). Whether any landed."""
         appended: list[int] = []
-        with self.ctx.engine.connect() as conn:
-            pending = conn.execute(
-                select(workloads).where(workloads.c.status.in_(("submitted", "queued", "placed", "evicting")))
-                .order_by(workloads.c.submitted_seq)
-            ).mappings().all()
-            groups = {r["id"] for r in conn.execute(select(resource_groups.c.id)).mappings()}
-
-        admission_plans = self.app.plans()
-
-        # 1-2. admit and release
-        for w in pending:
-            if w["ended"]:
-                r = await self._append(dict(w), [WorkloadReleased(workload_id=w["id"], at_ms=now)], f"release:{w['id']}")
-            elif w["requeue"] and w["status"] in ("placed", "evicting"):
-                back = WorkloadRequeued(workload_id=w["id"], reason="preempted", at_ms=now)
-                r = await self._append(dict(w), [back], f"requeue:{w['id']}:{w['subject_seq']}")
-            elif w["status"] == "queued" and w["resource_group_id"] not in groups:
-                gone = WorkloadRejected(workload_id=w["id"], reason=f"resource group {w['resource_group_id']} was deleted", at_ms=now)
-                r = await self._append(dict(w), [gone], f"reject:{w['id']}")
-            elif w["status"] == "submitted":
-                reason = _reject_reason(w, admission_plans)
-                ev: Event = (
-                    WorkloadRejected(workload_id=w["id"], reason=reason, at_ms=now) if reason
-                    else WorkloadQueued(workload_id=w["id"], kind=w["kind"], resource_group_id=w["resource_group_id"], at_ms=now)
-                )
-                r = await self._append(dict(w), [ev], f"admit:{w['id']}")
-            else:
-                continue
-            if r is not None:
-                appended.append(r.seq)
-
-        # 3-4. per resource group: snapshot, then the scheduling core decides (queue mode from the policy)
-        by_id: dict[str, Any] = {w["id"]: w for w in pending}
-        for plan in self.app.plans().values():
-            decisions = schedule(plan.snapshot, plan.mode, preemption_on(plan.policy), now)
-            for p in decisions.preemptions:
-                victim = by_id.get(p.victim_id)
-                if victim is None or victim["status"] != "placed" or victim["ended"]:
-                    continue
-                ask = WorkloadPreemptionRequested(workload_id=p.victim_id, preemptor_id=p.preemptor_id, at_ms=now)
-                r = await self._append(dict(victim), [ask], f"preempt:{p.victim_id}:{victim['subject_seq']}")
+        for intent in intents:
+            async with self.guard.aitem(f"workload {intent.workload['id']}"):
+                r = await self._append(intent)
                 if r is not None:
                     appended.append(r.seq)
-            for item_id in sorted(decisions.placements, key=lambda i: plan.items[i].order_key):
-                row = by_id.get(item_id)
-                if row is None or row["ended"] or row["status"] != "queued":
-                    continue
+        if appended and not await self.ctx.runner.wait_for(max(appended), timeout=30):
+            raise Unavailable("scheduler read models did not catch up with its own appends")
+        return bool(appended)
+
+    def read(self) -> View:
+        """What a cycle decides on, read in one go (in the scheduler's thread)."""
+        with self.ctx.engine.connect() as conn:
+            rows: list[Mapping[str, Any]] = [dict(r) for r in conn.execute(
+                select(workloads).where(workloads.c.status.in_(("submitted", "queued", "placed", "evicting")))
+                .order_by(workloads.c.submitted_seq)
+            ).mappings()]
+            groups = {r["id"] for r in conn.execute(select(resource_groups.c.id)).mappings()}
+        return View(rows, groups, self.app.plans())
+
+    def admit_and_release(self, view: View, now: int) -> list[Intent]:
+        """Phases 1-2 (in the scheduler's thread)."""
+        intents: list[Intent] = []
+        for w in view.rows:
+            try:
+                intent = self._admit_or_release(w, view.groups, view.plans, now)
+            except Exception as e:
+                if is_infrastructure(e):
+                    raise
+                self.guard.item_failed(f"workload {w['id']}", e)
+                intent = _rejected(w, _cannot_handle(error_text(e)), now) if w["status"] == "submitted" else None
+            if intent is not None:
+                intents.append(intent)
+        return intents
+
+    def place(self, view: View, now: int) -> list[Intent]:
+        """Phases 3-4 (in the scheduler's thread): per resource group, the scheduling core decides with
+        the group's queue mode and priorities."""
+        by_id = {w["id"]: w for w in view.rows}
+        intents: list[Intent] = []
+        for plan in view.plans.values():
+            intents.extend(self._place(plan, by_id, now))
+        return intents
+
+    def _admit_or_release(
+        self, w: Mapping[str, Any], groups: set[str], plans: dict[str, GroupPlan], now: int
+    ) -> Intent | None:
+        if w["ended"]:
+            return Intent(w, (WorkloadReleased(workload_id=w["id"], at_ms=now),), f"release:{w['id']}")
+        if w["requeue"] and w["status"] in ("placed", "evicting"):
+            back = WorkloadRequeued(workload_id=w["id"], reason="preempted", at_ms=now)
+            return Intent(w, (back,), f"requeue:{w['id']}:{w['subject_seq']}")
+        if w["status"] == "queued" and w["resource_group_id"] not in groups:
+            return _rejected(w, f"resource group {w['resource_group_id']} was deleted", now)
+        if w["status"] == "submitted":
+            reason = _reject_reason(w, plans)
+            if reason:
+                return _rejected(w, reason, now)
+            queued = WorkloadQueued(workload_id=w["id"], kind=w["kind"], resource_group_id=w["resource_group_id"], at_ms=now)
+            return Intent(w, (queued,), f"admit:{w['id']}")
+        return None
+
+    def _place(self, plan: GroupPlan, by_id: dict[str, Any], now: int) -> list[Intent]:
+        """One group's decisions; a failure is the group's (or one workload's) alone."""
+        rg = plan.resource_group
+        out: list[Intent] = []
+        unusable = dict(plan.unusable)
+        decisions = None
+        if plan.error:
+            self.guard.item_failed(f"resource group {rg}", plan.error)
+        else:
+            try:
+                decisions, set_aside = schedule_isolating(plan, now)
+                unusable.update(set_aside)
+            except Exception as e:
+                self.guard.item_failed(f"resource group {rg}", e)
+        for wid, error in sorted(unusable.items()):
+            self.guard.item_failed(f"workload {wid}", error)
+            row = by_id.get(wid)
+            if row is not None and row["status"] == "queued" and not row["ended"]:
+                out.append(_rejected(row, _cannot_handle(error), now))
+        if decisions is None:
+            return out
+        for p in decisions.preemptions:
+            victim = by_id.get(p.victim_id)
+            if victim is None or victim["status"] != "placed" or victim["ended"]:
+                continue
+            ask = WorkloadPreemptionRequested(workload_id=p.victim_id, preemptor_id=p.preemptor_id, at_ms=now)
+            out.append(Intent(victim, (ask,), f"preempt:{p.victim_id}:{victim['subject_seq']}"))
+        for item_id in sorted(decisions.placements, key=lambda i: plan.items[i].order_key):
+            row = by_id.get(item_id)
+            if row is None or row["ended"] or row["status"] != "queued":
+                continue
+            with self.guard.item(f"workload {item_id}"):
                 placed = WorkloadPlaced(
                     workload_id=item_id, kind=row["kind"],
                     resources=ResourceSpec(
@@ -124,20 +240,8 @@ class Scheduler:
                     ],
                     at_ms=now,
                 )
-                r = await self._append(dict(row), [placed], f"place:{item_id}:{row['subject_seq']}")
-                if r is not None:
-                    appended.append(r.seq)
-
-        # 5. read-your-writes before the next cycle
-        if appended:
-            if not await self.ctx.runner.wait_for(max(appended), timeout=30):
-                raise Unavailable("scheduler read models did not catch up with its own appends")
-
-    async def step(self) -> None:
-        await self.cycle()
-        await self.app.mark_silent_nodes_abnormal()
-        await self.app.restart_work_of_lost_nodes()
-        await self.app.finish_drained_releases()
+                out.append(Intent(row, (placed,), f"place:{item_id}:{row['subject_seq']}"))
+        return out
 
 
 def _reject_reason(w: Any, plans: dict[str, GroupPlan]) -> str:
@@ -147,7 +251,7 @@ def _reject_reason(w: Any, plans: dict[str, GroupPlan]) -> str:
         return f"resource group {w['resource_group_id']} does not exist"
     nodes = plan.snapshot.nodes
     if not nodes:
-        return ""  # no machine yet: wait for one to join
+        return ""  # no machine yet (or the group cannot be planned now): wait
     request = request_of(w)
     empty = FreeState.build([replace(n, state="Running") for n in nodes], [])
     if place_gang(empty.in_group(plan.resource_group), request, 1) is not None:

@@ -15,7 +15,7 @@ from .reconcile import Scheduler
 
 async def _schedule(app: SchedulerApp) -> None:
     scheduler = Scheduler(app)
-    await reconcile_forever(app.ctx, scheduler.step, interval=1.0)
+    await reconcile_forever(app.ctx, scheduler.steps(), interval=1.0)
 
 
 DEFINITION = ServiceDefinition(

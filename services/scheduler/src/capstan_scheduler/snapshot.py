@@ -2,6 +2,11 @@
 
 Cards of a node get indices 0..n-1 over its card types in name order; on a real machine they are
 the CUDA device indices the agent hands the instance.
+
+A row that cannot be converted never stops the conversion of the others (issue #7): a queued workload's
+row is set aside in its group's plan (``unusable``: the cycle rejects it with the error); a group whose
+policy, nodes or running work cannot be converted gets an ``error`` instead of a snapshot, and nothing is
+decided for it until it can (its resources would be unknown).
 """
 
 from __future__ import annotations
@@ -9,7 +14,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .domain.core import Card, InstanceAssignment, Item, Node, Request, Running, Snapshot, priority_for, queue_mode
@@ -26,6 +31,12 @@ class GroupPlan:
     mode: int
     snapshot: Snapshot
     items: Mapping[str, Item]
+    unusable: Mapping[str, str] = field(default_factory=dict)  # queued workload id -> why it cannot be an item
+    error: str = ""  # set: the group cannot be planned (its snapshot is empty)
+
+
+def error_text(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
 
 
 def cards_of(gpus: Mapping[str, int]) -> tuple[Card, ...]:
@@ -60,6 +71,21 @@ def _shares(node: Mapping[str, Any], gpus: Mapping[str, int], shareable: frozens
     return frozenset(t for t in gpus if t in types)
 
 
+def _node(n: Mapping[str, Any], shareable: frozenset[str]) -> Node:
+    gpus = json.loads(n["gpus"])
+    return Node(id=n["id"], resource_group=n["resource_group_id"], cpu=float(n["cpu"]), memory_gib=float(n["memory_gib"]),
+                cards=cards_of(gpus), shareable=_shares(n, gpus, shareable), state=n["state"])
+
+
+def _running(w: Mapping[str, Any], item: Item, allocs: list[Any]) -> Running:
+    assignment = tuple(
+        InstanceAssignment(node_id=a["node_id"], cards=tuple(tuple(c) for c in json.loads(a["cards"] or "[]")))
+        for a in sorted(allocs, key=lambda a: a["idx"])
+    )
+    return Running(item=item, assignment=assignment, started_at=int(w["started_at_ms"] or 0),
+                   evicting=w["status"] == "evicting")
+
+
 def build_plans(
     groups: Iterable[Any],
     nodes: Iterable[Any],
@@ -69,41 +95,58 @@ def build_plans(
 ) -> dict[str, GroupPlan]:
     """``workloads``: queued and placed ones; ``nodes``: trainer nodes (every state: running work on a
     draining node still holds its resources)."""
-    policies = {g["id"]: json.loads(g["policy"]) for g in groups}
+    policies: dict[str, dict[str, Any]] = {}
+    modes: dict[str, int] = {}
+    errors: dict[str, str] = {}
+    for g in groups:
+        policies[g["id"]] = {}
+        try:
+            policy = json.loads(g["policy"])
+            modes[g["id"]] = queue_mode(policy)
+            priority_for(policy, {})
+            policies[g["id"]] = policy
+        except Exception as e:
+            errors[g["id"]] = f"its policy: {error_text(e)}"
     nodes_by_group: dict[str, list[Node]] = defaultdict(list)
     for n in nodes:
-        gpus = json.loads(n["gpus"])
-        nodes_by_group[n["resource_group_id"]].append(
-            Node(id=n["id"], resource_group=n["resource_group_id"], cpu=float(n["cpu"]),
-                 memory_gib=float(n["memory_gib"]), cards=cards_of(gpus),
-                 shareable=_shares(n, gpus, shareable), state=n["state"])
-        )
+        try:
+            nodes_by_group[n["resource_group_id"]].append(_node(n, shareable))
+        except Exception as e:
+            errors.setdefault(n["resource_group_id"], f"node {n['id']}: {error_text(e)}")
     allocs: dict[str, list[Any]] = defaultdict(list)
     for a in allocations:
         allocs[a["workload_id"]].append(a)
     running: dict[str, list[Running]] = defaultdict(list)
     pending: dict[str, list[Item]] = defaultdict(list)
     items: dict[str, dict[str, Item]] = defaultdict(dict)
+    unusable: dict[str, dict[str, str]] = defaultdict(dict)
     for w in workloads:
         rg = w["resource_group_id"]
-        if rg not in policies:
+        if rg not in policies or rg in errors:
             continue
-        item = item_of(w, policies[rg])
+        holds = w["status"] in ("placed", "evicting") and bool(allocs.get(w["id"]))
+        try:
+            item = item_of(w, policies[rg])
+            run = _running(w, item, allocs[w["id"]]) if holds else None
+        except Exception as e:
+            if holds:  # what it holds is unknown: deciding for the group could overcommit its nodes
+                errors[rg] = f"running workload {w['id']}: {error_text(e)}"
+            elif w["status"] == "queued":
+                unusable[rg][w["id"]] = error_text(e)
+            continue
         items[rg][item.id] = item
-        if w["status"] in ("placed", "evicting") and allocs.get(w["id"]):
-            assignment = tuple(
-                InstanceAssignment(node_id=a["node_id"], cards=tuple(tuple(c) for c in json.loads(a["cards"] or "[]")))
-                for a in sorted(allocs[w["id"]], key=lambda a: a["idx"])
-            )
-            running[rg].append(Running(item=item, assignment=assignment, started_at=int(w["started_at_ms"] or 0),
-                                       evicting=w["status"] == "evicting"))
+        if run is not None:
+            running[rg].append(run)
         elif w["status"] == "queued":
             pending[rg].append(item)
     return {
-        rg: GroupPlan(
-            resource_group=rg, policy=policy, mode=queue_mode(policy),
+        rg: GroupPlan(resource_group=rg, policy=policy, mode=modes.get(rg, 0), snapshot=Snapshot(nodes=()), items={},
+                      error=errors[rg])
+        if rg in errors else
+        GroupPlan(
+            resource_group=rg, policy=policy, mode=modes[rg],
             snapshot=Snapshot(nodes=tuple(nodes_by_group[rg]), running=tuple(running[rg]), pending=tuple(pending[rg])),
-            items=items[rg],
+            items=items[rg], unusable=unusable[rg],
         )
         for rg, policy in policies.items()
     }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import BigInteger, Boolean, Column, Float, Integer, MetaData, String, Table, Text
 
-from capstan_core.db import tracking_table
+from capstan_core.db import quarantine_table, tracking_table
 
 metadata = MetaData()
 
@@ -101,3 +101,4 @@ join_tokens = Table(
     Column("uses", Integer, nullable=False, default=0),
     Column("last_used_at_ms", BigInteger, nullable=False, default=0),
 )
+quarantine = quarantine_table(metadata)

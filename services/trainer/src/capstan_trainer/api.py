@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -62,11 +63,11 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         return _task(d)
 
     async def GetTrainingTask(self, req: trainer_pb2.GetTrainingTaskRequest, context: grpc.aio.ServicerContext) -> trainer_pb2.TrainingTask:
-        return _task(self.app.get_for_caller(req.id, current_caller()))
+        return _task(await asyncio.to_thread(self.app.get_for_caller, req.id, current_caller()))
 
     async def ListTrainingTasks(self, req: trainer_pb2.ListTrainingTasksRequest, context: grpc.aio.ServicerContext) -> trainer_pb2.ListTrainingTasksResponse:
-        items, token, total = self.app.list(
-            page_size=req.page.page_size, page_token=req.page.page_token, creator=req.creator,
+        items, token, total = await asyncio.to_thread(
+            self.app.list, page_size=req.page.page_size, page_token=req.page.page_token, creator=req.creator,
             resource_group_id=req.resource_group_id, status=req.status,
         )
         return trainer_pb2.ListTrainingTasksResponse(items=[_task(i) for i in items], next_page_token=token, total=total)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 from typing import Any
@@ -17,6 +18,7 @@ from capstan_core.contracts.training import AGGREGATE
 from capstan_core.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
 from capstan_core.identity import Caller
 from capstan_core.ids import new_id, stable_id
+from capstan_core.loops import LoopGuard, Step
 from capstan_core.paging import next_token, page_bounds
 from capstan_core.service import ServiceContext
 from capstan_core.streams import event_subject
@@ -39,6 +41,15 @@ class TrainerApp:
     def __init__(self, ctx: ServiceContext, clock: Clock | None = None) -> None:
         self.ctx = ctx
         self.clock = clock or SystemClock()
+        # one guard per control loop: a task whose command fails is set aside, the loop goes on
+        self._ending = LoopGuard("trainer.end_unscheduled", ctx.counters)
+        self._evicting = LoopGuard("trainer.evictions", ctx.counters)
+        self._restarting = LoopGuard("trainer.restart_lost", ctx.counters)
+
+    def steps(self) -> list[Step]:
+        """The trainer's control loops, each a named step of its reconcile loop."""
+        return [(self._ending.name, self.reconcile), (self._evicting.name, self.start_evictions),
+                (self._restarting.name, self.restart_lost)]
 
     def _subject(self, task_id: str) -> str:
         return event_subject(AGGREGATE, task_id)
@@ -123,14 +134,7 @@ class TrainerApp:
 
     async def reconcile(self) -> None:
         """End tasks that will never run: rejected by the scheduler, or stopped before being placed."""
-        with self.ctx.engine.connect() as conn:
-            rows = conn.execute(
-                select(training_tasks.c.id, training_tasks.c.placement, training_tasks.c.stop_requested,
-                       training_tasks.c.failure_reason)
-                .where(training_tasks.c.status.not_in(("Succeeded", "Failed", "Stopped")))
-                .where((training_tasks.c.placement == "rejected") | (training_tasks.c.stop_requested.is_(True)))
-                .where(training_tasks.c.placement.not_in(("evicting", "lost")))
-            ).mappings().all()
+        rows = await asyncio.to_thread(self._unscheduled_to_end)
         now = self.clock.now_ms()
         for r in rows:
             if r["placement"] == "rejected":
@@ -140,43 +144,55 @@ class TrainerApp:
             else:
                 continue  # placed: the agent stops the instances and reports their exit
             tid = r["id"]
-            await execute(
-                self.ctx.store, self._subject(tid), fold,
-                functools.partial(decide_end, task_id=tid, status=status, reason=reason, now_ms=now),
-            )
+            async with self._ending.aitem(tid):
+                await execute(
+                    self.ctx.store, self._subject(tid), fold,
+                    functools.partial(decide_end, task_id=tid, status=status, reason=reason, now_ms=now),
+                )
+
+    def _unscheduled_to_end(self) -> list[Any]:
+        with self.ctx.engine.connect() as conn:
+            return list(conn.execute(
+                select(training_tasks.c.id, training_tasks.c.placement, training_tasks.c.stop_requested,
+                       training_tasks.c.failure_reason)
+                .where(training_tasks.c.status.not_in(("Succeeded", "Failed", "Stopped")))
+                .where((training_tasks.c.placement == "rejected") | (training_tasks.c.stop_requested.is_(True)))
+                .where(training_tasks.c.placement.not_in(("evicting", "lost")))
+                .order_by(training_tasks.c.id)
+            ).mappings().all())
 
     async def restart_lost(self) -> None:
         """Tasks whose node was lost for good start again as a new attempt."""
-        with self.ctx.engine.connect() as conn:
-            ids = conn.execute(
-                select(training_tasks.c.id).where(
-                    training_tasks.c.placement == "lost",
-                    training_tasks.c.status.not_in(("Succeeded", "Failed", "Stopped")),
-                )
-            ).scalars().all()
+        ids = await asyncio.to_thread(self._task_ids, training_tasks.c.placement == "lost",
+                                      training_tasks.c.status.not_in(("Succeeded", "Failed", "Stopped")))
         now = self.clock.now_ms()
         for tid in ids:
-            await execute(
-                self.ctx.store, self._subject(tid), fold,
-                functools.partial(decide_restart_lost, task_id=tid, reason="its node was lost", now_ms=now),
-            )
+            async with self._restarting.aitem(tid):
+                await execute(
+                    self.ctx.store, self._subject(tid), fold,
+                    functools.partial(decide_restart_lost, task_id=tid, reason="its node was lost", now_ms=now),
+                )
 
     async def start_evictions(self) -> None:
         """The scheduler asked for a task's resources: tell its instances to leave (gracefully)."""
-        with self.ctx.engine.connect() as conn:
-            ids = conn.execute(
-                select(training_tasks.c.id).where(
-                    training_tasks.c.placement == "evicting",
-                    # already leaving: Restarting ends in a requeue, which frees the resources too
-                    training_tasks.c.status.not_in(("Succeeded", "Failed", "Stopped", "Preempting", "Restarting")),
-                )
-            ).scalars().all()
+        ids = await asyncio.to_thread(
+            self._task_ids, training_tasks.c.placement == "evicting",
+            # already leaving: Restarting ends in a requeue, which frees the resources too
+            training_tasks.c.status.not_in(("Succeeded", "Failed", "Stopped", "Preempting", "Restarting")),
+        )
         now = self.clock.now_ms()
         for tid in ids:
-            await execute(
-                self.ctx.store, self._subject(tid), fold,
-                functools.partial(decide_preempting, task_id=tid, preemptor_id="", now_ms=now),
-            )
+            async with self._evicting.aitem(tid):
+                await execute(
+                    self.ctx.store, self._subject(tid), fold,
+                    functools.partial(decide_preempting, task_id=tid, preemptor_id="", now_ms=now),
+                )
+
+    def _task_ids(self, *conditions: Any) -> list[str]:
+        with self.ctx.engine.connect() as conn:
+            return list(conn.execute(
+                select(training_tasks.c.id).where(*conditions).order_by(training_tasks.c.id)
+            ).scalars().all())
 
     # -- queries ---------------------------------------------------------------------
     def get(self, task_id: str) -> dict[str, Any]:

@@ -12,12 +12,7 @@ from .projections import TrainerProjection
 
 
 async def _reconcile(app: TrainerApp) -> None:
-    async def step() -> None:
-        await app.reconcile()
-        await app.start_evictions()
-        await app.restart_lost()
-
-    await reconcile_forever(app.ctx, step, interval=2.0)
+    await reconcile_forever(app.ctx, app.steps(), interval=2.0)
 
 
 DEFINITION = ServiceDefinition(

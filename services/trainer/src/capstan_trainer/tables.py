@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import BigInteger, Boolean, Column, Float, Integer, MetaData, String, Table, Text
 
-from capstan_core.db import tracking_table
+from capstan_core.db import quarantine_table, tracking_table
 
 metadata = MetaData()
 
@@ -52,3 +52,4 @@ training_instances = Table(
 )
 
 tracking = tracking_table(metadata)
+quarantine = quarantine_table(metadata)

@@ -18,7 +18,9 @@ from capstan_core import grpcutil
 from capstan_core.capacity import detect
 from capstan_core.contracts.training import PLATFORM_STOP_FILE
 from capstan_core.healthcheck import Check, basic_checks
+from capstan_core.loops import LoopGuard, run_steps
 from capstan_core.membership import NodeMembership
+from capstan_core.metrics import Counters
 from capstan_core.nodeauth import NodeCredentials
 from capstan_core.projection import cancel_and_wait
 from capstan_core.service import connect_nats
@@ -36,6 +38,9 @@ ENDED = ("Succeeded", "Failed", "Stopped")
 # Stop the instances, with their grace period: stopped by the user, evicted, or a failed attempt restarting.
 LEAVING = ("Stopping", "Preempting", "Restarting")
 DONE_MARK = ".agent-done"
+RECONCILE = "trainer-agent.reconcile"
+# A wake-up needs no message kept: excess ones are dropped (the loop is level-triggered), never queued up.
+WAKE_PENDING_LIMIT = 64
 SAVED_MARK = ".output-saved"  # the exited instance's output and model are in storage
 
 
@@ -50,6 +55,9 @@ class TrainerAgent:
         self._cards: dict[tuple[str, int], list[tuple[int, int]]] = {}
         self.storage = OutputStore(settings.storage_root)
         self._synced_at: dict[tuple[str, int], float] = {}  # (instance key, index) -> monotonic time
+        # The agent's own counters (it serves no RPC): reconcile steps, failed steps, instances set aside.
+        self.counters = Counters()
+        self._guard = LoopGuard(RECONCILE, self.counters)
         capacity = detect(settings.node_cpu, settings.node_memory_gib, settings.node_gpus)
         # deploy and periodic health checks: disk where instances run, memory, GPUs, and the executor's own
         self.checks = basic_checks(capacity, settings.agent_dir)
@@ -91,7 +99,8 @@ class TrainerAgent:
         )
         self._nc = await connect_nats(s.nats_url, f"trainer-agent-{s.node_name}", creds.nats)
         # Services ping when their read models advance: what this node should run may have changed.
-        await self._nc.subscribe(WAKE_AGENTS, cb=self._on_event)
+        # The message itself is never read, so nothing published there can stop the agent.
+        await self._nc.subscribe(WAKE_AGENTS, cb=self._on_event, pending_msgs_limit=WAKE_PENDING_LIMIT)
         await self.membership.join()
         self._tasks = [
             asyncio.create_task(self.membership.heartbeat_forever(), name="heartbeat"),
@@ -113,12 +122,7 @@ class TrainerAgent:
     async def _reconcile_loop(self) -> None:
         while True:
             self._wake.clear()
-            try:
-                await self.step()
-            except grpc.aio.AioRpcError as e:
-                log.warning("reconcile: a service is unreachable (%s); retrying", e.details())
-            except Exception:
-                log.exception("reconcile step failed")
+            await run_steps([(RECONCILE, self.step)], self.counters)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.reconcile_s)
 
@@ -134,38 +138,51 @@ class TrainerAgent:
             (a.workload_id, a.instance_index): [(c.index, c.tenths) for c in a.cards] for a in resp.items
         }
         tasks: dict[str, trainer_pb2.TrainingTask | None] = {}
+        unread: set[str] = set()  # assigned tasks whose state could not be read: their instances are left alone
         for task_id, _ in assigned:
             if task_id not in tasks:
-                tasks[task_id] = await self._get_task(task_id)
+                tasks[task_id] = None
+                unread.add(task_id)
+                async with self._guard.aitem(f"task {task_id}"):
+                    tasks[task_id] = await self._get_task(task_id)
+                    unread.discard(task_id)
 
+        # One instance that cannot be converged is set aside (counted, logged, retried next step);
+        # the others are converged as usual.
         for task_id, index in sorted(assigned):
             task = tasks[task_id]
             if task is None:
                 continue
-            await self._converge(js, task, index)
+            async with self._guard.aitem(f"instance {task_id}/{index}"):
+                await self._converge(js, task, index)
 
         current = {(instance_key(t.id, t.attempt), i) for (tid, i) in assigned if (t := tasks.get(tid)) is not None}
         for key, index in self.executor.list_instances():
-            if (key, index) in current:
+            if (key, index) in current or parse_key(key)[0] in unread:
                 continue
             idir = self.executor.log_path(key, index).parent
             if (idir / DONE_MARK).exists():
                 continue
-            task_id, attempt = parse_key(key)
-            st = self.executor.status(key, index)
-            if st.state == "running":
-                self.executor.stop(key, index)  # released, or an earlier attempt: it must not run on
-            await ship(js, task_id, index, self.executor.log_path(key, index), key)
-            if st.state == "exited":
-                await self._save_final(key, index)
-                task = await self._get_task(task_id)
-                if (
-                    task is not None and task.attempt == attempt and task.status not in ENDED
-                    and task.instances[index].status != "Exited"
-                ):
-                    await self._report_exit(task, index, st.exit_code or 0, st.reason or "")
-                (idir / DONE_MARK).write_text("")
-                self._synced_at.pop((key, index), None)
+            async with self._guard.aitem(f"instance {key}/{index}"):
+                await self._finish_unassigned(js, key, index, idir)
+
+    async def _finish_unassigned(self, js: Any, key: str, index: int, idir: Path) -> None:
+        """An instance this node no longer runs: stop it, ship its last lines, report its exit once."""
+        task_id, attempt = parse_key(key)
+        st = self.executor.status(key, index)
+        if st.state == "running":
+            self.executor.stop(key, index)  # released, or an earlier attempt: it must not run on
+        await ship(js, task_id, index, self.executor.log_path(key, index), key)
+        if st.state == "exited":
+            await self._save_final(key, index)
+            task = await self._get_task(task_id)
+            if (
+                task is not None and task.attempt == attempt and task.status not in ENDED
+                and task.instances[index].status != "Exited"
+            ):
+                await self._report_exit(task, index, st.exit_code or 0, st.reason or "")
+            (idir / DONE_MARK).write_text("")
+            self._synced_at.pop((key, index), None)
 
     async def _get_task(self, task_id: str) -> trainer_pb2.TrainingTask | None:
         try:
