@@ -17,6 +17,16 @@ RSG = "rsg"
 NODE = "node"
 WORKLOAD = "workload"
 
+# A group's policy may allow its tasks the host's network (off unless the operator turns it on):
+# {"SandboxRule": {"HostNetwork": 1}}. Validated by the scheduler's policy; read by task owners.
+SANDBOX_RULE = "SandboxRule"
+HOST_NETWORK = "HostNetwork"
+
+
+def allows_host_network(policy: dict[str, Any]) -> bool:
+    rule = policy.get(SANDBOX_RULE)
+    return isinstance(rule, dict) and rule.get(HOST_NETWORK) == 1
+
 
 @event("ResourceGroupCreated", version=1)
 class ResourceGroupCreated(Event):

@@ -25,6 +25,9 @@ class TrainingTaskSubmitted(Event):
     at_ms: int
     # Auto-restart budget (SPEC 3.1): restarts after a failure; 0 = off. Absent in older events.
     max_restarts: int = 0
+    # The instances' network (NETWORK_MODES): "isolated" (own namespace; the task's peers and the outside
+    # through NAT), "none" (loopback only) or "host" (only where the group's policy allows it).
+    network: str = "isolated"
 
 
 @event("TrainingInstanceStarted", version=1)
@@ -102,6 +105,8 @@ class TrainingTaskEnded(Event):
     reason: str = ""
     at_ms: int
 
+
+NETWORK_MODES = ("isolated", "none", "host")
 
 # A file `capstan down` leaves in a running instance's directory before it stops the instance's runner:
 # the platform stopped it, not the user and not its code, so the agent reports it as an eviction.

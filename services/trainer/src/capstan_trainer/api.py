@@ -33,7 +33,7 @@ def _task(d: dict[str, Any]) -> trainer_pb2.TrainingTask:
         resources=common_pb2.Resources(cpu=d["cpu"], memory_gib=d["memory_gib"], gpu_type=d["gpu_type"], gpu=d["gpu"]),
         instance_count=d["instance_count"], status=d["status"], exit_code=d["exit_code"] or 0,
         has_exit_code=d["exit_code"] is not None, attempt=d["attempt"], preemptions=d["preemptions"],
-        restarts=d["restarts"], max_restarts=d["max_restarts"], restarts_used=d["restarts_used"],
+        restarts=d["restarts"], max_restarts=d["max_restarts"], restarts_used=d["restarts_used"], network=d["network"],
         failure_reason=d["failure_reason"], tags=d["tags"], creator=d["creator"], created_at_ms=d["created_at_ms"],
         started_at_ms=d["started_at_ms"], ended_at_ms=d["ended_at_ms"], stop_grace_seconds=d["stop_grace_seconds"],
         instances=[
@@ -58,7 +58,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             resources=ResourceSpec(cpu=r.cpu or 1.0, memory_gib=r.memory_gib or 1.0, gpu_type=r.gpu_type, gpu=r.gpu),
             instance_count=req.instance_count, tags=dict(req.tags), creator=current_caller().acting,
             stop_grace_seconds=req.stop_grace_seconds, idempotency_key=req.idempotency_key,
-            max_restarts=req.max_restarts,
+            max_restarts=req.max_restarts, network=req.network or "isolated",
         )
         return _task(d)
 

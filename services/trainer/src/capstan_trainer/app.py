@@ -14,6 +14,7 @@ from capstan_core import grpcutil
 from capstan_core.clock import Clock, SystemClock
 from capstan_core.command import execute
 from capstan_core.contracts.common import ResourceSpec
+from capstan_core.contracts.scheduling import HOST_NETWORK, SANDBOX_RULE, allows_host_network
 from capstan_core.contracts.training import AGGREGATE
 from capstan_core.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
 from capstan_core.identity import Caller
@@ -54,35 +55,41 @@ class TrainerApp:
     def _subject(self, task_id: str) -> str:
         return event_subject(AGGREGATE, task_id)
 
-    async def _check_resource_group(self, rg_id: str) -> None:
+    async def _check_resource_group(self, rg_id: str, network: str = "isolated") -> None:
         """Refuse a task for a group that does not exist now, before anything is appended."""
         if not self.ctx.settings.scheduler_addr:
             raise Unavailable("the trainer is not configured with the scheduler's address")
         stub = scheduler_pb2_grpc.SchedulerStub(self.ctx.channel(self.ctx.settings.scheduler_addr, "scheduler"))
         try:
             # Shorter than the gateway's deadline, so a slow scheduler is named as such, not the trainer.
-            await stub.GetResourceGroup(scheduler_pb2.GetResourceGroupRequest(id=rg_id), timeout=5)
+            group = await stub.GetResourceGroup(scheduler_pb2.GetResourceGroupRequest(id=rg_id), timeout=5)
         except grpc.aio.AioRpcError as e:
             err = grpcutil.to_domain_error(e, service="scheduler")  # down: a 503 naming the scheduler
             if isinstance(err, NotFound):
                 raise InvalidArgument(f"resource group {rg_id} does not exist", field="resource_group_id") from e
             raise err from e
+        if network == "host" and not allows_host_network(json.loads(group.policy_json or "{}")):
+            raise PermissionDenied(
+                f"resource group {rg_id} does not allow the host's network: its operator may turn it on with the "
+                f'policy {{"{SANDBOX_RULE}": {{"{HOST_NETWORK}": 1}}}}', field="network",
+            )
 
     # -- commands --------------------------------------------------------------------
     async def submit(
         self, *, name: str, resource_group_id: str, command: str, hyperparameters_json: str, resources: ResourceSpec,
         instance_count: int, tags: dict[str, str], creator: str, stop_grace_seconds: int, idempotency_key: str,
-        max_restarts: int = 0,
+        max_restarts: int = 0, network: str = "isolated",
     ) -> dict[str, Any]:
         task_id = stable_id("train", creator, idempotency_key) if idempotency_key else new_id("train")
         cmd = SubmitTrainingTask(
             task_id=task_id, name=name, resource_group_id=resource_group_id, command=command,
             hyperparameters_json=hyperparameters_json, resources=resources, instance_count=instance_count or 1,
             tags=tags, creator=creator, stop_grace_seconds=stop_grace_seconds or 30, max_restarts=max_restarts,
+            network=network or "isolated",
         )
         now = self.clock.now_ms()
         decide_submit(fold([]), cmd, now)  # validate the input before asking the scheduler
-        await self._check_resource_group(resource_group_id)
+        await self._check_resource_group(resource_group_id, cmd.network)
         outcome = await execute(
             self.ctx.store, self._subject(task_id), fold, lambda t: decide_submit(t, cmd, now), msg_id=f"submit:{task_id}"
         )

@@ -61,7 +61,7 @@ class TrainerProjection(Projection):
                 tags=json.dumps(e.tags, sort_keys=True), creator=e.creator, status="Submitting", placement="none",
                 stop_requested=False, exit_code=None, failure_reason="", created_at_ms=e.at_ms, queued_at_ms=0,
                 started_at_ms=0, ended_at_ms=0, submitted_seq=rec.seq, attempt=0, preemptions=0, restarts=0,
-                max_restarts=e.max_restarts, restarts_used=0,
+                max_restarts=e.max_restarts, restarts_used=0, network=e.network,
             )
         )
         for i in range(e.instance_count):

@@ -39,6 +39,7 @@ training_tasks = Table(
     Column("restarts", Integer, nullable=False, default=0),  # after a failure or after its node was lost
     Column("max_restarts", Integer, nullable=False, default=0),  # auto-restart budget (0: off)
     Column("restarts_used", Integer, nullable=False, default=0),  # restarts after a failure (against the budget)
+    Column("network", String(16), nullable=False, default="isolated"),  # NETWORK_MODES
 )
 
 training_instances = Table(

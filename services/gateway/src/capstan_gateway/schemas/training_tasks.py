@@ -84,6 +84,13 @@ class TrainingTaskCreate(RequestModel):
         "while running; 0: never (the default). Evictions and lost nodes do not count.",
     )
 
+    network: Literal["isolated", "none", "host"] = Field(
+        default="isolated",
+        description="isolated: the instance's own network (its task's peers, and the outside through NAT); "
+        "none: loopback only; host: the host's network, only where the group's policy allows it "
+        '({"SandboxRule": {"HostNetwork": 1}})',
+    )
+
     def to_proto(self, *, idempotency_key: str) -> trainer_pb2.CreateTrainingTaskRequest:
         return trainer_pb2.CreateTrainingTaskRequest(
             name=self.name,
@@ -96,6 +103,7 @@ class TrainingTaskCreate(RequestModel):
             idempotency_key=idempotency_key,
             stop_grace_seconds=self.stop_grace_seconds,
             max_restarts=self.max_restarts,
+            network=self.network,
         )
 
 
@@ -134,6 +142,7 @@ class TrainingTask(BaseModel):
     restarts: int = Field(description="new attempts after a failure or a lost node")
     max_restarts: int = Field(description="auto-restart budget; 0: off")
     restarts_used: int = Field(description="restarts after a failure, counted against max_restarts")
+    network: str = Field(description="isolated, none or host")
     created_at: datetime
     started_at: datetime | None
     ended_at: datetime | None
@@ -159,6 +168,7 @@ class TrainingTask(BaseModel):
             preemptions=t.preemptions,
             restarts=t.restarts,
             max_restarts=t.max_restarts,
+            network=t.network or "isolated",
             restarts_used=t.restarts_used,
             created_at=from_ms_required(t.created_at_ms),
             started_at=from_ms(t.started_at_ms),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from capstan_core.contracts.scheduling import HOST_NETWORK, SANDBOX_RULE
 from capstan_core.errors import InvalidArgument
 
 DEFAULT_POLICY: dict[str, Any] = {
@@ -25,7 +26,7 @@ def validate_policy(policy: dict[str, Any] | None) -> dict[str, Any]:
         return {**DEFAULT_POLICY, "ResourceRule": dict(DEFAULT_POLICY["ResourceRule"]), "TaskRules": []}
     if not isinstance(policy, dict):
         raise InvalidArgument("policy must be a JSON object", field="policy")
-    unknown = set(policy) - {"Version", "ResourceRule", "TaskRules"}
+    unknown = set(policy) - {"Version", "ResourceRule", "TaskRules", SANDBOX_RULE}
     if unknown:
         raise InvalidArgument(f"policy has unknown field(s): {', '.join(sorted(unknown))}", field="policy")
     version = policy.get("Version", "1.0")
@@ -70,4 +71,17 @@ def validate_policy(policy: dict[str, Any] | None) -> dict[str, Any]:
                 "ScheduleRule": {"Priority": prio},
             }
         )
-    return {"Version": "1.0", "ResourceRule": out_rule, "TaskRules": out_rules}
+    out: dict[str, Any] = {"Version": "1.0", "ResourceRule": out_rule, "TaskRules": out_rules}
+    if SANDBOX_RULE in policy:  # absent: the defaults (no host network), as in groups made before it existed
+        out[SANDBOX_RULE] = _sandbox_rule(policy[SANDBOX_RULE])
+    return out
+
+
+def _sandbox_rule(rule: Any) -> dict[str, int]:
+    if not isinstance(rule, dict):
+        raise InvalidArgument(f"{SANDBOX_RULE} must be an object", field=SANDBOX_RULE)
+    unknown = set(rule) - {HOST_NETWORK}
+    if unknown:
+        raise InvalidArgument(f"{SANDBOX_RULE} has unknown field(s): {', '.join(sorted(unknown))}", field=SANDBOX_RULE)
+    field = f"{SANDBOX_RULE}.{HOST_NETWORK}"
+    return {HOST_NETWORK: _int_in(rule.get(HOST_NETWORK, 0), field, range(2), "0 or 1 (1: tasks may use the host's network)")}

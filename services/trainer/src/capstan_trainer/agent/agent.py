@@ -292,6 +292,7 @@ class TrainerAgent:
             hyperparameters=json.loads(task.hyperparameters_json or "{}"), env=env,
             stop_grace_seconds=task.stop_grace_seconds or 30, cpu=task.resources.cpu,
             memory_gib=task.resources.memory_gib, instance_count=max(1, task.instance_count),
+            network=task.network or "isolated",
         )
 
     async def _report_exit(self, task: trainer_pb2.TrainingTask, index: int, exit_code: int, reason: str) -> None:

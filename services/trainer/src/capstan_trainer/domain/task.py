@@ -11,6 +11,7 @@ from typing import Any
 from capstan_core.contracts.capacity import check_request
 from capstan_core.contracts.common import ResourceSpec
 from capstan_core.contracts.training import (
+    NETWORK_MODES,
     TrainingInstanceExited,
     TrainingInstanceStarted,
     TrainingTaskEnded,
@@ -87,6 +88,7 @@ class SubmitTrainingTask:
     creator: str
     stop_grace_seconds: int
     max_restarts: int = 0
+    network: str = "isolated"
 
 
 def parse_hyperparameters(text: str) -> dict[str, Any]:
@@ -131,6 +133,8 @@ def decide_submit(t: Task, cmd: SubmitTrainingTask, now_ms: int) -> list[Event]:
         raise InvalidArgument(f"instance_count must be 1..{MAX_INSTANCES}", field="instance_count")
     if not 1 <= cmd.stop_grace_seconds <= 86400:
         raise InvalidArgument("stop_grace_seconds must be 1..86400", field="stop_grace_seconds")
+    if cmd.network not in NETWORK_MODES:
+        raise InvalidArgument(f"network must be one of {', '.join(NETWORK_MODES)}", field="network")
     if not 0 <= cmd.max_restarts <= MAX_RESTARTS:
         raise InvalidArgument(
             f"max_restarts must be 1..{MAX_RESTARTS}, or 0 for no automatic restart", field="max_restarts"
@@ -146,6 +150,7 @@ def decide_submit(t: Task, cmd: SubmitTrainingTask, now_ms: int) -> list[Event]:
             task_id=cmd.task_id, name=cmd.name, resource_group_id=cmd.resource_group_id, command=cmd.command,
             hyperparameters=hyper, resources=cmd.resources, instance_count=cmd.instance_count, tags=cmd.tags,
             creator=cmd.creator, stop_grace_seconds=cmd.stop_grace_seconds, at_ms=now_ms, max_restarts=cmd.max_restarts,
+            network=cmd.network,
         )
     ]
 
