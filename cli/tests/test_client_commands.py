@@ -176,6 +176,16 @@ def test_submit_sends_the_restart_budget(runner: CliRunner, fake_api: FakeApi, d
     result = run(runner, fake_api, data_dir, "task", "submit", "--name", "x", "--command", "true", "--max-restarts", "2")
     assert result.exit_code == 0, result.output
     assert fake_api.requests[0].body["max_restarts"] == 2
+    assert "network" not in fake_api.requests[0].body  # the platform's default
+
+
+def test_submit_sends_the_network_mode(runner: CliRunner, fake_api: FakeApi, data_dir: Path) -> None:
+    fake_api.on("POST", "/api/v1/training-tasks", (201, _task("Submitting")))
+    result = run(runner, fake_api, data_dir, "task", "submit", "--name", "x", "--command", "true", "--network", "none")
+    assert result.exit_code == 0, result.output
+    assert fake_api.requests[0].body["network"] == "none"
+    result = run(runner, fake_api, data_dir, "task", "submit", "--name", "x", "--command", "true", "--network", "wide")
+    assert result.exit_code == 2
 
 
 def test_status_shows_restarts_against_the_budget(runner: CliRunner, fake_api: FakeApi, data_dir: Path) -> None:

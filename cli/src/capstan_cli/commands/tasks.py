@@ -86,6 +86,12 @@ def status_text(t: dict[str, Any]) -> str:
     "--stop-grace-seconds", type=click.IntRange(min=1), help="SIGTERM-to-SIGKILL grace on stop [API default 30]."
 )
 @click.option(
+    "--network",
+    type=click.Choice(["isolated", "none", "host"]),
+    help="isolated: its own network (its peers, the outside through NAT) [default]; none: loopback only; "
+    "host: the host's network, where the group's policy allows it.",
+)
+@click.option(
     "--max-restarts",
     type=click.IntRange(min=0, max=10),
     metavar="N",
@@ -108,6 +114,7 @@ def submit(
     tags: tuple[str, ...],
     stop_grace_seconds: int | None,
     max_restarts: int | None,
+    network: str | None,
     wait: bool,
 ) -> None:
     """Submit a training task; prints its id."""
@@ -135,6 +142,8 @@ def submit(
         body["stop_grace_seconds"] = stop_grace_seconds
     if max_restarts is not None:
         body["max_restarts"] = max_restarts
+    if network is not None:
+        body["network"] = network
     with cfg.client() as client:
         created = client.post("/training-tasks", body)
         task_id = str(created["id"])
