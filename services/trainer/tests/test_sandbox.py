@@ -304,6 +304,18 @@ class TestBwrapExecutor(ExecutorContract):
         assert wait_until(lambda: pids_running("sleep", duration) == [])
         assert "gone without recording an exit code" in self.records(executor, spec)[-1]["line"]
 
+    def test_a_runner_not_yet_execd_is_not_lost(self, executor: Executor, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Between fork and exec a runner's command line is still the agent's: the executor that spawned
+        it must not take it for lost (that reported 137 for a task that then exited 0)."""
+        from capstan_trainer.agent.sandbox import executor as executor_module
+
+        monkeypatch.setattr(executor_module, "_runner_alive", lambda pid, d: False)  # the named window
+        spec = self.spec("echo done")
+        executor.start(spec)
+        assert executor.status("task-1", 0).state in ("running", "exited")
+        assert wait_until(lambda: executor.status("task-1", 0).state == "exited")
+        assert executor.status("task-1", 0).exit_code == 0
+
     def test_refuses_to_run_without_bwrap(
         self, executor: Executor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:

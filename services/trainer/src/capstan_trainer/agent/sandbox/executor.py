@@ -203,13 +203,19 @@ class BwrapExecutor(Executor):
             return InstanceStatus("exited", code, pid, paths.read_text(paths.exit_reason))
         if pid is None:
             return InstanceStatus("absent")
-        if _runner_alive(pid, paths.dir):
+        if self._own_child_running(pid) or _runner_alive(pid, paths.dir):
             return InstanceStatus("running", None, pid)
         # It may have written exit_code and exited since our first look.
         code = paths.read_int(paths.exit_code)
         if code is not None:
             return InstanceStatus("exited", code, pid, paths.read_text(paths.exit_reason))
         return self._mark_lost(paths, pid)
+
+    def _own_child_running(self, pid: int) -> bool:
+        """A runner this executor spawned and has not reaped is alive, whatever its command line says:
+        between fork and exec it still shows the agent's own, and must not be taken for lost."""
+        with self._lock:
+            return any(p.pid == pid and p.poll() is None for p in self._children.values())
 
     def _mark_lost(self, paths: InstancePaths, pid: int) -> InstanceStatus:
         line = (
