@@ -22,7 +22,7 @@ from capstan_core.contracts.scheduling import (
     WorkloadInstancesLost,
     WorkloadRequeued,
 )
-from capstan_core.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
+from capstan_core.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from capstan_core.ids import new_id, stable_id
 from capstan_core.loops import LoopGuard
 from capstan_core.paging import next_token, page_bounds
@@ -177,12 +177,15 @@ class SchedulerApp:
             ~select(allocations.c.node_id).where(allocations.c.node_id == nodes.c.id).exists(),
         )
         now = self.clock.now_ms()
+        last = 0
         for node_id in drained:
             async with self._releases.aitem(f"node {node_id}"):
-                await execute(
+                outcome = await execute(
                     self.ctx.store, event_subject(NODE, node_id), fold_node,
                     functools.partial(decide_node_state, node_id=node_id, state="Released", reason="drained", now_ms=now),
                 )
+                last = max(last, outcome.seq)
+        await self._read_own_writes(last)
 
     def _node_ids(self, *conditions: Any) -> list[str]:
         with self.ctx.engine.connect() as conn:
@@ -262,17 +265,27 @@ class SchedulerApp:
     async def mark_silent_nodes_abnormal(self) -> None:
         running = await asyncio.to_thread(self._node_ids, nodes.c.state == "Running")
         now = self.clock.now_ms()  # after the read: heartbeats that arrived meanwhile count
+        last = 0
         for node_id in running:
             seen = self.liveness.last_seen_ms.get(node_id, self.liveness.started_ms)
             if now - seen > self.abnormal_after_ms:
                 reason = f"no heartbeat for {(now - seen) // 1000}s"
                 async with self._silent.aitem(f"node {node_id}"):
-                    await execute(
+                    outcome = await execute(
                         self.ctx.store,
                         event_subject(NODE, node_id),
                         fold_node,
                         functools.partial(decide_node_state, node_id=node_id, state="Abnormal", reason=reason, now_ms=now),
                     )
+                    last = max(last, outcome.seq)
+        await self._read_own_writes(last)
+
+    async def _read_own_writes(self, seq: int) -> None:
+        """The next step reads what this one appended (read-your-writes): without it, whether the lost-node
+        step saw a node turned Abnormal a moment ago depended on the projection's timing, and so did its
+        decisions (a replay of the same log could decide otherwise)."""
+        if seq and not await self.ctx.runner.wait_for(seq, timeout=30):
+            raise Unavailable("the scheduler's read models did not catch up with its own appends")
 
     async def restart_work_of_lost_nodes(self) -> None:
         """Abnormal nodes silent past the lost threshold: every workload placed there is lost."""
@@ -284,16 +297,19 @@ class SchedulerApp:
         await self._replace_service_replicas(lost, "replaced: node {node} was lost", self._lost)
         rows = await asyncio.to_thread(self._placed_on, lost, ("placed",), "training")
         done: set[str] = set()
+        last = 0
         for wid, seq, node_id in rows:
             if wid in done:
                 continue
             done.add(wid)
             async with self._lost.aitem(f"workload {wid}"):
                 with contextlib.suppress(Conflict):
-                    await self.ctx.store.append(
+                    r = await self.ctx.store.append(
                         event_subject(WORKLOAD, wid), [WorkloadInstancesLost(workload_id=wid, node_id=node_id, at_ms=now)],
                         expected_seq=seq, msg_id=f"lost:{wid}:{seq}",
                     )
+                    last = max(last, r.seq)
+        await self._read_own_writes(last)
 
     def _placed_on(self, node_ids: list[str], statuses: tuple[str, ...], kind: str) -> list[tuple[str, int, str]]:
         """(workload id, its subject's sequence, node id) of the unended ``kind`` work placed on these nodes."""
