@@ -16,8 +16,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from capstan_core.network_modes import NETWORK_MODES
-
 NetworkMode = Literal["isolated", "host", "none"]
 DEFAULT_STATE_DIR = Path("/run/capstan/sandbox")
 _PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,3}$")  # interface names are at most 15 bytes
