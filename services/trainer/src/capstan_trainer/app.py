@@ -18,7 +18,7 @@ from capstan_core.errors import Conflict, DomainError, InvalidArgument, NotFound
 from capstan_core.identity import Caller
 from capstan_core.ids import new_id, stable_id
 from capstan_core.loops import LoopGuard, Step
-from capstan_core.paging import next_token, page_bounds
+from capstan_core.paging import keyset_bounds, keyset_token
 from capstan_core.service import ServiceContext
 from capstan_core.streams import event_subject
 
@@ -277,7 +277,9 @@ class TrainerApp:
         return task
 
     def list(self, *, page_size: int, page_token: str, creator: str, resource_group_id: str, status: str) -> tuple[list[dict[str, Any]], str, int]:
-        size, offset = page_bounds(page_size, page_token)
+        """Newest first, in keyset pages (the token holds the last task's submit sequence), so a deep page
+        costs what the first does; every filter has an index in that order (migration 0007)."""
+        size, after, offset = keyset_bounds(page_size, page_token)
         conds = []
         if creator:
             conds.append(training_tasks.c.creator == creator)
@@ -285,11 +287,14 @@ class TrainerApp:
             conds.append(training_tasks.c.resource_group_id == resource_group_id)
         if status:
             conds.append(training_tasks.c.status == status)
+        page = [*conds, training_tasks.c.submitted_seq < after] if after is not None else conds
         with self.ctx.engine.connect() as conn:
             total = int(conn.execute(select(func.count()).select_from(training_tasks).where(*conds)).scalar() or 0)
             rows = conn.execute(
-                select(training_tasks).where(*conds).order_by(training_tasks.c.submitted_seq.desc()).limit(size).offset(offset)
+                select(training_tasks).where(*page).order_by(training_tasks.c.submitted_seq.desc())
+                .limit(size + 1).offset(offset)
             ).mappings().all()
+            more, rows = len(rows) > size, rows[:size]
             ids = [r["id"] for r in rows]
             inst_rows = conn.execute(
                 select(training_instances).where(training_instances.c.task_id.in_(ids)).order_by(training_instances.c.idx)
@@ -298,7 +303,7 @@ class TrainerApp:
         for i in inst_rows:
             by_task.setdefault(i["task_id"], []).append(dict(i))
         items = [_view(dict(r), by_task.get(r["id"], [])) for r in rows]
-        return items, next_token(offset, size, total), total
+        return items, keyset_token(rows[-1]["submitted_seq"]) if more else "", total
 
 
 def _view(row: dict[str, Any], instances: list[dict[str, Any]]) -> dict[str, Any]:
