@@ -290,7 +290,7 @@ async def submissions(p: Platform, report: Report, n: int, clients: int, batch: 
                    total == n)
         if batch:
             items = [task_body(f"sweep-{i}", rg, hyperparameters={"lr": i / 1000}) for i in range(batch)]
-            dt, resp = await timed(lambda: c.post("/training-tasks:batch", json={"items": items},
+            dt, resp = await timed(lambda: c.post("/training-tasks/batch", json={"items": items},
                                                   headers={"Idempotency-Key": f"{run}-batch"}), 201)
             created = len(resp.json()["items"])
             report.add(f"batch submit of {batch} (one request)", dt * 1000, "ms")

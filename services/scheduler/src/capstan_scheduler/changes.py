@@ -43,6 +43,7 @@ class Changes:
         self._all = True  # the first cycle decides every group
         self._dirty: set[str] = set()
         self._group_of: dict[str, str] = {}  # workload id -> its resource group
+        self._own: set[tuple[str, str]] = set()  # (workload id, event type) the cycle itself appends
 
     def on_batch(self, _position: int, records: Sequence[RecordedEvent]) -> None:
         for r in records:
@@ -50,6 +51,10 @@ class Changes:
 
     def _note(self, e: Any) -> None:
         if e.TYPE in NO_CHANGE:
+            return
+        own = (getattr(e, "workload_id", None), e.TYPE)
+        if own in self._own:  # what a cycle decided and appended: its group's decisions still hold
+            self._own.discard(own)  # type: ignore[arg-type]
             return
         if isinstance(e, (ResourceGroupCreated, ResourceGroupUpdated, ResourceGroupDeleted)):
             self._dirty.add(e.rg_id)
@@ -73,6 +78,16 @@ class Changes:
             self._dirty.add(group)
             if isinstance(e, _FINAL):
                 del self._group_of[wid]
+
+    def expect(self, decisions: Iterable[tuple[str, str]]) -> None:
+        """The cycle is about to append these (workload id, event type) decisions: a group's own decisions
+        do not make it change (deciding it again on the result gives nothing more to append; the benchmark
+        ``scripts/bench_cycle.py`` checks it with a cycle from scratch after each)."""
+        self._own.update(decisions)
+
+    def forget_expected(self) -> None:
+        """Decisions expected but never seen (their append failed: their groups are marked instead)."""
+        self._own.clear()
 
     def learn(self, rows: Iterable[Mapping[str, Any]]) -> None:
         """Workloads' groups, from a read of the read models."""

@@ -62,6 +62,7 @@ from .tables import resource_groups, workloads
 
 log = logging.getLogger(__name__)
 CYCLE = "scheduler.cycle"
+APPEND_WINDOW = 64  # decisions appended at once (pipelined, in order)
 T = TypeVar("T")
 
 
@@ -145,7 +146,12 @@ class Scheduler:
                 # what was just admitted or freed is placed in this cycle
                 only = union(only, self.changes.take())
                 view = await self._in_thread(self.read, only)
-            await self._append_all(await self._in_thread(self.place, view, now))
+            placed = await self._in_thread(self.place, view, now)
+            self.changes.expect((i.workload["id"], i.events[0].TYPE) for i in placed)
+            try:
+                await self._append_all(placed)
+            finally:
+                self.changes.forget_expected()
         except BaseException:
             self.changes.mark(None)  # whatever this cycle did not finish, the next one decides from scratch
             raise
@@ -155,9 +161,15 @@ class Scheduler:
 
     async def _append_all(self, intents: list[Intent]) -> bool:
         """Append in order, then wait until the read models hold it (read-your-writes). Whether any landed.
-        A group with a decision that did not land is decided again next cycle."""
+        A group with a decision that did not land is decided again next cycle.
+
+        Appends are pipelined, ``APPEND_WINDOW`` at a time: each is written to the connection in the
+        decisions' order before any acknowledgement is awaited (every intent is on a subject of its own),
+        so the log holds them in that order, and a cycle with thousands of decisions does not wait for
+        thousands of round trips one after another."""
         appended: list[int] = []
-        for intent in intents:
+
+        async def one(intent: Intent) -> None:
             r = None
             async with self.guard.aitem(f"workload {intent.workload['id']}"):
                 r = await self._append(intent)
@@ -165,6 +177,10 @@ class Scheduler:
                     appended.append(r.seq)
             if r is None:
                 self.changes.mark({intent.workload["resource_group_id"]})
+
+        for i in range(0, len(intents), APPEND_WINDOW):
+            # tasks start in creation order and each writes its message before its first wait
+            await asyncio.gather(*[asyncio.ensure_future(one(intent)) for intent in intents[i:i + APPEND_WINDOW]])
         if appended and not await self.ctx.runner.wait_for(max(appended), timeout=30):
             raise Unavailable("scheduler read models did not catch up with its own appends")
         return bool(appended)
