@@ -131,7 +131,10 @@ async def test_a_commit_whose_apply_raises_is_set_aside_alone(
     projection = CounterProjection(fail_on=4)
     runner = ProjectionRunner("p", nc.jetstream(), engine, [projection], service="test")
     runner.live = live
-    assert runner._apply_batch(msgs)[0] == 5
+    position, applied = runner._apply_batch(msgs)
+    assert position == 5
+    # what batch listeners (ProjectionRunner.on_batch) are given: every applied event, not the set-aside one
+    assert [r.seq for r in applied] == [m.metadata.sequence.stream for m in msgs if m.metadata.sequence.stream != 4]
     with engine.connect() as conn:
         assert read_position(conn, "p") == 5
         assert conn.execute(select(counters.c.value, counters.c.applied)).one() == (1 + 2 + 3 + 5, 4)
