@@ -36,7 +36,6 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,7 +48,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import nats
 from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
 from capstan_core import credentials

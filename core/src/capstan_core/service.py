@@ -150,9 +150,17 @@ class Service:
         counters = Counters()
         runner = ProjectionRunner(d.name, js, engine, d.projections(), service=d.name, counters=counters)
         ctx = ServiceContext(d.name, s, nc, js, EventStore(js, counters=counters), engine, runner, creds, counters)
-        runner.on_batch(lambda _pos, records: _wakes(records, d.quiet) and ctx.wake.set())
+        def wake_loop(_pos: int, records: Sequence[RecordedEvent]) -> None:
+            if _wakes(records, d.quiet):
+                ctx.wake.set()
+
+        def wake_agents(_pos: int, records: Sequence[RecordedEvent]) -> None:
+            if _wakes(records, d.agents_quiet):
+                _wake_agents(nc)
+
+        runner.on_batch(wake_loop)
         if d.wakes_agents:
-            runner.on_batch(lambda _pos, records: _wakes(records, d.agents_quiet) and _wake_agents(nc))
+            runner.on_batch(wake_agents)
         await runner.start()  # catch up from the recorded sequence before serving
         self.ctx = ctx
         self.app = d.build(ctx)

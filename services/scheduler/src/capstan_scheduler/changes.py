@@ -68,16 +68,15 @@ class Changes:
             self._group_of[e.workload_id] = e.resource_group_id
             self._dirty.add(e.resource_group_id)
         else:
-            wid = getattr(e, "workload_id", None) or getattr(e, "task_id", None)
-            if isinstance(e, ServiceReplicaRetired):
-                wid = e.replica_id
-            group = self._group_of.get(wid) if isinstance(wid, str) else None
-            if group is None:
+            found = e.replica_id if isinstance(e, ServiceReplicaRetired) else (
+                getattr(e, "workload_id", None) or getattr(e, "task_id", None))
+            group = self._group_of.get(found) if isinstance(found, str) else None
+            if group is None or not isinstance(found, str):
                 self._all = True  # a node's state, an unknown workload or event type: every group
                 return
             self._dirty.add(group)
             if isinstance(e, _FINAL):
-                del self._group_of[wid]
+                del self._group_of[found]
 
     def expect(self, decisions: Iterable[tuple[str, str]]) -> None:
         """The cycle is about to append these (workload id, event type) decisions: a group's own decisions
