@@ -63,6 +63,7 @@ from .tables import resource_groups, workloads
 log = logging.getLogger(__name__)
 CYCLE = "scheduler.cycle"
 APPEND_WINDOW = 64  # decisions appended at once (pipelined, in order)
+SETTLED = frozenset({"WorkloadPlaced", "WorkloadRejected"})  # decisions after which the group needs no new look
 T = TypeVar("T")
 
 
@@ -147,7 +148,10 @@ class Scheduler:
                 only = union(only, self.changes.take())
                 view = await self._in_thread(self.read, only)
             placed = await self._in_thread(self.place, view, now)
-            self.changes.expect((i.workload["id"], i.events[0].TYPE) for i in placed)
+            # placements and rejections leave the group decided; preemption requests do not (the victims
+            # leaving change what the queue behind the preemptor can do), so their group is decided again
+            self.changes.expect((i.workload["id"], i.events[0].TYPE) for i in placed
+                                if i.events[0].TYPE in SETTLED)
             try:
                 await self._append_all(placed)
             finally:
