@@ -297,3 +297,43 @@ def test_events_quarantine_json_and_counters(runner: CliRunner, fake_api: FakeAp
     assert json.loads(r.stdout) == QUARANTINE
     r = run(runner, fake_api, data_dir, "events", "counters")
     assert r.stdout.splitlines()[1].split() == ["scheduler", "quarantined_commits", "projection=scheduler,kind=undecodable", "1"]
+
+
+def test_submit_from_file_sends_batches_with_keys_and_prints_every_id(
+    runner: CliRunner, fake_api: FakeApi, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from capstan_cli import sweep
+
+    monkeypatch.setattr(sweep, "CHUNK", 2)
+    seen: list[str] = []
+
+    def batch(req: Request) -> tuple[int, Any]:
+        seen.append(req.headers["idempotency-key"])
+        if len(seen) == 2:  # the second batch fails once: it is resent as it was
+            return 503, {"error": {"code": "unavailable", "message": "the trainer service is unavailable"}}
+        return 201, {"items": [{**_task("Queued"), "id": f"train-{it['name']}"} for it in req.body["items"]]}
+
+    fake_api.on("POST", "/api/v1/training-tasks/batch", batch)
+    sweep_file = tmp_path / "sweep.jsonl"
+    lines = [json.dumps({"name": f"t{i}", "command": "python train.py", "hyperparameters": {"lr": i}}) for i in range(5)]
+    sweep_file.write_text("# lr sweep\n" + "\n".join(lines[:3]) + "\n\n" + "\n".join(lines[3:]) + "\n")
+    result = run(runner, fake_api, data_dir, "task", "submit", "--from-file", str(sweep_file))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.split() == [f"train-t{i}" for i in range(5)]
+    bodies = [r.body for r in fake_api.requests]
+    assert [len(b["items"]) for b in bodies] == [2, 2, 2, 1]  # 2, 2 (refused), the same 2 again, 1
+    assert bodies[0]["items"][1] == {"name": "t1", "command": "python train.py", "hyperparameters": {"lr": 1},
+                                     "resource_group_id": "rsg-default"}
+    assert seen[1] == seen[2] and len(set(seen)) == 3  # a resent batch keeps its key
+
+
+def test_submit_from_file_names_the_bad_line_and_sends_nothing(
+    runner: CliRunner, fake_api: FakeApi, data_dir: Path, tmp_path: Path
+) -> None:
+    sweep_file = tmp_path / "sweep.jsonl"
+    sweep_file.write_text('{"name": "ok", "command": "true"}\n{"name": \n')
+    result = run(runner, fake_api, data_dir, "task", "submit", "--from-file", str(sweep_file))
+    assert result.exit_code == 2 and "line 2: not JSON" in result.output
+    result = run(runner, fake_api, data_dir, "task", "submit", "--from-file", str(sweep_file), "--name", "x")
+    assert result.exit_code == 2 and "--from-file takes every task's fields" in result.output
+    assert fake_api.requests == []

@@ -107,7 +107,7 @@ async def test_restart_resumes_without_applying_twice(database_url: str, nc: Cli
     # A redelivered batch (sequences already applied) is skipped.
     sub = await nc.jetstream().subscribe("capstan.evt.>", ordered_consumer=True)
     msgs = [await sub.next_msg(timeout=2) for _ in range(15)]
-    assert r2._apply_batch(msgs) == 15
+    assert r2._apply_batch(msgs)[0] == 15
     with engine.connect() as conn:
         assert sum(r.applied for r in conn.execute(select(counters))) == 15
 
@@ -131,7 +131,10 @@ async def test_a_commit_whose_apply_raises_is_set_aside_alone(
     projection = CounterProjection(fail_on=4)
     runner = ProjectionRunner("p", nc.jetstream(), engine, [projection], service="test")
     runner.live = live
-    assert runner._apply_batch(msgs) == 5
+    position, applied = runner._apply_batch(msgs)
+    assert position == 5
+    # what batch listeners (ProjectionRunner.on_batch) are given: every applied event, not the set-aside one
+    assert [r.seq for r in applied] == [m.metadata.sequence.stream for m in msgs if m.metadata.sequence.stream != 4]
     with engine.connect() as conn:
         assert read_position(conn, "p") == 5
         assert conn.execute(select(counters.c.value, counters.c.applied)).one() == (1 + 2 + 3 + 5, 4)

@@ -225,6 +225,7 @@ class ProjectionRunner:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"projection-{name}")
         self._advanced = asyncio.Condition()
         self._listeners: list[Callable[[int], None]] = []
+        self._batch_listeners: list[Callable[[int, Sequence[RecordedEvent]], None]] = []
         self.live = False  # spans per event only once caught up (not during a rebuild)
         with engine.connect() as conn:
             self.position = read_position(conn, name)
@@ -233,15 +234,21 @@ class ProjectionRunner:
         """Call ``fn(position)`` after every applied batch (wakes reconcile loops)."""
         self._listeners.append(fn)
 
+    def on_batch(self, fn: Callable[[int, Sequence[RecordedEvent]], None]) -> None:
+        """Call ``fn(position, records)`` on the event loop after every applied batch, with the events it
+        applied (quarantined commits left out): a listener can react to what changed, not only that
+        something did."""
+        self._batch_listeners.append(fn)
+
     # -- consuming -----------------------------------------------------------
     async def _subscribe(self) -> JetStreamContext.PushSubscription:
         start = self.position + 1
         cfg = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)
         return await self._js.subscribe(self._filter, stream=self._stream, ordered_consumer=True, config=cfg)
 
-    def _apply_batch(self, msgs: list[Msg]) -> int:
-        """Apply a batch in one transaction (runs in the runner's thread); returns the position reached.
-        Raises only what ``is_transient`` says may pass: nothing is written then."""
+    def _apply_batch(self, msgs: list[Msg]) -> tuple[int, list[RecordedEvent]]:
+        """Apply a batch in one transaction (runs in the runner's thread); returns the position reached and
+        the events applied. Raises only what ``is_transient`` says may pass: nothing is written then."""
         commits: list[_Commit] = []
         for m in msgs:
             seq = _stream_seq(m)
@@ -252,18 +259,19 @@ class ProjectionRunner:
             except PoisonCommit as e:
                 commits.append(_Commit(seq, m.subject, _stored_ms(m), [], e))
         if not commits:
-            return self.position
+            return self.position, []
         last = commits[-1].seq
         with self._engine.begin() as conn:
             if read_position(conn, self.name) >= last:
-                return last  # another runner (a rebuild) got there first
+                return last, []  # another runner (a rebuild) got there first
             aside = self._apply_commits(conn, commits)
             record_set_aside(conn, self.name, aside)
             write_position(conn, self.name, last)
         for a in aside:  # once committed: a batch retried after a transient error counts once
             log.error("projection %s set aside commit %d on %s (%s): %s", self.name, a.seq, a.subject, a.kind, a.error)
             self.counters.inc(QUARANTINED, projection=self.name, kind=a.kind)
-        return last
+        skipped = {a.seq for a in aside}
+        return last, [r for c in commits if c.poison is None and c.seq not in skipped for r in c.records]
 
     def _apply_commits(self, conn: Connection, commits: list[_Commit]) -> list[SetAside]:
         aside = [SetAside(c.seq, c.subject, c.poison.kind, c.poison.error, c.stored_ms) for c in commits if c.poison]
@@ -305,7 +313,7 @@ class ProjectionRunner:
                 for p in self._projections:
                     p.apply(conn, rec)
 
-    async def _apply(self, batch: list[Msg]) -> int:
+    async def _apply(self, batch: list[Msg]) -> tuple[int, list[RecordedEvent]]:
         """Apply one batch off the event loop; database trouble that may pass is retried until it does."""
         delay = 0.1
         while True:
@@ -345,13 +353,15 @@ class ProjectionRunner:
                         batch.extend(_take_buffered(sub, self._batch_max - len(batch) - 1))
                         # The last one through next_msg: it answers JetStream flow control.
                         batch.append(await sub.next_msg(timeout=1.0))
-                    new_pos = await self._apply(batch)
+                    new_pos, records = await self._apply(batch)
                     if new_pos > self.position:
                         self.position = new_pos
                         async with self._advanced:
                             self._advanced.notify_all()
                         for fn in self._listeners:
                             fn(new_pos)
+                        for batch_fn in self._batch_listeners:
+                            batch_fn(new_pos, records)
             finally:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()

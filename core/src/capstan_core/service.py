@@ -34,7 +34,7 @@ from . import (
     tracing,
 )
 from .credentials import Credentials, NatsCredentials
-from .eventstore import EventStore
+from .eventstore import EventStore, RecordedEvent
 from .identity import Access
 from .loops import Step, run_steps
 from .metrics import Counters
@@ -84,7 +84,11 @@ class ServiceDefinition:
     gRPC servicers; each ``background`` loop gets the application object. ``access``: which
     callers may call which of its gRPC methods (anything not listed is refused). ``bootstrap``:
     also serve the TLS-only bootstrap port (the scheduler, for join tokens). ``wakes_agents``:
-    ping node agents each time its read models advance (they then ask it what changed)."""
+    ping node agents each time its read models advance (they then ask it what changed).
+
+    Wake-ups follow what changed: a batch made only of event types in ``quiet`` does not wake the
+    service's reconcile loop, one made only of types in ``agents_quiet`` does not ping the agents. Any
+    other type wakes, so a new event type is never missed; the timers stay as the safety net."""
 
     name: str
     migrations: Path
@@ -95,6 +99,8 @@ class ServiceDefinition:
     background: Sequence[Callable[[Any], Awaitable[None]]] = ()
     bootstrap: bool = False
     wakes_agents: bool = False
+    quiet: frozenset[str] = frozenset()
+    agents_quiet: frozenset[str] = frozenset()
 
 
 async def connect_nats(url: str, name: str, creds: NatsCredentials | None) -> NatsClient:
@@ -144,9 +150,17 @@ class Service:
         counters = Counters()
         runner = ProjectionRunner(d.name, js, engine, d.projections(), service=d.name, counters=counters)
         ctx = ServiceContext(d.name, s, nc, js, EventStore(js, counters=counters), engine, runner, creds, counters)
-        runner.on_advance(lambda _pos: ctx.wake.set())
+        def wake_loop(_pos: int, records: Sequence[RecordedEvent]) -> None:
+            if _wakes(records, d.quiet):
+                ctx.wake.set()
+
+        def wake_agents(_pos: int, records: Sequence[RecordedEvent]) -> None:
+            if _wakes(records, d.agents_quiet):
+                _wake_agents(nc)
+
+        runner.on_batch(wake_loop)
         if d.wakes_agents:
-            runner.on_advance(lambda _pos: _wake_agents(nc))
+            runner.on_batch(wake_agents)
         await runner.start()  # catch up from the recorded sequence before serving
         self.ctx = ctx
         self.app = d.build(ctx)
@@ -170,6 +184,11 @@ class Service:
             with contextlib.suppress(Exception):
                 await self.ctx.nc.close()
             self.ctx.engine.dispose()
+
+
+def _wakes(records: Sequence[RecordedEvent], quiet: frozenset[str]) -> bool:
+    """Whether a batch holds an event outside ``quiet`` (one whose type is unknown here wakes too)."""
+    return any(r.event.TYPE not in quiet for r in records)
 
 
 def _wake_agents(nc: NatsClient) -> None:

@@ -156,10 +156,10 @@ async def test_a_cycle_that_fails_whole_is_counted_and_the_node_steps_still_run(
 ) -> None:
     _, node = await env.group("g")
 
-    def plans() -> Any:
+    def plans(only: Any = None) -> Any:
         raise RuntimeError("injected fault in the snapshot")
 
-    monkeypatch.setattr(env.app, "plans", plans)
+    monkeypatch.setattr(env.app, "plans_and_rows", plans)
     env.clock.advance(16_000)
     await env.sched.step()
     assert env.counter(LOOP_STEP_FAILURES, CYCLE) == 1

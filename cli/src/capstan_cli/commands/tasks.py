@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import click
 
+from .. import sweep
 from ..client import ApiClient, wait_until
 from ..common import common_options, config, json_object, number, one_of, parse_tags
 from ..logs import stream_logs
@@ -68,7 +70,7 @@ def status_text(t: dict[str, Any]) -> str:
 
 
 @task.command("submit")
-@click.option("--name", required=True, help="Task name.")
+@click.option("--name", help="Task name (required unless --from-file).")
 @click.option("--resource-group", "resource_group", metavar="ID", help="[default: the default group of `capstan up`]")
 @click.option("--command", "command_text", metavar="CMD", help="Start command (run by /bin/sh in /opt/ml/code).")
 @click.option("--command-file", type=click.Path(exists=True, dir_okay=False), help="Read the start command from F.")
@@ -98,9 +100,13 @@ def status_text(t: dict[str, Any]) -> str:
     help="Auto-restart: run it again up to N times (1..10) when it exits abnormally while running [default: 0, off].",
 )
 @click.option("--wait", is_flag=True, help="Wait until the task ends; exit 0 only if it Succeeded.")
+@click.option(
+    "--from-file", "from_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Submit many tasks (a sweep): one JSON object per line, with the API's create fields; prints their ids.",
+)
 @common_options
 def submit(
-    name: str,
+    name: str | None,
     resource_group: str | None,
     command_text: str | None,
     command_file: str | None,
@@ -116,8 +122,16 @@ def submit(
     max_restarts: int | None,
     network: str | None,
     wait: bool,
+    from_file: Path | None,
 ) -> None:
     """Submit a training task; prints its id."""
+    if from_file is not None:
+        if name or command_text or command_file or hyperparameters or hyperparameters_file or wait:
+            raise click.UsageError("--from-file takes every task's fields from the file; drop the other options")
+        _submit_file(from_file, resource_group)
+        return
+    if not name:
+        raise click.UsageError("Missing option '--name'.")
     command = one_of(command_text, command_file, "--command", required=True)
     assert command is not None
     if not command.strip():
@@ -156,6 +170,18 @@ def submit(
     if cfg.json_output:
         print_json(final)
     sys.exit(0 if final.get("status") == "Succeeded" else 1)
+
+
+def _submit_file(path: Path, resource_group: str | None) -> None:
+    cfg = config()
+    tasks = sweep.read_tasks(path, lambda: resource_group or cfg.default_resource_group())
+    with cfg.client() as client:
+        created = sweep.submit_all(client, tasks, progress=sweep.progress_wanted())
+    if cfg.json_output:
+        print_json(created)
+    else:
+        for t in created:
+            click.echo(t["id"])
 
 
 def wait_for(client: ApiClient, task_id: str) -> dict[str, Any]:

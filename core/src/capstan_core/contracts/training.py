@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from ..events import Event, event
+from ..network_modes import NETWORK_MODES  # noqa: F401 - re-exported: part of the task contract
 from .common import ResourceSpec
 
 AGGREGATE = "train"
@@ -105,8 +106,6 @@ class TrainingTaskEnded(Event):
     reason: str = ""
     at_ms: int
 
-
-NETWORK_MODES = ("isolated", "none", "host")
 
 # A file `capstan down` leaves in a running instance's directory before it stops the instance's runner:
 # the platform stopped it, not the user and not its code, so the agent reports it as an eviction.

@@ -137,6 +137,11 @@ class TrainerClient(ServiceClient):
     async def create_training_task(self, req: trainer_pb2.CreateTrainingTaskRequest) -> trainer_pb2.TrainingTask:
         return await self.call(self.stub.CreateTrainingTask, req)
 
+    async def create_training_tasks(
+        self, req: trainer_pb2.CreateTrainingTasksRequest
+    ) -> trainer_pb2.CreateTrainingTasksResponse:
+        return await self.call(self.stub.CreateTrainingTasks, req)
+
     async def get_training_task(self, req: trainer_pb2.GetTrainingTaskRequest) -> trainer_pb2.TrainingTask:
         return await self.call(self.stub.GetTrainingTask, req)
 

@@ -376,20 +376,27 @@ class SchedulerApp:
         items = [{**r, "node_count": int(counts.get(r["id"], 0))} for r in rows]
         return items, next_token(offset, size, total), total
 
-    def plans(self) -> dict[str, GroupPlan]:
-        """Every resource group's scheduling input, from the read models."""
+    def plans(self, only: set[str] | None = None) -> dict[str, GroupPlan]:
+        """Every resource group's scheduling input (or only these groups'), from the read models."""
+        return self.plans_and_rows(only)[0]
+
+    def plans_and_rows(self, only: set[str] | None = None) -> tuple[dict[str, GroupPlan], list[Any]]:
+        """The groups' plans and the workload rows they were built from (queued, placed, evicting)."""
+        g_q, n_q = select(resource_groups), select(nodes).where(nodes.c.agent_kind == "trainer", nodes.c.state != "Released")
+        w_q = select(workloads).where(workloads.c.status.in_(("queued", "placed", "evicting")), workloads.c.ended.is_(False))
+        a_q = select(allocations)
+        if only is not None:
+            ids = sorted(only)
+            g_q, n_q = g_q.where(resource_groups.c.id.in_(ids)), n_q.where(nodes.c.resource_group_id.in_(ids))
+            w_q = w_q.where(workloads.c.resource_group_id.in_(ids))
+            a_q = a_q.join(workloads, workloads.c.id == allocations.c.workload_id).where(
+                workloads.c.resource_group_id.in_(ids)).with_only_columns(*allocations.c)
         with self.ctx.engine.connect() as conn:
-            groups = conn.execute(select(resource_groups)).mappings().all()
-            node_rows = conn.execute(
-                select(nodes).where(nodes.c.agent_kind == "trainer", nodes.c.state != "Released").order_by(nodes.c.id)
-            ).mappings().all()
-            work = conn.execute(
-                select(workloads)
-                .where(workloads.c.status.in_(("queued", "placed", "evicting")), workloads.c.ended.is_(False))
-                .order_by(workloads.c.submitted_seq)
-            ).mappings().all()
-            allocs = conn.execute(select(allocations)).mappings().all()
-        return build_plans(groups, node_rows, work, allocs, self.shareable)
+            groups = conn.execute(g_q).mappings().all()
+            node_rows = conn.execute(n_q.order_by(nodes.c.id)).mappings().all()
+            work = conn.execute(w_q.order_by(workloads.c.submitted_seq)).mappings().all()
+            allocs = conn.execute(a_q).mappings().all()
+        return build_plans(groups, node_rows, work, allocs, self.shareable), list(work)
 
     def queue(self, rg_id: str) -> tuple[QueueReport, dict[str, Any]]:
         """The explainable queue of one group, and the workload rows it names."""

@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 
 from capstan_core import tracing
 from capstan_core.contracts.common import ResourceSpec
@@ -53,6 +54,7 @@ from capstan_core.service import ServiceContext
 from capstan_core.streams import event_subject
 
 from .app import SchedulerApp
+from .changes import FULL_EVERY_S, Changes, union
 from .domain.core import FreeState, place_gang
 from .isolation import schedule_isolating
 from .snapshot import GroupPlan, error_text, request_of
@@ -60,16 +62,20 @@ from .tables import resource_groups, workloads
 
 log = logging.getLogger(__name__)
 CYCLE = "scheduler.cycle"
+APPEND_WINDOW = 64  # decisions appended at once (pipelined, in order)
+SETTLED = frozenset({"WorkloadPlaced", "WorkloadRejected"})  # decisions after which the group needs no new look
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class View:
-    """One read of the read models: the workloads a cycle looks at (in submit order), the groups, the plans."""
+    """One read of the read models: the workloads phases 1-2 look at (in submit order), every group's id,
+    the plans of the groups this cycle decides, and the workload rows those plans were built from."""
 
     rows: list[Mapping[str, Any]]
     groups: set[str]
     plans: dict[str, GroupPlan]
+    planned: dict[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,10 @@ class Scheduler:
         self.ctx: ServiceContext = app.ctx
         self._tracer = tracing.tracer("scheduler")
         self.guard = LoopGuard(CYCLE, app.ctx.counters)
+        # Incremental cycles: only the groups whose input changed are decided (changes.py).
+        self.changes = Changes()
+        app.ctx.runner.on_batch(self.changes.on_batch)
+        self._full_at = 0.0
         # Its own thread: a long cycle never waits behind slow queries, nor they behind it.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scheduler-cycle")
 
@@ -123,37 +133,83 @@ class Scheduler:
             except Conflict:
                 return None  # the read model was stale; the next cycle sees the truth
 
-    async def cycle(self) -> None:
+    async def cycle(self, full: bool = False) -> None:
+        """One cycle. Only the groups whose input changed since the last cycle are decided, unless ``full``
+        (or the safety net's time has come): every group."""
         now = self.app.clock.now_ms()
-        view = await self._in_thread(self.read)
-        if await self._append_all(await self._in_thread(self.admit_and_release, view, now)):
-            view = await self._in_thread(self.read)  # what was just admitted or freed is placed in this cycle
-        await self._append_all(await self._in_thread(self.place, view, now))
+        if full or time.monotonic() >= self._full_at:
+            self.changes.mark(None)
+            self._full_at = time.monotonic() + FULL_EVERY_S
+        only = self.changes.take()
+        try:
+            view = await self._in_thread(self.read, only)
+            if await self._append_all(await self._in_thread(self.admit_and_release, view, now)):
+                # what was just admitted or freed is placed in this cycle
+                only = union(only, self.changes.take())
+                view = await self._in_thread(self.read, only)
+            placed = await self._in_thread(self.place, view, now)
+            # placements and rejections leave the group decided; preemption requests do not (the victims
+            # leaving change what the queue behind the preemptor can do), so their group is decided again
+            self.changes.expect((i.workload["id"], i.events[0].TYPE) for i in placed
+                                if i.events[0].TYPE in SETTLED)
+            try:
+                await self._append_all(placed)
+            finally:
+                self.changes.forget_expected()
+        except BaseException:
+            self.changes.mark(None)  # whatever this cycle did not finish, the next one decides from scratch
+            raise
 
     async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
     async def _append_all(self, intents: list[Intent]) -> bool:
-        """Append in order, then wait until the read models hold it (read-your-writes). Whether any landed."""
+        """Append in order, then wait until the read models hold it (read-your-writes). Whether any landed.
+        A group with a decision that did not land is decided again next cycle.
+
+        Appends are pipelined, ``APPEND_WINDOW`` at a time: each is written to the connection in the
+        decisions' order before any acknowledgement is awaited (every intent is on a subject of its own),
+        so the log holds them in that order, and a cycle with thousands of decisions does not wait for
+        thousands of round trips one after another."""
         appended: list[int] = []
-        for intent in intents:
+
+        async def one(intent: Intent) -> None:
+            r = None
             async with self.guard.aitem(f"workload {intent.workload['id']}"):
                 r = await self._append(intent)
                 if r is not None:
                     appended.append(r.seq)
+            if r is None:
+                self.changes.mark({intent.workload["resource_group_id"]})
+
+        for i in range(0, len(intents), APPEND_WINDOW):
+            # tasks start in creation order and each writes its message before its first wait
+            await asyncio.gather(*[asyncio.ensure_future(one(intent)) for intent in intents[i:i + APPEND_WINDOW]])
         if appended and not await self.ctx.runner.wait_for(max(appended), timeout=30):
             raise Unavailable("scheduler read models did not catch up with its own appends")
         return bool(appended)
 
-    def read(self) -> View:
-        """What a cycle decides on, read in one go (in the scheduler's thread)."""
+    def read(self, only: set[str] | None = None) -> View:
+        """What a cycle decides on, read in one go (in the scheduler's thread). Phases 1-2 look at every
+        workload that needs admission, release or requeue; phases 3-4 at the groups in ``only`` (None:
+        all), plus the groups of the workloads being admitted (their admission reads their group's plan)."""
+        active = ("queued", "placed", "evicting")
         with self.ctx.engine.connect() as conn:
-            rows: list[Mapping[str, Any]] = [dict(r) for r in conn.execute(
-                select(workloads).where(workloads.c.status.in_(("submitted", "queued", "placed", "evicting")))
-                .order_by(workloads.c.submitted_seq)
-            ).mappings()]
             groups = {r["id"] for r in conn.execute(select(resource_groups.c.id)).mappings()}
-        return View(rows, groups, self.app.plans())
+            rows: list[Mapping[str, Any]] = [dict(r) for r in conn.execute(
+                select(workloads).where(or_(
+                    workloads.c.status == "submitted",
+                    and_(workloads.c.status.in_(active), or_(workloads.c.ended.is_(True), workloads.c.requeue.is_(True))),
+                    and_(workloads.c.status == "queued",
+                         workloads.c.resource_group_id.not_in(select(resource_groups.c.id))),
+                )).order_by(workloads.c.submitted_seq)
+            ).mappings()]
+        if only is not None:
+            only = only | {w["resource_group_id"] for w in rows if w["status"] == "submitted"}
+        plans, work = self.app.plans_and_rows(only)
+        planned = {w["id"]: w for w in work}
+        self.changes.learn([*rows, *work])
+        return View(rows, groups, plans, planned)
 
     def admit_and_release(self, view: View, now: int) -> list[Intent]:
         """Phases 1-2 (in the scheduler's thread)."""
@@ -173,7 +229,7 @@ class Scheduler:
     def place(self, view: View, now: int) -> list[Intent]:
         """Phases 3-4 (in the scheduler's thread): per resource group, the scheduling core decides with
         the group's queue mode and priorities."""
-        by_id = {w["id"]: w for w in view.rows}
+        by_id = {**view.planned, **{w["id"]: w for w in view.rows}}
         intents: list[Intent] = []
         for plan in view.plans.values():
             intents.extend(self._place(plan, by_id, now))

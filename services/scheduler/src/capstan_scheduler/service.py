@@ -18,6 +18,18 @@ async def _schedule(app: SchedulerApp) -> None:
     await reconcile_forever(app.ctx, scheduler.steps(), interval=1.0)
 
 
+# What never changes a scheduling decision (instance reports, health records, join tokens): a batch of
+# only these does not start a cycle. Agents act on assignments only: placed, released, requeued, lost.
+QUIET = frozenset({
+    "TrainingInstanceStarted", "TrainingInstanceExited", "TrainingTaskPreempting", "TrainingTaskRestarting",
+    "TrainingTaskStopRequested", "NodeHealthChecked", "JoinTokenCreated", "JoinTokenUsed", "JoinTokenRevoked",
+})
+AGENTS_QUIET = QUIET | {
+    "TrainingTaskSubmitted", "TrainingTaskEnded", "TrainingTaskRequeued", "WorkloadQueued", "WorkloadRejected",
+    "WorkloadPreemptionRequested", "ResourceGroupCreated", "ResourceGroupUpdated", "ResourceGroupDeleted",
+    "NodeJoined", "NodeStateChanged", "ServiceReplicaRequested", "ServiceReplicaRetired",
+}
+
 DEFINITION = ServiceDefinition(
     name="scheduler",
     migrations=Path(__file__).parent / "migrations",
@@ -28,4 +40,6 @@ DEFINITION = ServiceDefinition(
     background=[_schedule],
     bootstrap=True,
     wakes_agents=True,
+    quiet=QUIET,
+    agents_quiet=AGENTS_QUIET,
 )

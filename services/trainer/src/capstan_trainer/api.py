@@ -20,7 +20,8 @@ SERVICE = trainer_pb2.DESCRIPTOR.services_by_name["Trainer"].full_name
 # Users (through the gateway) and the operator manage tasks; a node agent reads the tasks placed
 # on its node and reports their instances (both checked against the placement in the handlers).
 ACCESS = Access({
-    **methods_of(SERVICE, ["CreateTrainingTask", "ListTrainingTasks", "StopTrainingTask", "GetLogs"], [GATEWAY, ADMIN]),
+    **methods_of(SERVICE, ["CreateTrainingTask", "CreateTrainingTasks", "ListTrainingTasks", "StopTrainingTask",
+                           "GetLogs"], [GATEWAY, ADMIN]),
     **methods_of(SERVICE, ["GetTrainingTask"], [GATEWAY, ADMIN, NODE]),
     **methods_of(SERVICE, ["ReportInstance"], [NODE, ADMIN]),
 })
@@ -46,21 +47,30 @@ def _task(d: dict[str, Any]) -> trainer_pb2.TrainingTask:
     )
 
 
+def _submission(req: trainer_pb2.CreateTrainingTaskRequest, creator: str) -> dict[str, Any]:
+    """A create request as ``TrainerApp.command``'s arguments (the creator is the caller, never a field)."""
+    r = req.resources
+    return dict(
+        name=req.name, resource_group_id=req.resource_group_id, command=req.command,
+        hyperparameters_json=req.hyperparameters_json,
+        resources=ResourceSpec(cpu=r.cpu or 1.0, memory_gib=r.memory_gib or 1.0, gpu_type=r.gpu_type, gpu=r.gpu),
+        instance_count=req.instance_count, tags=dict(req.tags), creator=creator,
+        stop_grace_seconds=req.stop_grace_seconds, idempotency_key=req.idempotency_key,
+        max_restarts=req.max_restarts, network=req.network or "isolated",
+    )
+
+
 class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
     def __init__(self, app: TrainerApp) -> None:
         self.app = app
 
     async def CreateTrainingTask(self, req: trainer_pb2.CreateTrainingTaskRequest, context: grpc.aio.ServicerContext) -> trainer_pb2.TrainingTask:
-        r = req.resources
-        d = await self.app.submit(
-            name=req.name, resource_group_id=req.resource_group_id, command=req.command,
-            hyperparameters_json=req.hyperparameters_json,
-            resources=ResourceSpec(cpu=r.cpu or 1.0, memory_gib=r.memory_gib or 1.0, gpu_type=r.gpu_type, gpu=r.gpu),
-            instance_count=req.instance_count, tags=dict(req.tags), creator=current_caller().acting,
-            stop_grace_seconds=req.stop_grace_seconds, idempotency_key=req.idempotency_key,
-            max_restarts=req.max_restarts, network=req.network or "isolated",
-        )
-        return _task(d)
+        return _task(await self.app.submit(**_submission(req, current_caller().acting)))
+
+    async def CreateTrainingTasks(self, req: trainer_pb2.CreateTrainingTasksRequest, context: grpc.aio.ServicerContext) -> trainer_pb2.CreateTrainingTasksResponse:
+        creator = current_caller().acting
+        items = await self.app.submit_many([_submission(r, creator) for r in req.items], batch_key=req.idempotency_key)
+        return trainer_pb2.CreateTrainingTasksResponse(items=[_task(d) for d in items])
 
     async def GetTrainingTask(self, req: trainer_pb2.GetTrainingTaskRequest, context: grpc.aio.ServicerContext) -> trainer_pb2.TrainingTask:
         return _task(await asyncio.to_thread(self.app.get_for_caller, req.id, current_caller()))

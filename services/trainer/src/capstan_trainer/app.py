@@ -7,23 +7,20 @@ import functools
 import json
 from typing import Any
 
-import grpc
 from sqlalchemy import func, select
 
-from capstan_core import grpcutil
 from capstan_core.clock import Clock, SystemClock
 from capstan_core.command import execute
 from capstan_core.contracts.common import ResourceSpec
 from capstan_core.contracts.scheduling import HOST_NETWORK, SANDBOX_RULE, allows_host_network
 from capstan_core.contracts.training import AGGREGATE
-from capstan_core.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
+from capstan_core.errors import Conflict, DomainError, InvalidArgument, NotFound, PermissionDenied
 from capstan_core.identity import Caller
 from capstan_core.ids import new_id, stable_id
 from capstan_core.loops import LoopGuard, Step
-from capstan_core.paging import next_token, page_bounds
+from capstan_core.paging import keyset_bounds, keyset_token
 from capstan_core.service import ServiceContext
 from capstan_core.streams import event_subject
-from capstan_proto import scheduler_pb2, scheduler_pb2_grpc
 
 from .domain.task import (
     SubmitTrainingTask,
@@ -35,7 +32,10 @@ from .domain.task import (
     decide_submit,
     fold,
 )
+from .groups import GroupCheck
 from .tables import training_instances, training_tasks
+
+MAX_BATCH = 1000  # tasks in one batch submission (the gateway's body limit comes first for large ones)
 
 
 class TrainerApp:
@@ -46,6 +46,7 @@ class TrainerApp:
         self._ending = LoopGuard("trainer.end_unscheduled", ctx.counters)
         self._evicting = LoopGuard("trainer.evictions", ctx.counters)
         self._restarting = LoopGuard("trainer.restart_lost", ctx.counters)
+        self.groups = GroupCheck(ctx)
 
     def steps(self) -> list[Step]:
         """The trainer's control loops, each a named step of its reconcile loop."""
@@ -56,51 +57,90 @@ class TrainerApp:
         return event_subject(AGGREGATE, task_id)
 
     async def _check_resource_group(self, rg_id: str, network: str = "isolated") -> None:
-        """Refuse a task for a group that does not exist now, before anything is appended."""
-        if not self.ctx.settings.scheduler_addr:
-            raise Unavailable("the trainer is not configured with the scheduler's address")
-        stub = scheduler_pb2_grpc.SchedulerStub(self.ctx.channel(self.ctx.settings.scheduler_addr, "scheduler"))
-        try:
-            # Shorter than the gateway's deadline, so a slow scheduler is named as such, not the trainer.
-            group = await stub.GetResourceGroup(scheduler_pb2.GetResourceGroupRequest(id=rg_id), timeout=5)
-        except grpc.aio.AioRpcError as e:
-            err = grpcutil.to_domain_error(e, service="scheduler")  # down: a 503 naming the scheduler
-            if isinstance(err, NotFound):
-                raise InvalidArgument(f"resource group {rg_id} does not exist", field="resource_group_id") from e
-            raise err from e
-        if network == "host" and not allows_host_network(json.loads(group.policy_json or "{}")):
+        """Refuse a task for a group that does not exist, before anything is appended (``groups.py``)."""
+        policy = await self.groups.policy(rg_id, fresh=network == "host")
+        if network == "host" and not allows_host_network(policy):
             raise PermissionDenied(
                 f"resource group {rg_id} does not allow the host's network: its operator may turn it on with the "
                 f'policy {{"{SANDBOX_RULE}": {{"{HOST_NETWORK}": 1}}}}', field="network",
             )
 
     # -- commands --------------------------------------------------------------------
-    async def submit(
-        self, *, name: str, resource_group_id: str, command: str, hyperparameters_json: str, resources: ResourceSpec,
+    @staticmethod
+    def command(
+        *, name: str, resource_group_id: str, command: str, hyperparameters_json: str, resources: ResourceSpec,
         instance_count: int, tags: dict[str, str], creator: str, stop_grace_seconds: int, idempotency_key: str,
         max_restarts: int = 0, network: str = "isolated",
-    ) -> dict[str, Any]:
+    ) -> SubmitTrainingTask:
+        """The submission a request asks for (its id derived from the idempotency key, when it has one)."""
         task_id = stable_id("train", creator, idempotency_key) if idempotency_key else new_id("train")
-        cmd = SubmitTrainingTask(
+        return SubmitTrainingTask(
             task_id=task_id, name=name, resource_group_id=resource_group_id, command=command,
             hyperparameters_json=hyperparameters_json, resources=resources, instance_count=instance_count or 1,
             tags=tags, creator=creator, stop_grace_seconds=stop_grace_seconds or 30, max_restarts=max_restarts,
             network=network or "isolated",
         )
+
+    async def submit(self, **request: Any) -> dict[str, Any]:
+        """Submit one task (``command``'s arguments); answers it as the read model holds it."""
+        cmd = self.command(**request)
         now = self.clock.now_ms()
         decide_submit(fold([]), cmd, now)  # validate the input before asking the scheduler
-        await self._check_resource_group(resource_group_id, cmd.network)
-        outcome = await execute(
-            self.ctx.store, self._subject(task_id), fold, lambda t: decide_submit(t, cmd, now), msg_id=f"submit:{task_id}"
-        )
-        await self.ctx.await_projection(outcome.seq)
-        return self.get(task_id)
+        await self._check_resource_group(cmd.resource_group_id, cmd.network)
+        await self.ctx.await_projection(await self._append_submission(cmd, now))
+        return await asyncio.to_thread(self.get, cmd.task_id)
+
+    async def _append_submission(self, cmd: SubmitTrainingTask, now: int) -> int:
+        """Append a validated submission; the stream sequence that holds it. A new task's subject is empty,
+        so the common case appends at once (expected sequence 0) without loading anything; a retry (same
+        idempotency key) is answered by the msg-id, and anything else goes through ``execute`` (load,
+        decide: the same settings append nothing, others are refused)."""
+        subject, msg_id = self._subject(cmd.task_id), f"submit:{cmd.task_id}"
+        try:
+            return (await self.ctx.store.append(subject, decide_submit(fold([]), cmd, now), expected_seq=0,
+                                                msg_id=msg_id)).seq
+        except Conflict:
+            outcome = await execute(self.ctx.store, subject, fold, lambda t: decide_submit(t, cmd, now), msg_id=msg_id)
+            return outcome.seq or (await self.ctx.store.load(subject))[1]
+
+    async def submit_many(self, requests: list[dict[str, Any]], *, batch_key: str) -> list[dict[str, Any]]:
+        """Submit many tasks (a sweep): every one is checked before any is appended (a refusal names the
+        item: ``items[3].name``), then they are appended side by side and answered in order. With
+        ``batch_key``, item i's idempotency key is ``<batch_key>:<i>``: a retried batch creates nothing more,
+        and one cut short (the event log went away) is completed by its retry."""
+        if not requests:
+            raise InvalidArgument("items must hold at least one task", field="items")
+        if len(requests) > MAX_BATCH:
+            raise InvalidArgument(f"items may hold at most {MAX_BATCH} tasks; send several batches", field="items")
+        now = self.clock.now_ms()
+        cmds = []
+        for i, request in enumerate(requests):
+            key = f"{batch_key}:{i}" if batch_key else ""
+            try:
+                cmd = self.command(**{**request, "idempotency_key": key})
+                decide_submit(fold([]), cmd, now)
+            except DomainError as e:
+                where = f"items[{i}].{e.field}" if e.field else f"items[{i}]"
+                raise type(e)(f"{where}: {e.message}") from e  # the field in the message: it crosses gRPC
+            cmds.append(cmd)
+        for rg, network in sorted({(c.resource_group_id, c.network) for c in cmds}):
+            await self._check_resource_group(rg, network)
+        inflight = asyncio.Semaphore(64)
+
+        async def append(cmd: SubmitTrainingTask) -> int:
+            async with inflight:
+                return await self._append_submission(cmd, now)
+
+        seqs = await asyncio.gather(*(append(c) for c in cmds))
+        await self.ctx.await_projection(max(seqs))
+        found = await asyncio.to_thread(self.get_many, [c.task_id for c in cmds])
+        return [found[c.task_id] for c in cmds]
 
     async def stop(self, task_id: str, by: str) -> dict[str, Any]:
         now = self.clock.now_ms()
         outcome = await execute(self.ctx.store, self._subject(task_id), fold, lambda t: decide_stop(t, task_id, by, now))
         await self.ctx.await_projection(outcome.seq)
-        return self.get(task_id)
+        return await asyncio.to_thread(self.get, task_id)
 
     async def report(
         self, *, task_id: str, index: int, node_id: str, state: str, exit_code: int, message: str, at_ms: int,
@@ -117,7 +157,7 @@ class TrainerApp:
             ),
         )
         await self.ctx.await_projection(outcome.seq)
-        return self.get(task_id)["status"]
+        return (await asyncio.to_thread(self.get, task_id))["status"]
 
     async def report_from(
         self, caller: Caller, *, task_id: str, index: int, node_id: str, state: str, exit_code: int, message: str,
@@ -129,7 +169,7 @@ class TrainerApp:
             if node_id and node_id != caller.node_id:
                 raise PermissionDenied(f"{caller.name} may report only for itself, not for node {node_id}")
             node_id = caller.node_id
-            task = self.get(task_id)
+            task = await asyncio.to_thread(self.get, task_id)
             if attempt == task["attempt"]:
                 placed = {i["idx"]: i["node_id"] for i in task["instances"]}
                 if placed.get(index) != node_id:
@@ -212,6 +252,23 @@ class TrainerApp:
             ).mappings().all()
         return _view(dict(row), [dict(i) for i in instances])
 
+    def get_many(self, task_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Many tasks by id, in two queries (those that exist)."""
+        out: dict[str, dict[str, Any]] = {}
+        with self.ctx.engine.connect() as conn:
+            for i in range(0, len(task_ids), 500):  # bound the statement's parameters
+                chunk = task_ids[i:i + 500]
+                rows = conn.execute(select(training_tasks).where(training_tasks.c.id.in_(chunk))).mappings().all()
+                insts = conn.execute(
+                    select(training_instances).where(training_instances.c.task_id.in_(chunk))
+                    .order_by(training_instances.c.task_id, training_instances.c.idx)
+                ).mappings().all()
+                by_task: dict[str, list[dict[str, Any]]] = {}
+                for inst in insts:
+                    by_task.setdefault(inst["task_id"], []).append(dict(inst))
+                out.update((r["id"], _view(dict(r), by_task.get(r["id"], []))) for r in rows)
+        return out
+
     def get_for_caller(self, task_id: str, caller: Caller) -> dict[str, Any]:
         """A node sees only the tasks with an instance placed on it (others do not exist for it)."""
         task = self.get(task_id)
@@ -220,7 +277,9 @@ class TrainerApp:
         return task
 
     def list(self, *, page_size: int, page_token: str, creator: str, resource_group_id: str, status: str) -> tuple[list[dict[str, Any]], str, int]:
-        size, offset = page_bounds(page_size, page_token)
+        """Newest first, in keyset pages (the token holds the last task's submit sequence), so a deep page
+        costs what the first does; every filter has an index in that order (migration 0007)."""
+        size, after, offset = keyset_bounds(page_size, page_token)
         conds = []
         if creator:
             conds.append(training_tasks.c.creator == creator)
@@ -228,11 +287,14 @@ class TrainerApp:
             conds.append(training_tasks.c.resource_group_id == resource_group_id)
         if status:
             conds.append(training_tasks.c.status == status)
+        page = [*conds, training_tasks.c.submitted_seq < after] if after is not None else conds
         with self.ctx.engine.connect() as conn:
             total = int(conn.execute(select(func.count()).select_from(training_tasks).where(*conds)).scalar() or 0)
             rows = conn.execute(
-                select(training_tasks).where(*conds).order_by(training_tasks.c.submitted_seq.desc()).limit(size).offset(offset)
+                select(training_tasks).where(*page).order_by(training_tasks.c.submitted_seq.desc())
+                .limit(size + 1).offset(offset)
             ).mappings().all()
+            more, rows = len(rows) > size, rows[:size]
             ids = [r["id"] for r in rows]
             inst_rows = conn.execute(
                 select(training_instances).where(training_instances.c.task_id.in_(ids)).order_by(training_instances.c.idx)
@@ -241,7 +303,7 @@ class TrainerApp:
         for i in inst_rows:
             by_task.setdefault(i["task_id"], []).append(dict(i))
         items = [_view(dict(r), by_task.get(r["id"], [])) for r in rows]
-        return items, next_token(offset, size, total), total
+        return items, keyset_token(rows[-1]["submitted_seq"]) if more else "", total
 
 
 def _view(row: dict[str, Any], instances: list[dict[str, Any]]) -> dict[str, Any]:

@@ -15,6 +15,22 @@ async def _reconcile(app: TrainerApp) -> None:
     await reconcile_forever(app.ctx, app.steps(), interval=2.0)
 
 
+# The trainer's loops end rejected or stopped unplaced tasks, start evictions and restart tasks of lost
+# nodes: only these events can give them work (the timer is the safety net).
+_UNRELATED = frozenset({
+    "NodeHealthChecked", "NodeJoined", "NodeStateChanged", "JoinTokenCreated", "JoinTokenUsed", "JoinTokenRevoked",
+    "ResourceGroupCreated", "ResourceGroupUpdated", "ServiceReplicaRequested", "ServiceReplicaRetired",
+})
+QUIET = _UNRELATED | {
+    "TrainingTaskSubmitted", "WorkloadQueued", "WorkloadPlaced", "TrainingInstanceStarted", "TrainingInstanceExited",
+    "WorkloadReleased", "TrainingTaskEnded", "TrainingTaskRequeued", "WorkloadRequeued",
+}
+# Agents act on a task's status: placed (Starting), stopping, preempting, restarting, ended, requeued.
+AGENTS_QUIET = _UNRELATED | {
+    "TrainingTaskSubmitted", "WorkloadQueued", "WorkloadRejected", "TrainingInstanceStarted", "TrainingInstanceExited",
+    "WorkloadReleased", "ResourceGroupDeleted",
+}
+
 DEFINITION = ServiceDefinition(
     name="trainer",
     migrations=Path(__file__).parent / "migrations",
@@ -24,4 +40,6 @@ DEFINITION = ServiceDefinition(
     access=api.ACCESS,
     background=[_reconcile],
     wakes_agents=True,
+    quiet=QUIET,
+    agents_quiet=AGENTS_QUIET,
 )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean, Column, Float, Integer, MetaData, String, Table, Text
+from sqlalchemy import BigInteger, Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text
 
 from capstan_core.db import quarantine_table, tracking_table
 
@@ -40,6 +40,12 @@ training_tasks = Table(
     Column("max_restarts", Integer, nullable=False, default=0),  # auto-restart budget (0: off)
     Column("restarts_used", Integer, nullable=False, default=0),  # restarts after a failure (against the budget)
     Column("network", String(16), nullable=False, default="isolated"),  # NETWORK_MODES
+    # lists at 100,000 tasks, newest first, read in index order (migration 0007)
+    Index("ix_training_tasks_submitted_seq", "submitted_seq"),
+    Index("ix_training_tasks_creator_seq", "creator", "submitted_seq"),
+    Index("ix_training_tasks_group_seq", "resource_group_id", "submitted_seq"),
+    Index("ix_training_tasks_status_seq", "status", "submitted_seq"),
+    Index("ix_training_tasks_placement", "placement"),
 )
 
 training_instances = Table(

@@ -11,6 +11,7 @@ from capstan_proto import trainer_pb2
 
 from ..deps import CurrentPrincipal, IdempotencyKey, PageRequest, Trainer
 from ..schemas import LogPage, TrainingTask, TrainingTaskCreate, TrainingTaskList
+from ..schemas.batch import TrainingTaskBatch, TrainingTaskBatchCreate
 from ..schemas.common import parse_time
 from ..schemas.training_tasks import TaskStatus
 from . import api_router
@@ -30,6 +31,20 @@ async def create_training_task(
 ) -> TrainingTask:
     req = body.to_proto(idempotency_key=idempotency_key)
     return TrainingTask.from_proto(await trainer.create_training_task(req))
+
+
+@router.post(
+    "/batch", status_code=201, summary="Create (submit) many training tasks at once (a sweep)",
+    description="Every task is checked before any is created; with an Idempotency-Key, task i uses "
+    "`<key>:<i>`, so a retried batch (also one cut short by a 503) creates nothing more.",
+)
+async def create_training_tasks(
+    body: TrainingTaskBatchCreate,
+    principal: CurrentPrincipal,
+    trainer: Trainer,
+    idempotency_key: IdempotencyKey = "",
+) -> TrainingTaskBatch:
+    return TrainingTaskBatch.from_proto(await trainer.create_training_tasks(body.to_proto(idempotency_key=idempotency_key)))
 
 
 @router.get("", summary="List training tasks")

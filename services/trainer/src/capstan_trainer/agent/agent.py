@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,9 @@ class TrainerAgent:
         self._cards: dict[tuple[str, int], list[tuple[int, int]]] = {}
         self.storage = OutputStore(settings.storage_root)
         self._synced_at: dict[tuple[str, int], float] = {}  # (instance key, index) -> monotonic time
+        # Runners being watched for their exit (a pidfd each, on the event loop): an instance that ends
+        # wakes the loop at once instead of at the next timer tick.
+        self._watched: dict[tuple[str, int], int] = {}
         # The agent's own counters (it serves no RPC): reconcile steps, failed steps, instances set aside.
         self.counters = Counters()
         self._guard = LoopGuard(RECONCILE, self.counters)
@@ -113,6 +117,8 @@ class TrainerAgent:
     async def stop(self) -> None:
         """Stop the agent only: instances keep running under their runners and are re-adopted on restart."""
         await cancel_and_wait(self._tasks)
+        for key in list(self._watched):
+            self._unwatch(key)
         for ch in self._channels:
             await ch.close()
         if self._nc:
@@ -139,22 +145,25 @@ class TrainerAgent:
         }
         tasks: dict[str, trainer_pb2.TrainingTask | None] = {}
         unread: set[str] = set()  # assigned tasks whose state could not be read: their instances are left alone
-        for task_id, _ in assigned:
-            if task_id not in tasks:
-                tasks[task_id] = None
-                unread.add(task_id)
-                async with self._guard.aitem(f"task {task_id}"):
-                    tasks[task_id] = await self._get_task(task_id)
-                    unread.discard(task_id)
+
+        async def read(task_id: str) -> None:
+            async with self._guard.aitem(f"task {task_id}"):
+                tasks[task_id] = await self._get_task(task_id)
+                unread.discard(task_id)
+
+        ids = sorted({task_id for task_id, _ in assigned})
+        tasks.update(dict.fromkeys(ids))
+        unread.update(ids)
+        await asyncio.gather(*(read(task_id) for task_id in ids))  # the reads at once, not one after another
 
         # One instance that cannot be converged is set aside (counted, logged, retried next step);
-        # the others are converged as usual.
-        for task_id, index in sorted(assigned):
-            task = tasks[task_id]
-            if task is None:
-                continue
-            async with self._guard.aitem(f"instance {task_id}/{index}"):
+        # the others are converged as usual, side by side (each has its own directory and runner).
+        async def converge(task: trainer_pb2.TrainingTask, index: int) -> None:
+            async with self._guard.aitem(f"instance {task.id}/{index}"):
                 await self._converge(js, task, index)
+
+        await asyncio.gather(*(converge(task, index) for task_id, index in sorted(assigned)
+                               if (task := tasks[task_id]) is not None))
 
         current = {(instance_key(t.id, t.attempt), i) for (tid, i) in assigned if (t := tasks.get(tid)) is not None}
         for key, index in self.executor.list_instances():
@@ -213,9 +222,11 @@ class TrainerAgent:
             return  # requeued after an eviction, not placed again yet: the assignment is stale
         if st.state == "absent":
             await self._carry_over(task, index)
-            self.executor.start(self._spec(task, index))
+            await asyncio.to_thread(self.executor.start, self._spec(task, index))
             self._synced_at[(key, index)] = time.monotonic()
             st = self.executor.status(key, index)
+        if st.state == "running":
+            self._watch((key, index), st.pid)
         await ship(js, task.id, index, log_path, key)
         if st.state == "running":
             await self._save_periodically(key, index)
@@ -224,6 +235,28 @@ class TrainerAgent:
         elif st.state == "exited" and inst.status != "Exited":
             await self._save_final(key, index)
             await self._report_exit(task, index, st.exit_code if st.exit_code is not None else 0, st.reason or "")
+
+    def _watch(self, key: tuple[str, int], pid: int | None) -> None:
+        """Wake the loop when the instance's runner exits (it has written ``exit_code`` by then)."""
+        if pid is None or key in self._watched:
+            return
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:  # gone already (the step sees it exited), or no pidfds: the timer covers it
+            return
+        self._watched[key] = fd
+        asyncio.get_running_loop().add_reader(fd, self._runner_exited, key)
+
+    def _runner_exited(self, key: tuple[str, int]) -> None:
+        self._unwatch(key)
+        self._wake.set()
+
+    def _unwatch(self, key: tuple[str, int]) -> None:
+        fd = self._watched.pop(key, None)
+        if fd is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(fd)
+            os.close(fd)
 
     # -- durable output ------------------------------------------------------------------
     def _instance_dir(self, key: str, index: int) -> Path:

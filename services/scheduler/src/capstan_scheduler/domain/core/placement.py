@@ -50,7 +50,10 @@ def _place_whole(nodes: Sequence[FreeNode], req: Request, count: int, skip: Cont
     while remaining:
         best: FreeNode | None = None
         best_key: tuple[int, int, int, str] | None = None
-        for n in nodes.with_whole(t, k) if isinstance(nodes, Group) else nodes:
+        if isinstance(nodes, Group):
+            best = _best_whole_indexed(nodes, cpu, mem, t, k, remaining, skip)
+            best_key = (0, 0, 0, "")  # decided: the walk below is skipped
+        for n in () if best_key is not None else nodes:
             if not n.schedulable or n.id in skip or n.whole.get(t, 0) < k:
                 continue
             c = _copies(n, cpu, mem, t, k, remaining)
@@ -74,6 +77,23 @@ def _place_whole(nodes: Sequence[FreeNode], req: Request, count: int, skip: Cont
             out.append(InstanceAssignment(best.id, cards))
         remaining -= c
     return tuple(out)
+
+
+def _best_whole_indexed(
+    group: Group, cpu: int, mem: int, t: str, k: int, remaining: int, skip: Container[str]
+) -> FreeNode | None:
+    """The node the walk in ``_place_whole`` would pick, from the index instead of every node: its key
+    is (hosts every remaining instance first, then most copies; fewest whole cards left; node id). For c
+    copies the best node is the first, in (whole free cards, id) order from c x k cards up, that takes c
+    copies; c goes down from ``remaining``, so when c is tried no node takes more than c."""
+    for c in range(remaining, 0, -1):
+        def takes(n: FreeNode, c: int = c) -> bool:
+            return n.schedulable and n.id not in skip and _copies(n, cpu, mem, t, k, remaining) >= c
+
+        found = group.first_whole(t, c * k, takes)
+        if found is not None:
+            return found
+    return None
 
 
 def _fresh_card_taker(

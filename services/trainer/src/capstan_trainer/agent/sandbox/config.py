@@ -16,10 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from capstan_core.contracts.training import NETWORK_MODES as _CONTRACT_NETWORK_MODES
-
 NetworkMode = Literal["isolated", "host", "none"]
-NETWORK_MODES: tuple[str, ...] = _CONTRACT_NETWORK_MODES  # one definition, in the task contract
 DEFAULT_STATE_DIR = Path("/run/capstan/sandbox")
 _PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,3}$")  # interface names are at most 15 bytes
 _CGROUP_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

@@ -160,9 +160,9 @@ class Containment:
         # the uid, so no other instance gets the uid a live process still has.
         if lease.cgroup_name:
             for_version(lease.cgroup_version, Path(lease.cgroup_root), lease.cgroup_parent).remove(lease.cgroup_name)
-        network.delete_instance_net(lease.netns, lease.veth)
-        if (net := st.leave_net(lease)) is not None:
-            network.delete_link(net.bridge)
+        net = st.leave_net(lease)  # the task's network, when this was its last instance on the host
+        network.delete_instance_net(lease.netns, lease.veth, net.bridge if net is not None else None)
+        if net is not None:
             self._firewall(st)
         st.leases.pop(lease.id, None)
 

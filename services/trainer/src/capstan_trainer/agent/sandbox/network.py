@@ -65,11 +65,10 @@ def netns_exists(name: str) -> bool:
 
 def create_bridge(name: str, subnet: str) -> None:
     """The task's bridge with the gateway address; forwarding on (the host routes instances out)."""
-    if not link_exists(name):
-        _ip("link", "add", name, "type", "bridge")
     net = ipaddress.IPv4Network(subnet)
-    _ip("addr", "replace", f"{gateway(subnet)}/{net.prefixlen}", "dev", name)
-    _ip("link", "set", name, "up")
+    batch = [] if link_exists(name) else [["link", "add", name, "type", "bridge"]]
+    batch += [["addr", "replace", f"{gateway(subnet)}/{net.prefixlen}", "dev", name], ["link", "set", name, "up"]]
+    _ip_batch(batch)
     if _IP_FORWARD.read_text().strip() != "1":
         _IP_FORWARD.write_text("1\n")
 
@@ -84,14 +83,19 @@ def create_instance_net(netns: str, veth: str, bridge: str, subnet: str, index: 
     delete_instance_net(netns, veth)  # a killed runner's leftovers under the same (reused) names
     addr = instance_address(subnet, index)
     prefixlen = ipaddress.IPv4Network(subnet).prefixlen
-    _ip("netns", "add", netns)
-    _ip("-n", netns, "link", "set", "lo", "up")
-    # The peer is created directly inside the namespace, so "eth0" never clashes on the host.
-    _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", netns)
-    _ip("link", "set", veth, "master", bridge, "up")
-    _ip("-n", netns, "addr", "add", f"{addr}/{prefixlen}", "dev", "eth0")
-    _ip("-n", netns, "link", "set", "eth0", "up")
-    _ip("-n", netns, "route", "add", "default", "via", str(gateway(subnet)))
+    # Two processes, not seven: the host's side, then the namespace's (each batch stops at its first error).
+    _ip_batch([
+        ["netns", "add", netns],
+        # The peer is created directly inside the namespace, so "eth0" never clashes on the host.
+        ["link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", netns],
+        ["link", "set", veth, "master", bridge, "up"],
+    ])
+    _ip_batch([
+        ["link", "set", "lo", "up"],
+        ["addr", "add", f"{addr}/{prefixlen}", "dev", "eth0"],
+        ["link", "set", "eth0", "up"],
+        ["route", "add", "default", "via", str(gateway(subnet))],
+    ], netns=netns)
     return addr
 
 
@@ -102,12 +106,17 @@ def create_empty_netns(netns: str) -> None:
     _ip("-n", netns, "link", "set", "lo", "up")
 
 
-def delete_instance_net(netns: str | None, veth: str | None) -> None:
-    """Undo :func:`create_instance_net`; deleting the namespace also deletes the veth pair."""
+def delete_instance_net(netns: str | None, veth: str | None, bridge: str | None = None) -> None:
+    """Undo :func:`create_instance_net` (deleting the namespace also deletes the veth pair), and delete
+    ``bridge`` too when given, in one ``ip`` process; what is already gone is skipped."""
+    batch = []
     if netns and netns_exists(netns):
-        _ip("netns", "del", netns, check=False)
-    if veth:
-        delete_link(veth)
+        batch.append(["netns", "del", netns])
+    for link in (veth, bridge):
+        if link and link_exists(link):
+            batch.append(["link", "del", link])
+    if batch:
+        _ip_batch(batch, check=False)
 
 
 def apply_firewall(table: str, bridges: Iterable[str], subnets: Iterable[str], blocked: Iterable[str]) -> None:
@@ -153,6 +162,14 @@ def firewall_rules(table: str, bridges: list[str], subnets: list[str], blocked: 
 
 def _ip(*args: str, check: bool = True) -> None:
     _run(["ip", *args], check=check)
+
+
+def _ip_batch(commands: list[list[str]], *, netns: str | None = None, check: bool = True) -> None:
+    """Several ``ip`` commands in one process (``ip -batch -``; inside ``netns`` when given). Names and
+    addresses come from the allocator only (never whitespace), so one command is one line. Not checked:
+    ``-force`` runs every line even when one fails (teardown of what may be half gone)."""
+    argv = ["ip", *(["-n", netns] if netns else []), *([] if check else ["-force"]), "-batch", "-"]
+    _run(argv, stdin="".join(" ".join(c) + "\n" for c in commands), check=check)
 
 
 def _run(argv: list[str], *, stdin: str | None = None, check: bool = True) -> None:

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -105,6 +107,30 @@ def _terminate_sandbox(bwrap_pid: int) -> None:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
+
+
+def _exit_waiter(proc: subprocess.Popen[bytes]) -> Callable[[float], bool]:
+    """``exited(timeout)``: whether the sandbox has exited, waiting at most ``timeout`` seconds for it. A pidfd
+    answers the moment it exits (``Popen.wait`` with a timeout sleeps in steps and may oversleep by 50 ms)."""
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except OSError:  # no pidfds (an old kernel): poll
+        fd = None
+
+    def exited(timeout: float) -> bool:
+        if fd is not None:
+            select.select([fd], [], [], timeout)
+            if proc.poll() is not None:
+                os.close(fd)
+                return True
+            return False
+        try:
+            proc.wait(timeout=timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+
+    return exited
 
 
 def _exit_code(returncode: int) -> int:
@@ -194,13 +220,11 @@ def _supervise(
         t.start()
     kill_at: float | None = None
     out_of_memory = False
+    exited = _exit_waiter(proc)
     try:
         while True:
-            try:
-                proc.wait(timeout=_POLL_SECONDS)
+            if exited(_POLL_SECONDS):
                 break
-            except subprocess.TimeoutExpired:
-                pass
             if sandbox is not None and not out_of_memory and sandbox.oom_kills() > 0:
                 # v1 kills one process and lets the rest run on; v2 (oom.group) kills them all. Either
                 # way the instance is over: exceeding the limit ends it, the same on every node.

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import NETWORK_MODES
+from capstan_core.network_modes import NETWORK_MODES
 
 # Lives here, not in runner.py, so the package never imports the runner module
 # (that would make ``python -m`` of it warn about a double import).

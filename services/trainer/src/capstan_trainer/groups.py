@@ -1,0 +1,64 @@
+"""Is a resource group there to submit to? Asked of the scheduler once per group, then answered locally.
+
+A submit used to ask the scheduler (``GetResourceGroup``) every time: an RPC and two queries on the
+scheduler for each of hundreds of submissions a second. The answer for a group that exists is kept, and
+dropped as soon as the trainer's own read of the log applies a ``ResourceGroupUpdated`` or
+``ResourceGroupDeleted`` for it (an answer that was in flight while the group changed is not kept). A group
+not known here is always asked for, so one created a moment ago is found. The host's network is decided
+on a fresh answer every time: a policy just tightened must refuse at once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+
+from capstan_core import grpcutil
+from capstan_core.contracts.scheduling import ResourceGroupDeleted, ResourceGroupUpdated
+from capstan_core.errors import InvalidArgument, NotFound, Unavailable
+from capstan_core.eventstore import RecordedEvent
+from capstan_core.service import ServiceContext
+from capstan_proto import scheduler_pb2, scheduler_pb2_grpc
+
+
+class GroupCheck:
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+        self._known: dict[str, dict[str, Any]] = {}  # group id -> its policy, as last answered
+        self._changes: dict[str, int] = {}  # group id -> how many changes the log showed for it
+        ctx.runner.on_batch(self._on_batch)
+
+    def _on_batch(self, _position: int, records: Sequence[RecordedEvent]) -> None:
+        for r in records:
+            if isinstance(r.event, (ResourceGroupUpdated, ResourceGroupDeleted)):
+                self._known.pop(r.event.rg_id, None)
+                self._changes[r.event.rg_id] = self._changes.get(r.event.rg_id, 0) + 1
+
+    async def policy(self, rg_id: str, *, fresh: bool = False) -> dict[str, Any]:
+        """The group's policy; raises InvalidArgument when it does not exist, Unavailable when the
+        scheduler cannot say. ``fresh``: ask the scheduler even when an answer is kept."""
+        if not fresh and (known := self._known.get(rg_id)) is not None:
+            return known
+        before = self._changes.get(rg_id, 0)
+        policy = await self._ask(rg_id)
+        if self._changes.get(rg_id, 0) == before:
+            self._known[rg_id] = policy
+        return policy
+
+    async def _ask(self, rg_id: str) -> dict[str, Any]:
+        if not self.ctx.settings.scheduler_addr:
+            raise Unavailable("the trainer is not configured with the scheduler's address")
+        stub = scheduler_pb2_grpc.SchedulerStub(self.ctx.channel(self.ctx.settings.scheduler_addr, "scheduler"))
+        try:
+            # Shorter than the gateway's deadline, so a slow scheduler is named as such, not the trainer.
+            group = await stub.GetResourceGroup(scheduler_pb2.GetResourceGroupRequest(id=rg_id), timeout=5)
+        except grpc.aio.AioRpcError as e:
+            err = grpcutil.to_domain_error(e, service="scheduler")  # down: a 503 naming the scheduler
+            if isinstance(err, NotFound):
+                raise InvalidArgument(f"resource group {rg_id} does not exist", field="resource_group_id") from e
+            raise err from e
+        policy: dict[str, Any] = json.loads(group.policy_json or "{}")
+        return policy
