@@ -36,6 +36,7 @@ ROUTES = [
     ("DELETE", "/api/v1/join-tokens/jt-12345678"),
     ("GET", "/api/v1/training-tasks"),
     ("POST", "/api/v1/training-tasks"),
+    ("POST", "/api/v1/training-tasks/batch"),
     ("GET", "/api/v1/training-tasks/train-12345678"),
     ("POST", "/api/v1/training-tasks/train-12345678/stop"),
     ("GET", "/api/v1/training-tasks/train-12345678/logs"),

@@ -172,6 +172,7 @@ async def test_openapi_lists_every_route(client: httpx.AsyncClient) -> None:
         ("GET", "/api/v1/join-tokens"),
         ("DELETE", "/api/v1/join-tokens/{id}"),
         ("POST", TASKS),
+        ("POST", f"{TASKS}/batch"),
         ("GET", TASKS),
         ("GET", f"{TASKS}/{{id}}"),
         ("POST", f"{TASKS}/{{id}}/stop"),
