@@ -8,12 +8,13 @@ from typing import Any
 
 import click
 
+from capstan_core.contracts.task_status import FINISHED
+
 from ..client import ApiClient, wait_until
 from ..common import common_options, config, json_object, number, one_of, parse_tags
 from ..logs import stream_logs
 from ..output import fields, print_json, since, table, time_arg, when
 
-TERMINAL = frozenset({"Succeeded", "Failed", "Stopped"})
 POLL_S = 1.0
 # Keep polling through a gateway or service restart (the durability tests do that).
 OUTAGE_S = 120.0
@@ -57,7 +58,7 @@ def status_text(t: dict[str, Any]) -> str:
         return f"{status} ({', '.join(extra)})" if extra else status
     if status == "Running" and t.get("started_at"):
         return f"{status} ({since(t['started_at'])})"
-    if status in TERMINAL:
+    if status in FINISHED:
         bits = []
         if t.get("exit_code") is not None:
             bits.append(f"exit code {t['exit_code']}")
@@ -171,7 +172,7 @@ def wait_for(client: ApiClient, task_id: str) -> dict[str, Any]:
             elif str(t.get("status")) != last:
                 click.echo(line, err=True)
             last = str(t.get("status"))
-            if last in TERMINAL:
+            if last in FINISHED:
                 if tty:
                     click.echo("", err=True)
                 return dict(t)
@@ -291,4 +292,4 @@ def task_logs(
     with cfg.client() as client:
         t = client.get(f"/training-tasks/{task_id}")
         prefix = instance is None and int(t.get("instance_count") or len(t.get("instances") or []) or 1) > 1
-        stream_logs(client, task_id, params, follow, prefix, cfg.json_output, ended=str(t.get("status")) in TERMINAL)
+        stream_logs(client, task_id, params, follow, prefix, cfg.json_output, ended=str(t.get("status")) in FINISHED)

@@ -15,6 +15,7 @@ from capstan_core.clock import Clock, SystemClock
 from capstan_core.command import execute
 from capstan_core.contracts.common import ResourceSpec
 from capstan_core.contracts.scheduling import HOST_NETWORK, SANDBOX_RULE, allows_host_network
+from capstan_core.contracts.task_status import FINISHED, LEAVING
 from capstan_core.contracts.training import AGGREGATE
 from capstan_core.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
 from capstan_core.identity import Caller
@@ -162,7 +163,7 @@ class TrainerApp:
             return list(conn.execute(
                 select(training_tasks.c.id, training_tasks.c.placement, training_tasks.c.stop_requested,
                        training_tasks.c.failure_reason)
-                .where(training_tasks.c.status.not_in(("Succeeded", "Failed", "Stopped")))
+                .where(training_tasks.c.status.not_in(FINISHED))
                 .where((training_tasks.c.placement == "rejected") | (training_tasks.c.stop_requested.is_(True)))
                 .where(training_tasks.c.placement.not_in(("evicting", "lost")))
                 .order_by(training_tasks.c.id)
@@ -171,7 +172,7 @@ class TrainerApp:
     async def restart_lost(self) -> None:
         """Tasks whose node was lost for good start again as a new attempt."""
         ids = await asyncio.to_thread(self._task_ids, training_tasks.c.placement == "lost",
-                                      training_tasks.c.status.not_in(("Succeeded", "Failed", "Stopped")))
+                                      training_tasks.c.status.not_in(FINISHED))
         now = self.clock.now_ms()
         for tid in ids:
             async with self._restarting.aitem(tid):
@@ -185,7 +186,7 @@ class TrainerApp:
         ids = await asyncio.to_thread(
             self._task_ids, training_tasks.c.placement == "evicting",
             # already leaving: Restarting ends in a requeue, which frees the resources too
-            training_tasks.c.status.not_in(("Succeeded", "Failed", "Stopped", "Preempting", "Restarting")),
+            training_tasks.c.status.not_in(FINISHED | LEAVING),
         )
         now = self.clock.now_ms()
         for tid in ids:

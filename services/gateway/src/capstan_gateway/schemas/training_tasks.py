@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, StringConstraints
 
 from capstan_core.contracts.capacity import MAX_CARD_TYPE_LEN, MAX_NODE_CARDS, MAX_NODE_CPU, MAX_NODE_MEMORY_GIB
+from capstan_core.contracts.task_status import TaskStatus
 from capstan_proto import common_pb2, trainer_pb2
 
 from .common import (
@@ -20,11 +21,6 @@ from .common import (
     from_ms_required,
     load_json_object,
 )
-
-TaskStatus = Literal[
-    "Submitting", "Queued", "Starting", "Running", "Stopping", "Preempting", "Restarting", "Succeeded", "Failed", "Stopped"
-]
-FINISHED: frozenset[str] = frozenset({"Succeeded", "Failed", "Stopped"})
 
 TaskName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 Command = Annotated[str, StringConstraints(max_length=8192)]
@@ -131,7 +127,7 @@ class TrainingTask(BaseModel):
     hyperparameters: dict[str, Any]
     resources: Resources
     instance_count: int
-    status: str
+    status: TaskStatus
     exit_code: int | None = Field(description="null unless the task has finished")
     failure_reason: str
     tags: dict[str, str]
@@ -158,7 +154,7 @@ class TrainingTask(BaseModel):
             hyperparameters=load_json_object(t.hyperparameters_json),
             resources=Resources.from_proto(t.resources),
             instance_count=t.instance_count,
-            status=t.status,
+            status=TaskStatus(t.status),
             exit_code=_task_exit_code(t),
             failure_reason=t.failure_reason,
             tags=dict(t.tags),

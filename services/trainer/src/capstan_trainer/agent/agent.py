@@ -16,6 +16,7 @@ from nats.aio.client import Client as NatsClient
 
 from capstan_core import grpcutil
 from capstan_core.capacity import detect
+from capstan_core.contracts.task_status import FINISHED, LEAVING, TaskStatus
 from capstan_core.contracts.training import PLATFORM_STOP_FILE
 from capstan_core.healthcheck import Check, basic_checks
 from capstan_core.loops import LoopGuard, run_steps
@@ -34,9 +35,6 @@ from .shipper import ship
 from .storage import OutputStore
 
 log = logging.getLogger(__name__)
-ENDED = ("Succeeded", "Failed", "Stopped")
-# Stop the instances, with their grace period: stopped by the user, evicted, or a failed attempt restarting.
-LEAVING = ("Stopping", "Preempting", "Restarting")
 DONE_MARK = ".agent-done"
 RECONCILE = "trainer-agent.reconcile"
 # A wake-up needs no message kept: excess ones are dropped (the loop is level-triggered), never queued up.
@@ -177,7 +175,7 @@ class TrainerAgent:
             await self._save_final(key, index)
             task = await self._get_task(task_id)
             if (
-                task is not None and task.attempt == attempt and task.status not in ENDED
+                task is not None and task.attempt == attempt and task.status not in FINISHED
                 and task.instances[index].status != "Exited"
             ):
                 await self._report_exit(task, index, st.exit_code or 0, st.reason or "")
@@ -197,11 +195,11 @@ class TrainerAgent:
         key = instance_key(task.id, task.attempt)
         log_path = self.executor.log_path(key, index)
         st = self.executor.status(key, index)
-        if task.status in ENDED or task.status in LEAVING:
+        if task.status in FINISHED or task.status in LEAVING:
             if st.state == "running":
                 self.executor.stop(key, index)
                 await ship(js, task.id, index, log_path, key)
-            elif task.status not in ENDED and inst.status != "Exited":
+            elif task.status not in FINISHED and inst.status != "Exited":
                 if st.state == "exited":
                     await ship(js, task.id, index, log_path, key)
                     await self._save_final(key, index)
@@ -209,7 +207,7 @@ class TrainerAgent:
                 else:
                     await self._report(task, index, "Exited", EXIT_STOPPED_BEFORE_START, "stopped before start")
             return
-        if task.status == "Queued":
+        if task.status == TaskStatus.QUEUED:
             return  # requeued after an eviction, not placed again yet: the assignment is stale
         if st.state == "absent":
             await self._carry_over(task, index)

@@ -10,6 +10,7 @@ from typing import Any
 
 from capstan_core.contracts.capacity import check_request
 from capstan_core.contracts.common import ResourceSpec
+from capstan_core.contracts.task_status import TaskStatus, advance
 from capstan_core.contracts.training import (
     NETWORK_MODES,
     TrainingInstanceExited,
@@ -44,6 +45,8 @@ class Task:
     preempting: TrainingTaskPreempting | None = None
     restarting: TrainingTaskRestarting | None = None  # this attempt failed and is leaving, to run again
     restarts_used: int = 0  # requeues after a failure: what the auto-restart budget has paid for
+    # The one state machine over the task's own events (the scheduler's Queued/Starting are not among them).
+    status: TaskStatus | None = None
 
     @property
     def max_restarts(self) -> int:
@@ -53,6 +56,7 @@ class Task:
 def fold(events: Sequence[Event]) -> Task:
     t = Task()
     for e in events:
+        t.status = advance(t.status, e)
         if isinstance(e, TrainingTaskSubmitted):
             t.submitted = e
         elif isinstance(e, TrainingInstanceStarted):
