@@ -39,6 +39,13 @@ ROUTES = [
     ("GET", "/api/v1/training-tasks/train-12345678"),
     ("POST", "/api/v1/training-tasks/train-12345678/stop"),
     ("GET", "/api/v1/training-tasks/train-12345678/logs"),
+    ("POST", "/api/v1/training-tasks/price"),
+    ("PATCH", "/api/v1/training-tasks/train-12345678"),
+    ("DELETE", "/api/v1/training-tasks/train-12345678"),
+    ("POST", "/api/v1/training-tasks/train-12345678/start"),
+    ("GET", "/api/v1/training-tasks/train-12345678/copy"),
+    ("GET", "/api/v1/training-tasks/train-12345678/outputs"),
+    ("GET", "/api/v1/training-tasks/train-12345678/outputs/model/weights.pt"),
     ("GET", "/api/v1/admin/quarantine"),
 ]
 
@@ -146,5 +153,6 @@ async def test_the_route_list_above_is_every_api_route(client: httpx.AsyncClient
 
     spec = (await client.get("/openapi.json")).json()
     documented = {(m.upper(), p) for p, item in spec["paths"].items() for m in item if p.startswith("/api/v1")}
-    listed = {(m, re.sub(r"/(rsg|train|node|jt)-12345678", "/{id}", p)) for m, p in ROUTES}
+    listed = {(m, re.sub(r"/outputs/model/weights.pt$", "/outputs/{path}",
+                         re.sub(r"/(rsg|train|node|jt)-12345678", "/{id}", p))) for m, p in ROUTES}
     assert listed == documented

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -16,8 +18,8 @@ from capstan_core.command import execute
 from capstan_core.contracts.common import ResourceSpec
 from capstan_core.contracts.scheduling import HOST_NETWORK, SANDBOX_RULE, allows_host_network
 from capstan_core.contracts.task_status import FINISHED, LEAVING
-from capstan_core.contracts.training import AGGREGATE
-from capstan_core.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
+from capstan_core.contracts.training import AGGREGATE, StorageRow
+from capstan_core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unavailable
 from capstan_core.identity import Caller
 from capstan_core.ids import new_id, stable_id
 from capstan_core.loops import LoopGuard, Step
@@ -26,16 +28,22 @@ from capstan_core.service import ServiceContext
 from capstan_core.streams import event_subject
 from capstan_proto import scheduler_pb2, scheduler_pb2_grpc
 
+from .domain.form import split_location
+from .domain.price import Price, PriceTable, price_per_hour
 from .domain.task import (
     SubmitTrainingTask,
+    decide_delete,
     decide_end,
     decide_preempting,
     decide_report,
     decide_restart_lost,
     decide_stop,
     decide_submit,
+    decide_update_tags,
     fold,
 )
+from .outputs import Outputs
+from .storage_backends import StorageConfig
 from .tables import training_instances, training_tasks
 
 
@@ -47,6 +55,7 @@ class TrainerApp:
         self._ending = LoopGuard("trainer.end_unscheduled", ctx.counters)
         self._evicting = LoopGuard("trainer.evictions", ctx.counters)
         self._restarting = LoopGuard("trainer.restart_lost", ctx.counters)
+        self.outputs = Outputs(self.storage_root)
 
     def steps(self) -> list[Step]:
         """The trainer's control loops, each a named step of its reconcile loop."""
@@ -76,26 +85,69 @@ class TrainerApp:
             )
 
     # -- commands --------------------------------------------------------------------
-    async def submit(
-        self, *, name: str, resource_group_id: str, command: str, hyperparameters_json: str, resources: ResourceSpec,
-        instance_count: int, tags: dict[str, str], creator: str, stop_grace_seconds: int, idempotency_key: str,
-        max_restarts: int = 0, network: str = "isolated",
-    ) -> dict[str, Any]:
-        task_id = stable_id("train", creator, idempotency_key) if idempotency_key else new_id("train")
-        cmd = SubmitTrainingTask(
-            task_id=task_id, name=name, resource_group_id=resource_group_id, command=command,
-            hyperparameters_json=hyperparameters_json, resources=resources, instance_count=instance_count or 1,
-            tags=tags, creator=creator, stop_grace_seconds=stop_grace_seconds or 30, max_restarts=max_restarts,
-            network=network or "isolated",
-        )
+    @property
+    def storage_root(self) -> Path:
+        """The platform storage the agents save outputs to (the same default as theirs)."""
+        s = self.ctx.settings
+        return s.storage_dir if s.storage_dir is not None else s.data_dir / "storage"
+
+    def storage_config(self) -> StorageConfig:
+        s = self.ctx.settings
+        return StorageConfig.load(s.storage_config or s.data_dir / "storage.json", self.storage_root)
+
+    def price_table(self) -> PriceTable:
+        s = self.ctx.settings
+        return PriceTable.load(s.price_table or s.data_dir / "prices.json")
+
+    def estimate(self, resources: ResourceSpec, instance_count: int) -> Price:
+        return price_per_hour(self.price_table(), resources, instance_count)
+
+    def _check_storage(self, cmd: SubmitTrainingTask) -> None:
+        """Every store, volume and credential the form names exists on this install (before appending)."""
+        stores = [split_location(x, "code")[0] for x in (cmd.code, cmd.output) if x]
+        stores += [split_location(r.source, "storage")[0] for r in cmd.storage if r.kind == "object"]
+        volumes = [split_location(r.source, "storage")[0] for r in cmd.storage if r.kind == "fs"]
+        creds = [r.credential for r in cmd.storage if r.kind == "git" and r.credential]
+        if (missing := self.storage_config().check_names(stores=stores, volumes=volumes, credentials=creds)):
+            raise InvalidArgument(missing, field="storage")
+
+    # -- commands --------------------------------------------------------------------
+    async def submit(self, cmd: SubmitTrainingTask, *, idempotency_key: str) -> dict[str, Any]:
+        """``cmd.task_id`` is ignored: the id comes from the creator and the idempotency key."""
+        task_id = stable_id("train", cmd.creator, idempotency_key) if idempotency_key else new_id("train")
+        cmd = replace(cmd, task_id=task_id, instance_count=cmd.instance_count or 1,
+                      stop_grace_seconds=cmd.stop_grace_seconds or 30, network=cmd.network or "isolated")
         now = self.clock.now_ms()
         decide_submit(fold([]), cmd, now)  # validate the input before asking the scheduler
-        await self._check_resource_group(resource_group_id, cmd.network)
+        self._check_storage(cmd)
+        await self._check_resource_group(cmd.resource_group_id, cmd.network)
         outcome = await execute(
             self.ctx.store, self._subject(task_id), fold, lambda t: decide_submit(t, cmd, now), msg_id=f"submit:{task_id}"
         )
         await self.ctx.await_projection(outcome.seq)
         return self.get(task_id)
+
+    async def start_again(self, task_id: str, creator: str, idempotency_key: str) -> dict[str, Any]:
+        """SPEC §3.3 "start a stopped one again": a new task with the same settings whose instances
+        start from the outputs the old one left (its checkpoints)."""
+        old = await asyncio.to_thread(self.get, task_id)
+        if old["status"] not in FINISHED:
+            raise FailedPrecondition(f"training task {task_id} is {old['status']}; only a finished task starts again")
+        cmd = submit_command_of(old, creator=creator)
+        return await self.submit(replace(cmd, source_task_id=task_id), idempotency_key=idempotency_key or "")
+
+    async def update_tags(self, task_id: str, tags: dict[str, str]) -> dict[str, Any]:
+        now = self.clock.now_ms()
+        outcome = await execute(self.ctx.store, self._subject(task_id), fold,
+                                lambda t: decide_update_tags(t, task_id, tags, now))
+        await self.ctx.await_projection(outcome.seq)
+        return self.get(task_id)
+
+    async def delete(self, task_id: str, by: str) -> None:
+        now = self.clock.now_ms()
+        outcome = await execute(self.ctx.store, self._subject(task_id), fold,
+                                lambda t: decide_delete(t, task_id, by, now))
+        await self.ctx.await_projection(outcome.seq)
 
     async def stop(self, task_id: str, by: str) -> dict[str, Any]:
         now = self.clock.now_ms()
@@ -248,5 +300,21 @@ class TrainerApp:
 def _view(row: dict[str, Any], instances: list[dict[str, Any]]) -> dict[str, Any]:
     row["hyperparameters"] = json.loads(row["hyperparameters"])
     row["tags"] = json.loads(row["tags"])
+    row.update(json.loads(row.pop("form", None) or "{}"))
     row["instances"] = instances
     return row
+
+
+def submit_command_of(task: dict[str, Any], *, creator: str) -> SubmitTrainingTask:
+    """The submit command that makes a task like ``task`` (start again, copy)."""
+    return SubmitTrainingTask(
+        task_id="", name=task["name"], resource_group_id=task["resource_group_id"], command=task["command"],
+        hyperparameters_json=json.dumps(task["hyperparameters"]),
+        resources=ResourceSpec(cpu=task["cpu"], memory_gib=task["memory_gib"], gpu_type=task["gpu_type"],
+                               gpu=task["gpu"]),
+        instance_count=task["instance_count"], tags=task["tags"], creator=creator,
+        stop_grace_seconds=task["stop_grace_seconds"], max_restarts=task["max_restarts"], network=task["network"],
+        description=task.get("description", ""), image=task.get("image", ""), mode=task.get("mode", ""),
+        roles=dict(task.get("roles") or {}), storage=tuple(StorageRow(**r) for r in task.get("storage") or ()),
+        code=task.get("code", ""), output=task.get("output", ""),
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from functools import singledispatchmethod
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, delete, select, update
 
 from capstan_core.contracts.scheduling import (
     WorkloadInstancesLost,
@@ -20,17 +20,20 @@ from capstan_core.contracts.task_status import TaskStatus, advance
 from capstan_core.contracts.training import (
     TrainingInstanceExited,
     TrainingInstanceStarted,
+    TrainingTaskDeleted,
     TrainingTaskEnded,
     TrainingTaskPreempting,
     TrainingTaskRequeued,
     TrainingTaskRestarting,
     TrainingTaskStopRequested,
     TrainingTaskSubmitted,
+    TrainingTaskTagsUpdated,
 )
 from capstan_core.events import Event
 from capstan_core.eventstore import RecordedEvent
 from capstan_core.projection import Projection
 
+from .domain.form import form_of
 from .tables import training_instances as inst
 from .tables import training_tasks as tasks
 
@@ -71,6 +74,7 @@ class TrainerProjection(Projection):
                 stop_requested=False, exit_code=None, failure_reason="", created_at_ms=e.at_ms, queued_at_ms=0,
                 started_at_ms=0, ended_at_ms=0, submitted_seq=rec.seq, attempt=0, preemptions=0, restarts=0,
                 max_restarts=e.max_restarts, restarts_used=0, network=e.network,
+                form=json.dumps(form_of(e), sort_keys=True),
             )
         )
         for i in range(e.instance_count):
@@ -154,3 +158,12 @@ class TrainerProjection(Projection):
         if e.reason:
             values["failure_reason"] = e.reason
         _advance(conn, e.task_id, e, **values)
+
+    @_apply.register
+    def _(self, e: TrainingTaskTagsUpdated, conn: Connection, rec: RecordedEvent) -> None:
+        conn.execute(update(tasks).where(tasks.c.id == e.task_id).values(tags=json.dumps(e.tags, sort_keys=True)))
+
+    @_apply.register
+    def _(self, e: TrainingTaskDeleted, conn: Connection, rec: RecordedEvent) -> None:
+        conn.execute(delete(inst).where(inst.c.task_id == e.task_id))
+        conn.execute(delete(tasks).where(tasks.c.id == e.task_id))

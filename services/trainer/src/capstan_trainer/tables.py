@@ -40,6 +40,8 @@ training_tasks = Table(
     Column("max_restarts", Integer, nullable=False, default=0),  # auto-restart budget (0: off)
     Column("restarts_used", Integer, nullable=False, default=0),  # restarts after a failure (against the budget)
     Column("network", String(16), nullable=False, default="isolated"),  # NETWORK_MODES
+    # description, image, mode, roles, storage, code, output, source_task_id (JSON; issue #10)
+    Column("form", Text, nullable=False, default="{}"),
 )
 
 training_instances = Table(

@@ -5,14 +5,17 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Path, Query
+from fastapi.responses import StreamingResponse
 
+from capstan_core.contracts.task_status import TaskStatus
+from capstan_core.errors import DomainError
 from capstan_core.numbers import INT64_MAX
-from capstan_proto import trainer_pb2
+from capstan_proto import scheduler_pb2, trainer_pb2
 
-from ..deps import CurrentPrincipal, IdempotencyKey, PageRequest, Trainer
+from ..deps import CurrentPrincipal, IdempotencyKey, PageRequest, Scheduler, Trainer
 from ..schemas import LogPage, TrainingTask, TrainingTaskCreate, TrainingTaskList
-from ..schemas.common import parse_time
-from ..schemas.training_tasks import TaskStatus
+from ..schemas.common import from_ms, parse_time
+from ..schemas.training_tasks import OutputList, Price, PriceRequest, QueueInfo, TagsUpdate
 from . import api_router
 
 router = api_router("training-tasks")
@@ -50,9 +53,80 @@ async def list_training_tasks(
     return TrainingTaskList.from_proto(await trainer.list_training_tasks(req))
 
 
-@router.get("/{id}", summary="Get a training task with its instances")
-async def get_training_task(id: TaskId, trainer: Trainer) -> TrainingTask:
-    return TrainingTask.from_proto(await trainer.get_training_task(trainer_pb2.GetTrainingTaskRequest(id=id)))
+@router.post("/price", summary="The estimated price per hour of a request (the form's price)")
+async def estimate_price(body: PriceRequest, trainer: Trainer) -> Price:
+    req = trainer_pb2.EstimatePriceRequest(resources=body.resources.to_proto(), instance_count=body.instance_count)
+    return Price.from_proto(await trainer.estimate_price(req))
+
+
+@router.get("/{id}", summary="Get a training task with its instances (and, while Queued, its place in the queue)")
+async def get_training_task(id: TaskId, trainer: Trainer, scheduler: Scheduler) -> TrainingTask:
+    t = await trainer.get_training_task(trainer_pb2.GetTrainingTaskRequest(id=id))
+    task = TrainingTask.from_proto(t)
+    if task.status == TaskStatus.QUEUED:
+        task.queue = await _queue_info(scheduler, t)
+    return task
+
+
+async def _queue_info(scheduler: Scheduler, t: trainer_pb2.TrainingTask) -> QueueInfo:
+    """SPEC §3.2: how long it has queued, its priority and its position (the scheduler's queue view)."""
+    info = QueueInfo(queued_since=from_ms(t.queued_at_ms), priority=None, position=None, reason="")
+    try:
+        view = await scheduler.get_queue(scheduler_pb2.GetQueueRequest(resource_group_id=t.resource_group_id))
+    except DomainError:
+        return info  # the task's own view still answers when the queue's cannot
+    for item in view.items:
+        if item.workload_id == t.id:
+            info.priority, info.position, info.reason = item.priority, item.position, item.reason
+    return info
+
+
+@router.patch("/{id}", summary="Edit a training task's tags")
+async def update_training_task(id: TaskId, body: TagsUpdate, trainer: Trainer) -> TrainingTask:
+    req = trainer_pb2.UpdateTrainingTaskRequest(id=id, tags=body.tags)
+    return TrainingTask.from_proto(await trainer.update_training_task(req))
+
+
+@router.delete("/{id}", status_code=204, summary="Delete a finished training task")
+async def delete_training_task(id: TaskId, trainer: Trainer) -> None:
+    await trainer.delete_training_task(trainer_pb2.DeleteTrainingTaskRequest(id=id))
+
+
+@router.post("/{id}/start", status_code=201,
+             summary="Start a finished (stopped) task again: a new task with its settings, seeded with its outputs")
+async def start_training_task(id: TaskId, trainer: Trainer, idempotency_key: IdempotencyKey = "") -> TrainingTask:
+    req = trainer_pb2.StartTrainingTaskRequest(id=id, idempotency_key=idempotency_key)
+    return TrainingTask.from_proto(await trainer.start_training_task(req))
+
+
+@router.get("/{id}/copy", summary="A new task's form, pre-filled from this task (submit it as it is, or edited)")
+async def copy_training_task(id: TaskId, trainer: Trainer) -> TrainingTaskCreate:
+    t = await trainer.get_training_task(trainer_pb2.GetTrainingTaskRequest(id=id))
+    return TrainingTask.from_proto(t).to_create()
+
+
+InstanceQuery = Annotated[int | None, Query(ge=0, le=63, description="one instance's index; default every one")]
+
+
+@router.get("/{id}/outputs", summary="What the task's instances left in /opt/ml/output and /opt/ml/model")
+async def list_training_task_outputs(id: TaskId, trainer: Trainer, instance: InstanceQuery = None) -> OutputList:
+    req = trainer_pb2.ListOutputsRequest(task_id=id, instance_index=-1 if instance is None else instance)
+    return OutputList.from_proto(await trainer.list_outputs(req))
+
+
+@router.get(
+    "/{id}/outputs/{path:path}", summary="Download one output file (output/... or model/...)",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
+)
+async def download_training_task_output(
+    id: TaskId, path: Annotated[str, Path(min_length=1, max_length=4096)], trainer: Trainer,
+    instance: Annotated[int, Query(ge=0, le=63)] = 0,
+) -> StreamingResponse:
+    chunks = await trainer.read_output(trainer_pb2.ReadOutputRequest(task_id=id, instance_index=instance, path=path))
+    name = path.rsplit("/", 1)[-1].replace('"', "")
+    return StreamingResponse(chunks, media_type="application/octet-stream",
+                             headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
 
 @router.post("/{id}/stop", summary="Stop a queued or running training task")

@@ -188,6 +188,9 @@ class Containment:
         for d in (paths.code, paths.output, paths.model):
             d.mkdir(parents=True, exist_ok=True)
             chown_tree(d, lease.uid, lease.uid)  # what storage restored is root's until now
+        for m in spec.mounts:
+            if m.own and Path(m.source).resolve().is_relative_to(paths.dir.resolve()):
+                chown_tree(Path(m.source), lease.uid, lease.uid)  # downloaded inputs, clones: the instance's
         # Read-only inside (bound read-only), but the agent writes it with the platform's umask (0600):
         # the instance's uid must be able to read its own hyperparameters.
         chown_tree(paths.input_config.parent, lease.uid, lease.uid)
