@@ -176,6 +176,13 @@ async def test_openapi_lists_every_route(client: httpx.AsyncClient) -> None:
         ("GET", f"{TASKS}/{{id}}"),
         ("POST", f"{TASKS}/{{id}}/stop"),
         ("GET", f"{TASKS}/{{id}}/logs"),
+        ("POST", f"{TASKS}/price"),
+        ("PATCH", f"{TASKS}/{{id}}"),
+        ("DELETE", f"{TASKS}/{{id}}"),
+        ("POST", f"{TASKS}/{{id}}/start"),
+        ("GET", f"{TASKS}/{{id}}/copy"),
+        ("GET", f"{TASKS}/{{id}}/outputs"),
+        ("GET", f"{TASKS}/{{id}}/outputs/{{path}}"),
         ("GET", "/api/v1/admin/quarantine"),
     }
     for path, item in spec["paths"].items():
