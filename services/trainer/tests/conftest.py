@@ -83,7 +83,8 @@ async def platform(tmp_path: Path, nats_server: Any, secrets_dir: Path) -> Async
     sched = Service(SCHEDULER, ServiceSettings(data_dir=tmp_path / "s", nats_url=nats_server.url, secrets_dir=secrets_dir))
     await sched.start()
     trainer = Service(TRAINER, ServiceSettings(
-        data_dir=tmp_path / "t", nats_url=nats_server.url, scheduler_addr=sched.address, secrets_dir=secrets_dir))
+        data_dir=tmp_path / "t", nats_url=nats_server.url, scheduler_addr=sched.address, secrets_dir=secrets_dir,
+        storage_dir=tmp_path / "storage", storage_config=tmp_path / "storage.json"))  # shared with the agents
     await trainer.start()
     chs = admin_channel(sched.address, "scheduler", secrets_dir)
     cht = admin_channel(trainer.address, "trainer", secrets_dir)

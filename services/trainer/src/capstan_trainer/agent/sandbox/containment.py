@@ -211,6 +211,8 @@ class Containment:
         env = thread_env(spec.cpu, spec.env)
         if address:
             env["CAPSTAN_INSTANCE_IP"] = address
+        if subnet:  # every peer's address, in index order (computed, not discovered)
+            env["CAPSTAN_PEER_IPS"] = ",".join(str(network.instance_address(subnet, i)) for i in range(spec.instance_count))
         stage = self.config.state_dir / "stage"
         stage.mkdir(mode=0o755, exist_ok=True)
         return StagedView(contained=True, network=spec.network, hostname=f"instance-{spec.instance_index}", env=env,
