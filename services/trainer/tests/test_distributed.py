@@ -151,3 +151,28 @@ async def test_any_instance_failing_fails_the_task_and_stops_the_rest(platform: 
             break
         await asyncio.sleep(0.1)
     assert states and all(s == "exited" for s in states), states
+
+
+RAY_RUN = r"""python3 - <<'PY'
+import socket
+import ray
+ray.init()  # plain: the platform started the cluster
+resources = ray.cluster_resources()
+assert resources.get("Rank:0") == 1 and resources.get("Rank:1") == 1, resources
+
+
+@ray.remote(num_cpus=0)
+def where() -> str:
+    return socket.gethostname()
+
+
+print("pinned:", [ray.get(where.options(resources={f"Rank:{i}": 0.01}).remote()) for i in (0, 1)])
+PY"""
+
+
+async def test_ray_the_platform_starts_head_and_worker_and_rank_resources_pin_work(platform: Any) -> None:
+    pytest.importorskip("ray")
+    rg = await _nodes(platform)
+    got = await _run(platform, rg, RAY_RUN, mode="Ray", memory=2, timeout=300)
+    lines = await platform.lines(got.id)
+    assert "pinned: ['instance-0', 'instance-1']" in lines, lines[-40:]

@@ -313,7 +313,8 @@ class TrainerAgent:
     def _spec(self, task: trainer_pb2.TrainingTask, index: int, mounts: list[Mount] | None = None) -> InstanceSpec:
         roles = {k: task.roles[k] for k in task.role_order if k in task.roles} | dict(task.roles)
         env, files, helper_mounts, entrypoint = distributed(
-            task.mode, roles, max(1, task.instance_count), index, task.resources.cpu, task.resources.gpu)
+            task.mode, roles, max(1, task.instance_count), index, task.resources.cpu, task.resources.gpu,
+            task.resources.memory_gib)
         env |= {
             "CAPSTAN_TASK_ID": task.id,
             "CAPSTAN_INSTANCE_INDEX": str(index),

@@ -36,7 +36,7 @@ def gpus_per_node(gpu: float) -> int:
 
 
 def distributed(mode: str, roles: dict[str, int], count: int, index: int, cpu: float, gpu: float,
-                ) -> tuple[dict[str, str], dict[str, str], tuple[Mount, ...], tuple[str, ...]]:
+                memory_gib: float = 1.0) -> tuple[dict[str, str], dict[str, str], tuple[Mount, ...], tuple[str, ...]]:
     """(environment, files, mounts, entry point) of instance ``index`` of a task in ``mode``."""
     per_node = gpus_per_node(gpu)
     slots = max(1, per_node)
@@ -51,7 +51,7 @@ def distributed(mode: str, roles: dict[str, int], count: int, index: int, cpu: f
     role, role_index = role_of(roles, index)
     env |= {"CAPSTAN_MODE": mode, "CAPSTAN_ROLE": role, "CAPSTAN_ROLE_INDEX": str(role_index),
             "CAPSTAN_LAUNCH_PORT": str(LAUNCH_PORT), "CAPSTAN_SLOTS": str(slots),
-            "CAPSTAN_CPUS": str(max(1, math.floor(cpu)))}
+            "CAPSTAN_CPUS": str(max(1, math.floor(cpu))), "CAPSTAN_MEMORY_GIB": f"{memory_gib:g}"}
     files: dict[str, str] = {}
     if mode in ("MPI", "Horovod"):
         files[HOSTFILE] = "".join(f"{peer(i)} slots={slots}\n" for i in range(count))

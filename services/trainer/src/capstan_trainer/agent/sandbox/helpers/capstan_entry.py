@@ -144,10 +144,15 @@ def _ray_resources() -> str:
     return json.dumps({f"Rank:{INDEX}": 1})
 
 
+def _ray_common() -> list[str]:
+    """CPUs floored (Ray counts whole CPUs), a small object store (it lives in the memory limit)."""
+    store = max(78_643_200, int(float(os.environ.get("CAPSTAN_MEMORY_GIB", "1")) * (1 << 30) * 0.2))
+    return [f"--num-cpus={os.environ.get('CAPSTAN_CPUS', '1')}", f"--resources={_ray_resources()}",
+            f"--object-store-memory={store}", "--disable-usage-stats"]
+
+
 def ray_head() -> int:
-    cpus = os.environ.get("CAPSTAN_CPUS", "1")
-    code = run(["ray", "start", "--head", f"--port={os.environ.get('HEAD_PORT', '6379')}",
-                f"--num-cpus={cpus}", f"--resources={_ray_resources()}", "--disable-usage-stats",
+    code = run(["ray", "start", "--head", f"--port={os.environ.get('HEAD_PORT', '6379')}", *_ray_common(),
                 "--include-dashboard=false"])
     if code != 0:
         say(f"ray start --head failed ({code})")
@@ -160,10 +165,8 @@ def ray_head() -> int:
 
 
 def ray_worker() -> int:
-    cpus = os.environ.get("CAPSTAN_CPUS", "1")
     address = f"{os.environ.get('HEAD_ADDR', FIRST)}:{os.environ.get('HEAD_PORT', '6379')}"
-    code = run(["ray", "start", f"--address={address}", f"--num-cpus={cpus}", f"--resources={_ray_resources()}",
-                "--disable-usage-stats"])
+    code = run(["ray", "start", f"--address={address}", *_ray_common()])
     if code != 0:
         say(f"ray start --address={address} failed ({code})")
         return code
