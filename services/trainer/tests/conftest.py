@@ -54,6 +54,14 @@ class Platform:
         resp = await self.t.GetLogs(trainer_pb2.GetLogsRequest(task_id=task_id, instance_index=-1))
         return [ln.line for ln in resp.lines]
 
+    async def output(self, task_id: str, index: int, path: str) -> bytes:
+        """One output file of the task, read back through the trainer's ReadOutput."""
+        data = b""
+        async for chunk in self.t.ReadOutput(trainer_pb2.ReadOutputRequest(task_id=task_id, instance_index=index,
+                                                                          path=path)):
+            data += chunk.data
+        return data
+
     async def join_token(self, resource_group: str) -> str:
         """A join token for ``resource_group``, made by the operator."""
         tok = await self.s.CreateJoinToken(scheduler_pb2.CreateJoinTokenRequest(resource_group_id=resource_group))

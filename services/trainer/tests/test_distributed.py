@@ -38,14 +38,6 @@ async def _run(platform: Any, rg: str, command: str, *, mode: str, count: int = 
     return got
 
 
-async def output(platform: Any, task_id: str, index: int, path: str) -> bytes:
-    data = b""
-    req = trainer_pb2.ReadOutputRequest(task_id=task_id, instance_index=index, path=path)
-    async for chunk in platform.t.ReadOutput(req):
-        data += chunk.data
-    return data
-
-
 ENV_CHECK = r"""python3 - <<'PY'
 import json, os, socket
 e = os.environ
@@ -66,7 +58,7 @@ PY"""
 async def test_ps_worker_every_variable_and_tf_config_checked_by_the_instances(platform: Any) -> None:
     rg = await _nodes(platform)
     got = await _run(platform, rg, ENV_CHECK, mode="PS-Worker", count=3, roles={"ps": 1, "worker": 2})
-    envs = [json.loads(await output(platform, got.id, i, "output/env.json")) for i in range(3)]
+    envs = [json.loads(await platform.output(got.id, i, "output/env.json")) for i in range(3)]
     cluster = {"ps": ["instance-0:2222"], "worker": ["instance-1:2222", "instance-2:2222"]}
     for i, env in enumerate(envs):
         assert env["tf"]["cluster"] == cluster
@@ -104,8 +96,8 @@ async def test_ddp_torchrun_with_gloo_on_two_nodes_ends_with_identical_replicas(
     rg = await _nodes(platform)
     got = await _run(platform, rg, DDP_TRAIN, mode="DDP", memory=2, timeout=240)
     assert len({i.node_id for i in got.instances}) == 2  # two nodes, one instance each
-    w0 = await output(platform, got.id, 0, "output/weights-0.sha")
-    w1 = await output(platform, got.id, 1, "output/weights-1.sha")
+    w0 = await platform.output(got.id, 0, "output/weights-0.sha")
+    w1 = await platform.output(got.id, 1, "output/weights-1.sha")
     assert len(w0) == 64 and w0 == w1
     lines = await platform.lines(got.id)
     assert any("rank 0 of 2" in ln for ln in lines) and any("rank 1 of 2" in ln for ln in lines)
