@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from .commands import task_ops  # noqa: F401 - registers its commands on the task group
 from .commands.credentials_cmds import secrets
 from .commands.events import events
 from .commands.groups import nodes, rg

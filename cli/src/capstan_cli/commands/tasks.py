@@ -98,6 +98,16 @@ def status_text(t: dict[str, Any]) -> str:
     metavar="N",
     help="Auto-restart: run it again up to N times (1..10) when it exits abnormally while running [default: 0, off].",
 )
+@click.option("--description", help="Up to 500 characters.")
+@click.option("--image", metavar="NAME", help="A built-in image's name or sha256:<digest> of an imported one.")
+@click.option("--mode", type=click.Choice(["DDP", "MPI", "Horovod", "PS-Worker", "Ray"]), help="Distributed mode.")
+@click.option("--role", "roles", multiple=True, metavar="ROLE=N",
+              help="Instances per role, in index order (repeatable), e.g. --role ps=1 --role worker=2.")
+@click.option("--storage", "storage", multiple=True, metavar="JSON",
+              help='A storage row (repeatable): {"kind": "object", "source": "local:bucket/data", '
+              '"path": "/opt/ml/input/data/train", "purpose": "training_data"}.')
+@click.option("--code", metavar="STORE:BUCKET/PREFIX", help="Code package, downloaded into /opt/ml/code.")
+@click.option("--output", metavar="STORE:BUCKET/PREFIX", help="Where /opt/ml/output and /opt/ml/model are uploaded.")
 @click.option("--wait", is_flag=True, help="Wait until the task ends; exit 0 only if it Succeeded.")
 @common_options
 def submit(
@@ -116,6 +126,13 @@ def submit(
     stop_grace_seconds: int | None,
     max_restarts: int | None,
     network: str | None,
+    description: str | None,
+    image: str | None,
+    mode: str | None,
+    roles: tuple[str, ...],
+    storage: tuple[str, ...],
+    code: str | None,
+    output: str | None,
     wait: bool,
 ) -> None:
     """Submit a training task; prints its id."""
@@ -145,6 +162,14 @@ def submit(
         body["max_restarts"] = max_restarts
     if network is not None:
         body["network"] = network
+    extra = {"description": description, "image": image, "mode": mode, "code": code, "output": output}
+    body |= {k: v for k, v in extra.items() if v is not None}
+    if roles:
+        body["roles"] = {k: int(v) for k, v in parse_tags(roles).items() if v.isdigit()}
+        if len(body["roles"]) != len(roles):
+            raise click.BadParameter("each --role is ROLE=N", param_hint="--role")
+    if storage:
+        body["storage"] = [json_object(s, "--storage") for s in storage]
     with cfg.client() as client:
         created = client.post("/training-tasks", body)
         task_id = str(created["id"])
