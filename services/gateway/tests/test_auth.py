@@ -46,6 +46,10 @@ ROUTES = [
     ("GET", "/api/v1/training-tasks/train-12345678/copy"),
     ("GET", "/api/v1/training-tasks/train-12345678/outputs"),
     ("GET", "/api/v1/training-tasks/train-12345678/outputs/model/weights.pt"),
+    ("GET", "/api/v1/training-tasks/train-12345678/events"),
+    ("GET", "/api/v1/training-tasks/train-12345678/metrics"),
+    ("GET", "/api/v1/training-tasks/train-12345678/checkpoints"),
+    ("GET", "/api/v1/training-tasks/train-12345678/evaluation"),
     ("GET", "/api/v1/admin/quarantine"),
 ]
 

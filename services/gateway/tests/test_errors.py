@@ -183,6 +183,10 @@ async def test_openapi_lists_every_route(client: httpx.AsyncClient) -> None:
         ("GET", f"{TASKS}/{{id}}/copy"),
         ("GET", f"{TASKS}/{{id}}/outputs"),
         ("GET", f"{TASKS}/{{id}}/outputs/{{path}}"),
+        ("GET", f"{TASKS}/{{id}}/events"),
+        ("GET", f"{TASKS}/{{id}}/metrics"),
+        ("GET", f"{TASKS}/{{id}}/checkpoints"),
+        ("GET", f"{TASKS}/{{id}}/evaluation"),
         ("GET", "/api/v1/admin/quarantine"),
     }
     for path, item in spec["paths"].items():

@@ -114,6 +114,17 @@ async def test_outputs_are_listed_and_downloaded_and_links_never_followed(api: h
         r = await api.get(f"{TASKS}/{task['id']}/outputs/{path}")
         assert r.status_code == status, (path, r.text)
     assert (await api.get(f"{TASKS}/{task['id']}/outputs", params={"instance": 5})).status_code == 400
+    # checkpoints and evaluation results, read from the outputs
+    assert (await api.get(f"{TASKS}/{task['id']}/evaluation")).status_code == 404
+    (base / "output" / "checkpoint-750").mkdir()
+    (base / "output" / "checkpoint-750" / "adapter.safetensors").write_bytes(b"x")
+    (base / "output" / "evaluation.json").write_text('{"accuracy": 0.9, "loss": 0.3}')
+    cks = (await api.get(f"{TASKS}/{task['id']}/checkpoints")).json()["files"]
+    assert [f["path"] for f in cks] == ["output/checkpoint-750", "output/ckpt"]  # directories, listed once
+    assert (await api.get(f"{TASKS}/{task['id']}/evaluation")).json() == {"accuracy": 0.9, "loss": 0.3}
+    events = (await api.get(f"{TASKS}/{task['id']}/events")).json()["items"]
+    assert [e["type"] for e in events] == ["TrainingTaskSubmitted", "TrainingTaskStopRequested", "TrainingTaskEnded"]
+    assert (await api.get(f"{TASKS}/{task['id']}/metrics")).json()["samples"] == []
     # start again: a new task with the same settings; delete the old one
     again = await api.post(f"{TASKS}/{task['id']}/start")
     assert again.status_code == 201 and again.json()["source_task_id"] == task["id"]

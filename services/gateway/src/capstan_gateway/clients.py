@@ -151,6 +151,9 @@ class TrainerClient(ServiceClient):
     async def get_logs(self, req: trainer_pb2.GetLogsRequest) -> trainer_pb2.GetLogsResponse:
         return await self.call(self.stub.GetLogs, req)
 
+    async def list_task_events(self, req: trainer_pb2.ListTaskEventsRequest) -> trainer_pb2.ListTaskEventsResponse:
+        return await self.call(self.stub.ListTaskEvents, req)
+
     async def update_training_task(self, req: trainer_pb2.UpdateTrainingTaskRequest) -> trainer_pb2.TrainingTask:
         return await self.call(self.stub.UpdateTrainingTask, req)
 

@@ -27,7 +27,7 @@ SERVICE = trainer_pb2.DESCRIPTOR.services_by_name["Trainer"].full_name
 ACCESS = Access({
     **methods_of(SERVICE, ["CreateTrainingTask", "ListTrainingTasks", "StopTrainingTask", "GetLogs",
                            "UpdateTrainingTask", "DeleteTrainingTask", "StartTrainingTask", "EstimatePrice",
-                           "ListOutputs", "ReadOutput"], [GATEWAY, ADMIN]),
+                           "ListOutputs", "ReadOutput", "ListTaskEvents"], [GATEWAY, ADMIN]),
     **methods_of(SERVICE, ["GetTrainingTask"], [GATEWAY, ADMIN, NODE]),
     **methods_of(SERVICE, ["ReportInstance"], [NODE, ADMIN]),
 })
@@ -142,11 +142,17 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         )
         return trainer_pb2.ReportInstanceResponse(task_status=status)
 
+    async def ListTaskEvents(self, req: trainer_pb2.ListTaskEventsRequest, context: grpc.aio.ServicerContext) -> trainer_pb2.ListTaskEventsResponse:
+        return trainer_pb2.ListTaskEventsResponse(items=[
+            trainer_pb2.TaskEvent(at_ms=e.at_ms, level=e.level, type=e.type, message=e.message)
+            for e in await self.app.events(req.task_id)
+        ])
+
     async def GetLogs(self, req: trainer_pb2.GetLogsRequest, context: grpc.aio.ServicerContext) -> trainer_pb2.GetLogsResponse:
         self.app.get(req.task_id)  # NotFound for an unknown task
         lines, last = await read_logs(
             self.app.ctx.js, req.task_id, start_ms=req.start_ms, end_ms=req.end_ms, keyword=req.keyword,
-            instance_index=req.instance_index, after_seq=req.after_seq, limit=req.limit,
+            instance_index=req.instance_index, after_seq=req.after_seq, limit=req.limit, source=req.source,
         )
         return trainer_pb2.GetLogsResponse(
             lines=[trainer_pb2.LogLine(ts_ms=x.ts_ms, instance_index=x.instance_index, stream=x.stream, line=x.line, seq=x.seq) for x in lines],

@@ -45,6 +45,7 @@ from .domain.task import (
 from .outputs import Outputs
 from .storage_backends import StorageConfig
 from .tables import training_instances, training_tasks
+from .task_events import TaskEvent, describe
 
 
 class TrainerApp:
@@ -253,6 +254,12 @@ class TrainerApp:
             return list(conn.execute(
                 select(training_tasks.c.id).where(*conditions).order_by(training_tasks.c.id)
             ).scalars().all())
+
+    async def events(self, task_id: str) -> list[TaskEvent]:
+        """The task's lifecycle events, oldest first, from its event log."""
+        await asyncio.to_thread(self.get, task_id)  # NotFound for an unknown (or deleted) task
+        recorded, _ = await self.ctx.store.load(self._subject(task_id))
+        return [d for r in recorded if (d := describe(r.event, r.time_ms)) is not None]
 
     # -- queries ---------------------------------------------------------------------
     def get(self, task_id: str) -> dict[str, Any]:

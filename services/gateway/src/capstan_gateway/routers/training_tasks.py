@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from fastapi import Path, Query
 from fastapi.responses import StreamingResponse
@@ -14,13 +14,23 @@ from capstan_proto import scheduler_pb2, trainer_pb2
 
 from ..deps import CurrentPrincipal, IdempotencyKey, PageRequest, Scheduler, Trainer
 from ..schemas import LogPage, TrainingTask, TrainingTaskCreate, TrainingTaskList
-from ..schemas.common import from_ms, parse_time
+from ..schemas.common import from_ms, from_ms_required, parse_time
+from ..schemas.observe import (
+    EVALUATION_FILE,
+    MetricSample,
+    MetricsPage,
+    TaskEventItem,
+    TaskEventList,
+    evaluation_of,
+    is_checkpoint,
+)
 from ..schemas.training_tasks import OutputList, Price, PriceRequest, QueueInfo, TagsUpdate
 from . import api_router
 
 router = api_router("training-tasks")
 
 TaskId = Annotated[str, Path(min_length=1, max_length=64)]
+InstanceQuery = Annotated[int | None, Query(ge=0, le=63, description="one instance's index; default every one")]
 TimeQuery = Annotated[str | None, Query(max_length=40, description="ISO-8601 (naive means UTC) or epoch milliseconds")]
 
 
@@ -105,7 +115,6 @@ async def copy_training_task(id: TaskId, trainer: Trainer) -> TrainingTaskCreate
     return TrainingTask.from_proto(t).to_create()
 
 
-InstanceQuery = Annotated[int | None, Query(ge=0, le=63, description="one instance's index; default every one")]
 
 
 @router.get("/{id}/outputs", summary="What the task's instances left in /opt/ml/output and /opt/ml/model")
@@ -145,6 +154,9 @@ async def get_training_task_logs(
     instance: Annotated[int | None, Query(ge=0, le=63, description="one instance's index; default every one")] = None,
     after_seq: Annotated[int, Query(ge=0, le=INT64_MAX, description="last_seq of the previous page")] = 0,
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+    source: Annotated[Literal["", "platform", "code"], Query(
+        description="platform: the platform's lines (setup, containment, exit); code: stdout and stderr; "
+        "empty: both")] = "",
 ) -> LogPage:
     req = trainer_pb2.GetLogsRequest(
         task_id=id,
@@ -154,5 +166,42 @@ async def get_training_task_logs(
         limit=limit,
         instance_index=-1 if instance is None else instance,
         after_seq=after_seq,
+        source=source,
     )
     return LogPage.from_proto(await trainer.get_logs(req))
+
+
+@router.get("/{id}/events", summary="The task's lifecycle events (submitted, started, evicted, restarted, ended)")
+async def list_training_task_events(id: TaskId, trainer: Trainer) -> TaskEventList:
+    resp = await trainer.list_task_events(trainer_pb2.ListTaskEventsRequest(task_id=id))
+    return TaskEventList(items=[TaskEventItem(time=from_ms_required(e.at_ms), level=e.level, type=e.type,
+                                              message=e.message) for e in resp.items])
+
+
+@router.get("/{id}/metrics", summary="Per-instance CPU and memory samples over time (from each instance's cgroup)")
+async def get_training_task_metrics(
+    id: TaskId, trainer: Trainer, instance: InstanceQuery = None, start: TimeQuery = None,
+    limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+) -> MetricsPage:
+    req = trainer_pb2.GetLogsRequest(task_id=id, instance_index=-1 if instance is None else instance,
+                                     start_ms=parse_time(start, "query.start") if start else 0, limit=limit,
+                                     source="metrics")
+    resp = await trainer.get_logs(req)
+    return MetricsPage(samples=[MetricSample.of(ln.ts_ms, ln.instance_index, ln.line) for ln in resp.lines],
+                       last_seq=resp.last_seq)
+
+
+@router.get("/{id}/checkpoints", summary="Checkpoints the task wrote to /opt/ml/output")
+async def list_training_task_checkpoints(id: TaskId, trainer: Trainer, instance: InstanceQuery = None) -> OutputList:
+    req = trainer_pb2.ListOutputsRequest(task_id=id, instance_index=-1 if instance is None else instance)
+    files = OutputList.from_proto(await trainer.list_outputs(req)).files
+    return OutputList(files=[f for f in files if is_checkpoint(f.path, f.kind)])
+
+
+@router.get("/{id}/evaluation", summary=f"Evaluation results: the JSON object the code wrote to /opt/ml/{EVALUATION_FILE}")
+async def get_training_task_evaluation(
+    id: TaskId, trainer: Trainer, instance: Annotated[int, Query(ge=0, le=63)] = 0,
+) -> dict[str, Any]:
+    req = trainer_pb2.ReadOutputRequest(task_id=id, instance_index=instance, path=EVALUATION_FILE)
+    data = b"".join([chunk async for chunk in await trainer.read_output(req)][:64])
+    return evaluation_of(data)

@@ -84,6 +84,10 @@ class Sandbox:
     def oom_kills(self) -> int:
         return self.cgroups.oom_kills(self.lease.cgroup_name)
 
+    def usage(self) -> tuple[int, int]:
+        """(CPU nanoseconds used so far, memory bytes in use) by the instance's cgroup."""
+        return self.cgroups.usage(self.lease.cgroup_name)
+
     def kill(self) -> None:
         """SIGKILL everything left in the instance's cgroup."""
         self.cgroups.kill(self.lease.cgroup_name)
