@@ -40,6 +40,7 @@ ROUTES = [
     ("POST", "/api/v1/training-tasks/train-12345678/stop"),
     ("GET", "/api/v1/training-tasks/train-12345678/logs"),
     ("POST", "/api/v1/training-tasks/price"),
+    ("GET", "/api/v1/images"),
     ("PATCH", "/api/v1/training-tasks/train-12345678"),
     ("DELETE", "/api/v1/training-tasks/train-12345678"),
     ("POST", "/api/v1/training-tasks/train-12345678/start"),

@@ -177,6 +177,7 @@ async def test_openapi_lists_every_route(client: httpx.AsyncClient) -> None:
         ("POST", f"{TASKS}/{{id}}/stop"),
         ("GET", f"{TASKS}/{{id}}/logs"),
         ("POST", f"{TASKS}/price"),
+        ("GET", "/api/v1/images"),
         ("PATCH", f"{TASKS}/{{id}}"),
         ("DELETE", f"{TASKS}/{{id}}"),
         ("POST", f"{TASKS}/{{id}}/start"),

@@ -151,6 +151,9 @@ class TrainerClient(ServiceClient):
     async def get_logs(self, req: trainer_pb2.GetLogsRequest) -> trainer_pb2.GetLogsResponse:
         return await self.call(self.stub.GetLogs, req)
 
+    async def list_images(self, req: trainer_pb2.ListImagesRequest) -> trainer_pb2.ListImagesResponse:
+        return await self.call(self.stub.ListImages, req)
+
     async def list_task_events(self, req: trainer_pb2.ListTaskEventsRequest) -> trainer_pb2.ListTaskEventsResponse:
         return await self.call(self.stub.ListTaskEvents, req)
 

@@ -27,7 +27,7 @@ SERVICE = trainer_pb2.DESCRIPTOR.services_by_name["Trainer"].full_name
 ACCESS = Access({
     **methods_of(SERVICE, ["CreateTrainingTask", "ListTrainingTasks", "StopTrainingTask", "GetLogs",
                            "UpdateTrainingTask", "DeleteTrainingTask", "StartTrainingTask", "EstimatePrice",
-                           "ListOutputs", "ReadOutput", "ListTaskEvents"], [GATEWAY, ADMIN]),
+                           "ListOutputs", "ReadOutput", "ListTaskEvents", "ListImages"], [GATEWAY, ADMIN]),
     **methods_of(SERVICE, ["GetTrainingTask"], [GATEWAY, ADMIN, NODE]),
     **methods_of(SERVICE, ["ReportInstance"], [NODE, ADMIN]),
 })
@@ -141,6 +141,13 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             exit_code=req.exit_code, message=req.message, at_ms=req.at_ms, attempt=req.attempt,
         )
         return trainer_pb2.ReportInstanceResponse(task_status=status)
+
+    async def ListImages(self, req: trainer_pb2.ListImagesRequest, context: grpc.aio.ServicerContext) -> trainer_pb2.ListImagesResponse:
+        images = await asyncio.to_thread(self.app.images)
+        return trainer_pb2.ListImagesResponse(items=[
+            trainer_pb2.Image(name=i.name, kind=i.kind, description=i.description, frameworks=i.frameworks,
+                              modes=i.modes, libraries=i.libraries, size_bytes=i.size_bytes) for i in images
+        ])
 
     async def ListTaskEvents(self, req: trainer_pb2.ListTaskEventsRequest, context: grpc.aio.ServicerContext) -> trainer_pb2.ListTaskEventsResponse:
         return trainer_pb2.ListTaskEventsResponse(items=[

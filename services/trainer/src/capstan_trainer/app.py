@@ -42,6 +42,7 @@ from .domain.task import (
     decide_update_tags,
     fold,
 )
+from .images import DEFAULT_IMAGE, Image, ImageStore, builtin_images
 from .outputs import Outputs
 from .storage_backends import StorageConfig
 from .tables import training_instances, training_tasks
@@ -103,8 +104,16 @@ class TrainerApp:
     def estimate(self, resources: ResourceSpec, instance_count: int) -> Price:
         return price_per_hour(self.price_table(), resources, instance_count)
 
+    def images(self) -> list[Image]:
+        return [*builtin_images(), *ImageStore(self.storage_root).list()]
+
     def _check_storage(self, cmd: SubmitTrainingTask) -> None:
-        """Every store, volume and credential the form names exists on this install (before appending)."""
+        """Every image, store, volume and credential the form names exists on this install (before appending)."""
+        if cmd.image and not cmd.image.startswith("sha256:") and cmd.image != DEFAULT_IMAGE:
+            raise InvalidArgument(f"there is no built-in image {cmd.image!r} (built-in: {DEFAULT_IMAGE})", field="image")
+        if cmd.image.startswith("sha256:") and not ImageStore(self.storage_root).exists(cmd.image):
+            raise InvalidArgument(f"image {cmd.image} has not been imported on this install (capstan image import)",
+                                  field="image")
         stores = [split_location(x, "code")[0] for x in (cmd.code, cmd.output) if x]
         stores += [split_location(r.source, "storage")[0] for r in cmd.storage if r.kind == "object"]
         volumes = [split_location(r.source, "storage")[0] for r in cmd.storage if r.kind == "fs"]

@@ -29,6 +29,7 @@ from capstan_core.service import connect_nats
 from capstan_core.streams import WAKE_AGENTS
 from capstan_proto import scheduler_pb2, scheduler_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 
+from ..images import ImageStore
 from .distributed import distributed
 from .inputs import InputError, prepare, upload
 from .safefs import mirror
@@ -218,10 +219,11 @@ class TrainerAgent:
             await self._carry_over(task, index)
             try:
                 mounts = await asyncio.to_thread(self._prepare_inputs, task, index)
-            except InputError as e:
+                rootfs = ImageStore(self.settings.storage_root).rootfs(task.image)
+            except (InputError, ValueError, FileNotFoundError) as e:
                 await self._fail_before_start(js, task, index, str(e))
                 return
-            self.executor.start(self._spec(task, index, mounts))
+            self.executor.start(self._spec(task, index, mounts, str(rootfs or "")))
             self._synced_at[(key, index)] = time.monotonic()
             st = self.executor.status(key, index)
         await ship(js, task.id, index, log_path, key)
@@ -310,7 +312,8 @@ class TrainerAgent:
         if task.instances[index].status != "Exited":
             await self._report(task, index, "Exited", EXIT_INPUTS_FAILED, f"inputs could not be prepared: {reason}")
 
-    def _spec(self, task: trainer_pb2.TrainingTask, index: int, mounts: list[Mount] | None = None) -> InstanceSpec:
+    def _spec(self, task: trainer_pb2.TrainingTask, index: int, mounts: list[Mount] | None = None,
+              rootfs: str = "") -> InstanceSpec:
         roles = {k: task.roles[k] for k in task.role_order if k in task.roles} | dict(task.roles)
         env, files, helper_mounts, entrypoint = distributed(
             task.mode, roles, max(1, task.instance_count), index, task.resources.cpu, task.resources.gpu,
@@ -327,7 +330,7 @@ class TrainerAgent:
             stop_grace_seconds=task.stop_grace_seconds or 30, cpu=task.resources.cpu,
             memory_gib=task.resources.memory_gib, instance_count=max(1, task.instance_count),
             network=task.network or "isolated", mounts=(*helper_mounts, *(mounts or ())), files=files,
-            entrypoint=entrypoint,
+            entrypoint=entrypoint, rootfs=rootfs,
         )
 
     async def _report_exit(self, task: trainer_pb2.TrainingTask, index: int, exit_code: int, reason: str) -> None:

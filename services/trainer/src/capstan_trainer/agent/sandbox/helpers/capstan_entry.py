@@ -72,7 +72,7 @@ def _serve_one(conn: socket.socket) -> None:
 
         threading.Thread(target=watch_caller, daemon=True).start()
         try:
-            while chunk := proc.stdout.read1(65536):
+            while chunk := proc.stdout.read1(65536):  # type: ignore[attr-defined]
                 _send(conn, b"o", chunk)
             _send(conn, b"x", str(proc.wait()).encode())
         except OSError:
