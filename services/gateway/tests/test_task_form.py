@@ -15,13 +15,6 @@ import pytest
 TASKS = "/api/v1/training-tasks"
 
 
-@pytest.fixture
-async def rg_id(api: httpx.AsyncClient) -> str:
-    r = await api.post("/api/v1/resource-groups", json={"name": "pool"})
-    assert r.status_code == 201, r.text
-    return str(r.json()["id"])
-
-
 async def _until(api: httpx.AsyncClient, task_id: str, status: str) -> dict[str, Any]:
     for _ in range(200):
         task: dict[str, Any] = (await api.get(f"{TASKS}/{task_id}")).json()
