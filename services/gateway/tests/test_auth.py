@@ -41,6 +41,8 @@ ROUTES = [
     ("GET", "/api/v1/training-tasks/train-12345678/logs"),
     ("POST", "/api/v1/training-tasks/price"),
     ("GET", "/api/v1/images"),
+    ("POST", "/api/v1/training-tasks/train-12345678/tensorboard"),
+    ("GET", "/api/v1/training-tasks/train-12345678/tensorboard/index.html"),
     ("PATCH", "/api/v1/training-tasks/train-12345678"),
     ("DELETE", "/api/v1/training-tasks/train-12345678"),
     ("POST", "/api/v1/training-tasks/train-12345678/start"),
@@ -158,6 +160,7 @@ async def test_the_route_list_above_is_every_api_route(client: httpx.AsyncClient
 
     spec = (await client.get("/openapi.json")).json()
     documented = {(m.upper(), p) for p, item in spec["paths"].items() for m in item if p.startswith("/api/v1")}
-    listed = {(m, re.sub(r"/outputs/model/weights.pt$", "/outputs/{path}",
+    listed = {(m, re.sub(r"/(outputs/model/weights.pt|tensorboard/index.html)$",
+                         lambda x: "/outputs/{path}" if "outputs" in x[0] else "/tensorboard/{path}",
                          re.sub(r"/(rsg|train|node|jt)-12345678", "/{id}", p))) for m, p in ROUTES}
     assert listed == documented

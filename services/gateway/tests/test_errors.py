@@ -178,6 +178,8 @@ async def test_openapi_lists_every_route(client: httpx.AsyncClient) -> None:
         ("GET", f"{TASKS}/{{id}}/logs"),
         ("POST", f"{TASKS}/price"),
         ("GET", "/api/v1/images"),
+        ("POST", f"{TASKS}/{{id}}/tensorboard"),
+        ("GET", f"{TASKS}/{{id}}/tensorboard/{{path}}"),
         ("PATCH", f"{TASKS}/{{id}}"),
         ("DELETE", f"{TASKS}/{{id}}"),
         ("POST", f"{TASKS}/{{id}}/start"),

@@ -123,3 +123,34 @@ async def test_outputs_are_listed_and_downloaded_and_links_never_followed(api: h
     assert again.status_code == 201 and again.json()["source_task_id"] == task["id"]
     assert (await api.delete(f"{TASKS}/{task['id']}")).status_code == 204
     assert (await api.get(f"{TASKS}/{task['id']}")).status_code == 404
+
+
+async def test_tensorboard_on_the_tasks_summaries_through_the_gateway(api: httpx.AsyncClient, rg_id: str,
+                                                                      tmp_path: Path) -> None:
+    torch_tb = pytest.importorskip("torch.utils.tensorboard")
+    pytest.importorskip("tensorboard")
+    task = (await api.post(TASKS, json={"name": "tb", "resource_group_id": rg_id, "command": "true"})).json()
+    # what an instance wrote to /opt/ml/summary, as the agent saved it
+    writer = torch_tb.SummaryWriter(str(tmp_path / "t" / "storage" / "train" / task["id"] / "0" / "output" / "summary"))
+    for step in range(5):
+        writer.add_scalar("loss", 1.0 / (step + 1), step)
+    writer.close()
+    started = (await api.post(f"{TASKS}/{task['id']}/tensorboard")).json()
+    assert started["url"] == f"/api/v1/training-tasks/{task['id']}/tensorboard/"
+    runs = None
+    for _ in range(300):  # it takes a few seconds to come up: 503 until then
+        r = await api.get(f"{TASKS}/{task['id']}/tensorboard/data/runs")
+        if r.status_code == 200:
+            runs = r.json()
+            if runs:
+                break
+        else:
+            assert r.status_code == 503, r.text
+        await asyncio.sleep(0.2)
+    assert runs is not None and [r.split("/")[0] for r in runs] == ["instance-0"]  # one run per instance
+    tags = (await api.get(f"{TASKS}/{task['id']}/tensorboard/data/plugin/scalars/tags")).json()
+    assert "loss" in tags[runs[0]]
+    page = await api.get(f"{TASKS}/{task['id']}/tensorboard/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    unauthenticated = await api.get(f"{TASKS}/{task['id']}/tensorboard/data/runs", headers={"Authorization": ""})
+    assert unauthenticated.status_code == 401

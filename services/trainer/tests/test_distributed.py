@@ -33,7 +33,10 @@ async def _run(platform: Any, rg: str, command: str, *, mode: str, count: int = 
         name=f"{mode or 'plain'}-run", resource_group_id=rg, command=command, instance_count=count, mode=mode,
         roles=roles or {}, role_order=list(roles or {}),
         resources=common_pb2.Resources(cpu=1, memory_gib=memory)))
-    got = await platform.wait(task.id, "Succeeded", "Failed", "Stopped", timeout=timeout)
+    try:
+        got = await platform.wait(task.id, "Succeeded", "Failed", "Stopped", timeout=timeout)
+    except AssertionError as e:  # say what the instances said
+        raise AssertionError(f"{e}; logs: {await platform.lines(task.id)}") from e
     assert got.status == want, (got.status, got.failure_reason, await platform.lines(task.id))
     return got
 

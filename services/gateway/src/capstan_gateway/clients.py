@@ -151,6 +151,14 @@ class TrainerClient(ServiceClient):
     async def get_logs(self, req: trainer_pb2.GetLogsRequest) -> trainer_pb2.GetLogsResponse:
         return await self.call(self.stub.GetLogs, req)
 
+    async def start_tensorboard(self, req: trainer_pb2.StartTensorBoardRequest) -> trainer_pb2.TensorBoard:
+        return await self.call(self.stub.StartTensorBoard, req)
+
+    @property
+    def host(self) -> str:
+        """The trainer's host (where the TensorBoards it starts listen, on loopback when it is local)."""
+        return self.address.rsplit(":", 1)[0].strip("[]")
+
     async def list_images(self, req: trainer_pb2.ListImagesRequest) -> trainer_pb2.ListImagesResponse:
         return await self.call(self.stub.ListImages, req)
 

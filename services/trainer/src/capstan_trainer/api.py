@@ -19,6 +19,7 @@ from .app import TrainerApp
 from .domain.price import Price
 from .domain.task import SubmitTrainingTask, validate_resources
 from .logs import read_logs
+from .tensorboards import path_prefix
 
 CHUNK = 1 << 20  # bytes per ReadOutput message
 SERVICE = trainer_pb2.DESCRIPTOR.services_by_name["Trainer"].full_name
@@ -27,7 +28,8 @@ SERVICE = trainer_pb2.DESCRIPTOR.services_by_name["Trainer"].full_name
 ACCESS = Access({
     **methods_of(SERVICE, ["CreateTrainingTask", "ListTrainingTasks", "StopTrainingTask", "GetLogs",
                            "UpdateTrainingTask", "DeleteTrainingTask", "StartTrainingTask", "EstimatePrice",
-                           "ListOutputs", "ReadOutput", "ListTaskEvents", "ListImages"], [GATEWAY, ADMIN]),
+                           "ListOutputs", "ReadOutput", "ListTaskEvents", "ListImages", "StartTensorBoard"],
+               [GATEWAY, ADMIN]),
     **methods_of(SERVICE, ["GetTrainingTask"], [GATEWAY, ADMIN, NODE]),
     **methods_of(SERVICE, ["ReportInstance"], [NODE, ADMIN]),
 })
@@ -141,6 +143,11 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             exit_code=req.exit_code, message=req.message, at_ms=req.at_ms, attempt=req.attempt,
         )
         return trainer_pb2.ReportInstanceResponse(task_status=status)
+
+    async def StartTensorBoard(self, req: trainer_pb2.StartTensorBoardRequest, context: grpc.aio.ServicerContext) -> trainer_pb2.TensorBoard:
+        task = await asyncio.to_thread(self.app.get, req.task_id)
+        port, ready = await asyncio.to_thread(self.app.tensorboards.start, task)
+        return trainer_pb2.TensorBoard(port=port, ready=ready, path_prefix=path_prefix(req.task_id))
 
     async def ListImages(self, req: trainer_pb2.ListImagesRequest, context: grpc.aio.ServicerContext) -> trainer_pb2.ListImagesResponse:
         images = await asyncio.to_thread(self.app.images)

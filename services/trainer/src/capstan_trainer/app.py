@@ -47,6 +47,7 @@ from .outputs import Outputs
 from .storage_backends import StorageConfig
 from .tables import training_instances, training_tasks
 from .task_events import TaskEvent, describe
+from .tensorboards import TensorBoards
 
 
 class TrainerApp:
@@ -58,6 +59,7 @@ class TrainerApp:
         self._evicting = LoopGuard("trainer.evictions", ctx.counters)
         self._restarting = LoopGuard("trainer.restart_lost", ctx.counters)
         self.outputs = Outputs(self.storage_root)
+        self.tensorboards = TensorBoards(self.storage_root, ctx.settings.data_dir / "logs")
 
     def steps(self) -> list[Step]:
         """The trainer's control loops, each a named step of its reconcile loop."""

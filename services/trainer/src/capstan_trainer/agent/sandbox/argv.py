@@ -140,6 +140,7 @@ def build_bwrap_argv(bwrap: str, spec: InstanceSpec, paths: InstancePaths, view:
     argv += ["--dir", "/opt/ml", "--dir", "/opt/ml/input"]
     argv += ["--bind", view.source(paths.code), "/opt/ml/code"]
     argv += ["--bind", view.source(paths.output), "/opt/ml/output"]
+    argv += ["--bind", view.source(paths.summary), "/opt/ml/summary"]  # TensorBoard's; saved with the output
     argv += ["--bind", view.source(paths.model), "/opt/ml/model"]
     argv += ["--ro-bind", view.source(paths.input_config), "/opt/ml/input/config"]
     for i, target in enumerate(sorted(spec.files)):

@@ -191,6 +191,7 @@ class Containment:
     ) -> StagedView:
         for d in (paths.code, paths.output, paths.model):
             d.mkdir(parents=True, exist_ok=True)
+            (paths.summary if d == paths.output else d).mkdir(exist_ok=True)
             chown_tree(d, lease.uid, lease.uid)  # what storage restored is root's until now
         for m in spec.mounts:
             if m.own and Path(m.source).resolve().is_relative_to(paths.dir.resolve()):

@@ -131,7 +131,7 @@ class BwrapExecutor(Executor):
                 return
             # Root's, and only root's: the sandbox sees its parts through binds, never this directory.
             os.chmod(paths.dir, 0o700)
-            for d in (paths.code, paths.input_config, paths.output, paths.model):
+            for d in (paths.code, paths.input_config, paths.output, paths.summary, paths.model):
                 d.mkdir(parents=True, exist_ok=True)
             write_atomic(paths.hyperparameters, json.dumps(spec.hyperparameters))
             if spec.files:

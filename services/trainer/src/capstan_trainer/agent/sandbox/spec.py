@@ -170,6 +170,11 @@ class InstancePaths:
         return self.dir / "output"
 
     @property
+    def summary(self) -> Path:
+        """/opt/ml/summary (TensorBoard summaries): inside the output, so it is saved with it."""
+        return self.output / "summary"
+
+    @property
     def model(self) -> Path:
         return self.dir / "model"
 

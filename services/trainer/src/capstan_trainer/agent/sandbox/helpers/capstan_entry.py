@@ -7,7 +7,8 @@ instance is up, and the way ``mpirun`` starts its daemons in the other instances
 OpenMPI's ``plm_rsh_agent``). Only the task's own instances reach it: the task's bridge is closed to
 every other task and to the host's services (docs/architecture.md, Sandbox).
 
-- every worker (index > 0) waits until the first instance (master, launcher, head) is reachable;
+- every worker (index > 0) waits until the first instance (master, launcher, head) is reachable, and the
+  first instance starts once every worker has reached it (a barrier: none misses another);
 - ``DDP``, ``PS-Worker``, plain: the command runs, its exit code is the instance's;
 - ``MPI``: the command runs on every instance; a worker then stays (serving ``mpirun``) until the
   launcher has finished, and exits with its command's code;
@@ -33,6 +34,8 @@ MODE = os.environ.get("CAPSTAN_MODE", "")
 INDEX = int(os.environ.get("INDEX", "0"))
 FIRST = os.environ.get("MASTER_ADDR", "instance-0")
 _children: list[subprocess.Popen[bytes]] = []
+_seen_by: set[int] = set()  # the workers that have reached this instance (the first one's start barrier)
+_seen_lock = threading.Lock()
 
 
 def say(text: str) -> None:
@@ -54,6 +57,8 @@ def _serve_one(conn: socket.socket) -> None:
             line += chunk
         request = json.loads(line)
         if request.get("ping"):
+            with _seen_lock:
+                _seen_by.add(int(request.get("from", -1)))
             _send(conn, b"x", b"0")
             return
         proc = subprocess.Popen(["/bin/sh", "-c", request["command"]], stdin=subprocess.DEVNULL,
@@ -92,7 +97,7 @@ def serve() -> None:
 def reachable(host: str, timeout: float = 2.0) -> bool:
     try:
         with socket.create_connection((host, PORT), timeout=timeout) as c:
-            c.sendall(b'{"ping": 1}\n')
+            c.sendall(json.dumps({"ping": 1, "from": INDEX}).encode() + b"\n")
             return c.recv(16).startswith(b"x")
     except OSError:
         return False
@@ -105,12 +110,17 @@ def wait_for_first() -> None:
     say(f"{FIRST} is reachable")
 
 
-def wait_for_peers() -> None:
-    """The launcher (head) waits until every other instance serves: mpirun and Ray reach them at once."""
-    for i in range(1, int(os.environ.get("WORLD_SIZE", "1"))):
-        say(f"waiting until instance-{i} is reachable")
-        while not reachable(f"instance-{i}"):
-            time.sleep(0.5)
+def wait_for_workers() -> None:
+    """The first instance starts its part once every worker has reached it (so a worker never misses a
+    first instance that finished quickly) and serves (mpirun and Ray reach them at once)."""
+    workers = set(range(1, int(os.environ.get("WORLD_SIZE", "1"))))
+    if workers:
+        say(f"waiting until {len(workers)} worker(s) have reached {FIRST}")
+    while True:
+        with _seen_lock:
+            if workers <= _seen_by:
+                return
+        time.sleep(0.2)
 
 
 def wait_for_ray_nodes() -> None:
@@ -193,8 +203,8 @@ def main() -> int:
     threading.Thread(target=serve, daemon=True).start()
     if INDEX > 0:
         wait_for_first()
-    elif MODE in ("MPI", "Horovod", "Ray"):
-        wait_for_peers()
+    else:
+        wait_for_workers()
     if MODE == "Ray":
         return ray_head() if INDEX == 0 else ray_worker()
     if MODE == "Horovod" and INDEX > 0:
