@@ -138,19 +138,18 @@ async def test_tensorboard_on_the_tasks_summaries_through_the_gateway(api: httpx
     started = (await api.post(f"{TASKS}/{task['id']}/tensorboard")).json()
     assert started["url"] == f"/api/v1/training-tasks/{task['id']}/tensorboard/"
     runs = None
-    for _ in range(300):  # it takes a few seconds to come up: 503 until then
+    for _ in range(300):  # the first request waits until it is up; the run appears once it has read the logdir
         r = await api.get(f"{TASKS}/{task['id']}/tensorboard/data/runs")
-        if r.status_code == 200:
-            runs = r.json()
-            if runs:
-                break
-        else:
-            assert r.status_code == 503, r.text
+        assert r.status_code == 200, r.text
+        if runs := r.json():
+            break
         await asyncio.sleep(0.2)
     assert runs is not None and [r.split("/")[0] for r in runs] == ["instance-0"]  # one run per instance
     tags = (await api.get(f"{TASKS}/{task['id']}/tensorboard/data/plugin/scalars/tags")).json()
     assert "loss" in tags[runs[0]]
     page = await api.get(f"{TASKS}/{task['id']}/tensorboard/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    missing = await api.get(f"{TASKS}/{task['id']}/tensorboard/no/such%12page")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
     unauthenticated = await api.get(f"{TASKS}/{task['id']}/tensorboard/data/runs", headers={"Authorization": ""})
     assert unauthenticated.status_code == 401
