@@ -54,6 +54,13 @@ class TaskEventList(BaseModel):
     items: list[TaskEventItem]
 
 
+class GpuSample(BaseModel):
+    index: int = Field(description="the card's index on its node")
+    gpu_percent: float | None
+    memory_bytes: int | None
+    memory_percent: float | None
+
+
 class MetricSample(BaseModel):
     time: datetime
     instance: int
@@ -61,6 +68,7 @@ class MetricSample(BaseModel):
     cpu_percent: float | None = Field(description="of the instance's CPU request")
     memory_bytes: int | None
     memory_percent: float | None = Field(description="of the instance's memory request (its limit)")
+    gpus: list[GpuSample] = Field(default_factory=list, description="the cards it holds (a shared card's figures)")
 
     @classmethod
     def of(cls, ts_ms: int, instance: int, line: str) -> MetricSample:
@@ -71,7 +79,8 @@ class MetricSample(BaseModel):
         d = d if isinstance(d, dict) else {}
         return cls(time=from_ms_required(ts_ms), instance=instance, cpu_cores=d.get("cpu_cores"),
                    cpu_percent=d.get("cpu_percent"), memory_bytes=d.get("memory_bytes"),
-                   memory_percent=d.get("memory_percent"))
+                   memory_percent=d.get("memory_percent"),
+                   gpus=[GpuSample.model_validate(g) for g in d.get("gpus") or [] if isinstance(g, dict)])
 
 
 class MetricsPage(BaseModel):

@@ -27,6 +27,7 @@ from typing import IO
 from .argv import View, build_bwrap_argv
 from .config import Limits, SandboxConfig, describe_memory, thread_env
 from .containment import Containment, Sandbox
+from .gpustats import gpu_samples
 from .spec import (
     EXIT_RUNNER_ERROR,
     EXIT_SANDBOX_UNAVAILABLE,
@@ -62,10 +63,12 @@ class Sampler:
         if self.last is not None and now > self.last[0]:
             cores = max(0.0, (cpu_ns - self.last[1]) / 1e9 / (now - self.last[0]))
             limit = self.spec.memory_gib * (1 << 30)
-            sample = {"cpu_cores": round(cores, 3),
+            sample: dict[str, object] = {"cpu_cores": round(cores, 3),
                       "cpu_percent": round(100 * cores / self.spec.cpu, 1) if self.spec.cpu else None,
                       "memory_bytes": max(0, memory),
                       "memory_percent": round(100 * max(0, memory) / limit, 1) if limit else None}
+            if gpus := gpu_samples(self.spec.env.get("CUDA_VISIBLE_DEVICES", "")):
+                sample["gpus"] = gpus
             self.log.write(METRICS_STREAM, json.dumps(sample))
         self.last = (now, cpu_ns)
 
