@@ -75,3 +75,26 @@ def test_copy_start_delete_tag_price(runner: CliRunner, fake_api: FakeApi, data_
     assert run(runner, fake_api, data_dir, "task", "delete", "train-1").stdout == "deleted train-1\n"
     assert run(runner, fake_api, data_dir, "task", "tag", "train-1", "--tag", "a=b").stdout == "a=b\n"
     assert run(runner, fake_api, data_dir, "task", "price", "--nodes", "2").stdout == "5 USD/hour\n"
+
+
+def test_events_metrics_tensorboard_and_the_queued_status(runner: CliRunner, fake_api: FakeApi,
+                                                           data_dir: Path) -> None:
+    fake_api.on("GET", f"{T}/events", (200, {"items": [
+        {"time": "2026-01-01T00:00:00Z", "level": "info", "type": "TrainingTaskSubmitted", "message": "submitted"}]}))
+    fake_api.on("GET", f"{T}/metrics", (200, {"samples": [
+        {"time": "2026-01-01T00:00:00Z", "instance": 0, "cpu_cores": 0.5, "cpu_percent": 50, "memory_bytes": 2 << 20,
+         "memory_percent": 0.2, "gpus": [{"index": 1, "gpu_percent": 30, "memory_bytes": 0, "memory_percent": 0}]}],
+        "last_seq": 3}))
+    fake_api.on("POST", f"{T}/tensorboard", (200, {"url": "/api/v1/training-tasks/train-1/tensorboard/",
+                                                  "ready": True}))
+    fake_api.on("GET", T, (200, {"id": "train-1", "name": "n", "status": "Queued", "instances": [],
+                                 "created_at": "2026-01-01T00:00:00Z",
+                                 "queue": {"queued_since": "2026-01-01T00:00:00Z", "priority": 3, "position": 2,
+                                           "reason": "r"}}))
+    assert "TrainingTaskSubmitted" in run(runner, fake_api, data_dir, "task", "events", "train-1").stdout
+    shown = run(runner, fake_api, data_dir, "task", "metrics", "train-1").stdout
+    assert "2.0 MiB" in shown and "gpu1=30%" in shown
+    tb = run(runner, fake_api, data_dir, "task", "tensorboard", "train-1").stdout
+    assert tb.startswith(f"{fake_api.url}/api/v1/training-tasks/train-1/tensorboard/")
+    status = run(runner, fake_api, data_dir, "task", "status", "train-1")
+    assert "P3" in status.stdout and "position 2" in status.stdout, status.output

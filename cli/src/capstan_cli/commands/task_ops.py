@@ -124,3 +124,50 @@ def price(cpu: float, memory: float, gpu_type: str | None, gpu: float, nodes: in
         print_json(p)
         return
     click.echo(f"{p['per_hour']:g} {p['currency']}/hour".strip() + (f" ({p['note']})" if p.get("note") else ""))
+
+
+@task.command("events")
+@click.argument("task_id")
+@common_options
+def events(task_id: str) -> None:
+    """A task's lifecycle events (submitted, started, evicted, restarted, ended)."""
+    cfg = config()
+    with cfg.client() as client:
+        items = (client.get(f"/training-tasks/{task_id}/events") or {}).get("items") or []
+    if cfg.json_output:
+        print_json(items)
+        return
+    click.echo(table(["TIME", "LEVEL", "EVENT", "MESSAGE"],
+                     [[when(e["time"]), e["level"], e["type"], e["message"]] for e in items]))
+
+
+@task.command("metrics")
+@click.argument("task_id")
+@click.option("--instance", type=click.IntRange(min=0), help="Only this instance.")
+@common_options
+def metrics(task_id: str, instance: int | None) -> None:
+    """CPU and memory (and GPU) samples of a task's instances over time."""
+    cfg = config()
+    with cfg.client() as client:
+        samples = (client.get(f"/training-tasks/{task_id}/metrics", instance=instance) or {}).get("samples") or []
+    if cfg.json_output:
+        print_json(samples)
+        return
+    rows = [[when(s["time"]), str(s["instance"]), f"{s['cpu_cores']:g}" if s["cpu_cores"] is not None else "-",
+             _size(int(s["memory_bytes"] or 0)), " ".join(f"gpu{g['index']}={g['gpu_percent']:g}%" for g in s["gpus"])]
+            for s in samples]
+    click.echo(table(["TIME", "INSTANCE", "CPU", "MEMORY", "GPUS"], rows) if rows else "no samples yet")
+
+
+@task.command("tensorboard")
+@click.argument("task_id")
+@common_options
+def tensorboard(task_id: str) -> None:
+    """Start the task's TensorBoard (on what it wrote to /opt/ml/summary); prints its address."""
+    cfg = config()
+    with cfg.client() as client:
+        tb = client.post(f"/training-tasks/{task_id}/tensorboard")
+        base = client.base_url
+    print_json(tb) if cfg.json_output else click.echo(
+        f"{base}{tb['url']}" + ("" if tb["ready"] else "  (starting: ready in a few seconds)")
+        + "\n(send the same Authorization: Bearer token)")

@@ -49,12 +49,13 @@ def status_text(t: dict[str, Any]) -> str:
     """The status, with what a person wants to know next to it (SPEC 3.2: Queued shows how long)."""
     status = str(t.get("status") or "?")
     if status == "Queued":
-        queued = since(t.get("queued_at") or t.get("queued_since") or t.get("created_at"))
+        q = t.get("queue") or {}
+        queued = since(q.get("queued_since") or t.get("created_at"))
         extra = [f"queued {queued}"] if queued else []
-        if t.get("priority") is not None:
-            extra.append(f"P{t['priority']}")
-        if t.get("queue_position") is not None:
-            extra.append(f"position {t['queue_position']}")
+        if q.get("priority") is not None:
+            extra.append(f"P{q['priority']}")
+        if q.get("position") is not None:
+            extra.append(f"position {q['position']}")
         return f"{status} ({', '.join(extra)})" if extra else status
     if status == "Running" and t.get("started_at"):
         return f"{status} ({since(t['started_at'])})"
@@ -302,9 +303,12 @@ def task_stop(task_id: str) -> None:
 @click.option("--since", "since_", metavar="T", help="From T: an age (10m, 2h, 1d) or a time (2025-01-31T12:00:00Z).")
 @click.option("--until", metavar="T", help="Up to T (same forms as --since).")
 @click.option("--instance", type=click.IntRange(min=0), metavar="I", help="Only instance I.")
+@click.option("--source", type=click.Choice(["platform", "code"]),
+              help="platform: the platform's lines (inputs, containment, exit); code: stdout and stderr [both].")
 @common_options
 def task_logs(
-    task_id: str, follow: bool, keyword: str | None, since_: str | None, until: str | None, instance: int | None
+    task_id: str, follow: bool, keyword: str | None, since_: str | None, until: str | None, instance: int | None,
+    source: str | None,
 ) -> None:
     """Print a task's logs (one JSON object per line with --json)."""
     cfg = config()
@@ -313,6 +317,7 @@ def task_logs(
         "start": time_arg(since_) if since_ else None,
         "end": time_arg(until) if until else None,
         "instance": instance,
+        "source": source,
     }
     with cfg.client() as client:
         t = client.get(f"/training-tasks/{task_id}")
