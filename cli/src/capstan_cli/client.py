@@ -98,6 +98,31 @@ class ApiClient:
     def post(self, path: str, body: Any = None, headers: dict[str, str] | None = None) -> Any:
         return self.request("POST", path, body=body, headers=headers)
 
+    def patch(self, path: str, body: Any = None) -> Any:
+        return self.request("PATCH", path, body=body)
+
+    def delete(self, path: str) -> Any:
+        return self.request("DELETE", path)
+
+    def download(self, path: str, dest: Path, **params: Any) -> int:
+        """Stream ``path`` into the file ``dest`` (written whole or not at all); bytes written."""
+        tmp = dest.with_name(f".{dest.name}.part")
+        try:
+            with self._http.stream("GET", API_PREFIX + path, params=params) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    raise error_from_response(resp)
+                n = 0
+                with open(tmp, "wb") as f:
+                    for chunk in resp.iter_bytes():
+                        f.write(chunk)
+                        n += len(chunk)
+        except httpx.HTTPError as e:
+            tmp.unlink(missing_ok=True)
+            raise ApiError(f"download from {self.base_url} failed: {e}", code="transport") from e
+        tmp.replace(dest)
+        return n
+
     def paginate(self, path: str, page_size: int = 100, **params: Any) -> Iterator[dict[str, Any]]:
         """Every item of a paginated list (``{items, next_page_token, total}``)."""
         token: str | None = None

@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from capstan_core.contracts.task_status import FINISHED
+
 from .client import ApiClient, wait_until
 
 PAGE = 1000
@@ -15,7 +17,6 @@ POLL_S = 1.0
 # Lines may land in the log store a moment after the task is seen ended: wait this long for stragglers.
 SETTLE_S = 2.0
 OUTAGE_S = 120.0
-TERMINAL = frozenset({"Succeeded", "Failed", "Stopped"})
 
 
 def _print(line: dict[str, Any], prefix: bool, as_json: bool) -> None:
@@ -69,7 +70,7 @@ def stream_logs(
             time.sleep(POLL_S)
             if ended_since is None:
                 t = wait_until(lambda: client.get(f"/training-tasks/{task_id}"), OUTAGE_S)
-                if str(t.get("status")) in TERMINAL:
+                if str(t.get("status")) in FINISHED:
                     ended_since = time.monotonic()
     except KeyboardInterrupt:
         return

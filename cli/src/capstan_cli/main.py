@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import click
 
+from .commands import task_ops  # noqa: F401 - registers its commands on the task group
 from .commands.credentials_cmds import secrets
 from .commands.events import events
 from .commands.groups import nodes, rg
+from .commands.images import image
 from .commands.platform_cmds import agent, down, ps, restart_component, up
 from .commands.tasks import task
 from .common import CapstanGroup, common_options
@@ -27,7 +29,7 @@ def cli() -> None:
     """
 
 
-for command in (up, down, ps, restart_component, agent, rg, nodes, task, secrets, events):
+for command in (up, down, ps, restart_component, agent, rg, nodes, task, image, secrets, events):
     cli.add_command(command)
 
 

@@ -135,6 +135,8 @@ def _guard_streaming(
             try:
                 async for item in inner(request, context):
                     yield item
+            except DomainError as e:  # as for unary calls: the domain error's status and message
+                await context.abort(GRPC_CODE.get(e.code, grpc.StatusCode.FAILED_PRECONDITION), e.message)
             finally:
                 identity.reset_caller(token)
 

@@ -24,6 +24,12 @@ class ServiceSettings(BaseSettings):
     registry_addr: str = ""
     inference_addr: str = ""
     log_level: str = "INFO"
+    # Training storage (the trainer): the platform storage the agents save outputs to (empty:
+    # <data_dir>/storage, as the agents'), the operator's storage backends (object stores, file-system
+    # volumes, git credentials; empty: <data_dir>/storage.json) and price table (empty: <data_dir>/prices.json).
+    storage_dir: Path | None = None
+    storage_config: Path | None = None
+    price_table: Path | None = None
 
     @property
     def secrets_path(self) -> Path:

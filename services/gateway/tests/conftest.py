@@ -131,6 +131,14 @@ async def api(platform_settings: GatewaySettings) -> AsyncIterator[httpx.AsyncCl
 
 
 @pytest.fixture
+async def rg_id(api: httpx.AsyncClient) -> str:
+    """A resource group (no nodes) made through the API."""
+    r = await api.post("/api/v1/resource-groups", json={"name": "pool"})
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
+@pytest.fixture
 async def event_count(nc: Client) -> Callable[[], Awaitable[int]]:
     """How many events CAPSTAN_EVENTS holds now: a refused command must not change it."""
     js = nc.jetstream()

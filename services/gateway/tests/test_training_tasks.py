@@ -12,13 +12,6 @@ import pytest
 TASKS = "/api/v1/training-tasks"
 
 
-@pytest.fixture
-async def rg_id(api: httpx.AsyncClient) -> str:
-    r = await api.post("/api/v1/resource-groups", json={"name": "pool"})
-    assert r.status_code == 201, r.text
-    return str(r.json()["id"])
-
-
 def task_body(rg_id: str, **over: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "name": "bert-finetune",

@@ -38,13 +38,6 @@ def last_seq(nc: Client) -> Callable[[], Awaitable[int]]:
     return seq
 
 
-@pytest.fixture
-async def rg_id(api: httpx.AsyncClient) -> str:
-    r = await api.post(RG, json={"name": "pool"})
-    assert r.status_code == 201, r.text
-    return str(r.json()["id"])
-
-
 def task_json(rg_id: str, resources: str = '{"cpu": 1, "memory_gib": 1}', hyperparameters: str = "{}") -> bytes:
     """A submit body as raw JSON text, so tokens json.dumps would never write (NaN, 1e400) can be sent."""
     return (

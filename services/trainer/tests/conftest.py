@@ -54,6 +54,14 @@ class Platform:
         resp = await self.t.GetLogs(trainer_pb2.GetLogsRequest(task_id=task_id, instance_index=-1))
         return [ln.line for ln in resp.lines]
 
+    async def output(self, task_id: str, index: int, path: str) -> bytes:
+        """One output file of the task, read back through the trainer's ReadOutput."""
+        data = b""
+        async for chunk in self.t.ReadOutput(trainer_pb2.ReadOutputRequest(task_id=task_id, instance_index=index,
+                                                                          path=path)):
+            data += chunk.data
+        return data
+
     async def join_token(self, resource_group: str) -> str:
         """A join token for ``resource_group``, made by the operator."""
         tok = await self.s.CreateJoinToken(scheduler_pb2.CreateJoinTokenRequest(resource_group_id=resource_group))
@@ -83,7 +91,8 @@ async def platform(tmp_path: Path, nats_server: Any, secrets_dir: Path) -> Async
     sched = Service(SCHEDULER, ServiceSettings(data_dir=tmp_path / "s", nats_url=nats_server.url, secrets_dir=secrets_dir))
     await sched.start()
     trainer = Service(TRAINER, ServiceSettings(
-        data_dir=tmp_path / "t", nats_url=nats_server.url, scheduler_addr=sched.address, secrets_dir=secrets_dir))
+        data_dir=tmp_path / "t", nats_url=nats_server.url, scheduler_addr=sched.address, secrets_dir=secrets_dir,
+        storage_dir=tmp_path / "storage", storage_config=tmp_path / "storage.json"))  # shared with the agents
     await trainer.start()
     chs = admin_channel(sched.address, "scheduler", secrets_dir)
     cht = admin_channel(trainer.address, "trainer", secrets_dir)

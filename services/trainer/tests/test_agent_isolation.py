@@ -30,10 +30,10 @@ async def test_poison_and_one_unstartable_instance_do_not_stop_the_agent(
 
     real = agent_module.TrainerAgent._spec
 
-    def spec(self: TrainerAgent, task: trainer_pb2.TrainingTask, index: int) -> Any:
+    def spec(self: TrainerAgent, task: trainer_pb2.TrainingTask, index: int, *args: Any) -> Any:
         if task.name == "bad":  # the named fault: this one instance cannot be started on this node
             raise RuntimeError("injected fault starting bad")
-        return real(self, task, index)
+        return real(self, task, index, *args)
 
     monkeypatch.setattr(agent_module.TrainerAgent, "_spec", spec)
 

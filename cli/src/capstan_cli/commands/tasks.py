@@ -9,13 +9,14 @@ from typing import Any
 
 import click
 
+from capstan_core.contracts.task_status import FINISHED
+
 from .. import sweep
 from ..client import ApiClient, wait_until
 from ..common import common_options, config, json_object, number, one_of, parse_tags
 from ..logs import stream_logs
 from ..output import fields, print_json, since, table, time_arg, when
 
-TERMINAL = frozenset({"Succeeded", "Failed", "Stopped"})
 POLL_S = 1.0
 # Keep polling through a gateway or service restart (the durability tests do that).
 OUTAGE_S = 120.0
@@ -50,16 +51,17 @@ def status_text(t: dict[str, Any]) -> str:
     """The status, with what a person wants to know next to it (SPEC 3.2: Queued shows how long)."""
     status = str(t.get("status") or "?")
     if status == "Queued":
-        queued = since(t.get("queued_at") or t.get("queued_since") or t.get("created_at"))
+        q = t.get("queue") or {}
+        queued = since(q.get("queued_since") or t.get("created_at"))
         extra = [f"queued {queued}"] if queued else []
-        if t.get("priority") is not None:
-            extra.append(f"P{t['priority']}")
-        if t.get("queue_position") is not None:
-            extra.append(f"position {t['queue_position']}")
+        if q.get("priority") is not None:
+            extra.append(f"P{q['priority']}")
+        if q.get("position") is not None:
+            extra.append(f"position {q['position']}")
         return f"{status} ({', '.join(extra)})" if extra else status
     if status == "Running" and t.get("started_at"):
         return f"{status} ({since(t['started_at'])})"
-    if status in TERMINAL:
+    if status in FINISHED:
         bits = []
         if t.get("exit_code") is not None:
             bits.append(f"exit code {t['exit_code']}")
@@ -99,6 +101,16 @@ def status_text(t: dict[str, Any]) -> str:
     metavar="N",
     help="Auto-restart: run it again up to N times (1..10) when it exits abnormally while running [default: 0, off].",
 )
+@click.option("--description", help="Up to 500 characters.")
+@click.option("--image", metavar="NAME", help="A built-in image's name or sha256:<digest> of an imported one.")
+@click.option("--mode", type=click.Choice(["DDP", "MPI", "Horovod", "PS-Worker", "Ray"]), help="Distributed mode.")
+@click.option("--role", "roles", multiple=True, metavar="ROLE=N",
+              help="Instances per role, in index order (repeatable), e.g. --role ps=1 --role worker=2.")
+@click.option("--storage", "storage", multiple=True, metavar="JSON",
+              help='A storage row (repeatable): {"kind": "object", "source": "local:bucket/data", '
+              '"path": "/opt/ml/input/data/train", "purpose": "training_data"}.')
+@click.option("--code", metavar="STORE:BUCKET/PREFIX", help="Code package, downloaded into /opt/ml/code.")
+@click.option("--output", metavar="STORE:BUCKET/PREFIX", help="Where /opt/ml/output and /opt/ml/model are uploaded.")
 @click.option("--wait", is_flag=True, help="Wait until the task ends; exit 0 only if it Succeeded.")
 @click.option(
     "--from-file", "from_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -121,6 +133,13 @@ def submit(
     stop_grace_seconds: int | None,
     max_restarts: int | None,
     network: str | None,
+    description: str | None,
+    image: str | None,
+    mode: str | None,
+    roles: tuple[str, ...],
+    storage: tuple[str, ...],
+    code: str | None,
+    output: str | None,
     wait: bool,
     from_file: Path | None,
 ) -> None:
@@ -158,6 +177,14 @@ def submit(
         body["max_restarts"] = max_restarts
     if network is not None:
         body["network"] = network
+    extra = {"description": description, "image": image, "mode": mode, "code": code, "output": output}
+    body |= {k: v for k, v in extra.items() if v is not None}
+    if roles:
+        body["roles"] = {k: int(v) for k, v in parse_tags(roles).items() if v.isdigit()}
+        if len(body["roles"]) != len(roles):
+            raise click.BadParameter("each --role is ROLE=N", param_hint="--role")
+    if storage:
+        body["storage"] = [json_object(s, "--storage") for s in storage]
     with cfg.client() as client:
         created = client.post("/training-tasks", body)
         task_id = str(created["id"])
@@ -197,7 +224,7 @@ def wait_for(client: ApiClient, task_id: str) -> dict[str, Any]:
             elif str(t.get("status")) != last:
                 click.echo(line, err=True)
             last = str(t.get("status"))
-            if last in TERMINAL:
+            if last in FINISHED:
                 if tty:
                     click.echo("", err=True)
                 return dict(t)
@@ -302,9 +329,12 @@ def task_stop(task_id: str) -> None:
 @click.option("--since", "since_", metavar="T", help="From T: an age (10m, 2h, 1d) or a time (2025-01-31T12:00:00Z).")
 @click.option("--until", metavar="T", help="Up to T (same forms as --since).")
 @click.option("--instance", type=click.IntRange(min=0), metavar="I", help="Only instance I.")
+@click.option("--source", type=click.Choice(["platform", "code"]),
+              help="platform: the platform's lines (inputs, containment, exit); code: stdout and stderr [both].")
 @common_options
 def task_logs(
-    task_id: str, follow: bool, keyword: str | None, since_: str | None, until: str | None, instance: int | None
+    task_id: str, follow: bool, keyword: str | None, since_: str | None, until: str | None, instance: int | None,
+    source: str | None,
 ) -> None:
     """Print a task's logs (one JSON object per line with --json)."""
     cfg = config()
@@ -313,8 +343,9 @@ def task_logs(
         "start": time_arg(since_) if since_ else None,
         "end": time_arg(until) if until else None,
         "instance": instance,
+        "source": source,
     }
     with cfg.client() as client:
         t = client.get(f"/training-tasks/{task_id}")
         prefix = instance is None and int(t.get("instance_count") or len(t.get("instances") or []) or 1) > 1
-        stream_logs(client, task_id, params, follow, prefix, cfg.json_output, ended=str(t.get("status")) in TERMINAL)
+        stream_logs(client, task_id, params, follow, prefix, cfg.json_output, ended=str(t.get("status")) in FINISHED)

@@ -6,7 +6,7 @@ service raised, or ``Unavailable`` naming the service when it cannot be reached.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -155,6 +155,52 @@ class TrainerClient(ServiceClient):
 
     async def get_logs(self, req: trainer_pb2.GetLogsRequest) -> trainer_pb2.GetLogsResponse:
         return await self.call(self.stub.GetLogs, req)
+
+    async def start_tensorboard(self, req: trainer_pb2.StartTensorBoardRequest) -> trainer_pb2.TensorBoard:
+        return await self.call(self.stub.StartTensorBoard, req)
+
+    @property
+    def host(self) -> str:
+        """The trainer's host (where the TensorBoards it starts listen, on loopback when it is local)."""
+        return self.address.rsplit(":", 1)[0].strip("[]")
+
+    async def list_images(self, req: trainer_pb2.ListImagesRequest) -> trainer_pb2.ListImagesResponse:
+        return await self.call(self.stub.ListImages, req)
+
+    async def list_task_events(self, req: trainer_pb2.ListTaskEventsRequest) -> trainer_pb2.ListTaskEventsResponse:
+        return await self.call(self.stub.ListTaskEvents, req)
+
+    async def update_training_task(self, req: trainer_pb2.UpdateTrainingTaskRequest) -> trainer_pb2.TrainingTask:
+        return await self.call(self.stub.UpdateTrainingTask, req)
+
+    async def delete_training_task(self, req: trainer_pb2.DeleteTrainingTaskRequest) -> None:
+        await self.call(self.stub.DeleteTrainingTask, req)
+
+    async def start_training_task(self, req: trainer_pb2.StartTrainingTaskRequest) -> trainer_pb2.TrainingTask:
+        return await self.call(self.stub.StartTrainingTask, req)
+
+    async def estimate_price(self, req: trainer_pb2.EstimatePriceRequest) -> trainer_pb2.Price:
+        return await self.call(self.stub.EstimatePrice, req)
+
+    async def list_outputs(self, req: trainer_pb2.ListOutputsRequest) -> trainer_pb2.ListOutputsResponse:
+        return await self.call(self.stub.ListOutputs, req)
+
+    async def read_output(self, req: trainer_pb2.ReadOutputRequest) -> AsyncIterator[bytes]:
+        """The file's bytes, chunk by chunk. The first chunk is read before this returns, so a missing
+        file or a refused path fails here (as its domain error), not in the middle of a response."""
+        call = self.stub.ReadOutput(req, timeout=self.timeout * 30)
+        try:
+            first = await call.read()
+        except grpc.aio.AioRpcError as e:
+            raise rpc_error(self.service, e) from e
+
+        async def chunks() -> AsyncIterator[bytes]:
+            msg = first
+            while msg is not grpc.aio.EOF:
+                yield msg.data
+                msg = await call.read()
+
+        return chunks()
 
 
 class RegistryClient(ServiceClient):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
@@ -13,8 +15,16 @@ from capstan_core.clock import Clock, SystemClock
 from capstan_core.command import execute
 from capstan_core.contracts.common import ResourceSpec
 from capstan_core.contracts.scheduling import HOST_NETWORK, SANDBOX_RULE, allows_host_network
-from capstan_core.contracts.training import AGGREGATE
-from capstan_core.errors import Conflict, DomainError, InvalidArgument, NotFound, PermissionDenied
+from capstan_core.contracts.task_status import FINISHED, LEAVING
+from capstan_core.contracts.training import AGGREGATE, StorageRow
+from capstan_core.errors import (
+    Conflict,
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
 from capstan_core.identity import Caller
 from capstan_core.ids import new_id, stable_id
 from capstan_core.loops import LoopGuard, Step
@@ -22,18 +32,27 @@ from capstan_core.paging import keyset_bounds, keyset_token
 from capstan_core.service import ServiceContext
 from capstan_core.streams import event_subject
 
+from .domain.form import split_location
+from .domain.price import Price, PriceTable, price_per_hour
 from .domain.task import (
     SubmitTrainingTask,
+    decide_delete,
     decide_end,
     decide_preempting,
     decide_report,
     decide_restart_lost,
     decide_stop,
     decide_submit,
+    decide_update_tags,
     fold,
 )
 from .groups import GroupCheck
+from .images import DEFAULT_IMAGE, Image, ImageStore, builtin_images
+from .outputs import Outputs
+from .storage_backends import StorageConfig
 from .tables import training_instances, training_tasks
+from .task_events import TaskEvent, describe
+from .tensorboards import TensorBoards
 
 MAX_BATCH = 1000  # tasks in one batch submission (the gateway's body limit comes first for large ones)
 
@@ -47,6 +66,8 @@ class TrainerApp:
         self._evicting = LoopGuard("trainer.evictions", ctx.counters)
         self._restarting = LoopGuard("trainer.restart_lost", ctx.counters)
         self.groups = GroupCheck(ctx)
+        self.outputs = Outputs(self.storage_root)
+        self.tensorboards = TensorBoards(self.storage_root, ctx.settings.data_dir / "logs")
 
     def steps(self) -> list[Step]:
         """The trainer's control loops, each a named step of its reconcile loop."""
@@ -66,26 +87,55 @@ class TrainerApp:
             )
 
     # -- commands --------------------------------------------------------------------
-    @staticmethod
-    def command(
-        *, name: str, resource_group_id: str, command: str, hyperparameters_json: str, resources: ResourceSpec,
-        instance_count: int, tags: dict[str, str], creator: str, stop_grace_seconds: int, idempotency_key: str,
-        max_restarts: int = 0, network: str = "isolated",
-    ) -> SubmitTrainingTask:
-        """The submission a request asks for (its id derived from the idempotency key, when it has one)."""
-        task_id = stable_id("train", creator, idempotency_key) if idempotency_key else new_id("train")
-        return SubmitTrainingTask(
-            task_id=task_id, name=name, resource_group_id=resource_group_id, command=command,
-            hyperparameters_json=hyperparameters_json, resources=resources, instance_count=instance_count or 1,
-            tags=tags, creator=creator, stop_grace_seconds=stop_grace_seconds or 30, max_restarts=max_restarts,
-            network=network or "isolated",
-        )
+    @property
+    def storage_root(self) -> Path:
+        """The platform storage the agents save outputs to (the same default as theirs)."""
+        s = self.ctx.settings
+        return s.storage_dir if s.storage_dir is not None else s.data_dir / "storage"
 
-    async def submit(self, **request: Any) -> dict[str, Any]:
-        """Submit one task (``command``'s arguments); answers it as the read model holds it."""
-        cmd = self.command(**request)
+    def storage_config(self) -> StorageConfig:
+        s = self.ctx.settings
+        return StorageConfig.load(s.storage_config or s.data_dir / "storage.json", self.storage_root)
+
+    def price_table(self) -> PriceTable:
+        s = self.ctx.settings
+        return PriceTable.load(s.price_table or s.data_dir / "prices.json")
+
+    def estimate(self, resources: ResourceSpec, instance_count: int) -> Price:
+        return price_per_hour(self.price_table(), resources, instance_count)
+
+    def images(self) -> list[Image]:
+        return [*builtin_images(), *ImageStore(self.storage_root).list()]
+
+    def _check_storage(self, cmd: SubmitTrainingTask) -> None:
+        """Every image, store, volume and credential the form names exists on this install (before appending)."""
+        if cmd.image and not cmd.image.startswith("sha256:") and cmd.image != DEFAULT_IMAGE:
+            raise InvalidArgument(f"there is no built-in image {cmd.image!r} (built-in: {DEFAULT_IMAGE})", field="image")
+        if cmd.image.startswith("sha256:") and not ImageStore(self.storage_root).exists(cmd.image):
+            raise InvalidArgument(f"image {cmd.image} has not been imported on this install (capstan image import)",
+                                  field="image")
+        stores = [split_location(x, "code")[0] for x in (cmd.code, cmd.output) if x]
+        stores += [split_location(r.source, "storage")[0] for r in cmd.storage if r.kind == "object"]
+        volumes = [split_location(r.source, "storage")[0] for r in cmd.storage if r.kind == "fs"]
+        creds = [r.credential for r in cmd.storage if r.kind == "git" and r.credential]
+        if (missing := self.storage_config().check_names(stores=stores, volumes=volumes, credentials=creds)):
+            raise InvalidArgument(missing, field="storage")
+
+    # -- commands --------------------------------------------------------------------
+    @staticmethod
+    def _with_id(cmd: SubmitTrainingTask, idempotency_key: str) -> SubmitTrainingTask:
+        """The submission with its id (derived from the creator and the idempotency key, when there is
+        one) and its defaults filled in; whatever ``cmd.task_id`` said is ignored."""
+        task_id = stable_id("train", cmd.creator, idempotency_key) if idempotency_key else new_id("train")
+        return replace(cmd, task_id=task_id, instance_count=cmd.instance_count or 1,
+                       stop_grace_seconds=cmd.stop_grace_seconds or 30, network=cmd.network or "isolated")
+
+    async def submit(self, cmd: SubmitTrainingTask, *, idempotency_key: str) -> dict[str, Any]:
+        """Submit one task; answers it as the read model holds it."""
+        cmd = self._with_id(cmd, idempotency_key)
         now = self.clock.now_ms()
         decide_submit(fold([]), cmd, now)  # validate the input before asking the scheduler
+        self._check_storage(cmd)
         await self._check_resource_group(cmd.resource_group_id, cmd.network)
         await self.ctx.await_projection(await self._append_submission(cmd, now))
         return await asyncio.to_thread(self.get, cmd.task_id)
@@ -103,7 +153,7 @@ class TrainerApp:
             outcome = await execute(self.ctx.store, subject, fold, lambda t: decide_submit(t, cmd, now), msg_id=msg_id)
             return outcome.seq or (await self.ctx.store.load(subject))[1]
 
-    async def submit_many(self, requests: list[dict[str, Any]], *, batch_key: str) -> list[dict[str, Any]]:
+    async def submit_many(self, requests: list[SubmitTrainingTask], *, batch_key: str) -> list[dict[str, Any]]:
         """Submit many tasks (a sweep): every one is checked before any is appended (a refusal names the
         item: ``items[3].name``), then they are appended side by side and answered in order. With
         ``batch_key``, item i's idempotency key is ``<batch_key>:<i>``: a retried batch creates nothing more,
@@ -117,8 +167,9 @@ class TrainerApp:
         for i, request in enumerate(requests):
             key = f"{batch_key}:{i}" if batch_key else ""
             try:
-                cmd = self.command(**{**request, "idempotency_key": key})
+                cmd = self._with_id(request, key)
                 decide_submit(fold([]), cmd, now)
+                self._check_storage(cmd)
             except DomainError as e:
                 where = f"items[{i}].{e.field}" if e.field else f"items[{i}]"
                 raise type(e)(f"{where}: {e.message}") from e  # the field in the message: it crosses gRPC
@@ -135,6 +186,28 @@ class TrainerApp:
         await self.ctx.await_projection(max(seqs))
         found = await asyncio.to_thread(self.get_many, [c.task_id for c in cmds])
         return [found[c.task_id] for c in cmds]
+
+    async def start_again(self, task_id: str, creator: str, idempotency_key: str) -> dict[str, Any]:
+        """SPEC §3.3 "start a stopped one again": a new task with the same settings whose instances
+        start from the outputs the old one left (its checkpoints)."""
+        old = await asyncio.to_thread(self.get, task_id)
+        if old["status"] not in FINISHED:
+            raise FailedPrecondition(f"training task {task_id} is {old['status']}; only a finished task starts again")
+        cmd = submit_command_of(old, creator=creator)
+        return await self.submit(replace(cmd, source_task_id=task_id), idempotency_key=idempotency_key or "")
+
+    async def update_tags(self, task_id: str, tags: dict[str, str]) -> dict[str, Any]:
+        now = self.clock.now_ms()
+        outcome = await execute(self.ctx.store, self._subject(task_id), fold,
+                                lambda t: decide_update_tags(t, task_id, tags, now))
+        await self.ctx.await_projection(outcome.seq)
+        return self.get(task_id)
+
+    async def delete(self, task_id: str, by: str) -> None:
+        now = self.clock.now_ms()
+        outcome = await execute(self.ctx.store, self._subject(task_id), fold,
+                                lambda t: decide_delete(t, task_id, by, now))
+        await self.ctx.await_projection(outcome.seq)
 
     async def stop(self, task_id: str, by: str) -> dict[str, Any]:
         now = self.clock.now_ms()
@@ -202,7 +275,7 @@ class TrainerApp:
             return list(conn.execute(
                 select(training_tasks.c.id, training_tasks.c.placement, training_tasks.c.stop_requested,
                        training_tasks.c.failure_reason)
-                .where(training_tasks.c.status.not_in(("Succeeded", "Failed", "Stopped")))
+                .where(training_tasks.c.status.not_in(FINISHED))
                 .where((training_tasks.c.placement == "rejected") | (training_tasks.c.stop_requested.is_(True)))
                 .where(training_tasks.c.placement.not_in(("evicting", "lost")))
                 .order_by(training_tasks.c.id)
@@ -211,7 +284,7 @@ class TrainerApp:
     async def restart_lost(self) -> None:
         """Tasks whose node was lost for good start again as a new attempt."""
         ids = await asyncio.to_thread(self._task_ids, training_tasks.c.placement == "lost",
-                                      training_tasks.c.status.not_in(("Succeeded", "Failed", "Stopped")))
+                                      training_tasks.c.status.not_in(FINISHED))
         now = self.clock.now_ms()
         for tid in ids:
             async with self._restarting.aitem(tid):
@@ -225,7 +298,7 @@ class TrainerApp:
         ids = await asyncio.to_thread(
             self._task_ids, training_tasks.c.placement == "evicting",
             # already leaving: Restarting ends in a requeue, which frees the resources too
-            training_tasks.c.status.not_in(("Succeeded", "Failed", "Stopped", "Preempting", "Restarting")),
+            training_tasks.c.status.not_in(FINISHED | LEAVING),
         )
         now = self.clock.now_ms()
         for tid in ids:
@@ -240,6 +313,12 @@ class TrainerApp:
             return list(conn.execute(
                 select(training_tasks.c.id).where(*conditions).order_by(training_tasks.c.id)
             ).scalars().all())
+
+    async def events(self, task_id: str) -> list[TaskEvent]:
+        """The task's lifecycle events, oldest first, from its event log."""
+        await asyncio.to_thread(self.get, task_id)  # NotFound for an unknown (or deleted) task
+        recorded, _ = await self.ctx.store.load(self._subject(task_id))
+        return [d for r in recorded if (d := describe(r.event, r.time_ms)) is not None]
 
     # -- queries ---------------------------------------------------------------------
     def get(self, task_id: str) -> dict[str, Any]:
@@ -309,5 +388,21 @@ class TrainerApp:
 def _view(row: dict[str, Any], instances: list[dict[str, Any]]) -> dict[str, Any]:
     row["hyperparameters"] = json.loads(row["hyperparameters"])
     row["tags"] = json.loads(row["tags"])
+    row.update(json.loads(row.pop("form", None) or "{}"))
     row["instances"] = instances
     return row
+
+
+def submit_command_of(task: dict[str, Any], *, creator: str) -> SubmitTrainingTask:
+    """The submit command that makes a task like ``task`` (start again, copy)."""
+    return SubmitTrainingTask(
+        task_id="", name=task["name"], resource_group_id=task["resource_group_id"], command=task["command"],
+        hyperparameters_json=json.dumps(task["hyperparameters"]),
+        resources=ResourceSpec(cpu=task["cpu"], memory_gib=task["memory_gib"], gpu_type=task["gpu_type"],
+                               gpu=task["gpu"]),
+        instance_count=task["instance_count"], tags=task["tags"], creator=creator,
+        stop_grace_seconds=task["stop_grace_seconds"], max_restarts=task["max_restarts"], network=task["network"],
+        description=task.get("description", ""), image=task.get("image", ""), mode=task.get("mode", ""),
+        roles=dict(task.get("roles") or {}), storage=tuple(StorageRow(**r) for r in task.get("storage") or ()),
+        code=task.get("code", ""), output=task.get("output", ""),
+    )

@@ -18,6 +18,10 @@ from capstan_core.streams import LOGS_STREAM, log_subject
 
 MAX_LIMIT = 10_000
 MAX_LINE = 16_384
+# SPEC §3.3: logs split into the platform's (setup, containment, exit) and the code's (stdout, stderr);
+# "metrics" are the instance's usage samples (the runner's), shown apart from either.
+SOURCES = {"": ("platform", "stdout", "stderr"), "platform": ("platform",), "code": ("stdout", "stderr"),
+           "metrics": ("metrics",)}
 
 
 @dataclass(frozen=True)
@@ -35,9 +39,12 @@ def encode_line(ts_ms: int, stream: str, line: str) -> bytes:
 
 async def read_logs(
     js: JetStreamContext, task_id: str, *, start_ms: int = 0, end_ms: int = 0, keyword: str = "",
-    instance_index: int = -1, after_seq: int = 0, limit: int = 1000,
+    instance_index: int = -1, after_seq: int = 0, limit: int = 1000, source: str = "",
 ) -> tuple[list[LogLine], int]:
     """Lines in stream order; returns them and the last sequence read (for --follow)."""
+    if source not in SOURCES:
+        raise InvalidArgument("source must be platform, code or metrics (or empty: platform and code)", field="source")
+    streams = SOURCES[source]
     limit = limit or 1000
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidArgument(f"limit must be 1..{MAX_LIMIT}", field="limit")
@@ -82,7 +89,7 @@ async def read_logs(
                 break
             if start_ms and ts < start_ms:
                 continue
-            if needle and needle not in body["line"].lower():
+            if body["stream"] not in streams or (needle and needle not in body["line"].lower()):
                 continue
             index = int(msg.subject.rsplit(".", 1)[-1])
             lines.append(LogLine(ts, index, body["stream"], body["line"], last_seq))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from functools import singledispatchmethod
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, delete, select, update
 
 from capstan_core.contracts.scheduling import (
     WorkloadInstancesLost,
@@ -16,28 +16,40 @@ from capstan_core.contracts.scheduling import (
     WorkloadReleased,
     WorkloadRequeued,
 )
+from capstan_core.contracts.task_status import TaskStatus, advance
 from capstan_core.contracts.training import (
     TrainingInstanceExited,
     TrainingInstanceStarted,
+    TrainingTaskDeleted,
     TrainingTaskEnded,
     TrainingTaskPreempting,
     TrainingTaskRequeued,
     TrainingTaskRestarting,
     TrainingTaskStopRequested,
     TrainingTaskSubmitted,
+    TrainingTaskTagsUpdated,
 )
 from capstan_core.events import Event
 from capstan_core.eventstore import RecordedEvent
 from capstan_core.projection import Projection
 
+from .domain.form import form_of
 from .tables import training_instances as inst
 from .tables import training_tasks as tasks
-
-_ENDED = ("Succeeded", "Failed", "Stopped")
 
 
 def _status(conn: Connection, task_id: str) -> str | None:
     return conn.execute(select(tasks.c.status).where(tasks.c.id == task_id)).scalar()
+
+
+def _advance(conn: Connection, task_id: str, event: Event, **values: object) -> str | None:
+    """Move the task's status with the one state machine (``task_status.advance``); ``values`` are set
+    with it only when the status changes. The new status (None: no such task)."""
+    current = _status(conn, task_id)
+    new = advance(current, event)
+    if new is not None and new != current:
+        conn.execute(update(tasks).where(tasks.c.id == task_id).values(status=new.value, **values))
+    return new
 
 
 class TrainerProjection(Projection):
@@ -58,10 +70,11 @@ class TrainerProjection(Projection):
                 hyperparameters=json.dumps(e.hyperparameters, sort_keys=True), cpu=e.resources.cpu,
                 memory_gib=e.resources.memory_gib, gpu_type=e.resources.gpu_type, gpu=e.resources.gpu,
                 instance_count=e.instance_count, stop_grace_seconds=e.stop_grace_seconds,
-                tags=json.dumps(e.tags, sort_keys=True), creator=e.creator, status="Submitting", placement="none",
+                tags=json.dumps(e.tags, sort_keys=True), creator=e.creator, status=TaskStatus.SUBMITTING.value, placement="none",
                 stop_requested=False, exit_code=None, failure_reason="", created_at_ms=e.at_ms, queued_at_ms=0,
                 started_at_ms=0, ended_at_ms=0, submitted_seq=rec.seq, attempt=0, preemptions=0, restarts=0,
                 max_restarts=e.max_restarts, restarts_used=0, network=e.network,
+                form=json.dumps(form_of(e), sort_keys=True),
             )
         )
         for i in range(e.instance_count):
@@ -69,10 +82,7 @@ class TrainerProjection(Projection):
 
     @_apply.register
     def _(self, e: WorkloadQueued, conn: Connection, rec: RecordedEvent) -> None:
-        conn.execute(
-            update(tasks).where(tasks.c.id == e.workload_id, tasks.c.status == "Submitting")
-            .values(status="Queued", queued_at_ms=e.at_ms)
-        )
+        _advance(conn, e.workload_id, e, queued_at_ms=e.at_ms)
         conn.execute(update(tasks).where(tasks.c.id == e.workload_id).values(placement="queued"))
 
     @_apply.register
@@ -81,10 +91,7 @@ class TrainerProjection(Projection):
 
     @_apply.register
     def _(self, e: WorkloadPlaced, conn: Connection, rec: RecordedEvent) -> None:
-        conn.execute(
-            update(tasks).where(tasks.c.id == e.workload_id, tasks.c.status.in_(("Submitting", "Queued")))
-            .values(status="Starting")
-        )
+        _advance(conn, e.workload_id, e)
         conn.execute(update(tasks).where(tasks.c.id == e.workload_id).values(placement="placed"))
         for p in e.placements:
             conn.execute(update(inst).where(inst.c.task_id == e.workload_id, inst.c.idx == p.index).values(node_id=p.node_id))
@@ -103,14 +110,15 @@ class TrainerProjection(Projection):
 
     @_apply.register
     def _(self, e: TrainingTaskPreempting, conn: Connection, rec: RecordedEvent) -> None:
-        conn.execute(update(tasks).where(tasks.c.id == e.task_id, tasks.c.status.not_in(_ENDED)).values(status="Preempting"))
+        _advance(conn, e.task_id, e)
 
     @_apply.register
     def _(self, e: TrainingTaskRequeued, conn: Connection, rec: RecordedEvent) -> None:
+        _advance(conn, e.task_id, e)
         conn.execute(
             update(tasks).where(tasks.c.id == e.task_id)
             # "requeued" until the scheduler's WorkloadRequeued: the eviction asked for is done.
-            .values(status="Queued", attempt=e.attempt, queued_at_ms=e.at_ms, placement="requeued",
+            .values(attempt=e.attempt, queued_at_ms=e.at_ms, placement="requeued",
                     preemptions=tasks.c.preemptions + (1 if e.cause == "preempted" else 0),
                     restarts=tasks.c.restarts + (1 if e.cause != "preempted" else 0),
                     restarts_used=tasks.c.restarts_used + (1 if e.cause == "failed" else 0))
@@ -120,7 +128,7 @@ class TrainerProjection(Projection):
     @_apply.register
     def _(self, e: TrainingTaskRestarting, conn: Connection, rec: RecordedEvent) -> None:
         # The failed attempt's other instances are leaving; a TrainingTaskRequeued follows.
-        conn.execute(update(tasks).where(tasks.c.id == e.task_id, tasks.c.status.not_in(_ENDED)).values(status="Restarting"))
+        _advance(conn, e.task_id, e)
 
     @_apply.register
     def _(self, e: WorkloadReleased, conn: Connection, rec: RecordedEvent) -> None:
@@ -129,9 +137,7 @@ class TrainerProjection(Projection):
     @_apply.register
     def _(self, e: TrainingInstanceStarted, conn: Connection, rec: RecordedEvent) -> None:
         conn.execute(update(inst).where(inst.c.task_id == e.task_id, inst.c.idx == e.index).values(status="Running", node_id=e.node_id))
-        conn.execute(
-            update(tasks).where(tasks.c.id == e.task_id, tasks.c.status == "Starting").values(status="Running", started_at_ms=e.at_ms)
-        )
+        _advance(conn, e.task_id, e)
         conn.execute(update(tasks).where(tasks.c.id == e.task_id, tasks.c.started_at_ms == 0).values(started_at_ms=e.at_ms))
 
     @_apply.register
@@ -144,11 +150,20 @@ class TrainerProjection(Projection):
     @_apply.register
     def _(self, e: TrainingTaskStopRequested, conn: Connection, rec: RecordedEvent) -> None:
         conn.execute(update(tasks).where(tasks.c.id == e.task_id).values(stop_requested=True))
-        conn.execute(update(tasks).where(tasks.c.id == e.task_id, tasks.c.status.not_in(_ENDED)).values(status="Stopping"))
+        _advance(conn, e.task_id, e)
 
     @_apply.register
     def _(self, e: TrainingTaskEnded, conn: Connection, rec: RecordedEvent) -> None:
-        values: dict[str, object] = dict(status=e.status, exit_code=e.exit_code, ended_at_ms=e.at_ms)
+        values: dict[str, object] = dict(exit_code=e.exit_code, ended_at_ms=e.at_ms)
         if e.reason:
             values["failure_reason"] = e.reason
-        conn.execute(update(tasks).where(tasks.c.id == e.task_id).values(**values))
+        _advance(conn, e.task_id, e, **values)
+
+    @_apply.register
+    def _(self, e: TrainingTaskTagsUpdated, conn: Connection, rec: RecordedEvent) -> None:
+        conn.execute(update(tasks).where(tasks.c.id == e.task_id).values(tags=json.dumps(e.tags, sort_keys=True)))
+
+    @_apply.register
+    def _(self, e: TrainingTaskDeleted, conn: Connection, rec: RecordedEvent) -> None:
+        conn.execute(delete(inst).where(inst.c.task_id == e.task_id))
+        conn.execute(delete(tasks).where(tasks.c.id == e.task_id))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from capstan_core.service import ServiceDefinition, reconcile_forever
@@ -30,6 +31,13 @@ AGENTS_QUIET = _UNRELATED | {
     "TrainingTaskSubmitted", "WorkloadQueued", "WorkloadRejected", "TrainingInstanceStarted", "TrainingInstanceExited",
     "WorkloadReleased", "ResourceGroupDeleted",
 }
+async def _tensorboards(app: TrainerApp) -> None:
+    """Holds the TensorBoards the trainer started; they stop with it."""
+    try:
+        await asyncio.Event().wait()
+    finally:
+        app.tensorboards.stop_all()
+
 
 DEFINITION = ServiceDefinition(
     name="trainer",
@@ -38,7 +46,7 @@ DEFINITION = ServiceDefinition(
     build=TrainerApp,
     register=api.register,
     access=api.ACCESS,
-    background=[_reconcile],
+    background=[_reconcile, _tensorboards],
     wakes_agents=True,
     quiet=QUIET,
     agents_quiet=AGENTS_QUIET,

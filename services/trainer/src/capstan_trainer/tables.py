@@ -46,6 +46,8 @@ training_tasks = Table(
     Index("ix_training_tasks_group_seq", "resource_group_id", "submitted_seq"),
     Index("ix_training_tasks_status_seq", "status", "submitted_seq"),
     Index("ix_training_tasks_placement", "placement"),
+    # description, image, mode, roles, storage, code, output, source_task_id (JSON; issue #10)
+    Column("form", Text, nullable=False, default="{}"),
 )
 
 training_instances = Table(

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, StringConstraints
 
 from capstan_core.contracts.capacity import MAX_CARD_TYPE_LEN, MAX_NODE_CARDS, MAX_NODE_CPU, MAX_NODE_MEMORY_GIB
+from capstan_core.contracts.task_status import TaskStatus
 from capstan_proto import common_pb2, trainer_pb2
 
 from .common import (
@@ -20,11 +21,6 @@ from .common import (
     from_ms_required,
     load_json_object,
 )
-
-TaskStatus = Literal[
-    "Submitting", "Queued", "Starting", "Running", "Stopping", "Preempting", "Restarting", "Succeeded", "Failed", "Stopped"
-]
-FINISHED: frozenset[str] = frozenset({"Succeeded", "Failed", "Stopped"})
 
 TaskName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 Command = Annotated[str, StringConstraints(max_length=8192)]
@@ -63,6 +59,39 @@ class ResourceRequest(RequestModel):
         return common_pb2.Resources(cpu=self.cpu, memory_gib=self.memory_gib, gpu_type=self.gpu_type, gpu=self.gpu)
 
 
+class StorageRow(RequestModel):
+    """One input or output (SPEC §3.1): see ``capstan_core.contracts.training.StorageRow``."""
+
+    kind: Literal["fs", "object", "git"] = Field(
+        description="fs: an operator's file-system volume, bound live; object: object storage, downloaded before "
+        "the start (purpose training_output: uploaded back); git: a repository cloned before the start")
+    purpose: Literal["user_model", "user_code", "user_data", "training_data", "other", "builtin_model",
+                     "training_output"] = "other"
+    source: Annotated[str, StringConstraints(min_length=1, max_length=1024)] = Field(
+        description="fs: <volume>:<path> (platform:models/<name> is a built-in model); object: "
+        "<store>:<bucket>/<prefix> (store local is the embedded default); git: the repository URL")
+    path: Annotated[str, StringConstraints(min_length=2, max_length=1024)] = Field(
+        description="where it appears in the instance, e.g. /opt/ml/input/data/train")
+    readonly: bool = False
+    branch: Annotated[str, StringConstraints(max_length=200)] = Field(default="", description="git only")
+    credential: Annotated[str, StringConstraints(max_length=64)] = Field(
+        default="", description="git only: the name of a credential the operator holds (never the secret)")
+
+    def to_proto(self) -> trainer_pb2.StorageRow:
+        return trainer_pb2.StorageRow(kind=self.kind, purpose=self.purpose, source=self.source, path=self.path,
+                                      readonly=self.readonly, branch=self.branch, credential=self.credential)
+
+    @classmethod
+    def from_proto(cls, r: trainer_pb2.StorageRow) -> StorageRow:
+        return cls.model_validate({"kind": r.kind, "purpose": r.purpose, "source": r.source, "path": r.path,
+                                   "readonly": r.readonly, "branch": r.branch, "credential": r.credential})
+
+
+Mode = Literal["", "DDP", "MPI", "Horovod", "PS-Worker", "Ray"]
+Location = Annotated[str, StringConstraints(max_length=1024)]
+RoleName = Annotated[str, StringConstraints(min_length=1, max_length=40)]
+
+
 class TrainingTaskCreate(RequestModel):
     name: TaskName
     resource_group_id: Id
@@ -91,8 +120,26 @@ class TrainingTaskCreate(RequestModel):
         '({"SandboxRule": {"HostNetwork": 1}})',
     )
 
+    description: Annotated[str, StringConstraints(max_length=500)] = ""
+    image: Annotated[str, StringConstraints(max_length=200)] = Field(
+        default="", description="a built-in image's name (GET /api/v1/images) or sha256:<digest> of an imported one; "
+        "empty: the default built-in image")
+    mode: Mode = Field(default="", description="distributed mode (SPEC §3.4); empty: a plain task")
+    roles: dict[RoleName, Annotated[int, Field(ge=0, le=64)]] = Field(
+        default_factory=dict, max_length=8,
+        description='instances per role, in index order: PS-Worker {"ps": 1, "worker": 2}; Ray {"head": 1, '
+        '"worker-a": 2}; empty: the mode\'s default (first instance master/launcher/head, the rest workers)')
+    storage: list[StorageRow] = Field(default_factory=list, max_length=32)
+    code: Location = Field(default="", description="code package <store>:<bucket>/<prefix>, into /opt/ml/code")
+    output: Location = Field(
+        default="", description="<store>:<bucket>/<prefix>: /opt/ml/output is uploaded there while it runs and "
+        "/opt/ml/model at the end (<prefix>/<task>/<index>/...)")
+
     def to_proto(self, *, idempotency_key: str) -> trainer_pb2.CreateTrainingTaskRequest:
         return trainer_pb2.CreateTrainingTaskRequest(
+            description=self.description, image=self.image, mode=self.mode, roles=self.roles,
+            role_order=list(self.roles), storage=[r.to_proto() for r in self.storage], code=self.code,
+            output=self.output,
             name=self.name,
             resource_group_id=self.resource_group_id,
             command=self.command,
@@ -105,6 +152,33 @@ class TrainingTaskCreate(RequestModel):
             max_restarts=self.max_restarts,
             network=self.network,
         )
+
+
+class Price(BaseModel):
+    per_hour: float = Field(description="every instance, per hour, from the operator's price table")
+    currency: str
+    per_instance_hour: float
+    note: str = Field(description="what the estimate leaves out")
+
+    @classmethod
+    def from_proto(cls, p: trainer_pb2.Price) -> Price:
+        return cls(per_hour=p.per_hour, currency=p.currency, per_instance_hour=p.per_instance_hour, note=p.note)
+
+
+class PriceRequest(RequestModel):
+    resources: ResourceRequest = Field(default_factory=ResourceRequest)
+    instance_count: int = Field(default=1, ge=1, le=64)
+
+
+class TagsUpdate(RequestModel):
+    tags: Tags
+
+
+class QueueInfo(BaseModel):
+    queued_since: datetime | None
+    priority: int | None = Field(description="0 (P0, highest) .. 9")
+    position: int | None = Field(description="1-based in its lane; 0: starts next cycle")
+    reason: str
 
 
 class TrainingInstance(BaseModel):
@@ -131,7 +205,7 @@ class TrainingTask(BaseModel):
     hyperparameters: dict[str, Any]
     resources: Resources
     instance_count: int
-    status: str
+    status: TaskStatus
     exit_code: int | None = Field(description="null unless the task has finished")
     failure_reason: str
     tags: dict[str, str]
@@ -147,6 +221,16 @@ class TrainingTask(BaseModel):
     started_at: datetime | None
     ended_at: datetime | None
     instances: list[TrainingInstance]
+    description: str
+    image: str
+    mode: str
+    roles: dict[str, int]
+    storage: list[StorageRow]
+    code: str
+    output: str
+    source_task_id: str | None = Field(description="started again from this task")
+    price: Price | None
+    queue: QueueInfo | None = Field(default=None, description="while Queued (on GET of one task)")
 
     @classmethod
     def from_proto(cls, t: trainer_pb2.TrainingTask) -> TrainingTask:
@@ -158,7 +242,7 @@ class TrainingTask(BaseModel):
             hyperparameters=load_json_object(t.hyperparameters_json),
             resources=Resources.from_proto(t.resources),
             instance_count=t.instance_count,
-            status=t.status,
+            status=TaskStatus(t.status),
             exit_code=_task_exit_code(t),
             failure_reason=t.failure_reason,
             tags=dict(t.tags),
@@ -174,7 +258,29 @@ class TrainingTask(BaseModel):
             started_at=from_ms(t.started_at_ms),
             ended_at=from_ms(t.ended_at_ms),
             instances=[TrainingInstance.from_proto(i) for i in t.instances],
+            description=t.description,
+            image=t.image,
+            mode=t.mode,
+            roles={k: t.roles[k] for k in t.role_order if k in t.roles} | dict(t.roles),
+            storage=[StorageRow.from_proto(r) for r in t.storage],
+            code=t.code,
+            output=t.output,
+            source_task_id=t.source_task_id or None,
+            price=Price.from_proto(t.price) if t.HasField("price") else None,
         )
+
+    def to_create(self) -> TrainingTaskCreate:
+        """The submit body that makes a task like this one (SPEC §3.3 "copy")."""
+        return TrainingTaskCreate.model_validate({
+            "name": self.name, "resource_group_id": self.resource_group_id, "command": self.command,
+            "hyperparameters": self.hyperparameters, "instance_count": self.instance_count, "tags": self.tags,
+            "stop_grace_seconds": self.stop_grace_seconds, "max_restarts": self.max_restarts,
+            "network": self.network, "description": self.description, "image": self.image, "mode": self.mode,
+            "roles": self.roles, "storage": [r.model_dump() for r in self.storage], "code": self.code,
+            "output": self.output,
+            "resources": {"cpu": self.resources.cpu, "memory_gib": self.resources.memory_gib,
+                          "gpu_type": self.resources.gpu_type, "gpu": self.resources.gpu},
+        })
 
 
 def _task_exit_code(t: trainer_pb2.TrainingTask) -> int | None:
@@ -216,3 +322,20 @@ class LogPage(BaseModel):
     @classmethod
     def from_proto(cls, resp: trainer_pb2.GetLogsResponse) -> LogPage:
         return cls(lines=[LogLine.from_proto(ln) for ln in resp.lines], last_seq=resp.last_seq)
+
+
+class OutputFile(BaseModel):
+    instance: int
+    path: str = Field(description="output/... or model/...")
+    kind: str = Field(description="file | dir")
+    size: int
+    modified_at: datetime | None
+
+
+class OutputList(BaseModel):
+    files: list[OutputFile]
+
+    @classmethod
+    def from_proto(cls, resp: trainer_pb2.ListOutputsResponse) -> OutputList:
+        return cls(files=[OutputFile(instance=f.instance_index, path=f.path, kind=f.kind, size=f.size,
+                                     modified_at=from_ms(f.mtime_ms)) for f in resp.files])

@@ -17,6 +17,7 @@ from nats.aio.client import Client as NatsClient
 
 from capstan_core import grpcutil
 from capstan_core.capacity import detect
+from capstan_core.contracts.task_status import FINISHED, LEAVING, TaskStatus
 from capstan_core.contracts.training import PLATFORM_STOP_FILE
 from capstan_core.healthcheck import Check, basic_checks
 from capstan_core.loops import LoopGuard, run_steps
@@ -28,21 +29,23 @@ from capstan_core.service import connect_nats
 from capstan_core.streams import WAKE_AGENTS
 from capstan_proto import scheduler_pb2, scheduler_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 
+from ..images import ImageStore
+from .distributed import distributed
+from .inputs import InputError, prepare, upload
 from .safefs import mirror
 from .sandbox import EXIT_STOPPED_BEFORE_START, BwrapExecutor, Executor, InstanceSpec
+from .sandbox.spec import Mount
 from .settings import AgentSettings
 from .shipper import ship
 from .storage import OutputStore
 
 log = logging.getLogger(__name__)
-ENDED = ("Succeeded", "Failed", "Stopped")
-# Stop the instances, with their grace period: stopped by the user, evicted, or a failed attempt restarting.
-LEAVING = ("Stopping", "Preempting", "Restarting")
 DONE_MARK = ".agent-done"
 RECONCILE = "trainer-agent.reconcile"
 # A wake-up needs no message kept: excess ones are dropped (the loop is level-triggered), never queued up.
 WAKE_PENDING_LIMIT = 64
 SAVED_MARK = ".output-saved"  # the exited instance's output and model are in storage
+EXIT_INPUTS_FAILED = 126  # its storage rows could not be made ready; it never started
 
 
 class TrainerAgent:
@@ -186,7 +189,7 @@ class TrainerAgent:
             await self._save_final(key, index)
             task = await self._get_task(task_id)
             if (
-                task is not None and task.attempt == attempt and task.status not in ENDED
+                task is not None and task.attempt == attempt and task.status not in FINISHED
                 and task.instances[index].status != "Exited"
             ):
                 await self._report_exit(task, index, st.exit_code or 0, st.reason or "")
@@ -206,11 +209,11 @@ class TrainerAgent:
         key = instance_key(task.id, task.attempt)
         log_path = self.executor.log_path(key, index)
         st = self.executor.status(key, index)
-        if task.status in ENDED or task.status in LEAVING:
+        if task.status in FINISHED or task.status in LEAVING:
             if st.state == "running":
                 self.executor.stop(key, index)
                 await ship(js, task.id, index, log_path, key)
-            elif task.status not in ENDED and inst.status != "Exited":
+            elif task.status not in FINISHED and inst.status != "Exited":
                 if st.state == "exited":
                     await ship(js, task.id, index, log_path, key)
                     await self._save_final(key, index)
@@ -218,11 +221,17 @@ class TrainerAgent:
                 else:
                     await self._report(task, index, "Exited", EXIT_STOPPED_BEFORE_START, "stopped before start")
             return
-        if task.status == "Queued":
+        if task.status == TaskStatus.QUEUED:
             return  # requeued after an eviction, not placed again yet: the assignment is stale
         if st.state == "absent":
             await self._carry_over(task, index)
-            await asyncio.to_thread(self.executor.start, self._spec(task, index))
+            try:
+                mounts = await asyncio.to_thread(self._prepare_inputs, task, index)
+                rootfs = ImageStore(self.settings.storage_root).rootfs(task.image)
+            except (InputError, ValueError, FileNotFoundError) as e:
+                await self._fail_before_start(js, task, index, str(e))
+                return
+            await asyncio.to_thread(self.executor.start, self._spec(task, index, mounts, str(rootfs or "")))
             self._synced_at[(key, index)] = time.monotonic()
             st = self.executor.status(key, index)
         if st.state == "running":
@@ -265,9 +274,11 @@ class TrainerAgent:
     async def _carry_over(self, task: trainer_pb2.TrainingTask, index: int) -> None:
         """A requeued attempt resumes from what the previous one left in /opt/ml/output and /opt/ml/model:
         from storage, wherever it ran; else (nothing in storage) from the previous attempt on this node."""
-        if task.attempt == 0:
-            return
         new = self._instance_dir(instance_key(task.id, task.attempt), index)
+        if task.attempt == 0:
+            if task.source_task_id:  # started again: from where the stopped task left off
+                await asyncio.to_thread(self.storage.seed, task.source_task_id, index, new)
+            return
         if await asyncio.to_thread(self.storage.restore, task.id, index, task.attempt, new):
             return
         for previous in range(task.attempt - 1, -1, -1):
@@ -280,10 +291,12 @@ class TrainerAgent:
                         await asyncio.to_thread(mirror, old / sub, new / sub)
                 return
 
-    async def _save(self, key: str, index: int) -> None:
+    async def _save(self, key: str, index: int, final: bool = False) -> None:
         task_id, attempt = parse_key(key)
+        idir = self._instance_dir(key, index)
         try:
-            await asyncio.to_thread(self.storage.save, task_id, index, attempt, self._instance_dir(key, index))
+            await asyncio.to_thread(self.storage.save, task_id, index, attempt, idir)
+            await asyncio.to_thread(upload, idir, self.settings.storage_backends(), final=final)
         except Exception:  # a full or unreachable storage must not stop the node: the next save retries
             log.exception("saving the output of %s/%d to storage failed", key, index)
             raise
@@ -304,19 +317,42 @@ class TrainerAgent:
         if mark.exists():
             return
         try:
-            await self._save(key, index)
+            await self._save(key, index, final=True)
         except Exception:  # logged in _save; the exit is reported all the same
             return
         mark.write_text("")
         self._synced_at.pop((key, index), None)
 
-    def _spec(self, task: trainer_pb2.TrainingTask, index: int) -> InstanceSpec:
-        env = {
+    def _prepare_inputs(self, task: trainer_pb2.TrainingTask, index: int) -> list[Mount]:
+        """Storage rows, code package and upload plan of the instance about to start (in a thread)."""
+        idir = self._instance_dir(instance_key(task.id, task.attempt), index)
+        idir.mkdir(parents=True, exist_ok=True)
+        os.chmod(idir, 0o700)
+        for sub in ("code", "output", "model"):
+            (idir / sub).mkdir(exist_ok=True)
+        lines: list[str] = []
+        try:
+            return prepare(task, idir, self.settings.storage_backends(), lines.append)
+        finally:
+            _platform_lines(idir / "log.jsonl", lines)
+
+    async def _fail_before_start(self, js: Any, task: trainer_pb2.TrainingTask, index: int, reason: str) -> None:
+        """Its inputs could not be made ready: the instance fails without starting, saying why."""
+        key = instance_key(task.id, task.attempt)
+        _platform_lines(self.executor.log_path(key, index), [f"inputs could not be prepared: {reason}"])
+        await ship(js, task.id, index, self.executor.log_path(key, index), key)
+        if task.instances[index].status != "Exited":
+            await self._report(task, index, "Exited", EXIT_INPUTS_FAILED, f"inputs could not be prepared: {reason}")
+
+    def _spec(self, task: trainer_pb2.TrainingTask, index: int, mounts: list[Mount] | None = None,
+              rootfs: str = "") -> InstanceSpec:
+        roles = {k: task.roles[k] for k in task.role_order if k in task.roles} | dict(task.roles)
+        env, files, helper_mounts, entrypoint = distributed(
+            task.mode, roles, max(1, task.instance_count), index, task.resources.cpu, task.resources.gpu,
+            task.resources.memory_gib)
+        env |= {
             "CAPSTAN_TASK_ID": task.id,
             "CAPSTAN_INSTANCE_INDEX": str(index),
-            "INDEX": str(index),
-            "RANK": str(index),
-            "WORLD_SIZE": str(task.instance_count),
             **gpu_env(self._cards.get((task.id, index), []), simulated=self.capacity.simulated_gpus),
         }
         env["CAPSTAN_ATTEMPT"] = str(task.attempt)
@@ -325,7 +361,8 @@ class TrainerAgent:
             hyperparameters=json.loads(task.hyperparameters_json or "{}"), env=env,
             stop_grace_seconds=task.stop_grace_seconds or 30, cpu=task.resources.cpu,
             memory_gib=task.resources.memory_gib, instance_count=max(1, task.instance_count),
-            network=task.network or "isolated",
+            network=task.network or "isolated", mounts=(*helper_mounts, *(mounts or ())), files=files,
+            entrypoint=entrypoint, rootfs=rootfs,
         )
 
     async def _report_exit(self, task: trainer_pb2.TrainingTask, index: int, exit_code: int, reason: str) -> None:
@@ -348,6 +385,16 @@ class TrainerAgent:
             timeout=15,
         )
 
+
+
+def _platform_lines(log_path: Path, lines: list[str]) -> None:
+    """Platform lines in an instance's log (what the agent did for it before its runner started)."""
+    if not lines:
+        return
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a") as f:
+        for line in lines:
+            f.write(json.dumps({"ts_ms": int(time.time() * 1000), "stream": "platform", "line": line}) + "\n")
 
 
 def gpu_env(cards: list[tuple[int, int]], *, simulated: bool) -> dict[str, str]:

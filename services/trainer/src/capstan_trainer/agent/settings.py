@@ -9,6 +9,7 @@ from pydantic_settings import SettingsConfigDict
 
 from capstan_core.nodeauth import NodeAuthSettings
 
+from ..storage_backends import StorageConfig
 from .sandbox.config import DEFAULT_STATE_DIR, SandboxConfig
 
 
@@ -32,10 +33,15 @@ class AgentSettings(NodeAuthSettings):
     # <data_dir>/storage: shared by every agent started from one data dir; a shared mount across machines.
     storage_dir: Path | None = None
     output_sync_s: float = 30.0  # how often a running instance's output is copied to storage
+    # The operator's storage backends (object stores, volumes, git credentials): <data_dir>/storage.json
+    storage_config: Path | None = None
 
     @property
     def storage_root(self) -> Path:
         return self.storage_dir if self.storage_dir is not None else self.data_dir / "storage"
+
+    def storage_backends(self) -> StorageConfig:
+        return StorageConfig.load(self.storage_config or self.data_dir / "storage.json", self.storage_root)
 
     # Containment of instances (see docs/architecture.md, Sandbox). Only this turns it off; the agent
     # then warns at every start and its sandbox health check says so.

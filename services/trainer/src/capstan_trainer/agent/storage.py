@@ -75,6 +75,17 @@ class OutputStore:
                 _write_attempt(d, attempt)
         return True
 
+    def seed(self, source_task_id: str, index: int, instance_dir: Path) -> bool:
+        """Seed a new task's instance from what another task's instance ``index`` left (start again)."""
+        d = self.instance_dir(source_task_id, index)
+        if not d.is_dir():
+            return False
+        with self._locked(d):
+            for name in DIRS:
+                if (d / name).is_dir():
+                    mirror(d / name, instance_dir / name)
+        return True
+
     @contextlib.contextmanager
     def _locked(self, d: Path) -> Iterator[None]:
         """One writer or reader at a time per instance index, across agents sharing the storage."""

@@ -10,20 +10,26 @@ from typing import Any
 
 from capstan_core.contracts.capacity import check_request
 from capstan_core.contracts.common import ResourceSpec
+from capstan_core.contracts.task_status import TaskStatus, advance
 from capstan_core.contracts.training import (
     NETWORK_MODES,
+    StorageRow,
     TrainingInstanceExited,
     TrainingInstanceStarted,
+    TrainingTaskDeleted,
     TrainingTaskEnded,
     TrainingTaskPreempting,
     TrainingTaskRequeued,
     TrainingTaskRestarting,
     TrainingTaskStopRequested,
     TrainingTaskSubmitted,
+    TrainingTaskTagsUpdated,
 )
 from capstan_core.errors import FailedPrecondition, InvalidArgument, NotFound
 from capstan_core.events import Event
 from capstan_core.numbers import TOO_DEEP, check_storable
+
+from .form import validate_form
 
 NAME_MAX = 256
 COMMAND_MAX = 8192
@@ -44,6 +50,10 @@ class Task:
     preempting: TrainingTaskPreempting | None = None
     restarting: TrainingTaskRestarting | None = None  # this attempt failed and is leaving, to run again
     restarts_used: int = 0  # requeues after a failure: what the auto-restart budget has paid for
+    # The one state machine over the task's own events (the scheduler's Queued/Starting are not among them).
+    status: TaskStatus | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    deleted: bool = False
 
     @property
     def max_restarts(self) -> int:
@@ -53,8 +63,13 @@ class Task:
 def fold(events: Sequence[Event]) -> Task:
     t = Task()
     for e in events:
+        t.status = advance(t.status, e)
         if isinstance(e, TrainingTaskSubmitted):
-            t.submitted = e
+            t.submitted, t.tags = e, dict(e.tags)
+        elif isinstance(e, TrainingTaskTagsUpdated):
+            t.tags = dict(e.tags)
+        elif isinstance(e, TrainingTaskDeleted):
+            t.deleted = True
         elif isinstance(e, TrainingInstanceStarted):
             t.started[e.index] = e.node_id
         elif isinstance(e, TrainingInstanceExited):
@@ -89,6 +104,14 @@ class SubmitTrainingTask:
     stop_grace_seconds: int
     max_restarts: int = 0
     network: str = "isolated"
+    description: str = ""
+    image: str = ""
+    mode: str = ""
+    roles: dict[str, int] = field(default_factory=dict)
+    storage: tuple[StorageRow, ...] = ()
+    code: str = ""
+    output: str = ""
+    source_task_id: str = ""
 
 
 def parse_hyperparameters(text: str) -> dict[str, Any]:
@@ -141,6 +164,10 @@ def decide_submit(t: Task, cmd: SubmitTrainingTask, now_ms: int) -> list[Event]:
         )
     validate_resources(cmd.resources)
     hyper = parse_hyperparameters(cmd.hyperparameters_json)
+    roles = validate_form(
+        description=cmd.description, image=cmd.image, mode=cmd.mode, roles=cmd.roles,
+        instance_count=cmd.instance_count, storage=list(cmd.storage), code=cmd.code, output=cmd.output,
+    )
     if t.submitted is not None:
         if t.submitted.name == cmd.name and t.submitted.command == cmd.command:
             return []  # a retried submit with the same idempotency key
@@ -150,15 +177,33 @@ def decide_submit(t: Task, cmd: SubmitTrainingTask, now_ms: int) -> list[Event]:
             task_id=cmd.task_id, name=cmd.name, resource_group_id=cmd.resource_group_id, command=cmd.command,
             hyperparameters=hyper, resources=cmd.resources, instance_count=cmd.instance_count, tags=cmd.tags,
             creator=cmd.creator, stop_grace_seconds=cmd.stop_grace_seconds, at_ms=now_ms, max_restarts=cmd.max_restarts,
-            network=cmd.network,
+            network=cmd.network, description=cmd.description, image=cmd.image, mode=cmd.mode, roles=roles,
+            storage=list(cmd.storage), code=cmd.code, output=cmd.output, source_task_id=cmd.source_task_id,
         )
     ]
 
 
 def _existing(t: Task, task_id: str) -> TrainingTaskSubmitted:
-    if t.submitted is None:
+    if t.submitted is None or t.deleted:
         raise NotFound(f"training task {task_id} does not exist")
     return t.submitted
+
+
+def decide_update_tags(t: Task, task_id: str, tags: dict[str, str], now_ms: int) -> list[Event]:
+    """Tags stay editable through the task's life (SPEC §3.3, basic info)."""
+    _existing(t, task_id)
+    if tags == t.tags:
+        return []
+    return [TrainingTaskTagsUpdated(task_id=task_id, tags=tags, at_ms=now_ms)]
+
+
+def decide_delete(t: Task, task_id: str, by: str, now_ms: int) -> list[Event]:
+    """Only a finished task is deleted (stop it first)."""
+    _existing(t, task_id)
+    if t.ended is None:
+        raise FailedPrecondition(
+            f"training task {task_id} is {t.status or 'not finished'}; stop it first (only a finished task is deleted)")
+    return [TrainingTaskDeleted(task_id=task_id, by=by, at_ms=now_ms)]
 
 
 def decide_stop(t: Task, task_id: str, by: str, now_ms: int) -> list[Event]:

@@ -28,6 +28,7 @@ GPU_FRACTION_ENV = "CAPSTAN_GPU_MEMORY_FRACTION"
 # Host secrets under /etc that an instance must not read, whatever their modes on this host.
 MASKED_FILES = ("/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshadow-", "/etc/security/opasswd")
 MASKED_GLOBS = ("/etc/ssh/ssh_host_*_key",)
+_MASKED_NAMES = {os.path.basename(f) for f in MASKED_FILES if f.count("/") == 2}  # never bound, then masked
 
 
 @dataclass
@@ -107,11 +108,20 @@ def build_bwrap_argv(bwrap: str, spec: InstanceSpec, paths: InstancePaths, view:
         argv += ["--unshare-net"]
     if view.hostname:
         argv += ["--hostname", view.hostname]
-    for d in SYSTEM_DIRS:
-        if os.path.islink(d):  # merged-/usr hosts: /bin -> usr/bin etc.
-            argv += ["--symlink", os.readlink(d), d]
-        elif os.path.isdir(d):
-            argv += ["--ro-bind", d, d]
+    if spec.rootfs:
+        argv += _tree_binds(view, spec.rootfs, "/", skip={"proc", "dev", "sys", "tmp", "run", "etc"})
+        argv += _tree_binds(view, os.path.join(spec.rootfs, "etc"), "/etc", skip=_MASKED_NAMES)
+    else:
+        # /etc gets a directory of its own when the platform puts files in a directory the host's
+        # /etc lacks (/etc/mpi): a tmpfs with each host entry bound into it.
+        own_etc = any(_lacks_parent(t, "/etc") for t in spec.files)
+        for d in SYSTEM_DIRS:
+            if os.path.islink(d):  # merged-/usr hosts: /bin -> usr/bin etc.
+                argv += ["--symlink", os.readlink(d), d]
+            elif d == "/etc" and own_etc:
+                argv += _tree_binds(view, "/etc", "/etc", skip=_MASKED_NAMES)
+            elif os.path.isdir(d):
+                argv += ["--ro-bind", d, d]
     if (empty := view.mask()) is not None:
         masked = [f for f in MASKED_FILES if os.path.lexists(f)]
         masked += sorted(f for pattern in MASKED_GLOBS for f in glob.glob(pattern))
@@ -124,13 +134,19 @@ def build_bwrap_argv(bwrap: str, spec: InstanceSpec, paths: InstancePaths, view:
     argv += ["--proc", "/proc", "--ro-bind", "/proc/sys", "/proc/sys"]
     argv += ["--ro-bind-try", "/proc/sysrq-trigger", "/proc/sysrq-trigger"]
     argv += ["--dev", "/dev", "--tmpfs", "/tmp"]
-    for p in python_prefixes(view.private_paths):  # after /tmp, so a prefix under /tmp is not hidden
-        argv += ["--ro-bind", view.source(p), p]
+    if not spec.rootfs:  # an image brings its own Python
+        for p in python_prefixes(view.private_paths):  # after /tmp, so a prefix under /tmp is not hidden
+            argv += ["--ro-bind", view.source(p), p]
     argv += ["--dir", "/opt/ml", "--dir", "/opt/ml/input"]
     argv += ["--bind", view.source(paths.code), "/opt/ml/code"]
     argv += ["--bind", view.source(paths.output), "/opt/ml/output"]
+    argv += ["--bind", view.source(paths.summary), "/opt/ml/summary"]  # TensorBoard's; saved with the output
     argv += ["--bind", view.source(paths.model), "/opt/ml/model"]
     argv += ["--ro-bind", view.source(paths.input_config), "/opt/ml/input/config"]
+    for i, target in enumerate(sorted(spec.files)):
+        argv += ["--ro-bind", view.source(paths.files / f"f{i}"), target]
+    for m in sorted(spec.mounts, key=lambda m: (m.target.count("/"), m.target)):  # parents first
+        argv += ["--ro-bind" if m.readonly else "--bind", view.source(m.source), m.target]
     env = {
         "PATH": sandbox_path(),
         "HOME": "/tmp",
@@ -145,5 +161,33 @@ def build_bwrap_argv(bwrap: str, spec: InstanceSpec, paths: InstancePaths, view:
     argv += ["--chdir", "/opt/ml/code", "--clearenv"]
     for name, value in env.items():
         argv += ["--setenv", name, value]
+    if spec.entrypoint:
+        argv += ["--setenv", "CAPSTAN_COMMAND", spec.command]
+        return [*argv, "--", *spec.entrypoint]
     # No --new-session: the sandbox must stay in the process group we signal on stop.
     return [*argv, "--", "/bin/sh", "-c", spec.command]
+
+
+def _lacks_parent(target: str, top: str) -> bool:
+    """Is ``target`` under ``top`` in a directory the host's ``top`` does not have?"""
+    return target.startswith(top + "/") and not os.path.isdir(os.path.dirname(target))
+
+
+def _tree_binds(view: View, source: str, target: str, skip: set[str]) -> list[str]:
+    """``target`` as a directory of its own holding each entry of ``source`` (read-only binds, links as
+    links): a root filesystem as ``/``, or the host's /etc with room for files of the platform."""
+    out: list[str] = [] if target == "/" else ["--dir", target]
+    base = target.rstrip("/")
+    for entry in sorted(os.scandir(source), key=lambda e: e.name):
+        if entry.name in skip:
+            continue
+        path = f"{base}/{entry.name}"
+        if entry.is_symlink():
+            out += ["--symlink", os.readlink(entry.path), path]
+        elif entry.name == "opt" and target == "/":
+            out += ["--dir", "/opt"]  # /opt/ml is the platform's; the image's other /opt entries stay
+            out += [a for sub in sorted(os.scandir(entry.path), key=lambda e: e.name) if sub.name != "ml"
+                    for a in ("--ro-bind", view.source(sub.path), f"/opt/{sub.name}")]
+        elif entry.is_dir() or entry.is_file():
+            out += ["--ro-bind", view.source(entry.path), path]
+    return out

@@ -48,6 +48,10 @@ class Cgroups(ABC):
     def oom_kills(self, name: str) -> int:
         """How many processes the kernel killed in ``name`` for exceeding its memory limit."""
 
+    @abstractmethod
+    def usage(self, name: str) -> tuple[int, int]:
+        """(CPU time used, in nanoseconds, since the cgroup was made; memory in use now, in bytes)."""
+
     def procs_files(self, name: str) -> list[Path]:
         """Where a process writes ``0`` to move itself into the cgroup."""
         return [d / "cgroup.procs" for d in self.dirs(name)]
@@ -104,14 +108,27 @@ class CgroupsV1(Cgroups):
                 return f"cgroup v1 controller '{controller}' is not mounted at {self.root / controller}"
         return None
 
+    def _controllers(self) -> tuple[str, ...]:
+        """memory, cpu and pids; cpuacct too when it is a hierarchy of its own (it counts CPU time)."""
+        acct, cpu = self.root / "cpuacct", self.root / "cpu"
+        separate = acct.is_dir() and cpu.is_dir() and acct.resolve() != cpu.resolve()
+        return (*_V1_CONTROLLERS, "cpuacct") if separate else _V1_CONTROLLERS
+
     def dirs(self, name: str) -> list[Path]:
-        return [self.root / c / self.parent / name for c in _V1_CONTROLLERS]
+        return [self.root / c / self.parent / name for c in self._controllers()]
 
     def _parent_dirs(self) -> list[Path]:
-        return [self.root / c / self.parent for c in _V1_CONTROLLERS]
+        return [self.root / c / self.parent for c in self._controllers()]
+
+    def usage(self, name: str) -> tuple[int, int]:
+        mem = self.root / "memory" / self.parent / name
+        return (_read_int(self.root / "cpuacct" / self.parent / name / "cpuacct.usage"),
+                _read_int(mem / "memory.usage_in_bytes") - _counter(mem / "memory.stat", "total_inactive_file"))
 
     def create(self, name: str, limits: Limits) -> None:
-        mem, cpu, pids = self.dirs(name)
+        for d in self.dirs(name)[3:]:
+            d.mkdir(parents=True, exist_ok=True)
+        mem, cpu, pids = self.dirs(name)[:3]
         for d in (mem, cpu, pids):
             d.mkdir(parents=True, exist_ok=True)
         if limits.memory_bytes:
@@ -174,6 +191,11 @@ class CgroupsV2(Cgroups):
     def oom_kills(self, name: str) -> int:
         return _counter(self.dirs(name)[0] / "memory.events", "oom_kill")
 
+    def usage(self, name: str) -> tuple[int, int]:
+        d = self.dirs(name)[0]
+        return (_counter(d / "cpu.stat", "usage_usec") * 1000,
+                _read_int(d / "memory.current") - _counter(d / "memory.stat", "inactive_file"))
+
     def kill(self, name: str) -> None:
         # cgroup.kill (Linux 5.14+) kills everything at once, forks racing with us included.
         if self.dirs(name)[0].is_dir():
@@ -225,6 +247,12 @@ def _counter(path: Path, key: str) -> int:
             k, _, v = line.partition(" ")
             if k == key:
                 return int(v)
+    return 0
+
+
+def _read_int(path: Path) -> int:
+    with contextlib.suppress(OSError, ValueError):
+        return int(path.read_text().strip())
     return 0
 
 

@@ -84,6 +84,10 @@ class Sandbox:
     def oom_kills(self) -> int:
         return self.cgroups.oom_kills(self.lease.cgroup_name)
 
+    def usage(self) -> tuple[int, int]:
+        """(CPU nanoseconds used so far, memory bytes in use) by the instance's cgroup."""
+        return self.cgroups.usage(self.lease.cgroup_name)
+
     def kill(self) -> None:
         """SIGKILL everything left in the instance's cgroup."""
         self.cgroups.kill(self.lease.cgroup_name)
@@ -187,7 +191,11 @@ class Containment:
     ) -> StagedView:
         for d in (paths.code, paths.output, paths.model):
             d.mkdir(parents=True, exist_ok=True)
+            (paths.summary if d == paths.output else d).mkdir(exist_ok=True)
             chown_tree(d, lease.uid, lease.uid)  # what storage restored is root's until now
+        for m in spec.mounts:
+            if m.own and Path(m.source).resolve().is_relative_to(paths.dir.resolve()):
+                chown_tree(Path(m.source), lease.uid, lease.uid)  # downloaded inputs, clones: the instance's
         # Read-only inside (bound read-only), but the agent writes it with the platform's umask (0600):
         # the instance's uid must be able to read its own hyperparameters.
         chown_tree(paths.input_config.parent, lease.uid, lease.uid)
@@ -208,6 +216,8 @@ class Containment:
         env = thread_env(spec.cpu, spec.env)
         if address:
             env["CAPSTAN_INSTANCE_IP"] = address
+        if subnet:  # every peer's address, in index order (computed, not discovered)
+            env["CAPSTAN_PEER_IPS"] = ",".join(str(network.instance_address(subnet, i)) for i in range(spec.instance_count))
         stage = self.config.state_dir / "stage"
         stage.mkdir(mode=0o755, exist_ok=True)
         return StagedView(contained=True, network=spec.network, hostname=f"instance-{spec.instance_index}", env=env,

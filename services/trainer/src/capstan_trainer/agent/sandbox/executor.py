@@ -131,9 +131,14 @@ class BwrapExecutor(Executor):
                 return
             # Root's, and only root's: the sandbox sees its parts through binds, never this directory.
             os.chmod(paths.dir, 0o700)
-            for d in (paths.code, paths.input_config, paths.output, paths.model):
+            for d in (paths.code, paths.input_config, paths.output, paths.summary, paths.model):
                 d.mkdir(parents=True, exist_ok=True)
             write_atomic(paths.hyperparameters, json.dumps(spec.hyperparameters))
+            if spec.files:
+                paths.files.mkdir(mode=0o755, exist_ok=True)
+                for i, target in enumerate(sorted(spec.files)):
+                    write_atomic(paths.files / f"f{i}", spec.files[target])
+                    os.chmod(paths.files / f"f{i}", 0o644)
             write_atomic(paths.sandbox, self.config.to_json())
             write_atomic(paths.spec, spec.to_json())
             paths.stop_requested.unlink(missing_ok=True)

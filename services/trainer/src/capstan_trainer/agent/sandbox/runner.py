@@ -29,6 +29,7 @@ from typing import IO
 from .argv import View, build_bwrap_argv
 from .config import Limits, SandboxConfig, describe_memory, thread_env
 from .containment import Containment, Sandbox
+from .gpustats import gpu_samples
 from .spec import (
     EXIT_RUNNER_ERROR,
     EXIT_SANDBOX_UNAVAILABLE,
@@ -42,6 +43,36 @@ from .spec import (
 _POLL_SECONDS = 0.1
 _MAX_LINE_BYTES = 64 * 1024  # a newline-less stream (progress bars) still gets logged
 _PUMP_JOIN_SECONDS = 5.0
+# How often a contained instance's cgroup is sampled (CPU, memory): a "metrics" record in its log.
+METRICS_SECONDS = float(os.environ.get("CAPSTAN_SANDBOX_METRICS_S", "5"))
+METRICS_STREAM = "metrics"
+
+
+class Sampler:
+    """Per-instance usage over time, from the instance's cgroup (SPEC §0 "Monitoring")."""
+
+    def __init__(self, sandbox: Sandbox, spec: InstanceSpec, log: LogWriter) -> None:
+        self.sandbox, self.spec, self.log = sandbox, spec, log
+        self.last: tuple[float, int] | None = None
+        self.next_at = time.monotonic()
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if now < self.next_at:
+            return
+        self.next_at = now + METRICS_SECONDS
+        cpu_ns, memory = self.sandbox.usage()
+        if self.last is not None and now > self.last[0]:
+            cores = max(0.0, (cpu_ns - self.last[1]) / 1e9 / (now - self.last[0]))
+            limit = self.spec.memory_gib * (1 << 30)
+            sample: dict[str, object] = {"cpu_cores": round(cores, 3),
+                      "cpu_percent": round(100 * cores / self.spec.cpu, 1) if self.spec.cpu else None,
+                      "memory_bytes": max(0, memory),
+                      "memory_percent": round(100 * max(0, memory) / limit, 1) if limit else None}
+            if gpus := gpu_samples(self.spec.env.get("CUDA_VISIBLE_DEVICES", "")):
+                sample["gpus"] = gpus
+            self.log.write(METRICS_STREAM, json.dumps(sample))
+        self.last = (now, cpu_ns)
 
 
 class LogWriter:
@@ -221,10 +252,16 @@ def _supervise(
     kill_at: float | None = None
     out_of_memory = False
     exited = _exit_waiter(proc)
+    sampler = Sampler(sandbox, spec, log) if sandbox is not None else None
     try:
         while True:
             if exited(_POLL_SECONDS):
                 break
+            if sampler is not None:
+                try:
+                    sampler.tick()
+                except OSError:
+                    pass  # a cgroup file that vanished: the instance is ending
             if sandbox is not None and not out_of_memory and sandbox.oom_kills() > 0:
                 # v1 kills one process and lets the rest run on; v2 (oom.group) kills them all. Either
                 # way the instance is over: exceeding the limit ends it, the same on every node.

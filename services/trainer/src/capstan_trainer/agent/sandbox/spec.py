@@ -35,6 +35,23 @@ _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 @dataclass(frozen=True)
+class Mount:
+    """A host path bound into the sandbox at ``target``. ``own``: the host path is the instance's own
+    (under its directory), given to the instance's uid before the start; else it is bound as it is
+    (a shared volume keeps its owners)."""
+
+    source: str
+    target: str
+    readonly: bool = False
+    own: bool = False
+
+    def __post_init__(self) -> None:
+        for p in (self.source, self.target):
+            if not isinstance(p, str) or not p.startswith("/") or "\0" in p or ".." in p.split("/"):
+                raise ValueError(f"mount paths must be absolute, without '..': {p!r}")
+
+
+@dataclass(frozen=True)
 class InstanceSpec:
     """One instance of a training task, as the agent was told to run it.
 
@@ -54,9 +71,21 @@ class InstanceSpec:
     # "isolated": own network namespace, peers of the task and the outside (NAT) only; "host": the
     # host's network (an operator policy decides who may ask for it); "none": loopback only
     network: str = "isolated"
+    # Host paths bound into the sandbox (storage rows, helpers), after the platform's own binds, parents first.
+    mounts: tuple[Mount, ...] = ()
+    # Files the platform writes for the instance, bound read-only at their path (e.g. /etc/mpi/hostfile).
+    files: dict[str, str] = field(default_factory=dict)
+    # What runs instead of ``/bin/sh -c <command>``: an argv whose program gets the command in
+    # $CAPSTAN_COMMAND (a platform entry point, e.g. the distributed-mode helper); empty: the shell.
+    entrypoint: tuple[str, ...] = ()
+    # A root filesystem to use as ``/`` instead of the host's system directories (an image); "": the host's.
+    rootfs: str = ""
 
     def __post_init__(self) -> None:
         validate_instance_key(self.task_id, self.instance_index)
+        for target in self.files:
+            if not target.startswith("/") or ".." in target.split("/") or "\0" in target:
+                raise ValueError(f"file paths must be absolute, without '..': {target!r}")
         if not isinstance(self.command, str) or "\0" in self.command:
             raise ValueError("command must be a string without NUL bytes")
         if not isinstance(self.stop_grace_seconds, int) or self.stop_grace_seconds < 0:
@@ -94,6 +123,10 @@ class InstanceSpec:
             memory_gib=float(data.get("memory_gib", 0.0)),
             instance_count=int(data.get("instance_count", 1)),
             network=str(data.get("network", "isolated")),
+            mounts=tuple(Mount(**m) for m in data.get("mounts") or ()),
+            files={str(k): str(v) for k, v in (data.get("files") or {}).items()},
+            entrypoint=tuple(str(a) for a in data.get("entrypoint") or ()),
+            rootfs=str(data.get("rootfs", "")),
         )
 
 
@@ -137,6 +170,11 @@ class InstancePaths:
         return self.dir / "output"
 
     @property
+    def summary(self) -> Path:
+        """/opt/ml/summary (TensorBoard summaries): inside the output, so it is saved with it."""
+        return self.output / "summary"
+
+    @property
     def model(self) -> Path:
         return self.dir / "model"
 
@@ -178,6 +216,11 @@ class InstancePaths:
     @property
     def launch_error(self) -> Path:
         return self.dir / "launch.err"
+
+    @property
+    def files(self) -> Path:
+        """The files of ``InstanceSpec.files`` (``f0``, ``f1``, ... in path order)."""
+        return self.dir / "files"
 
     @property
     def stop_requested(self) -> Path:
