@@ -24,10 +24,16 @@ class ServiceSettings(BaseSettings):
     registry_addr: str = ""
     inference_addr: str = ""
     log_level: str = "INFO"
+    # Platform storage (training output, model files); empty: <data_dir>/storage, as the agents default.
+    storage_dir: Path | None = None
 
     @property
     def secrets_path(self) -> Path:
         return self.secrets_dir if self.secrets_dir is not None else self.data_dir / "secrets"
+
+    @property
+    def storage_path(self) -> Path:
+        return self.storage_dir if self.storage_dir is not None else self.data_dir / "storage"
 
     def database_url_for(self, service: str) -> str:
         if self.database_url:
