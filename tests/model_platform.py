@@ -68,8 +68,8 @@ class ModelPlatform:
 
 
 @asynccontextmanager
-async def model_platform(tmp: Path, nats_url: str, secrets: Path, node_cpu: float = 2,
-                         node_memory_gib: float = 4) -> AsyncIterator[ModelPlatform]:
+async def model_platform(tmp: Path, nats_url: str, secrets: Path, node_cpu: float = 2, node_memory_gib: float = 4,
+                         policy: dict[str, Any] | None = None) -> AsyncIterator[ModelPlatform]:
     sched = Service(SCHEDULER, ServiceSettings(data_dir=tmp / "s", nats_url=nats_url, secrets_dir=secrets))
     await sched.start()
     trainer = Service(TRAINER, ServiceSettings(data_dir=tmp / "t", nats_url=nats_url, scheduler_addr=sched.address,
@@ -81,7 +81,8 @@ async def model_platform(tmp: Path, nats_url: str, secrets: Path, node_cpu: floa
     chans = [admin_channel(sched.address, "scheduler", secrets), admin_channel(trainer.address, "trainer", secrets),
              admin_channel(registry.address, "registry", secrets)]
     s = scheduler_pb2_grpc.SchedulerStub(chans[0])
-    rg = (await s.CreateResourceGroup(scheduler_pb2.CreateResourceGroupRequest(name="models"))).id
+    rg = (await s.CreateResourceGroup(scheduler_pb2.CreateResourceGroupRequest(
+        name="models", policy_json=json.dumps(policy) if policy else ""))).id
     p = ModelPlatform(tmp, sched, trainer, registry, s, trainer_pb2_grpc.TrainerStub(chans[1]),
                       registry_pb2_grpc.RegistryStub(chans[2]), rg)
     token = (await s.CreateJoinToken(scheduler_pb2.CreateJoinTokenRequest(resource_group_id=rg))).token

@@ -98,6 +98,29 @@ class ApiClient:
     def post(self, path: str, body: Any = None, headers: dict[str, str] | None = None) -> Any:
         return self.request("POST", path, body=body, headers=headers)
 
+    def delete(self, path: str) -> Any:
+        return self.request("DELETE", path)
+
+    def download(self, path: str, dest: Path) -> int:
+        """Stream ``GET path`` into the file ``dest`` (written whole or not at all); the bytes written."""
+        tmp = dest.with_name(dest.name + ".part")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with self._http.stream("GET", API_PREFIX + path) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    raise error_from_response(resp)
+                size = 0
+                with tmp.open("wb") as out:
+                    for chunk in resp.iter_bytes():
+                        out.write(chunk)
+                        size += len(chunk)
+        except httpx.HTTPError as e:
+            tmp.unlink(missing_ok=True)
+            raise ApiError(f"download of {path} from {self.base_url} failed: {e}", code="transport") from e
+        tmp.replace(dest)
+        return size
+
     def paginate(self, path: str, page_size: int = 100, **params: Any) -> Iterator[dict[str, Any]]:
         """Every item of a paginated list (``{items, next_page_token, total}``)."""
         token: str | None = None

@@ -5,8 +5,10 @@ from __future__ import annotations
 import click
 
 from .commands.credentials_cmds import secrets
+from .commands.demo import demo
 from .commands.events import events
 from .commands.groups import nodes, rg
+from .commands.models import model
 from .commands.platform_cmds import agent, down, ps, restart_component, up
 from .commands.tasks import task
 from .common import CapstanGroup, common_options
@@ -27,7 +29,7 @@ def cli() -> None:
     """
 
 
-for command in (up, down, ps, restart_component, agent, rg, nodes, task, secrets, events):
+for command in (up, down, ps, restart_component, agent, rg, nodes, task, model, demo, secrets, events):
     cli.add_command(command)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from . import hparams, tinygpt
 from .data import DataError
 from .parallel import PlanError
+from .quiet import quiet_libraries
 from .train import STOPPED_EXIT, Stopped, run
 
 
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error("usage: python -m capstan_finetune build-base DIR")
         print(tinygpt.ensure_base_model(Path(a.build_base[1]), _say))
         return 0
+    quiet_libraries()
     try:
         overrides = {}
         for item in a.set:

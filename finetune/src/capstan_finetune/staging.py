@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .files import make_world_readable
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
@@ -69,10 +71,7 @@ def _publish(src: Path, kind: str, name: str) -> Path:
     else:
         tmp.mkdir()
         shutil.copy2(src, tmp / src.name)
-    for d, _, files in os.walk(tmp):
-        os.chmod(d, 0o755)  # noqa: S103 - the sandbox uid must read it; nothing in it is secret
-        for f in files:
-            os.chmod(os.path.join(d, f), 0o644)
+    make_world_readable(tmp)
     try:
         tmp.rename(dest)
     except OSError:

@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from . import chat, metadata
+from .files import make_world_readable
 
 NAME = "capstan-tiny-gpt"
 ASSETS = Path(__file__).parent / "assets"
 SETTINGS: dict[str, Any] = {
     "vocab_size": 600, "n_positions": 256, "n_embd": 96, "n_layer": 2, "n_head": 4,
-    "steps": 300, "batch_size": 16, "learning_rate": 3e-3, "seed": 0,
+    "steps": 200, "batch_size": 12, "learning_rate": 3e-3, "seed": 0,
 }
 _DONE = ".complete"
 
@@ -55,6 +56,7 @@ def ensure_base_model(root: Path, progress: Progress = lambda _: None) -> Path:
     try:
         build(tmp, progress)
         (tmp / _DONE).write_text("")
+        make_world_readable(tmp)  # every sandbox reads it
         try:
             tmp.rename(dest)
         except OSError:
@@ -126,7 +128,7 @@ def build(dest: Path, progress: Progress = lambda _: None) -> None:
         loss.backward()
         opt.step()
         opt.zero_grad()
-        if (step + 1) % 100 == 0:
+        if (step + 1) % 50 == 0:
             progress(f"step {step + 1}/{steps} loss {loss.item():.3f}")
     model.eval()
     model.generation_config = GenerationConfig(

@@ -42,9 +42,9 @@ def api_router(resource: str) -> APIRouter:
 
 
 def routers() -> list[APIRouter]:
-    from . import admin, join_tokens, nodes, resource_groups, training_tasks
+    from . import admin, join_tokens, models, nodes, resource_groups, training_tasks
 
-    return [resource_groups.router, nodes.router, join_tokens.router, training_tasks.router, admin.router]
+    return [resource_groups.router, nodes.router, join_tokens.router, training_tasks.router, models.router, admin.router]
 
 
 __all__ = ["API_PREFIX", "api_router", "routers"]
