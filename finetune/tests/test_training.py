@@ -5,6 +5,7 @@ from its newest checkpoint to the same weights as a run never stopped."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -111,3 +112,25 @@ def test_bad_input_exits_2_with_the_reason_before_any_work(base_model: Path, tmp
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and f"{bad / 'x.jsonl'}:1: conversation[0].response must be a string" in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_z0_across_two_processes_is_ddp(base_model: Path, tmp_path: Path) -> None:
+    """torchrun, 2 processes, gloo: each trains its share of the data; rank 0 checkpoints and exports."""
+    hp_file = tmp_path / "hp.json"
+    hp_file.write_text(json.dumps(_hp(base_model, tmp_path, DeepspeedZeroStage="z0", Epoch=2, BatchSize=2, Step=2)))
+    torchrun = Path(sys.executable).parent / "torchrun"
+    r = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "capstan_finetune",
+                        "--hyperparameters", str(hp_file)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("plan: DeepspeedZeroStage=z0 with 2 processes: DistributedDataParallel") == 2
+    assert r.stdout.count("train: 4 steps (2 epochs x 2)") == 2  # 8 samples, 2 per step per process
+    assert [n for n, _ in checkpoints.list_checkpoints(tmp_path / "out")] == [2, 4]
+    assert metadata.read(tmp_path / "model")["finetuning"]["steps"] == 4
+
+
+def test_zero_stages_across_processes_are_refused_without_deepspeed(base_model: Path, tmp_path: Path) -> None:
+    hp_file = tmp_path / "hp.json"
+    hp_file.write_text(json.dumps(_hp(base_model, tmp_path)))  # DeepspeedZeroStage z3, the default
+    r = subprocess.run([sys.executable, "-m", "capstan_finetune", "--hyperparameters", str(hp_file)],
+                       capture_output=True, text=True, timeout=120, env={**os.environ, "WORLD_SIZE": "2", "RANK": "0"})
+    assert r.returncode == 2 and "DeepspeedZeroStage=z3 with 2 processes needs DeepSpeed" in r.stderr, r.stderr
