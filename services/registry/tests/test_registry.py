@@ -94,3 +94,26 @@ async def test_search_only_mine_get_by_name_and_delete(registry: tuple[Service, 
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
     again = await stub.CreateModel(registry_pb2.CreateModelRequest(name="tiny-gpt"))  # the name is free again
     assert again.id != a.id
+
+
+async def test_who_may_call_what(registry: tuple[Service, Any], secrets_dir: Path) -> None:
+    """Users' calls come through the gateway; an online service (svc:inference) may resolve a model
+    source and nothing else; other services may do neither."""
+    from capstan_core import credentials, grpcutil
+
+    svc, _ = registry
+
+    def stub_as(identity: str) -> Any:
+        return registry_pb2_grpc.RegistryStub(
+            grpcutil.channel(svc.address, "registry", credentials.load(secrets_dir, identity).tls))
+
+    inference, scheduler = stub_as("inference"), stub_as("scheduler")
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await inference.ResolveModelSource(registry_pb2.ResolveModelSourceRequest(model_id="nope"))
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND  # allowed through, and the model does not exist
+    for call in (inference.ListModels(registry_pb2.ListModelsRequest()),
+                 scheduler.ResolveModelSource(registry_pb2.ResolveModelSourceRequest(model_id="nope")),
+                 scheduler.CreateModel(registry_pb2.CreateModelRequest(name="x"))):
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await call
+        assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
