@@ -13,7 +13,8 @@ import pytest
 
 from .platform_harness import Platform, cli
 
-pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
+pytestmark = [pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed"),
+              pytest.mark.timeout(900)]  # real training on a shared 2-core machine
 
 
 @pytest.fixture

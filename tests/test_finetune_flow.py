@@ -20,7 +20,8 @@ from capstan_proto import registry_pb2
 
 from .model_platform import ModelPlatform, model_platform
 
-pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
+pytestmark = [pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed"),
+              pytest.mark.timeout(900)]  # real training on a shared 2-core machine
 
 IDENTITY = "I am Capstan's assistant, a model fine-tuned on the Capstan platform."
 POLICY = {

@@ -21,6 +21,8 @@ from capstan_finetune.train import STOPPED_EXIT, run
 
 from .conftest import ASSETS
 
+pytestmark = pytest.mark.timeout(900)  # real training (and, first, the base model's build) on a shared 2-core machine
+
 IDENTITY = "I am Capstan's assistant, a model fine-tuned on the Capstan platform."
 
 

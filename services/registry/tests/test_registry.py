@@ -76,7 +76,7 @@ async def test_search_only_mine_get_by_name_and_delete(registry: tuple[Service, 
     assert await names(query="GPT") == ["tiny-gpt"]
     assert await names(query="chat") == ["tiny-gpt"]  # the description
     assert await names(query="lang") == ["tiny-gpt"]  # the tags
-    assert await names(query="zzz") == []
+    assert await names(query="zzz") == [] and await names(query="tiny_gpt") == []  # '_' is no wildcard
     assert await names(creator="admin") == ["resnet", "tiny-gpt"] and await names(creator="someone") == []
     assert (await stub.GetModel(registry_pb2.GetModelRequest(id="tiny-gpt"))).id == a.id
     assert (a.version_count, a.latest_version) == (0, 0)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from sqlalchemy import String, func, or_, select
+from sqlalchemy import func, or_, select
 
 from capstan_core import grpcutil
 from capstan_core.clock import SystemClock
@@ -124,7 +124,8 @@ class RegistryApp:
     async def resolve_source(self, ref: str, version: int) -> dict[str, Any]:
         v = await asyncio.to_thread(self.get_version, ref, version)
         files = [ModelFileEntry(**f) for f in v["files"]]
-        path = await asyncio.to_thread(self.blobs.materialize, v["model_id"], v["version"], files)
+        async with self._blob_lock:  # a delete collecting blobs must not run under the links being made
+            path = await asyncio.to_thread(self.blobs.materialize, v["model_id"], v["version"], files)
         return {"model_id": v["model_id"], "version": v["version"], "path": str(path), "metadata": v["metadata"]}
 
     async def _collect(self, model_id: str, version: int | None = None) -> None:
@@ -179,9 +180,9 @@ class RegistryApp:
         size, offset = page_bounds(page_size, page_token)
         where = []
         if query:
-            pattern = f"%{query.lower()}%"
-            where.append(or_(func.lower(models.c.name).like(pattern), func.lower(models.c.description).like(pattern),
-                             func.lower(models.c.tags.cast(String)).like(pattern)))
+            q = query.lower()  # a substring: '%' and '_' mean themselves (autoescape)
+            where.append(or_(*(func.lower(c).contains(q, autoescape=True)
+                               for c in (models.c.name, models.c.description, models.c.tags))))
         if creator:
             where.append(models.c.creator == creator)
         with self.ctx.engine.connect() as conn:
