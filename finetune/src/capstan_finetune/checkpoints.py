@@ -62,7 +62,7 @@ def save(output_dir: Path, step: int, model: Any, optimizer: Any, state: dict[st
     tmp = output_dir / f".{PREFIX}{step}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    trainable = {n: p.detach().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
+    trainable = {n: p.detach().cpu().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
     save_file(trainable, str(tmp / WEIGHTS))
     model.save_pretrained(tmp)  # the adapter (Lora) or the whole model (Full), in Hugging Face layout
     torch.save(optimizer.state_dict(), tmp / OPTIMIZER)
@@ -88,6 +88,6 @@ def load(path: Path, model: Any, optimizer: Any) -> dict[str, Any]:
     with torch.no_grad():
         for n, t in weights.items():
             params[n].copy_(t)
-    optimizer.load_state_dict(torch.load(path / OPTIMIZER, weights_only=True))
+    optimizer.load_state_dict(torch.load(path / OPTIMIZER, weights_only=True, map_location="cpu"))  # moved to the params' device
     state: dict[str, Any] = json.loads((path / STATE).read_text())
     return state

@@ -110,6 +110,8 @@ def _train(cfg: Config, plan: Plan, samples: list[chat.Conversation], resume_fro
             r=cfg.lora_rank, lora_alpha=int(cfg.lora_alpha), lora_dropout=cfg.lora_dropout, target_modules="all-linear",
             task_type="CAUSAL_LM",
         ))
+    device = _device()
+    model.to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     log(f"model: {cfg.finetuning_type}, {sum(p.numel() for p in trainable):,} trainable of "
         f"{metadata.parameter_count(model):,} parameters")
@@ -121,7 +123,7 @@ def _train(cfg: Config, plan: Plan, samples: list[chat.Conversation], resume_fro
         log(f"resume: from {resume_from.name} (step {step}, epoch {epoch + 1})")
     forward: Any = model
     if plan.strategy == "ddp":
-        forward = torch.nn.parallel.DistributedDataParallel(model)
+        forward = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     per_epoch_micro = math.ceil(len(encoded) / (cfg.batch_size * plan.world_size))
     per_epoch = math.ceil(per_epoch_micro / cfg.gradient_accumulation_steps)
     total = cfg.epochs * per_epoch if not cfg.max_steps else min(cfg.max_steps, cfg.epochs * per_epoch)
@@ -140,7 +142,8 @@ def _train(cfg: Config, plan: Plan, samples: list[chat.Conversation], resume_fro
             while micro < len(batches) and step < total:
                 accum = batches[micro:micro + cfg.gradient_accumulation_steps]
                 for b in accum:
-                    ids, labels, mask = pad_batch([encoded[i].ids for i in b], pad_id, [encoded[i].learn for i in b])
+                    ids, labels, mask = (t.to(device) for t in pad_batch(
+                        [encoded[i].ids for i in b], pad_id, [encoded[i].learn for i in b]))
                     loss = forward(input_ids=ids, attention_mask=mask, labels=labels).loss / len(accum)
                     loss.backward()
                 optimizer.step()
@@ -168,6 +171,17 @@ def _train(cfg: Config, plan: Plan, samples: list[chat.Conversation], resume_fro
     if rank == 0:
         export(cfg, model, tokenizer, step, log)
     return cfg.model_dir
+
+
+def _device() -> Any:
+    """This process's CUDA device (torchrun's LOCAL_RANK) where CUDA is present, else the CPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    torch.cuda.set_device(device)
+    return device
 
 
 def plan_rank(plan: Plan, rank: int) -> int:
