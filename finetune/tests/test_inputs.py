@@ -110,3 +110,30 @@ def test_parallel_plan_maps_to_what_is_installed_or_refuses() -> None:
     ]:
         with pytest.raises(PlanError, match=words):
             make_plan(*args)  # type: ignore[arg-type]
+
+
+def test_staged_inputs_are_readable_by_any_uid_whatever_the_umask(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sandbox's unprivileged uid copies the template and reads the model and data: a platform
+    process running with umask 077 must not stage them behind a 0700 directory."""
+    import os
+    import stat
+
+    from capstan_finetune import staging
+
+    monkeypatch.setenv("CAPSTAN_MODEL_SHARE", str(tmp_path / "share"))
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"conversation": [{"prompt": "p", "response": "r"}]}) + "\n")
+    model = tmp_path / "base"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    old = os.umask(0o077)
+    try:
+        inputs = staging.task_inputs(model, data, {"Epoch": 1})
+    finally:
+        os.umask(old)
+    assert inputs.hyperparameters["Epoch"] == 1 and inputs.command.endswith("exec python3 -m capstan_finetune")
+    for p in [tmp_path / "share", *(tmp_path / "share").rglob("*")]:
+        mode = stat.S_IMODE(p.stat().st_mode)
+        assert mode & (0o005 if p.is_dir() else 0o004), f"{p} is {oct(mode)}"
+    assert (Path(inputs.hyperparameters["TrainDataPath"]) / "d.jsonl").is_file()
+    assert (Path(inputs.hyperparameters["PretrainModelPath"]) / "config.json").is_file()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .files import make_world_readable
+from .files import make_world_readable, readable_dirs
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -65,7 +65,7 @@ def _publish(src: Path, kind: str, name: str) -> Path:
         return dest
     tmp = dest.parent / f".{name}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.parent.mkdir(parents=True, exist_ok=True)
+    readable_dirs(dest.parent)
     if src.is_dir():
         shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     else:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import chat, metadata
-from .files import make_world_readable
+from .files import make_world_readable, readable_dirs
 
 NAME = "capstan-tiny-gpt"
 ASSETS = Path(__file__).parent / "assets"
@@ -45,11 +45,11 @@ def cache_key(settings: dict[str, Any] | None = None) -> str:
 
 def ensure_base_model(root: Path, progress: Progress = lambda _: None) -> Path:
     """The tiny base model under ``root`` (``<root>/capstan-tiny-gpt-<key>``), built if missing."""
-    root.mkdir(parents=True, exist_ok=True)
     dest = root / f"{NAME}-{cache_key()}"
     if (dest / _DONE).exists():
         progress(f"base model cached at {dest}")
         return dest
+    readable_dirs(root)
     tmp = root / f".{dest.name}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()

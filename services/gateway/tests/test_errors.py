@@ -177,6 +177,15 @@ async def test_openapi_lists_every_route(client: httpx.AsyncClient) -> None:
         ("POST", f"{TASKS}/{{id}}/stop"),
         ("GET", f"{TASKS}/{{id}}/logs"),
         ("GET", "/api/v1/admin/quarantine"),
+        ("POST", "/api/v1/models"),
+        ("GET", "/api/v1/models"),
+        ("GET", "/api/v1/models/{id}"),
+        ("DELETE", "/api/v1/models/{id}"),
+        ("POST", "/api/v1/models/{id}/versions"),
+        ("GET", "/api/v1/models/{id}/versions"),
+        ("GET", "/api/v1/models/{id}/versions/{version}"),
+        ("DELETE", "/api/v1/models/{id}/versions/{version}"),
+        ("GET", "/api/v1/models/{id}/versions/{version}/files/{path}"),
     }
     for path, item in spec["paths"].items():
         for op in item.values():

@@ -96,6 +96,8 @@ class BlobStore:
             except OSError:
                 shutil.copyfile(self.blob(f.sha256), target)
         (tmp / ".complete").write_text("")
+        for d, _, _ in os.walk(tmp):  # an online service's sandbox uid reads it (files are 0444 blobs)
+            os.chmod(d, 0o755)  # noqa: S103 - model files, nothing secret
         shutil.rmtree(dest, ignore_errors=True)
         tmp.rename(dest)
         return dest
