@@ -107,6 +107,7 @@ class ApiClient:
     def download(self, path: str, dest: Path, **params: Any) -> int:
         """Stream ``path`` into the file ``dest`` (written whole or not at all); bytes written."""
         tmp = dest.with_name(f".{dest.name}.part")
+        dest.parent.mkdir(parents=True, exist_ok=True)
         try:
             with self._http.stream("GET", API_PREFIX + path, params=params) as resp:
                 if resp.status_code >= 400:

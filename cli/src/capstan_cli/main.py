@@ -6,9 +6,11 @@ import click
 
 from .commands import task_ops  # noqa: F401 - registers its commands on the task group
 from .commands.credentials_cmds import secrets
+from .commands.demo import demo
 from .commands.events import events
 from .commands.groups import nodes, rg
 from .commands.images import image
+from .commands.models import model
 from .commands.platform_cmds import agent, down, ps, restart_component, up
 from .commands.tasks import task
 from .common import CapstanGroup, common_options
@@ -29,7 +31,7 @@ def cli() -> None:
     """
 
 
-for command in (up, down, ps, restart_component, agent, rg, nodes, task, image, secrets, events):
+for command in (up, down, ps, restart_component, agent, rg, nodes, task, image, model, demo, secrets, events):
     cli.add_command(command)
 
 

@@ -35,6 +35,10 @@ class ServiceSettings(BaseSettings):
     def secrets_path(self) -> Path:
         return self.secrets_dir if self.secrets_dir is not None else self.data_dir / "secrets"
 
+    @property
+    def storage_path(self) -> Path:
+        return self.storage_dir if self.storage_dir is not None else self.data_dir / "storage"
+
     def database_url_for(self, service: str) -> str:
         if self.database_url:
             return self.database_url

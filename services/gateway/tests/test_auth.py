@@ -55,6 +55,15 @@ ROUTES = [
     ("GET", "/api/v1/training-tasks/train-12345678/checkpoints"),
     ("GET", "/api/v1/training-tasks/train-12345678/evaluation"),
     ("GET", "/api/v1/admin/quarantine"),
+    ("GET", "/api/v1/models"),
+    ("POST", "/api/v1/models"),
+    ("GET", "/api/v1/models/model-12345678"),
+    ("DELETE", "/api/v1/models/model-12345678"),
+    ("GET", "/api/v1/models/model-12345678/versions"),
+    ("POST", "/api/v1/models/model-12345678/versions"),
+    ("GET", "/api/v1/models/model-12345678/versions/1"),
+    ("DELETE", "/api/v1/models/model-12345678/versions/1"),
+    ("GET", "/api/v1/models/model-12345678/versions/1/files/config.json"),
 ]
 
 
@@ -161,7 +170,11 @@ async def test_the_route_list_above_is_every_api_route(client: httpx.AsyncClient
 
     spec = (await client.get("/openapi.json")).json()
     documented = {(m.upper(), p) for p, item in spec["paths"].items() for m in item if p.startswith("/api/v1")}
-    listed = {(m, re.sub(r"/(outputs/model/weights.pt|tensorboard/index.html)$",
-                         lambda x: "/outputs/{path}" if "outputs" in x[0] else "/tensorboard/{path}",
-                         re.sub(r"/(rsg|train|node|jt)-12345678", "/{id}", p))) for m, p in ROUTES}
+    def template(p: str) -> str:
+        p = re.sub(r"/(rsg|train|node|jt|model)-12345678", "/{id}", p)
+        p = re.sub(r"/outputs/model/weights\.pt$", "/outputs/{path}", p)
+        p = re.sub(r"/tensorboard/index\.html$", "/tensorboard/{path}", p)
+        return re.sub(r"/files/config\.json$", "/files/{path}", re.sub(r"/versions/1\b", "/versions/{version}", p))
+
+    listed = {(m, template(p)) for m, p in ROUTES}
     assert listed == documented

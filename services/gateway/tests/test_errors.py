@@ -192,6 +192,15 @@ async def test_openapi_lists_every_route(client: httpx.AsyncClient) -> None:
         ("GET", f"{TASKS}/{{id}}/checkpoints"),
         ("GET", f"{TASKS}/{{id}}/evaluation"),
         ("GET", "/api/v1/admin/quarantine"),
+        ("POST", "/api/v1/models"),
+        ("GET", "/api/v1/models"),
+        ("GET", "/api/v1/models/{id}"),
+        ("DELETE", "/api/v1/models/{id}"),
+        ("POST", "/api/v1/models/{id}/versions"),
+        ("GET", "/api/v1/models/{id}/versions"),
+        ("GET", "/api/v1/models/{id}/versions/{version}"),
+        ("DELETE", "/api/v1/models/{id}/versions/{version}"),
+        ("GET", "/api/v1/models/{id}/versions/{version}/files/{path}"),
     }
     for path, item in spec["paths"].items():
         for op in item.values():

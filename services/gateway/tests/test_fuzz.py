@@ -75,7 +75,7 @@ async def live(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[LivePla
             TRAINER, "trainer", tmp_path, nats_server.url, scheduler_addr=scheduler.address
         )
         services.append(trainer)
-        registry = await _start(REGISTRY, "registry", tmp_path, nats_server.url)
+        registry = await _start(REGISTRY, "registry", tmp_path, nats_server.url, trainer_addr=trainer.address)
         services.append(registry)
         inference = await _start(INFERENCE, "inference", tmp_path, nats_server.url)
         services.append(inference)

@@ -62,3 +62,58 @@ async def test_idempotent_create_and_refusals_append_nothing(registry: tuple[Ser
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await stub.GetModel(registry_pb2.GetModelRequest(id="model-nope"))
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_search_only_mine_get_by_name_and_delete(registry: tuple[Service, Any]) -> None:
+    svc, stub = registry
+    a = await stub.CreateModel(registry_pb2.CreateModelRequest(name="tiny-gpt", description="A chat model", tags={"lang": "en"}))
+    await stub.CreateModel(registry_pb2.CreateModelRequest(name="resnet", description="images"))
+
+    async def names(**kw: Any) -> list[str]:
+        got = await stub.ListModels(registry_pb2.ListModelsRequest(page=common_pb2.PageRequest(), **kw))
+        return sorted(m.name for m in got.items)
+
+    assert await names(query="GPT") == ["tiny-gpt"]
+    assert await names(query="chat") == ["tiny-gpt"]  # the description
+    assert await names(query="lang") == ["tiny-gpt"]  # the tags
+    assert await names(query="zzz") == [] and await names(query="tiny_gpt") == []  # '_' is no wildcard
+    assert await names(creator="admin") == ["resnet", "tiny-gpt"] and await names(creator="someone") == []
+    assert (await stub.GetModel(registry_pb2.GetModelRequest(id="tiny-gpt"))).id == a.id
+    assert (a.version_count, a.latest_version) == (0, 0)
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await stub.GetVersion(registry_pb2.GetVersionRequest(model_id=a.id))
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND and "has no version yet" in e.value.details()
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await stub.PublishVersion(registry_pb2.PublishVersionRequest(model_id=a.id, task_id="train-x"))
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE  # no trainer configured: said, not guessed
+
+    await stub.DeleteModel(registry_pb2.DeleteModelRequest(id="tiny-gpt"))
+    assert await names() == ["resnet"]
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await stub.DeleteModel(registry_pb2.DeleteModelRequest(id=a.id))
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    again = await stub.CreateModel(registry_pb2.CreateModelRequest(name="tiny-gpt"))  # the name is free again
+    assert again.id != a.id
+
+
+async def test_who_may_call_what(registry: tuple[Service, Any], secrets_dir: Path) -> None:
+    """Users' calls come through the gateway; an online service (svc:inference) may resolve a model
+    source and nothing else; other services may do neither."""
+    from capstan_core import credentials, grpcutil
+
+    svc, _ = registry
+
+    def stub_as(identity: str) -> Any:
+        return registry_pb2_grpc.RegistryStub(
+            grpcutil.channel(svc.address, "registry", credentials.load(secrets_dir, identity).tls))
+
+    inference, scheduler = stub_as("inference"), stub_as("scheduler")
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await inference.ResolveModelSource(registry_pb2.ResolveModelSourceRequest(model_id="nope"))
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND  # allowed through, and the model does not exist
+    for call in (inference.ListModels(registry_pb2.ListModelsRequest()),
+                 scheduler.ResolveModelSource(registry_pb2.ResolveModelSourceRequest(model_id="nope")),
+                 scheduler.CreateModel(registry_pb2.CreateModelRequest(name="x"))):
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await call
+        assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED

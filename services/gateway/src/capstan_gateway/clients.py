@@ -19,6 +19,7 @@ from capstan_core.errors import DomainError
 from capstan_proto import (
     admin_pb2_grpc,
     inference_pb2_grpc,
+    registry_pb2,
     registry_pb2_grpc,
     scheduler_pb2,
     scheduler_pb2_grpc,
@@ -208,7 +209,34 @@ class RegistryClient(ServiceClient):
 
     def __init__(self, address: str, timeout: float, tls: TlsCredentials) -> None:
         super().__init__(address, timeout, tls)
-        self.stub: Any = registry_pb2_grpc.RegistryStub(self.channel)
+        self.stub = registry_pb2_grpc.RegistryStub(self.channel)
+
+    async def create_model(self, req: registry_pb2.CreateModelRequest) -> registry_pb2.Model:
+        return await self.call(self.stub.CreateModel, req)
+
+    async def get_model(self, req: registry_pb2.GetModelRequest) -> registry_pb2.Model:
+        return await self.call(self.stub.GetModel, req)
+
+    async def list_models(self, req: registry_pb2.ListModelsRequest) -> registry_pb2.ListModelsResponse:
+        return await self.call(self.stub.ListModels, req)
+
+    async def delete_model(self, req: registry_pb2.DeleteModelRequest) -> registry_pb2.Model:
+        return await self.call(self.stub.DeleteModel, req)
+
+    async def publish_version(self, req: registry_pb2.PublishVersionRequest) -> registry_pb2.ModelVersion:
+        return await self.call(self.stub.PublishVersion, req)
+
+    async def get_version(self, req: registry_pb2.GetVersionRequest) -> registry_pb2.ModelVersion:
+        return await self.call(self.stub.GetVersion, req)
+
+    async def list_versions(self, req: registry_pb2.ListVersionsRequest) -> registry_pb2.ListVersionsResponse:
+        return await self.call(self.stub.ListVersions, req)
+
+    async def delete_version(self, req: registry_pb2.DeleteVersionRequest) -> registry_pb2.ModelVersion:
+        return await self.call(self.stub.DeleteVersion, req)
+
+    async def read_version_file(self, req: registry_pb2.ReadVersionFileRequest) -> registry_pb2.FileChunk:
+        return await self.call(self.stub.ReadVersionFile, req)
 
 
 class InferenceClient(ServiceClient):

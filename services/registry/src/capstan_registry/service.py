@@ -7,7 +7,8 @@ from pathlib import Path
 from capstan_core.service import ServiceDefinition
 
 from . import api
-from .app import RegistryApp, RegistryProjection
+from .app import RegistryApp
+from .projections import RegistryProjection
 
 DEFINITION = ServiceDefinition(
     name="registry",

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, MetaData, String, Table, Text
+from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, Text
 
 from capstan_core.db import quarantine_table, tracking_table
 
@@ -13,6 +13,20 @@ models = Table(
     Column("name", String(128), nullable=False, unique=True),
     Column("description", Text, nullable=False),
     Column("tags", Text, nullable=False),
+    Column("creator", String(100), nullable=False),
+    Column("created_at_ms", BigInteger, nullable=False),
+)
+
+model_versions = Table(
+    "model_versions",
+    metadata,
+    Column("model_id", String(40), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("description", Text, nullable=False),
+    Column("metadata", Text, nullable=False),  # JSON of contracts.registry.ModelMetadata
+    Column("lineage", Text, nullable=False),  # JSON of contracts.registry.Lineage
+    Column("files", Text, nullable=False),  # JSON list of {path, sha256, size}
+    Column("size_bytes", BigInteger, nullable=False),
     Column("creator", String(100), nullable=False),
     Column("created_at_ms", BigInteger, nullable=False),
 )

@@ -12,7 +12,7 @@ import grpc
 from capstan_core.contracts.common import ResourceSpec
 from capstan_core.contracts.training import StorageRow
 from capstan_core.grpcutil import GrpcServer
-from capstan_core.identity import ADMIN, GATEWAY, NODE, Access, current_caller, methods_of
+from capstan_core.identity import ADMIN, GATEWAY, NODE, Access, current_caller, methods_of, service_role
 from capstan_proto import common_pb2, trainer_pb2, trainer_pb2_grpc
 
 from .app import TrainerApp
@@ -30,7 +30,8 @@ ACCESS = Access({
                            "GetLogs", "UpdateTrainingTask", "DeleteTrainingTask", "StartTrainingTask", "EstimatePrice",
                            "ListOutputs", "ReadOutput", "ListTaskEvents", "ListImages", "StartTensorBoard"],
                [GATEWAY, ADMIN]),
-    **methods_of(SERVICE, ["GetTrainingTask"], [GATEWAY, ADMIN, NODE]),
+    # the registry checks a task has Succeeded before publishing its /opt/ml/model
+    **methods_of(SERVICE, ["GetTrainingTask"], [GATEWAY, ADMIN, NODE, service_role("registry")]),
     **methods_of(SERVICE, ["ReportInstance"], [NODE, ADMIN]),
 })
 
