@@ -70,6 +70,9 @@ class NodeJoined(Event):
     # Card types this node may split into tenths, fixed when it joins (SPEC §7.3: nodes added before
     # their card type was supported don't share). None in older events: the scheduler's current setting.
     shareable: list[str] | None = None
+    # What the node's agent can run (CAPABILITIES). None in older events: from agent_kind
+    # ("trainer" -> training, "inference" -> serving).
+    capabilities: list[str] | None = None
 
 
 @event("NodeStateChanged", version=1)
@@ -99,6 +102,41 @@ class NodeHealthChecked(Event):
     ok: bool
     checks: list[HealthCheckResult]
     trigger: str = "periodic"
+    at_ms: int
+
+
+# -- the workload contract: how any owner asks the scheduler to place work (issue #9) ---------------
+# What a node's agent can run, declared when it joins (NodeJoined.capabilities); a workload names the
+# one it needs, and the scheduler places it only on nodes that declare it.
+CAPABILITY_TRAINING = "training"
+CAPABILITY_SERVING = "serving"
+CAPABILITIES = (CAPABILITY_TRAINING, CAPABILITY_SERVING)
+
+
+@event("WorkloadSubmitted", version=1)
+class WorkloadSubmitted(Event):
+    """The scheduler's own contract for "a workload to place". Its owner (the trainer for a task, the
+    inference service for a service replica) appends it in the same commit as its own events, on its
+    own subject; the scheduler consumes this one type whoever the producer is. ``kind`` says what it is
+    for people ("training", "service"); ``capability`` what a node must be able to run."""
+
+    workload_id: str
+    kind: str
+    capability: str
+    resource_group_id: str
+    resources: ResourceSpec
+    instance_count: int = 1
+    tags: dict[str, str] = {}
+    at_ms: int
+
+
+@event("WorkloadWithdrawn", version=1)
+class WorkloadWithdrawn(Event):
+    """The owner no longer wants this workload (it ended, was stopped, scaled in): its resources are
+    freed. Appended by the owner like ``WorkloadSubmitted``."""
+
+    workload_id: str
+    reason: str = ""
     at_ms: int
 
 
