@@ -64,4 +64,4 @@ def describe(e: Event, time_ms: int) -> dict[str, Any] | None:
     if not level:
         return None  # the scheduler's contract events in the same commits
     return {"at_ms": getattr(e, "at_ms", time_ms) or time_ms, "level": level, "kind": e.TYPE, "resource": resource,
-            "message": message, "by": getattr(e, "by", "")}
+            "message": message, "by": getattr(e, "by", "") or getattr(e, "creator", "")}
