@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from capstan_core.contracts.scheduling import WorkloadSubmitted, WorkloadWithdrawn
-from capstan_core.contracts.serving import ServiceReplicaAdded, ServiceReplicaDraining, ServiceReplicaReported
+from capstan_core.contracts.serving import ServiceReplicaAdded, ServiceReplicaDraining
 from capstan_core.errors import InvalidArgument
 from capstan_inference.domain import autoscale, cron, rolling, spec
 from capstan_inference.domain import group as domain
