@@ -61,3 +61,12 @@ def test_scale_isolate_update_keys_and_errors(runner: CliRunner, fake_api: Any, 
     assert r.exit_code != 0 and "does not exist" in r.output
     r = run(runner, fake_api, data_dir, "svc", "create", "x", "--spec", "{not json")
     assert r.exit_code != 0 and "not valid JSON" in r.output
+
+
+def test_logs_print_each_line_with_its_instance(runner: CliRunner, fake_api: Any, data_dir: Path) -> None:
+    page = {"lines": [{"ts_ms": 1, "instance": "ms-abcd1234-v1-1", "stream": "stdout", "line": "ready", "seq": 3}],
+            "last_seq": 3}
+    fake_api.on("GET", "/api/v1/services/ms-abcd1234/logs", (200, page))
+    r = run(runner, fake_api, data_dir, "svc", "logs", "ms-abcd1234", "-k", "read")
+    assert r.exit_code == 0 and "[ms-abcd1234-v1-1] ready" in r.output
+    assert fake_api.requests[-1].query["keyword"] == "read"

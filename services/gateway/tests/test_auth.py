@@ -87,6 +87,7 @@ ROUTES = [
     ("DELETE", "/api/v1/services/ms-12345678/keys/key-12345678"),
     ("GET", "/api/v1/services/ms-12345678/records"),
     ("GET", "/api/v1/services/ms-12345678/events"),
+    ("GET", "/api/v1/services/ms-12345678/logs"),
 ]
 
 

@@ -224,6 +224,7 @@ async def test_openapi_lists_every_route(client: httpx.AsyncClient) -> None:
         ("DELETE", "/api/v1/services/{id}/keys/{key_id}"),
         ("GET", "/api/v1/services/{id}/records"),
         ("GET", "/api/v1/services/{id}/events"),
+        ("GET", "/api/v1/services/{id}/logs"),
     }
     for path, item in spec["paths"].items():
         for op in item.values():

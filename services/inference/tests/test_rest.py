@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,15 @@ async def test_services_over_rest(api: httpx.AsyncClient, nc: Client) -> None:
     assert {"ServiceCreated", "ServiceVersionScaled", "ServiceVersionUpdated", "ServiceWeightsSet"} <= {x["kind"] for x in rec}
     ev = (await api.get(f"/api/v1/services/{sid}/events")).json()["items"]
     assert any(x["kind"] == "ServiceReplicaAdded" for x in ev)
+    rid = (await api.get(f"/api/v1/services/{sid}")).json()["instances"][0]["id"]
+    for i, text in enumerate(["loading model", "serving on 8501", "GET /health 200"]):
+        body = {"ts_ms": 1_700_000_000_000 + i, "stream": "stdout", "line": text}
+        await js.publish(f"capstan.log.{rid}.0", json.dumps(body).encode())
+    got = (await api.get(f"/api/v1/services/{sid}/logs", params={"instance": rid, "keyword": "SERVING"})).json()
+    assert [(x["instance"], x["line"]) for x in got["lines"]] == [(rid, "serving on 8501")]
+    everything = (await api.get(f"/api/v1/services/{sid}/logs")).json()["lines"]
+    assert [x["line"] for x in everything] == ["loading model", "serving on 8501", "GET /health 200"]
+    assert (await api.get(f"/api/v1/services/{sid}/logs", params={"instance": "a.b"})).status_code == 400
     assert (await api.post(f"/api/v1/services/{sid}/stop")).json()["status"] in ("Stopping", "Stopped")
     assert (await api.post(f"/api/v1/services/{sid}/start")).status_code == 200
     assert (await api.delete(f"/api/v1/services/{sid}")).status_code == 200

@@ -245,3 +245,22 @@ def events(service_id: str, records: bool) -> None:
     click.echo(table(["TIME", "LEVEL", "RESOURCE", "MESSAGE", "BY"],
                      [[dt.datetime.fromtimestamp(e["at_ms"] / 1000).strftime("%Y-%m-%d %H:%M:%S"), e["level"],
                        e["resource"], e["message"], e["by"] or None] for e in items]))
+
+
+@svc.command("logs")
+@click.argument("service_id")
+@click.option("--instance", default="", help="One instance (empty: every instance the service has now).")
+@click.option("--keyword", "-k", default="", help="Case-insensitive substring.")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=1000)
+@common_options
+def logs(service_id: str, instance: str, keyword: str, limit: int) -> None:
+    """Instance logs, searched by keyword."""
+    cfg = config()
+    with cfg.client() as client:
+        page = client.get(f"/services/{service_id}/logs", instance=instance or None, keyword=keyword or None,
+                          limit=limit)
+    if cfg.json_output:
+        print_json(page)
+        return
+    for x in page["lines"]:
+        click.echo(f"[{x['instance']}] {x['line']}")

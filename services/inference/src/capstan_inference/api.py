@@ -22,7 +22,7 @@ SERVICE = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
 MANAGEMENT = ["CreateService", "GetService", "ListServices", "UpdateService", "StopService", "StartService",
               "DeleteService", "AddVersion", "UpdateVersion", "DeleteVersion", "ScaleVersion", "SetAutoscaling",
               "SetWeights", "IsolateReplica", "UnisolateReplica", "RebuildReplica", "CreateKey", "UpdateKey",
-              "DeleteKey", "ListServiceEvents"]
+              "DeleteKey", "ListServiceEvents", "GetServiceLogs"]
 JSON_MAX = 256 * 1024
 # Users (through the gateway) and the operator manage services; node agents read the replicas placed on
 # their node and report them (checked against the placement in the handlers); gateways read the routes.
@@ -197,6 +197,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     async def ListServiceEvents(self, req: inference_pb2.ListServiceEventsRequest, context: grpc.aio.ServicerContext) -> inference_pb2.ListServiceEventsResponse:
         items = await self.app.history(req.service_id, records_only=req.records)
         return inference_pb2.ListServiceEventsResponse(items=[inference_pb2.ServiceEvent(**d) for d in items])
+
+    async def GetServiceLogs(self, req: inference_pb2.GetServiceLogsRequest, context: grpc.aio.ServicerContext) -> inference_pb2.GetServiceLogsResponse:
+        lines, last = await self.app.logs(req.service_id, req.replica_id, start_ms=req.start_ms, end_ms=req.end_ms,
+                                          keyword=req.keyword, limit=req.limit, after_seq=req.after_seq,
+                                          source=req.source)
+        return inference_pb2.GetServiceLogsResponse(lines=[inference_pb2.ServiceLogLine(**x) for x in lines],
+                                                    last_seq=last)
 
 
 def register(app: InferenceApp, server: GrpcServer) -> None:

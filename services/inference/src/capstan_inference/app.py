@@ -34,6 +34,7 @@ from capstan_core.paging import next_token, page_bounds
 from capstan_core.service import ServiceContext
 from capstan_core.streams import event_subject
 from capstan_proto import registry_pb2, registry_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
+from capstan_trainer.logs import read_logs  # the platform's log reader (to move to core)
 
 from .domain import autoscale
 from .domain import group as domain
@@ -395,6 +396,27 @@ class InferenceApp:
                 continue
             out.append(d)
         return out[::-1]
+
+    async def logs(self, sid: str, rid: str, *, start_ms: int, end_ms: int, keyword: str, limit: int, after_seq: int,
+                   source: str) -> tuple[list[dict[str, Any]], int]:
+        """Instance logs, oldest first: one instance (``rid``), or every instance the group has now."""
+        g = await asyncio.to_thread(self._doc, sid, True)
+        if rid and rid not in g["replicas"] and not rid.startswith(f"{sid}-v"):
+            raise NotFound(f"service {sid} has no instance {rid}")
+        if len(keyword) > 256:
+            raise InvalidArgument("keyword must be at most 256 characters", field="keyword")
+        ids = [rid] if rid else sorted(g["replicas"])
+        out: list[dict[str, Any]] = []
+        last = after_seq
+        for one in ids:
+            lines, seq = await read_logs(self.ctx.js, one, start_ms=start_ms, end_ms=end_ms, keyword=keyword,
+                                         instance_index=0, after_seq=after_seq if rid else 0, limit=limit,
+                                         source=source)
+            out += [{"ts_ms": x.ts_ms, "replica_id": one, "stream": x.stream, "line": x.line, "seq": x.seq}
+                    for x in lines]
+            last = max(last, seq)
+        out.sort(key=lambda x: (x["ts_ms"], x["seq"]))
+        return out[:limit or 1000], last
 
     def list_agents(self) -> list[dict[str, Any]]:
         with self.ctx.engine.connect() as conn:

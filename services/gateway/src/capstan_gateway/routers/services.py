@@ -188,3 +188,21 @@ async def records(id: ServiceId, c: Inference) -> Json:
 @router.get("/{id}/events", summary="Events of the last 24 hours")
 async def events(id: ServiceId, c: Inference) -> Json:
     return await _events(c, id, False)
+
+
+@router.get("/{id}/logs", summary="Instance logs: by instance, time range and keyword")
+async def logs(
+    id: ServiceId, c: Inference,
+    instance: Annotated[str, Query(max_length=64, pattern=r"^[A-Za-z0-9_-]*$", description="empty: every instance")] = "",
+    keyword: Annotated[str, Query(max_length=256)] = "",
+    start_ms: Annotated[int, Query(ge=0, le=2**62)] = 0,
+    end_ms: Annotated[int, Query(ge=0, le=2**62)] = 0,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    after_seq: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
+    source: Annotated[str, Query(pattern=r"^(|platform|code|metrics)$")] = "",
+) -> Json:
+    r = await c.call(c.stub.GetServiceLogs, pb.GetServiceLogsRequest(
+        service_id=id, replica_id=instance, keyword=keyword, start_ms=start_ms, end_ms=end_ms, limit=limit,
+        after_seq=after_seq, source=source))
+    return {"lines": [{"ts_ms": x.ts_ms, "instance": x.replica_id, "stream": x.stream, "line": x.line, "seq": x.seq}
+                      for x in r.lines], "last_seq": r.last_seq}
