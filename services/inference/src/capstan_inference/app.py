@@ -79,6 +79,21 @@ class InferenceApp:
             await self.ctx.await_projection(outcome.seq)
             await self.converge(service_id)
 
+    async def _change(self, sid: str, decide: Callable[..., Sequence[Event]], *args: Any,
+                      include_deleted: bool = False) -> dict[str, Any]:
+        """Run ``decide(group, sid, *args, now_ms)`` as a command; the group as it is then."""
+        now = self.clock.now_ms()
+        await self._run(sid, lambda g: decide(g, sid, *args, now))
+        return await asyncio.to_thread(self.get, sid, include_deleted)
+
+    async def _version(self, sid: str, vid: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The group's view and its version ``vid`` (NotFound naming both)."""
+        g = await asyncio.to_thread(self.get, sid)
+        v = next((x for x in g["versions"] if x["id"] == vid), None)
+        if v is None:
+            raise NotFound(f"service {sid} has no version {vid}")
+        return g, v
+
     # -- checks against other services (before anything is appended) ------------------------------------
 
     async def _check_group(self, rg_id: str) -> None:
@@ -163,76 +178,50 @@ class InferenceApp:
                     raise InvalidArgument(f"{f} must be a whole number 0..{hi}", field=f)
         if changes.get("group_qps_limit") == 0:
             raise InvalidArgument(f"group_qps_limit must be 1..{specs.GROUP_QPS_CAP}", field="group_qps_limit")
-        now = self.clock.now_ms()
-        await self._run(sid, lambda g: domain.decide_update_group(g, sid, changes, by, now))
-        return await asyncio.to_thread(self.get, sid)
+        return await self._change(sid, domain.decide_update_group, changes, by)
 
     async def add_version(self, sid: str, spec_raw: Any, weight: int, by: str) -> dict[str, Any]:
         g = await asyncio.to_thread(self.get, sid)
         spec = await self._spec(spec_raw, g["deployment_mode"])
-        now = self.clock.now_ms()
-        await self._run(sid, lambda s: domain.decide_add_version(s, sid, spec, weight, by, now))
-        return await asyncio.to_thread(self.get, sid)
+        return await self._change(sid, domain.decide_add_version, spec, weight, by)
 
     async def update_version(self, sid: str, vid: str, changes: Any, by: str) -> dict[str, Any]:
         """A rolling update: ``changes`` (fields of the version's form) over its current spec."""
-        g = await asyncio.to_thread(self.get, sid)
-        v = next((x for x in g["versions"] if x["id"] == vid), None)
-        if v is None:
-            raise NotFound(f"service {sid} has no version {vid}")
+        g, v = await self._version(sid, vid)
         if not isinstance(changes, dict):
             raise InvalidArgument("spec must be an object with the fields to change", field="spec")
         base = {k: val for k, val in v["spec"].items()}
         if "model" in changes:
             base.pop("model")
         spec = await self._spec({**base, **changes}, g["deployment_mode"])
-        now = self.clock.now_ms()
-        await self._run(sid, lambda s: domain.decide_update_version(s, sid, vid, spec, by, now))
-        return await asyncio.to_thread(self.get, sid)
+        return await self._change(sid, domain.decide_update_version, vid, spec, by)
 
     async def delete_version(self, sid: str, vid: str, by: str) -> dict[str, Any]:
-        now = self.clock.now_ms()
-        await self._run(sid, lambda g: domain.decide_delete_version(g, sid, vid, by, now))
-        return await asyncio.to_thread(self.get, sid)
+        return await self._change(sid, domain.decide_delete_version, vid, by)
 
     async def scale(self, sid: str, vid: str, replicas: int, by: str) -> dict[str, Any]:
         vid = vid or await self._only_version(sid)
-        now = self.clock.now_ms()
-        await self._run(sid, lambda g: domain.decide_scale(g, sid, vid, replicas, by, now))
-        return await asyncio.to_thread(self.get, sid)
+        return await self._change(sid, domain.decide_scale, vid, replicas, by)
 
     async def set_autoscaling(self, sid: str, vid: str, raw: Any, by: str) -> dict[str, Any]:
         vid = vid or await self._only_version(sid)
-        g = await asyncio.to_thread(self.get, sid)
-        v = next((x for x in g["versions"] if x["id"] == vid), None)
-        if v is None:
-            raise NotFound(f"service {sid} has no version {vid}")
+        _, v = await self._version(sid, vid)
         cfg = autoscale.normalize(raw, rate_limit_kind=v["spec"]["rate_limit"]["kind"])
-        now = self.clock.now_ms()
-        await self._run(sid, lambda s: domain.decide_autoscaling(s, sid, vid, cfg, by, now))
-        return await asyncio.to_thread(self.get, sid)
+        return await self._change(sid, domain.decide_autoscaling, vid, cfg, by)
 
     async def set_weights(self, sid: str, weights: dict[str, int], by: str) -> dict[str, Any]:
         if not weights:
             raise InvalidArgument("weights must name at least one version", field="weights")
-        now = self.clock.now_ms()
-        await self._run(sid, lambda g: domain.decide_weights(g, sid, weights, by, now))
-        return await asyncio.to_thread(self.get, sid)
+        return await self._change(sid, domain.decide_weights, weights, by)
 
     async def set_state(self, sid: str, state: str, by: str) -> dict[str, Any]:
-        now = self.clock.now_ms()
-        await self._run(sid, lambda g: domain.decide_state(g, sid, state, by, now))
-        return await asyncio.to_thread(self.get, sid, include_deleted=True)
+        return await self._change(sid, domain.decide_state, state, by, include_deleted=True)
 
     async def isolate(self, sid: str, rid: str, isolated: bool, by: str) -> dict[str, Any]:
-        now = self.clock.now_ms()
-        await self._run(sid, lambda g: domain.decide_isolate(g, sid, rid, isolated, by, now))
-        return await asyncio.to_thread(self.get, sid)
+        return await self._change(sid, domain.decide_isolate, rid, isolated, by)
 
     async def rebuild(self, sid: str, rid: str, by: str) -> dict[str, Any]:
-        now = self.clock.now_ms()
-        await self._run(sid, lambda g: domain.decide_rebuild(g, sid, rid, by, now))
-        return await asyncio.to_thread(self.get, sid)
+        return await self._change(sid, domain.decide_rebuild, rid, by)
 
     async def create_key(self, sid: str, *, remark: str, tokens_per_minute: int, tokens_per_day: int,
                          by: str) -> dict[str, Any]:
