@@ -36,6 +36,7 @@ class Platform:
     nats_url: str
     secrets: Path
     clock: FixedClock
+    app: InferenceApp
 
 
 @pytest.fixture
@@ -53,7 +54,7 @@ async def platform(tmp_path: Path, nats_server: Any, secrets_dir: Path,
     try:
         rg = await scheduler_pb2_grpc.SchedulerStub(chs).CreateResourceGroup(
             scheduler_pb2.CreateResourceGroupRequest(name="serving"))
-        yield Platform(inference_pb2_grpc.InferenceStub(chi), rg.id, nats_server.url, secrets_dir, clock)
+        yield Platform(inference_pb2_grpc.InferenceStub(chi), rg.id, nats_server.url, secrets_dir, clock, inf.app)
     finally:
         await chs.close()
         await chi.close()
@@ -281,3 +282,112 @@ async def test_hpa_follows_the_gateways_load_figures(platform: Platform, nc: Cli
     await instances(p, sid, 1)
     records = (await p.stub.ListServiceEvents(pb.ListServiceEventsRequest(service_id=sid, records=True))).items
     assert [x.message for x in records if x.by == "autoscaler"] == ["replicas set to 1 (hpa)", "replicas set to 3 (hpa)"]
+
+
+async def test_rebuild_auto_stop_and_time_rules(platform: Platform) -> None:
+    p = platform
+    svc = await create(p)
+    sid = svc["id"]
+    [inst] = await instances(p, sid, 1)
+    await ready(p, inst["id"], "127.0.0.1:9401")
+    # rebuild: a fresh replica first, the old one leaves once it is ready
+    await p.stub.RebuildReplica(pb.ReplicaRef(service_id=sid, replica_id=inst["id"]))
+    both = await instances(p, sid, 2)
+    fresh = next(i["id"] for i in both if i["id"] != inst["id"])
+    await ready(p, fresh, "127.0.0.1:9402")
+    await until(lambda: _routes_are(p, sid, [fresh]), "the rebuilt replica replaced")
+
+    # time rules: 09:00 -> 3 replicas, except on the first week of October
+    vid = svc["versions"][0]["id"]
+    await p.stub.SetAutoscaling(pb.SetAutoscalingRequest(service_id=sid, version_id=vid, autoscaling_json=json.dumps(
+        {"mode": "time", "default": 1, "rules": [{"at": "09:00", "replicas": 3, "except": ["* * * 1-7 10 *"]},
+                                                {"at": "18:00", "replicas": 1}]})))
+    import datetime as dt
+    p.clock.t = int(dt.datetime(2027, 3, 2, 9, 30, tzinfo=dt.UTC).timestamp() * 1000)
+    await instances(p, sid, 3)
+    p.clock.t = int(dt.datetime(2027, 3, 2, 18, 30, tzinfo=dt.UTC).timestamp() * 1000)
+    await instances(p, sid, 1)
+    p.clock.t = int(dt.datetime(2027, 10, 3, 9, 30, tzinfo=dt.UTC).timestamp() * 1000)
+    await asyncio.sleep(1.2)  # a loop tick: the excepted date keeps yesterday's 18:00 count
+    assert len(await instances(p, sid, 1)) == 1
+
+    # auto-stop at a time: the loop stops the group when the clock passes it
+    at = p.clock.now_ms() + 60_000
+    await p.stub.UpdateService(pb.UpdateServiceRequest(service_id=sid, changes_json=json.dumps({"auto_stop_at_ms": at})))
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await p.stub.UpdateService(pb.UpdateServiceRequest(service_id=sid, changes_json='{"auto_stop_at_ms": 5}'))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    p.clock.advance(61_000)
+    await until(lambda: _status_in(p, sid, ("Stopping", "Stopped")), "auto-stopped")
+    events = (await p.stub.ListServiceEvents(pb.ListServiceEventsRequest(service_id=sid))).items
+    assert any(x.message == "stopped: stopped at its auto-stop time" for x in events)
+
+
+async def _status_in(p: Platform, sid: str, states: tuple[str, ...]) -> bool:
+    return doc(await p.stub.GetService(pb.ServiceRef(service_id=sid)))["status"] in states
+
+
+async def test_placement_rejection_and_node_access(platform: Platform) -> None:
+    from capstan_core.contracts.common import ResourceSpec
+    from capstan_core.contracts.scheduling import InstancePlacement, WorkloadPlaced, WorkloadRejected
+    from capstan_core.errors import PermissionDenied
+    from capstan_core.identity import NODE, Caller
+
+    p = platform
+    sid = (await create(p))["id"]
+    [inst] = await instances(p, sid, 1)
+    rid = inst["id"]
+    # the scheduler's answers (appended here as the scheduler would: no serving node joins this test)
+    async with admin_store(p.nats_url, p.secrets) as store:
+        await store.append(f"capstan.evt.workload.{rid}", [WorkloadPlaced(
+            workload_id=rid, kind="service", resources=ResourceSpec(), at_ms=1,
+            placements=[InstancePlacement(index=0, node_id="node-a")])], expected_seq=None)
+    node_a = Caller("node", NODE, "node-a", "node-a", node_id="node-a")
+    node_b = Caller("node", NODE, "node-b", "node-b", node_id="node-b")
+
+    async def placed() -> bool:
+        try:
+            return p.app.replica_spec(node_a, rid)["node_id"] == "node-a"
+        except PermissionDenied:
+            return False
+    await until(placed, "the placement projected")
+    with pytest.raises(PermissionDenied):
+        p.app.replica_spec(node_b, rid)
+    with pytest.raises(PermissionDenied):
+        await p.app.report(node_b, rid=rid, state="Ready", address="1.2.3.4:1", exit_code=0, message="",
+                           generation=1, cpu=0, memory_gib=0)
+    await p.app.report(node_a, rid=rid, state="Starting", address="10.0.0.5:8501", exit_code=0, message="",
+                       generation=1, cpu=0.5, memory_gib=1)
+
+    # a replica the scheduler refuses is removed and replaced by a new one
+    async with admin_store(p.nats_url, p.secrets) as store:
+        await store.append(f"capstan.evt.workload.{rid}", [WorkloadRejected(workload_id=rid, reason="no node fits",
+                                                                             at_ms=2)], expected_seq=None)
+    await until(lambda: _gone(p, sid, rid), "the rejected replica removed")
+    [again] = await instances(p, sid, 1)
+    assert again["id"] != rid
+    events = (await p.stub.ListServiceEvents(pb.ListServiceEventsRequest(service_id=sid))).items
+    assert any("not scheduled: no node fits" in x.message for x in events)
+
+
+async def test_multi_instance_replicas_and_versions(platform: Platform) -> None:
+    p = platform
+    view = doc(await p.stub.CreateService(pb.CreateServiceRequest(
+        name="big", deployment_mode="multi-instance",
+        spec_json=json.dumps({**SPEC, "resource_group_id": p.rg, "instances": 2}))))
+    sid = view["id"]
+    await instances(p, sid, 1)
+    async with admin_store(p.nats_url, p.secrets) as store:
+        recorded, _ = await store.load(f"capstan.evt.service.{sid}")
+    assert [r.event.instance_count for r in recorded if isinstance(r.event, WorkloadSubmitted)] == [2]
+    # a second version (canary) with its own weight; deleting the only other one is refused
+    v2 = doc(await p.stub.AddVersion(pb.AddVersionRequest(service_id=sid, weight=10,
+                                                          spec_json=json.dumps({**SPEC, "resource_group_id": p.rg,
+                                                                                "instances": 2}))))
+    assert [v["weight"] for v in v2["versions"]] == [100, 10]
+    r = await route_of(p, sid)
+    assert [(v.version_id, v.weight) for v in r.versions] == [(f"{sid}-v1", 100), (f"{sid}-v2", 10)]
+    await p.stub.DeleteVersion(pb.VersionRef(service_id=sid, version_id=f"{sid}-v1"))
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await p.stub.DeleteVersion(pb.VersionRef(service_id=sid, version_id=f"{sid}-v2"))
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
