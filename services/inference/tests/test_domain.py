@@ -250,3 +250,10 @@ def test_a_retired_replica_drains_before_it_stops_and_is_withdrawn() -> None:
         domain.apply(g, e)
     events = step(g, 6000)
     assert any(isinstance(e, WorkloadWithdrawn) and e.workload_id == rid for e in events) and not g["replicas"]
+
+
+def test_the_service_of_a_replica_id() -> None:
+    assert domain.service_of(domain.replica_id("ms-vvv1v2v3", 2, 17)) == "ms-vvv1v2v3"
+    assert domain.service_of("ms-abcdefgh-v1-3") == "ms-abcdefgh"
+    for bad in ("ms-abcdefgh", "ms-abcdefgh-v1", "ms-abcdefgh-vx-1", "train-abc-v1-1", "", "-v1-1"):
+        assert domain.service_of(bad) == ""

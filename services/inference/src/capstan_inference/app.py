@@ -284,7 +284,7 @@ class InferenceApp:
             now_ms=now))
 
     def _group_of(self, rid: str) -> domain.Group:
-        sid = rid.split("-v", 1)[0] if rid.startswith("ms-") else ""
+        sid = domain.service_of(rid)
         if not sid:
             raise NotFound(f"replica {rid} does not exist")
         try:

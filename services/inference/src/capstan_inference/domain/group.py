@@ -60,6 +60,15 @@ def replica_id(service_id: str, number: int, n: int) -> str:
     return f"{service_id}-v{number}-{n}"
 
 
+def service_of(rid: str) -> str:
+    """The service id in a replica id ("" when it is none): ``ms-xxxxxxxx`` may itself hold "-v"."""
+    sid, sep, rest = rid.rpartition("-v")
+    number, dash, n = rest.partition("-")
+    if not (sid.startswith("ms-") and sep and number.isdigit() and dash and n.isdigit()):
+        return ""
+    return sid
+
+
 # -- fold ----------------------------------------------------------------------------------------------
 
 
