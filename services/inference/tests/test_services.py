@@ -22,7 +22,8 @@ from capstan_core.testing import admin_channel, admin_store
 from capstan_inference.app import InferenceApp
 from capstan_inference.service import DEFINITION as INFERENCE
 from capstan_proto import inference_pb2 as pb
-from capstan_proto import inference_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
+from capstan_proto import inference_pb2_grpc, registry_pb2, registry_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
+from capstan_registry.service import DEFINITION as REGISTRY
 from capstan_scheduler.service import DEFINITION as SCHEDULER
 
 SPEC = {"runtime": "custom", "command": "python -m http.server 8501", "replicas": 1,
@@ -46,19 +47,24 @@ async def platform(tmp_path: Path, nats_server: Any, secrets_dir: Path,
     clock = FixedClock(1_800_000_000_000)
     sched = Service(SCHEDULER, ServiceSettings(secrets_dir=secrets_dir, data_dir=tmp_path / "s", nats_url=nats_server.url))
     await sched.start()
+    reg = Service(REGISTRY, ServiceSettings(secrets_dir=secrets_dir, data_dir=tmp_path / "r", nats_url=nats_server.url))
+    await reg.start()
     definition = dataclasses.replace(INFERENCE, build=lambda ctx: InferenceApp(ctx, clock=clock))
-    inf = Service(definition, ServiceSettings(secrets_dir=secrets_dir, data_dir=tmp_path / "i",
-                                              nats_url=nats_server.url, scheduler_addr=sched.address))
+    inf = Service(definition, ServiceSettings(secrets_dir=secrets_dir, data_dir=tmp_path / "i", nats_url=nats_server.url,
+                                              scheduler_addr=sched.address, registry_addr=reg.address))
     await inf.start()
     chs, chi = admin_channel(sched.address, "scheduler", secrets_dir), admin_channel(inf.address, "inference", secrets_dir)
+    chr_ = admin_channel(reg.address, "registry", secrets_dir)
     try:
         rg = await scheduler_pb2_grpc.SchedulerStub(chs).CreateResourceGroup(
             scheduler_pb2.CreateResourceGroupRequest(name="serving"))
+        await registry_pb2_grpc.RegistryStub(chr_).CreateModel(registry_pb2.CreateModelRequest(name="tiny"))
         yield Platform(inference_pb2_grpc.InferenceStub(chi), rg.id, nats_server.url, secrets_dir, clock, inf.app)
     finally:
-        await chs.close()
-        await chi.close()
+        for ch in (chs, chi, chr_):
+            await ch.close()
         await inf.stop()
+        await reg.stop()
         await sched.stop()
 
 
@@ -177,6 +183,11 @@ async def test_bad_commands_are_refused_and_append_nothing(platform: Platform) -
     bad = [
         ({"port": 8503}, "port"), ({"grace_period_s": 0}, "grace_period_s"), ({"resource_group_id": "rsg-nothere"}, "resource group"),
         ({"runtime": "vllm", "command": ""}, "model"),
+        # a registry model is resolved by the real registry before anything is appended
+        ({"runtime": "transformers", "command": "", "model": {"kind": "registry", "model_id": "tiny"}},
+         "model tiny version latest: model tiny has no version yet"),
+        ({"runtime": "transformers", "command": "", "model": {"kind": "registry", "model_id": "nope", "version": 2}},
+         "model nope version 2"),
     ]
     for spec, words in bad:
         with pytest.raises(grpc.aio.AioRpcError) as e:

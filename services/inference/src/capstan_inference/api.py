@@ -10,7 +10,7 @@ import grpc
 
 from capstan_core.errors import InvalidArgument
 from capstan_core.grpcutil import GrpcServer
-from capstan_core.identity import ADMIN, GATEWAY, NODE, Access, current_caller, methods_of, service_role
+from capstan_core.identity import ADMIN, GATEWAY, NODE, Access, current_caller, methods_of
 from capstan_proto import common_pb2, inference_pb2, inference_pb2_grpc
 
 from .app import InferenceApp, view
@@ -29,7 +29,7 @@ JSON_MAX = 256 * 1024
 ACCESS = Access({
     **methods_of(SERVICE, ["ListAgents", *MANAGEMENT], [GATEWAY, ADMIN]),
     **methods_of(SERVICE, ["GetReplicaSpec", "ReportReplica"], [NODE, ADMIN]),
-    **methods_of(SERVICE, ["ListRoutes"], [GATEWAY, ADMIN, service_role("gateway")]),
+    **methods_of(SERVICE, ["ListRoutes"], [GATEWAY, ADMIN]),
 })
 
 
