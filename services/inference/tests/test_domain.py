@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from capstan_core.contracts.common import ResourceSpec
 from capstan_core.contracts.scheduling import WorkloadSubmitted, WorkloadWithdrawn
 from capstan_core.contracts.serving import ServiceReplicaAdded, ServiceReplicaDraining
 from capstan_core.errors import InvalidArgument
@@ -257,3 +259,30 @@ def test_the_service_of_a_replica_id() -> None:
     assert domain.service_of("ms-abcdefgh-v1-3") == "ms-abcdefgh"
     for bad in ("ms-abcdefgh", "ms-abcdefgh-v1", "ms-abcdefgh-vx-1", "train-abc-v1-1", "", "-v1-1"):
         assert domain.service_of(bad) == ""
+
+
+def test_the_fold_is_total_over_events_about_unknown_things() -> None:
+    from capstan_core.contracts.serving import (
+        ServiceKeyUpdated,
+        ServiceReplicaRemoved,
+        ServiceReplicaReported,
+        ServiceVersionScaled,
+        ServiceWeightsSet,
+    )
+    g = created(1)
+    junk = [
+        ServiceReplicaReported(service_id=g["id"], replica_id="ms-abcdefgh-v1-99", state="Ready", at_ms=1),
+        ServiceReplicaRemoved(service_id=g["id"], replica_id="ms-abcdefgh-v1-99", reason="x", at_ms=1),
+        ServiceVersionScaled(service_id=g["id"], version_id="ms-abcdefgh-v9", replicas=3, by="x", at_ms=1),
+        ServiceWeightsSet(service_id=g["id"], weights={"ms-abcdefgh-v9": 5}, by="x", at_ms=1),
+        ServiceKeyUpdated(service_id=g["id"], key_id="key-none", enabled=False, remark="", tokens_per_minute=0,
+                          tokens_per_day=0, by="x", at_ms=1),
+        ServiceReplicaAdded(service_id=g["id"], version_id="ms-abcdefgh-v9", replica_id="r", revision=1,
+                            resources=ResourceSpec(), at_ms=1),
+    ]
+    before = json.dumps(g, sort_keys=True)
+    for e in junk:
+        domain.apply(g, e)
+    after = json.loads(json.dumps(g))
+    after["updated_at_ms"] = json.loads(before)["updated_at_ms"]
+    assert json.dumps(after, sort_keys=True) == before

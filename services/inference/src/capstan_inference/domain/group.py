@@ -87,8 +87,8 @@ def apply(g: Group | None, e: Event) -> Group | None:  # noqa: C901 - one branch
                 "group_qps_limit": e.group_qps_limit, "auto_stop_at_ms": e.auto_stop_at_ms, "creator": e.creator,
                 "created_at_ms": e.at_ms, "updated_at_ms": e.at_ms, "state": "Running", "next_version": 1,
                 "next_replica": 1, "versions": {}, "replicas": {}, "keys": {}}
-    if g is None:
-        return None
+    if g is None or not _refers_to_known(g, e):
+        return g  # total: an event about something this group never had changes nothing
     if isinstance(e, ServiceVersionCreated):
         g["versions"][e.version_id] = {
             "id": e.version_id, "number": e.number, "spec": e.spec, "revision": 1, "specs": {"1": e.spec},
@@ -111,7 +111,8 @@ def apply(g: Group | None, e: Event) -> Group | None:  # noqa: C901 - one branch
         g["versions"][e.version_id]["failed"] = e.reason
     elif isinstance(e, ServiceWeightsSet):
         for vid, w in e.weights.items():
-            g["versions"][vid]["weight"] = w
+            if vid in g["versions"]:
+                g["versions"][vid]["weight"] = w
     elif isinstance(e, ServiceStateChanged):
         g["state"] = e.state
         g["state_reason"] = e.reason
@@ -155,7 +156,7 @@ def apply(g: Group | None, e: Event) -> Group | None:  # noqa: C901 - one branch
         g["keys"][e.key_id] = {"id": e.key_id, "secret_sha256": e.secret_sha256, "remark": e.remark,
                                "enabled": True, "tokens_per_minute": e.tokens_per_minute,
                                "tokens_per_day": e.tokens_per_day, "created_at_ms": e.at_ms}
-    elif isinstance(e, ServiceKeyUpdated):
+    elif isinstance(e, ServiceKeyUpdated) and e.key_id in g["keys"]:
         g["keys"][e.key_id].update(enabled=e.enabled, remark=e.remark, tokens_per_minute=e.tokens_per_minute,
                                    tokens_per_day=e.tokens_per_day)
     elif isinstance(e, ServiceKeyDeleted):
@@ -164,6 +165,15 @@ def apply(g: Group | None, e: Event) -> Group | None:  # noqa: C901 - one branch
         return g
     g["updated_at_ms"] = max(g["updated_at_ms"], getattr(e, "at_ms", 0))
     return g
+
+
+def _refers_to_known(g: Group, e: Event) -> bool:
+    """Whether the version / replica ``e`` is about exists (creating events name new ones)."""
+    vid = getattr(e, "version_id", None)
+    if vid is not None and not isinstance(e, ServiceVersionCreated) and vid not in g["versions"]:
+        return False
+    rid = getattr(e, "replica_id", None)
+    return rid is None or isinstance(e, ServiceReplicaAdded) or rid in g["replicas"]
 
 
 def _prune_specs(g: Group, v: dict[str, Any]) -> None:
