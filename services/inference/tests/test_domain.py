@@ -28,6 +28,9 @@ def test_defaults_are_filled_in() -> None:
     s = norm()
     assert s["port"] == 8501 and s["grace_period_s"] == 30 and s["deploy_retries"] == 5 and s["replicas"] == 1
     assert s["rate_limit"]["kind"] == "none" and s["instances"] == 1
+    assert s["probes"]["readiness"]["kind"] == "http" and s["probes"]["readiness"]["path"] == "/health"
+    custom = norm(runtime="custom", command="./serve", model={"kind": "none"})
+    assert custom["probes"]["readiness"]["kind"] == "tcp"
 
 
 @pytest.mark.parametrize(("changes", "field"), [

@@ -277,6 +277,9 @@ def normalize(raw: Any, *, deployment_mode: str = "standard") -> dict[str, Any]:
     out["env"] = check_env(s["env"])
     probes = _obj(s["probes"], "probes", PROBE_NAMES)
     out["probes"] = {name: check_probe(p, f"probes.{name}") for name, p in sorted(probes.items()) if p}
+    if "readiness" not in out["probes"]:  # traffic only goes to ready instances: every replica has a readiness probe
+        default = {"kind": "tcp"} if out["runtime"] == "custom" else {"kind": "http", "path": "/health"}
+        out["probes"]["readiness"] = check_probe({**default, "period_s": 2}, "probes.readiness")
     out["grace_period_s"] = _int(s["grace_period_s"], "grace_period_s", 1, MAX_GRACE_S, " seconds")
     out["pre_stop"] = check_argv(s["pre_stop"], "pre_stop")
     out["deploy_retries"] = _int(s["deploy_retries"], "deploy_retries", 0, MAX_DEPLOY_RETRIES, " (0: unlimited)")
