@@ -133,7 +133,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         return _sv(await asyncio.to_thread(self.app.get, req.service_id))
 
     async def ListServices(self, req: inference_pb2.ListServicesRequest, context: grpc.aio.ServicerContext) -> inference_pb2.ListServicesResponse:
-        items, token, total = await asyncio.to_thread(self.app.list, page_size=req.page.page_size,
+        items, token, total = await asyncio.to_thread(self.app.list_services, page_size=req.page.page_size,
                                                       page_token=req.page.page_token, creator=req.creator,
                                                       status=req.status)
         return inference_pb2.ListServicesResponse(items=[_sv(d) for d in items], next_page_token=token, total=total)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 
 from capstan_core import grpcutil
 from capstan_core.clock import Clock, SystemClock
@@ -348,9 +348,9 @@ class InferenceApp:
     def get(self, sid: str, include_deleted: bool = False) -> dict[str, Any]:
         return view(self._doc(sid, include_deleted))
 
-    def list(self, *, page_size: int, page_token: str, creator: str, status: str) -> tuple[list[dict[str, Any]], str, int]:
+    def list_services(self, *, page_size: int, page_token: str, creator: str, status: str) -> tuple[list[dict[str, Any]], str, int]:
         size, offset = page_bounds(page_size, page_token)
-        conds = [services.c.deleted.is_(False)]
+        conds: list[ColumnElement[bool]] = [services.c.deleted.is_(False)]
         if creator:
             conds.append(services.c.creator == creator)
         if status:

@@ -356,7 +356,7 @@ def decide_update_group(g: Group | None, service_id: str, changes: dict[str, Any
     g = _exists(g, service_id)
     _not_deleting(g)
     fields = ("description", "tags", "auth_enabled", "group_qps_limit", "auto_stop_at_ms")
-    new = {k: changes.get(k, g[k]) for k in fields}
+    new: dict[str, Any] = {k: changes.get(k, g[k]) for k in fields}
     if new["auto_stop_at_ms"] and new["auto_stop_at_ms"] != g["auto_stop_at_ms"] and new["auto_stop_at_ms"] <= now_ms:
         raise InvalidArgument("auto_stop_at must be in the future", field="auto_stop_at")
     what = [k for k in fields if new[k] != g[k]]
