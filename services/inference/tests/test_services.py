@@ -268,12 +268,14 @@ async def test_hpa_follows_the_gateways_load_figures(platform: Platform, nc: Cli
     await p.stub.SetAutoscaling(pb.SetAutoscalingRequest(service_id=sid, autoscaling_json=json.dumps(
         {"mode": "hpa", "metric": "qps", "target": 10, "min": 1, "max": 3, "cooldown_s": 30})))
     js = nc.jetstream()
-    from nats.js.api import KeyValueConfig
+    from nats.js.api import KeyValueConfig, StorageType
     from nats.js.errors import BucketNotFoundError
     try:
         kv = await js.key_value("capstan_serving_load")
     except BucketNotFoundError:
-        kv = await js.create_key_value(KeyValueConfig(bucket="capstan_serving_load", history=1, ttl=60))
+        # the gateways create and own the bucket (capstan_gateway.invoke); this test stands in for them
+        kv = await js.create_key_value(KeyValueConfig(bucket="capstan_serving_load", history=1, ttl=600.0,
+                                                      storage=StorageType.MEMORY))
 
     async def load(qps: float) -> None:
         for rep in doc(await p.stub.GetService(pb.ServiceRef(service_id=sid)))["instances"]:

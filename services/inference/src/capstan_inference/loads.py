@@ -12,7 +12,6 @@ import json
 from typing import Any
 
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 
 from capstan_core.clock import Clock
@@ -35,11 +34,12 @@ class LoadBoard:
             self._samples[rid] = (max(cpu, 0.0), max(memory_gib, 0.0), self.clock.now_ms())
 
     async def bucket(self) -> Any:
+        """The gateways' bucket (they create and own it); None until one has."""
         if self._kv is None:
             try:
                 self._kv = await self.js.key_value(BUCKET)
             except BucketNotFoundError:
-                self._kv = await self.js.create_key_value(KeyValueConfig(bucket=BUCKET, history=1, ttl=60))
+                return None
         return self._kv
 
     async def read(self, g: domain.Group | None) -> dict[str, dict[str, float]]:
@@ -47,6 +47,8 @@ class LoadBoard:
         if g is None or not any(v["autoscaling"]["mode"] == "hpa" for v in domain.live_versions(g)):
             return {}
         kv = await self.bucket()
+        if kv is None:
+            return {}  # no gateway has published a figure yet
         out: dict[str, dict[str, float]] = {}
         for rid, r in g["replicas"].items():
             if not domain.serving(r):
