@@ -232,6 +232,12 @@ def test_exited_replica_restarts_until_the_retry_policy_fails_the_first_deployme
             break
     assert g["versions"]["ms-abcdefgh-v1"]["failed"].startswith("deployment failed after 5 retries")
     assert domain.status(g) == "Failed"
+    # stopped and started again: the first deployment is tried afresh
+    for state in ("Stopped", "Running"):
+        for e in domain.decide_state(g, g["id"], state, "alice", 4000):
+            domain.apply(g, e)
+        step(g, 4000)
+    assert not g["versions"]["ms-abcdefgh-v1"]["failed"] and domain.status(g) == "Deploying"
 
 
 def test_a_retired_replica_drains_before_it_stops_and_is_withdrawn() -> None:

@@ -116,6 +116,9 @@ def apply(g: Group | None, e: Event) -> Group | None:  # noqa: C901 - one branch
     elif isinstance(e, ServiceStateChanged):
         g["state"] = e.state
         g["state_reason"] = e.reason
+        if e.state == "Running":  # started again: a failed first deployment gets its retries afresh
+            for v in g["versions"].values():
+                v.update(failed="", failures=0)
     elif isinstance(e, ServiceUpdated):
         g.update(description=e.description, tags=dict(e.tags), auth_enabled=e.auth_enabled,
                  group_qps_limit=e.group_qps_limit, auto_stop_at_ms=e.auto_stop_at_ms)
