@@ -41,8 +41,9 @@ def test_defaults_are_filled_in() -> None:
     ({"resources": {"cpu": 1, "memory_gib": 1, "gpu_type": "A10", "gpu": 1.5}}, "resources.gpu"),
     ({"runtime": "vllm"}, "resources.gpu"), ({"runtime": "tgi"}, "runtime"), ({"runtime": "custom"}, "command"),
     ({"command": "python serve.py"}, "command"), ({"model": {"kind": "none"}}, "model"),
-    ({"model": {"kind": "path", "path": "relative"}}, "model.path"),
+    ({"model": {"kind": "path", "path": "/"}}, "model.path"),
     ({"model": {"kind": "path", "path": "/a/../etc"}}, "model.path"),
+    ({"model": {"kind": "path", "path": "a//b"}}, "model.path"),
     ({"model": {"kind": "registry"}}, "model.model_id"), ({"deploy_retries": 100}, "deploy_retries"),
     ({"replicas": 0}, "replicas"), ({"max_surge_pct": 101}, "max_surge_pct"),
     ({"rate_limit": {"kind": "qps", "value": 501}}, "rate_limit.value"), ({"rate_limit": {"kind": "x"}}, "rate_limit.kind"),
@@ -344,3 +345,12 @@ def test_a_rolling_update_keeps_routable_replicas_and_converges(replicas: int, s
         assert sum(1 for r in g["replicas"].values() if domain.routable(r)) >= floor
     assert [r["revision"] for r in g["replicas"].values()] == [2] * replicas
     assert all(domain.routable(r) for r in g["replicas"].values()) and domain.status(g) == "Running"
+
+
+def test_a_path_model_is_on_the_platform_storage() -> None:
+    from capstan_inference.replica_spec import model_dir
+    m = norm(model={"kind": "path", "path": "/etc/", "subdir": "ckpt-100"})["model"]
+    assert m["path"] == "etc" and model_dir(m, "/srv/capstan/storage") == "/srv/capstan/storage/etc/ckpt-100"
+    reg = {"kind": "registry", "model_id": "m", "version": 2, "path": "/srv/capstan/storage/registry/m/2", "subdir": ""}
+    assert model_dir(reg, "/elsewhere") == "/srv/capstan/storage/registry/m/2"
+    assert model_dir({"kind": "none"}, "/x") == ""

@@ -270,7 +270,7 @@ class InferenceApp:
         self._check_node(caller, rid)
         with self.ctx.engine.connect() as conn:
             node = conn.execute(select(placements.c.node_id).where(placements.c.replica_id == rid)).scalar() or ""
-        return replica_spec(g, r, node)
+        return replica_spec(g, r, node, str(self.ctx.settings.storage_path))
 
     async def report(self, caller: Caller, *, rid: str, state: str, address: str, exit_code: int, message: str,
                      generation: int, cpu: float, memory_gib: float) -> None:

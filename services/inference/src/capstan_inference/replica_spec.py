@@ -15,13 +15,21 @@ def served_name(g: domain.Group, spec: dict[str, Any]) -> str:
     return str(spec["served_model_name"] or g["id"])
 
 
-def replica_spec(g: domain.Group, r: dict[str, Any], node_id: str) -> dict[str, Any]:
+def model_dir(model: dict[str, Any], storage_root: str) -> str:
+    """The directory on the node mounted read-only at /data/model ("" for none): a registry version's
+    materialised files, or a directory of the platform storage."""
+    if model["kind"] == "none":
+        return ""
+    base = model["path"] if model["kind"] == "registry" else os.path.join(storage_root, model["path"])
+    return os.path.join(base, model.get("subdir", "")).rstrip("/")
+
+
+def replica_spec(g: domain.Group, r: dict[str, Any], node_id: str, storage_root: str) -> dict[str, Any]:
     v = g["versions"][r["version_id"]]
     spec = v["specs"].get(str(r["revision"])) or v["spec"]
-    model = spec["model"]
-    model_dir = os.path.join(model["path"], model.get("subdir", "")) if model["kind"] != "none" else ""
+    mdir = model_dir(spec["model"], storage_root)
     env = {**spec["env"], "PORT": str(spec["port"])}
-    if model_dir:
+    if mdir:
         env["MODEL_DIR"] = "/data/model"
     name = served_name(g, spec)
     stopping = g["state"] == "Deleted" or bool(r["stopping_at_ms"])
@@ -30,7 +38,7 @@ def replica_spec(g: domain.Group, r: dict[str, Any], node_id: str) -> dict[str, 
         "desired_state": "Stopped" if stopping else "Running",
         "command": engine_argv(spec["runtime"], port=spec["port"], served_model_name=name, env=env,
                                command=spec["command"]),
-        "env": env, "port": spec["port"], "image": spec["image"], "model_dir": model_dir,
+        "env": env, "port": spec["port"], "image": spec["image"], "model_dir": mdir,
         "resources": spec["resources"], "probes": spec["probes"], "pre_stop": spec["pre_stop"],
         "grace_period_s": spec["grace_period_s"], "network_mode": "isolated", "generation": r["generation"],
     }

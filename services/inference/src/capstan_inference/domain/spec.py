@@ -154,11 +154,13 @@ def check_model(raw: Any) -> dict[str, Any]:
         return {"kind": "registry", "model_id": model_id, "version": version,
                 "subdir": _subdir(m.get("subdir", ""))}
     if kind == "path":
-        path = _str(m.get("path", ""), "model.path", PATH_MAX)
+        # a directory on the platform storage ("/models/x" and "models/x" both name <storage>/models/x):
+        # never a path of the node itself, so no source can mount the platform's own files
+        path = _str(m.get("path", ""), "model.path", PATH_MAX).strip("/")
         parts = path.split("/")
-        if not path.startswith("/") or ".." in parts:
-            raise InvalidArgument("model.path must be an absolute path on the platform storage without '..'",
-                                  field="model.path")
+        if not path or any(p in ("", ".", "..") for p in parts):
+            raise InvalidArgument("model.path must be a directory on the platform storage, e.g. models/my-model "
+                                  "(no '.', '..' or empty parts)", field="model.path")
         return {"kind": "path", "path": path, "subdir": _subdir(m.get("subdir", ""))}
     raise InvalidArgument("model.kind must be none, registry (a registry model version) or path (a storage path)",
                           field="model.kind")
