@@ -51,7 +51,8 @@ def test_defaults_are_filled_in() -> None:
     ({"probes": {"readiness": {"kind": "grpc"}}}, "probes.readiness.kind"),
     ({"probes": {"readiness": {"kind": "http", "path": "health"}}}, "probes.readiness.path"),
     ({"probes": {"liveness": {"kind": "exec", "command": []}}}, "probes.liveness.command"),
-    ({"resource_group_id": ""}, "resource_group_id"), ({"bogus": 1}, "spec.bogus"), ({"instances": 2}, "instances"),
+    ({"resource_group_id": ""}, "resource_group_id"), ({"served_model_name": "a b"}, "served_model_name"),
+    ({"image": "img\n"}, "image"), ({"bogus": 1}, "spec.bogus"), ({"instances": 2}, "instances"),
 ])
 def test_every_field_is_validated_with_its_name(changes: dict[str, Any], field: str) -> None:
     with pytest.raises(InvalidArgument) as e:

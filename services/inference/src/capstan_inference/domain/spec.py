@@ -105,6 +105,14 @@ def _str(raw: Any, field: str, limit: int) -> str:
     return raw
 
 
+def _token(raw: Any, field: str, limit: int) -> str:
+    """Text that is one word: printable, no spaces (an image reference, a model name)."""
+    text = _str(raw, field, limit)
+    if not text.isprintable() or any(c.isspace() for c in text):
+        raise InvalidArgument(f"{field} must be printable and without spaces", field=field)
+    return text
+
+
 def _obj(raw: Any, field: str, allowed: tuple[str, ...]) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise InvalidArgument(f"{field} must be an object", field=field)
@@ -255,7 +263,7 @@ def normalize(raw: Any, *, deployment_mode: str = "standard") -> dict[str, Any]:
     if out["runtime"] != "custom" and out["command"]:
         raise InvalidArgument(f"command is only for the custom runtime; the {out['runtime']} runtime builds its own",
                               field="command")
-    out["image"] = _str(s["image"], "image", 256)
+    out["image"] = _token(s["image"], "image", 256)
     out["model"] = check_model(s["model"])
     if out["runtime"] in ("transformers", "vllm", "generic") and out["model"]["kind"] == "none":
         raise InvalidArgument(f"model is required with the {out['runtime']} runtime: a registry model version "
@@ -289,7 +297,7 @@ def normalize(raw: Any, *, deployment_mode: str = "standard") -> dict[str, Any]:
     out["max_surge_pct"] = _int(s["max_surge_pct"], "max_surge_pct", 0, 100, " percent")
     out["max_unavailable_pct"] = _int(s["max_unavailable_pct"], "max_unavailable_pct", 0, 100, " percent")
     out["rate_limit"] = check_rate_limit(s["rate_limit"])
-    out["served_model_name"] = _str(s["served_model_name"], "served_model_name", 128)
+    out["served_model_name"] = _token(s["served_model_name"], "served_model_name", 128)
     out["resource_group_id"] = _str(s["resource_group_id"], "resource_group_id", 64)
     if not out["resource_group_id"]:
         raise InvalidArgument("resource_group_id is required: the resource group whose nodes run the replicas",
