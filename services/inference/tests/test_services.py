@@ -196,6 +196,10 @@ async def test_bad_commands_are_refused_and_append_nothing(platform: Platform) -
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await p.stub.CreateService(pb.CreateServiceRequest(name="-x", spec_json="{}"))
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    for text in ["[" * 100_000, "not json", '"a string"', '{"runtime": NaN}', '{"replicas": 1e400}']:
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await p.stub.CreateService(pb.CreateServiceRequest(name="x", spec_json=text))
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, text[:20]
     assert (await p.stub.ListServices(pb.ListServicesRequest())).total == 0
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await p.stub.GetService(pb.ServiceRef(service_id="ms-nothere1"))

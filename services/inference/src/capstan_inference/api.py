@@ -42,6 +42,8 @@ def _json(text: str, field: str, default: Any) -> Any:
         return json.loads(text)
     except ValueError as e:
         raise InvalidArgument(f"{field} is not valid JSON: {e}", field=field) from e
+    except RecursionError as e:
+        raise InvalidArgument(f"{field} is nested too deeply", field=field) from e
 
 
 def _obj(text: str, field: str) -> dict[str, Any]:
