@@ -295,24 +295,32 @@ class InferenceApp:
     # -- the control loop -----------------------------------------------------------------------------
 
     async def reconcile(self) -> None:
-        for sid in await asyncio.to_thread(self._live_ids):
+        """The loop's pass: every live group, read in one query with every refused placement; the
+        aggregate is loaded only for groups whose read-model copy says something is due."""
+        docs, rejected = await asyncio.to_thread(self._live_groups)
+        for sid, doc in docs.items():
             async with self._guard.aitem(sid):
-                await self.converge(sid)
+                if self._decide(rejected.get(sid, {}), await self.loads.read(doc))(doc):
+                    await self.converge(sid)
 
     async def converge(self, sid: str) -> None:
         """Append what service ``sid`` needs now (nothing when it is where it should be)."""
-        rejected = await asyncio.to_thread(self._rejected, sid)
+        rejected = (await asyncio.to_thread(self._rejected, sid)).get(sid, {})
         try:
-            loads = await self.loads.read(await asyncio.to_thread(self._doc, sid))
+            doc: domain.Group | None = await asyncio.to_thread(self._doc, sid)
         except NotFound:
-            loads = {}
-        now = self.clock.now_ms()
-        scaler = functools.partial(self._autoscale, loads=loads, now_ms=now)
-        decide = functools.partial(domain.decide_reconcile, now_ms=now, drain_delay_ms=self.drain_delay_ms,
-                                   rejected=rejected, autoscale=scaler)
+            doc = None
+        decide = self._decide(rejected, await self.loads.read(doc))
         outcome = await execute(self.ctx.store, self._subject(sid), domain.fold, decide)
         if outcome.seq:
             await self.ctx.await_projection(outcome.seq)
+
+    def _decide(self, rejected: dict[str, str],
+                loads: dict[str, dict[str, float]]) -> Callable[[domain.Group | None], list[Event]]:
+        now = self.clock.now_ms()
+        scaler = functools.partial(self._autoscale, loads=loads, now_ms=now)
+        return functools.partial(domain.decide_reconcile, now_ms=now, drain_delay_ms=self.drain_delay_ms,
+                                 rejected=rejected, autoscale=scaler)
 
     def _autoscale(self, g: domain.Group, v: dict[str, Any], *, loads: dict[str, dict[str, float]],
                    now_ms: int) -> int | None:
@@ -324,16 +332,22 @@ class InferenceApp:
         values = self.loads.metric_values(g, v, cfg["metric"], loads)
         return autoscale.hpa_replicas(cfg, v["replicas"], values, last_change_ms=v["last_scaled_ms"], now_ms=now_ms)
 
-    def _live_ids(self) -> list[str]:
+    def _live_groups(self) -> tuple[dict[str, domain.Group], dict[str, dict[str, str]]]:
         with self.ctx.engine.connect() as conn:
-            return list(conn.execute(select(services.c.id).where(services.c.deleted.is_(False))
-                                     .order_by(services.c.id)).scalars())
+            rows = conn.execute(select(services.c.id, services.c.doc).where(services.c.deleted.is_(False))
+                                .order_by(services.c.id)).all()
+        return {r[0]: json.loads(r[1]) for r in rows}, self._rejected()
 
-    def _rejected(self, sid: str) -> dict[str, str]:
+    def _rejected(self, sid: str = "") -> dict[str, dict[str, str]]:
+        """Replicas the scheduler refused, by service (of ``sid`` only, when given)."""
+        q = select(placements.c.replica_id, placements.c.rejected).where(placements.c.rejected != "")
+        if sid:
+            q = q.where(placements.c.replica_id.like(f"{sid}-%"))
+        out: dict[str, dict[str, str]] = {}
         with self.ctx.engine.connect() as conn:
-            rows = conn.execute(select(placements.c.replica_id, placements.c.rejected)
-                                .where(placements.c.replica_id.like(f"{sid}-%"), placements.c.rejected != ""))
-            return {r[0]: r[1] for r in rows}
+            for rid, reason in conn.execute(q):
+                out.setdefault(domain.service_of(rid), {})[rid] = reason
+        return out
 
     # -- queries ---------------------------------------------------------------------------------------
 
