@@ -70,3 +70,20 @@ def test_logs_print_each_line_with_its_instance(runner: CliRunner, fake_api: Any
     r = run(runner, fake_api, data_dir, "svc", "logs", "ms-abcd1234", "-k", "read")
     assert r.exit_code == 0 and "[ms-abcd1234-v1-1] ready" in r.output
     assert fake_api.requests[-1].query["keyword"] == "read"
+
+
+def test_weights_and_autoscale(runner: CliRunner, fake_api: Any, data_dir: Path) -> None:
+    fake_api.on("PUT", "/api/v1/services/ms-abcd1234/weights", (200, SVC))
+    fake_api.on("PUT", "/api/v1/services/ms-abcd1234/autoscaling", (200, SVC))
+    r = run(runner, fake_api, data_dir, "svc", "weights", "ms-abcd1234", "ms-abcd1234-v1=90", "ms-abcd1234-v2=10")
+    assert r.exit_code == 0, r.output
+    assert fake_api.requests[-1].body == {"weights": {"ms-abcd1234-v1": 90, "ms-abcd1234-v2": 10}}
+    r = run(runner, fake_api, data_dir, "svc", "autoscale", "ms-abcd1234", "--hpa", "qps:10", "--min", "1", "--max", "4")
+    assert r.exit_code == 0, r.output
+    assert fake_api.requests[-1].body["autoscaling"] == {"mode": "hpa", "metric": "qps", "target": 10.0, "min": 1,
+                                                          "max": 4, "cooldown_s": 60}
+    r = run(runner, fake_api, data_dir, "svc", "autoscale", "ms-abcd1234", "--rules",
+            '{"rules": [{"at": "09:00", "replicas": 3}]}')
+    assert r.exit_code == 0 and fake_api.requests[-1].body["autoscaling"]["mode"] == "time"
+    assert run(runner, fake_api, data_dir, "svc", "weights", "ms-abcd1234", "v1:90").exit_code != 0
+    assert run(runner, fake_api, data_dir, "svc", "autoscale", "ms-abcd1234").exit_code != 0

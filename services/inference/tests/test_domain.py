@@ -26,6 +26,7 @@ def norm(**changes: Any) -> dict[str, Any]:
 
 def test_defaults_are_filled_in() -> None:
     s = norm()
+    assert norm(grpc=True)["port"] == 8500 and norm(grpc=True, port=9000)["port"] == 9000
     assert s["port"] == 8501 and s["grace_period_s"] == 30 and s["deploy_retries"] == 5 and s["replicas"] == 1
     assert s["rate_limit"]["kind"] == "none" and s["instances"] == 1
     assert s["probes"]["readiness"]["kind"] == "http" and s["probes"]["readiness"]["path"] == "/health"

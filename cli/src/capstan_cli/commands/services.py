@@ -264,3 +264,52 @@ def logs(service_id: str, instance: str, keyword: str, limit: int) -> None:
         return
     for x in page["lines"]:
         click.echo(f"[{x['instance']}] {x['line']}")
+
+
+@svc.command("weights")
+@click.argument("service_id")
+@click.argument("weights", nargs=-1, required=True, metavar="VERSION=WEIGHT...")
+@common_options
+def weights(service_id: str, weights: tuple[str, ...]) -> None:
+    """Split traffic between versions, e.g. ms-x-v1=90 ms-x-v2=10 (0..100 each)."""
+    parsed: dict[str, int] = {}
+    for w in weights:
+        version, eq, value = w.partition("=")
+        if not eq or not value.isdigit():
+            raise click.BadParameter(f"{w!r} is not VERSION=WEIGHT (a whole number 0..100)")
+        parsed[version] = int(value)
+    with config().client() as client:
+        _show(client.request("PUT", f"/services/{service_id}/weights", body={"weights": parsed}))
+
+
+@svc.command("autoscale")
+@click.argument("service_id")
+@click.option("--version", "version_id", default="")
+@click.option("--manual", is_flag=True, help="Back to the replica count set by hand.")
+@click.option("--hpa", "hpa", default="", metavar="METRIC:TARGET",
+              help="Scale on qps, concurrency, cpu or memory, e.g. qps:10 (with --min/--max).")
+@click.option("--min", "lo", type=click.IntRange(1, 100), default=1)
+@click.option("--max", "hi", type=click.IntRange(1, 100), default=1)
+@click.option("--cooldown", type=click.IntRange(0, 86400), default=60, help="Seconds between changes.")
+@click.option("--rules", default="", help='Time rules as JSON: {"rules": [{"at": "09:00", "replicas": 3, '
+                                          '"except": ["* * * 1-7 10 *"]}], "default": 1, "timezone": "UTC"}')
+@common_options
+def autoscale(service_id: str, version_id: str, manual: bool, hpa: str, lo: int, hi: int, cooldown: int,
+              rules: str) -> None:
+    """Set how a version's replica count is decided: by hand, by time rules, or by load (HPA)."""
+    if sum(map(bool, (manual, hpa, rules))) != 1:
+        raise click.UsageError("give one of --manual, --hpa METRIC:TARGET or --rules JSON")
+    if manual:
+        cfg: dict[str, Any] = {"mode": "manual"}
+    elif hpa:
+        metric, _, target = hpa.partition(":")
+        try:
+            value = float(target)
+        except ValueError as e:
+            raise click.BadParameter(f"{hpa!r} is not METRIC:TARGET, e.g. qps:10") from e
+        cfg = {"mode": "hpa", "metric": metric, "target": value, "min": lo, "max": hi, "cooldown_s": cooldown}
+    else:
+        cfg = {"mode": "time", **_spec(None, rules)}
+    with config().client() as client:
+        _show(client.request("PUT", f"/services/{service_id}/autoscaling",
+                             body={"version_id": version_id, "autoscaling": cfg}))

@@ -19,7 +19,8 @@ NAME_RE = re.compile(r"^[^\W_][\w-]*$", re.UNICODE)
 RUNTIMES = ("transformers", "vllm", "generic", "custom")
 GPU_RUNTIMES = frozenset({"vllm"})  # built-in runtimes that need a card
 PROTOCOL = {"transformers": "openai", "vllm": "openai", "generic": "predict", "custom": "http"}
-DEFAULT_PORT = 8501
+DEFAULT_PORT = 8501  # REST
+DEFAULT_GRPC_PORT = 8500
 RESERVED_PORTS = frozenset({*range(8502, 8511), 6006, 9092})
 MAX_REPLICAS = 100
 MAX_INSTANCES = 16  # instances of one replica in multi-instance deployment
@@ -269,10 +270,10 @@ def normalize(raw: Any, *, deployment_mode: str = "standard") -> dict[str, Any]:
         raise InvalidArgument(f"model is required with the {out['runtime']} runtime: a registry model version "
                               '({"kind": "registry", "model_id": ..., "version": N}) or a storage path '
                               '({"kind": "path", "path": ...})', field="model")
-    out["port"] = check_port(s["port"])
     if not isinstance(s["grpc"], bool):
         raise InvalidArgument("grpc must be true or false", field="grpc")
     out["grpc"] = s["grpc"]
+    out["port"] = check_port(raw.get("port", DEFAULT_GRPC_PORT if out["grpc"] else DEFAULT_PORT))
     out["resources"] = check_resources(s["resources"])
     if out["runtime"] in GPU_RUNTIMES and out["resources"]["gpu"] <= 0:
         raise InvalidArgument(f"the built-in {out['runtime']} runtime needs a GPU: set resources.gpu > 0",
