@@ -10,6 +10,7 @@ reports are kept in memory (``loads.py``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import json
@@ -279,9 +280,15 @@ class InferenceApp:
         self.loads.sample(rid, cpu, memory_gib)
         sid = g["id"]
         now = self.clock.now_ms()
-        await self._run(sid, lambda s: domain.decide_report(
-            s, sid, rid, state=state, address=address, exit_code=exit_code, message=message, generation=generation,
-            now_ms=now))
+
+        def decide(s: domain.Group | None) -> list[Event]:
+            return domain.decide_report(s, sid, rid, state=state, address=address, exit_code=exit_code,
+                                        message=message, generation=generation, now_ms=now)
+
+        with contextlib.suppress(NotFound):
+            if not decide(g):  # agents repeat themselves (usage samples): the read model already says so
+                return
+        await self._run(sid, decide)
 
     def _group_of(self, rid: str) -> domain.Group:
         sid = domain.service_of(rid)
