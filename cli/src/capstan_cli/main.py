@@ -12,6 +12,7 @@ from .commands.groups import nodes, rg
 from .commands.images import image
 from .commands.models import model
 from .commands.platform_cmds import agent, down, ps, restart_component, up
+from .commands.services import svc
 from .commands.tasks import task
 from .common import CapstanGroup, common_options
 
@@ -31,7 +32,7 @@ def cli() -> None:
     """
 
 
-for command in (up, down, ps, restart_component, agent, rg, nodes, task, image, model, demo, secrets, events):
+for command in (up, down, ps, restart_component, agent, rg, nodes, task, image, model, demo, secrets, events, svc):
     cli.add_command(command)
 
 

@@ -64,6 +64,30 @@ ROUTES = [
     ("GET", "/api/v1/models/model-12345678/versions/1"),
     ("DELETE", "/api/v1/models/model-12345678/versions/1"),
     ("GET", "/api/v1/models/model-12345678/versions/1/files/config.json"),
+    # online services (issue #9)
+    ("POST", "/api/v1/services"),
+    ("GET", "/api/v1/services"),
+    ("GET", "/api/v1/services/ms-12345678"),
+    ("PATCH", "/api/v1/services/ms-12345678"),
+    ("DELETE", "/api/v1/services/ms-12345678"),
+    ("POST", "/api/v1/services/ms-12345678/stop"),
+    ("POST", "/api/v1/services/ms-12345678/start"),
+    ("POST", "/api/v1/services/ms-12345678/versions"),
+    ("PATCH", "/api/v1/services/ms-12345678/versions/ms-12345678-v1"),
+    ("DELETE", "/api/v1/services/ms-12345678/versions/ms-12345678-v1"),
+    ("POST", "/api/v1/services/ms-12345678/scale"),
+    ("PUT", "/api/v1/services/ms-12345678/autoscaling"),
+    ("PUT", "/api/v1/services/ms-12345678/weights"),
+    ("POST", "/api/v1/services/ms-12345678/instances/ms-12345678-v1-1/isolate"),
+    ("POST", "/api/v1/services/ms-12345678/instances/ms-12345678-v1-1/unisolate"),
+    ("POST", "/api/v1/services/ms-12345678/instances/ms-12345678-v1-1/rebuild"),
+    ("GET", "/api/v1/services/ms-12345678/keys"),
+    ("POST", "/api/v1/services/ms-12345678/keys"),
+    ("PATCH", "/api/v1/services/ms-12345678/keys/key-12345678"),
+    ("DELETE", "/api/v1/services/ms-12345678/keys/key-12345678"),
+    ("GET", "/api/v1/services/ms-12345678/records"),
+    ("GET", "/api/v1/services/ms-12345678/events"),
+    ("GET", "/api/v1/services/ms-12345678/logs"),
 ]
 
 
@@ -172,6 +196,10 @@ async def test_the_route_list_above_is_every_api_route(client: httpx.AsyncClient
     documented = {(m.upper(), p) for p, item in spec["paths"].items() for m in item if p.startswith("/api/v1")}
     def template(p: str) -> str:
         p = re.sub(r"/(rsg|train|node|jt|model)-12345678", "/{id}", p)
+        # online services (issue #9)
+        p = re.sub(r"/ms-12345678-v1-1\b", "/{instance_id}", p)
+        p = re.sub(r"/ms-12345678-v1\b", "/{version_id}", p)
+        p = re.sub(r"/(ms|key)-12345678\b", lambda m: "/{id}" if m[1] == "ms" else "/{key_id}", p)
         p = re.sub(r"/outputs/model/weights\.pt$", "/outputs/{path}", p)
         p = re.sub(r"/tensorboard/index\.html$", "/tensorboard/{path}", p)
         return re.sub(r"/files/config\.json$", "/files/{path}", re.sub(r"/versions/1\b", "/versions/{version}", p))

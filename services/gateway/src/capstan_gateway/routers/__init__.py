@@ -42,10 +42,20 @@ def api_router(resource: str) -> APIRouter:
 
 
 def routers() -> list[APIRouter]:
-    from . import admin, images, join_tokens, models, nodes, resource_groups, tensorboard, training_tasks
+    from . import (
+        admin,
+        images,
+        join_tokens,
+        models,
+        nodes,
+        resource_groups,
+        services,  # online services (issue #9)
+        tensorboard,
+        training_tasks,
+    )
 
     return [resource_groups.router, nodes.router, join_tokens.router, training_tasks.router, tensorboard.router,
-            images.router, models.router, admin.router]
+            images.router, models.router, admin.router, services.router]
 
 
 __all__ = ["API_PREFIX", "api_router", "routers"]

@@ -1,0 +1,88 @@
+"""Replica load for autoscaling: high-volume figures, kept out of the event log.
+
+- The gateways publish each replica's load about every second into the JetStream KV bucket
+  ``capstan_serving_load``, key ``<ms-id>.<replica-id>``, value ``{"qps", "in_flight", "queued", "at_ms"}``.
+- CPU / memory come with the agents' ``ReportReplica`` calls and are kept here, in memory (the latest).
+Figures older than ``STALE_MS`` are ignored (a gateway or agent that stopped publishing).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from nats.js import JetStreamContext
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
+
+from capstan_core.clock import Clock
+
+from .domain import group as domain
+
+BUCKET = "capstan_serving_load"
+STALE_MS = 10_000
+
+
+class LoadBoard:
+    def __init__(self, js: JetStreamContext, clock: Clock) -> None:
+        self.js = js
+        self.clock = clock
+        self._kv: Any = None
+        self._samples: dict[str, tuple[float, float, int]] = {}  # replica -> (cores, GiB, at_ms)
+
+    def sample(self, rid: str, cpu: float, memory_gib: float) -> None:
+        if cpu or memory_gib:
+            self._samples[rid] = (max(cpu, 0.0), max(memory_gib, 0.0), self.clock.now_ms())
+
+    async def bucket(self) -> Any:
+        """The gateways' bucket (they create and own it); None until one has."""
+        if self._kv is None:
+            try:
+                self._kv = await self.js.key_value(BUCKET)
+            except BucketNotFoundError:
+                return None
+        return self._kv
+
+    async def read(self, g: domain.Group | None) -> dict[str, dict[str, float]]:
+        """The gateways' latest figures for the group's serving replicas (those a version autoscales on)."""
+        if g is None or not any(v["autoscaling"]["mode"] == "hpa" for v in domain.live_versions(g)):
+            return {}
+        kv = await self.bucket()
+        if kv is None:
+            return {}  # no gateway has published a figure yet
+        out: dict[str, dict[str, float]] = {}
+        for rid, r in g["replicas"].items():
+            if not domain.serving(r):
+                continue
+            try:
+                entry = await kv.get(f"{g['id']}.{rid}")
+            except (KeyNotFoundError, NotFoundError):
+                continue
+            try:
+                body = json.loads(entry.value or b"{}")
+                out[rid] = {k: float(body.get(k, 0)) for k in ("qps", "in_flight", "queued", "at_ms")}
+            except (ValueError, TypeError, AttributeError):
+                continue  # a malformed entry counts as no figure
+        return out
+
+    def metric_values(self, g: domain.Group, v: dict[str, Any], metric: str,
+                      loads: dict[str, dict[str, float]]) -> list[float]:
+        """One value per serving replica of version ``v`` that has a fresh figure."""
+        now = self.clock.now_ms()
+        spec = v["spec"]
+        values = []
+        for rid, r in g["replicas"].items():
+            if r["version_id"] != v["id"] or not domain.serving(r):
+                continue
+            if metric in ("qps", "concurrency"):
+                f = loads.get(rid)
+                if f is None or now - f["at_ms"] > STALE_MS:
+                    continue
+                limit = spec["rate_limit"]["value"] or 1
+                values.append(f["qps"] if metric == "qps" else 100.0 * f["in_flight"] / limit)
+            else:
+                s = self._samples.get(rid)
+                if s is None or now - s[2] > STALE_MS:
+                    continue
+                res = spec["resources"]
+                values.append(100.0 * (s[0] / res["cpu"] if metric == "cpu" else s[1] / res["memory_gib"]))
+        return values
