@@ -9,9 +9,9 @@ from pathlib import Path
 
 from pydantic_settings import SettingsConfigDict
 
+from capstan_agentkit.membership import NodeMembership
 from capstan_core import grpcutil
 from capstan_core.capacity import detect
-from capstan_core.membership import NodeMembership
 from capstan_core.nodeauth import NodeAuthSettings
 from capstan_core.service import agent_main, until_terminated, write_ready_file
 from capstan_proto import scheduler_pb2_grpc

@@ -13,8 +13,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from capstan_agentkit.sandbox.spec import Mount
+
 from ..domain.roles import role_of
-from .sandbox.spec import Mount
 
 HELPERS_DIR = Path(__file__).resolve().parent / "sandbox" / "helpers"
 HELPERS_MOUNT = "/opt/capstan/helpers"

@@ -8,7 +8,7 @@ into a graceful stop of the sandbox, ends an instance that ran out of memory,
 undoes the containment and finally records ``exit_reason`` (when it knows one)
 and ``exit_code``.  Usage::
 
-    python -m capstan_trainer.agent.sandbox.runner <instance_dir>
+    python -m capstan_agentkit.sandbox.runner <instance_dir>
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ The runner then starts the launcher (:mod:`.launch`) with :meth:`Sandbox.launche
 lease whose owner is dead: :meth:`Containment.reap_stale` (run at agent start, when an instance is
 found lost, before every setup, and by ``capstan down``) undoes it. Usage for the last one::
 
-    python -m capstan_trainer.agent.sandbox.containment --reap [--state-dir DIR]
+    python -m capstan_agentkit.sandbox.containment --reap [--state-dir DIR]
 """
 
 from __future__ import annotations
@@ -225,7 +225,7 @@ class Containment:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m capstan_trainer.agent.sandbox.containment")
+    parser = argparse.ArgumentParser(prog="python -m capstan_agentkit.sandbox.containment")
     parser.add_argument("--reap", action="store_true", help="undo what killed instance runners left behind")
     parser.add_argument("--state-dir", type=Path, default=None)
     args = parser.parse_args(argv)

@@ -20,7 +20,7 @@ from capstan_core.network_modes import NETWORK_MODES
 
 # Lives here, not in runner.py, so the package never imports the runner module
 # (that would make ``python -m`` of it warn about a double import).
-RUNNER_MODULE = "capstan_trainer.agent.sandbox.runner"
+RUNNER_MODULE = "capstan_agentkit.sandbox.runner"
 
 # Exit codes the platform itself produces (the user's own codes pass through;
 # death by signal N is reported as 128+N, as a shell would).

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from capstan_core.healthcheck import Check
+from capstan_agentkit.healthcheck import Check
 
 from . import probe
 from .config import SandboxConfig
