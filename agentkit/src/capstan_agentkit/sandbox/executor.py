@@ -31,16 +31,19 @@ from . import probe
 from .config import SandboxConfig
 from .containment import Containment
 from .spec import (
+    EXIT_EXEC_TIMEOUT,
     EXIT_RUNNER_LOST,
     RUNNER_MODULE,
     InstancePaths,
     InstanceSpec,
+    enter_argv,
     write_atomic,
 )
 
 log = logging.getLogger(__name__)
 InstanceState = Literal["absent", "running", "exited"]
 _RUNNER_SCRIPT = b"capstan-instance-runner"  # the console-script form of the runner
+_EXEC_OUTPUT_MAX = 4096
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,22 @@ class Executor(ABC):
     @abstractmethod
     def remove(self, task_id: str, index: int) -> None:
         """Delete an exited instance's state; refuses while it is running."""
+
+    def exec(self, task_id: str, index: int, argv: list[str], timeout: float) -> ExecResult:
+        """Run ``argv`` inside the running instance (its namespaces, cgroup and uid): an exec probe."""
+        raise NotImplementedError(f"{type(self).__name__} cannot run commands inside an instance")
+
+    def address(self, task_id: str, index: int) -> str | None:
+        """Where the host reaches the running instance's network (None until it has started)."""
+        return None
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """A command run inside an instance: its exit code (124: it ran past its time) and its output (bounded)."""
+
+    exit_code: int
+    output: str
 
 
 class BwrapExecutor(Executor):
@@ -199,6 +218,25 @@ class BwrapExecutor(Executor):
             if paths.dir.exists():
                 shutil.rmtree(paths.dir)
             self._children.pop((task_id, index), None)
+
+    def exec(self, task_id: str, index: int, argv: list[str], timeout: float) -> ExecResult:
+        paths = InstancePaths.under(self.root, task_id, index)
+        if not argv or self._status(paths).state != "running" or not paths.enter_plan.exists():
+            return ExecResult(EXIT_EXEC_TIMEOUT if argv else 2, "the instance is not running")
+        proc = subprocess.Popen(enter_argv(paths, argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate()
+            return ExecResult(EXIT_EXEC_TIMEOUT, f"timed out after {timeout:g}s")
+        code = proc.returncode
+        return ExecResult(128 - code if code < 0 else code, out[-_EXEC_OUTPUT_MAX:].decode("utf-8", "replace"))
+
+    def address(self, task_id: str, index: int) -> str | None:
+        paths = InstancePaths.under(self.root, task_id, index)
+        return paths.read_text(paths.address)
 
     def _status(self, paths: InstancePaths) -> InstanceStatus:
         self._reap()

@@ -124,6 +124,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         d = await self.app.join_node(
             rg_id=req.resource_group_id, name=req.name, agent_kind=req.agent_kind or "trainer", cpu=req.cpu,
             memory_gib=req.memory_gib, gpus=dict(req.gpus), checks=_checks(req.checks),
+            capabilities=list(req.capabilities),
         )
         return _node(d)
 
