@@ -5,7 +5,7 @@ that outlives the agent; see :mod:`.executor` for the API the agent uses.
 """
 
 from .config import SandboxConfig
-from .executor import BwrapExecutor, ExecResult, Executor, InstanceState, InstanceStatus, read_log
+from .executor import BwrapExecutor, ExecResult, Executor, InstanceState, InstanceStatus, last_record, read_log
 from .spec import (
     EXIT_RUNNER_ERROR,
     EXIT_RUNNER_LOST,
@@ -28,5 +28,6 @@ __all__ = [
     "InstanceState",
     "InstanceStatus",
     "SandboxConfig",
+    "last_record",
     "read_log",
 ]

@@ -8,9 +8,9 @@ sandbox's bubblewrap pid, the instance's uid, its cgroup ``procs`` files and env
 
 1. moves itself into the instance's cgroup(s): what it runs counts against the instance's limits;
 2. finds the sandbox's namespace init (the child of bubblewrap running as the instance's uid) and enters
-   its network namespace (owned by the host's user namespace, so it is entered first), then its user
-   namespace, then its IPC, UTS, cgroup, mount and PID namespaces; a namespace that is already ours (an
-   uncontained node's host network) is skipped;
+   its network, IPC, UTS, cgroup, mount and PID namespaces, then (last: root of the host may enter any of
+   them, not so once inside) its user namespace; a namespace that is already ours (an uncontained node's
+   host network) is skipped;
 3. drops every supplementary group, then becomes the instance's uid and gid, drops every capability
    and sets no-new-privs;
 4. forks (a PID namespace applies to children) and execs ``argv`` with the instance's environment, in
@@ -40,11 +40,11 @@ PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 EXIT_ENTER_FAILED = 125
-# The order matters: the network namespace belongs to the host's user namespace (the launcher made it as
-# root), so it is entered while this process still has the host's capabilities; the rest belong to the
-# sandbox's user namespace (bubblewrap made them after it), entered once inside it.
-ORDER = (("net", CLONE_NEWNET), ("user", CLONE_NEWUSER), ("ipc", CLONE_NEWIPC), ("uts", CLONE_NEWUTS),
-         ("cgroup", CLONE_NEWCGROUP), ("mnt", CLONE_NEWNS), ("pid", CLONE_NEWPID))
+# The order matters: every namespace but the user one is entered while this process is still the host's
+# root (they belong to the host's user namespace, or to the sandbox's outer one: bubblewrap nests a second
+# user namespace to forbid more, and the command runs in that one); the user namespace comes last.
+ORDER = (("net", CLONE_NEWNET), ("ipc", CLONE_NEWIPC), ("uts", CLONE_NEWUTS), ("cgroup", CLONE_NEWCGROUP),
+         ("mnt", CLONE_NEWNS), ("pid", CLONE_NEWPID), ("user", CLONE_NEWUSER))
 
 _libc = ctypes.CDLL(None, use_errno=True)
 

@@ -347,3 +347,24 @@ def read_log(path: Path, offset: int = 0, max_bytes: int = 1 << 20) -> tuple[lis
             text = raw.decode("utf-8", errors="replace")
             records.append({"ts_ms": 0, "stream": "platform", "line": f"corrupt log line: {text}"})
     return records, offset + end + 1
+
+
+def last_record(path: Path, stream: str, tail_bytes: int = 1 << 16) -> dict[str, Any] | None:
+    """The newest record of ``stream`` among the last ``tail_bytes`` of a log.jsonl (e.g. the runner's
+    latest usage sample, stream "metrics"), or None."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - tail_bytes))
+            lines = f.read().split(b"\n")
+    except OSError:
+        return None
+    for raw in reversed(lines):
+        if stream.encode() not in raw:
+            continue
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("stream") == stream:
+            return record
+    return None

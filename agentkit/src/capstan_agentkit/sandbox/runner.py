@@ -34,6 +34,7 @@ from .spec import (
     EXIT_RUNNER_ERROR,
     EXIT_SANDBOX_UNAVAILABLE,
     EXIT_STOPPED_BEFORE_START,
+    METRICS_STREAM,
     RUNNER_MODULE,
     InstancePaths,
     InstanceSpec,
@@ -46,7 +47,7 @@ _MAX_LINE_BYTES = 64 * 1024  # a newline-less stream (progress bars) still gets 
 _PUMP_JOIN_SECONDS = 5.0
 # How often a contained instance's cgroup is sampled (CPU, memory): a "metrics" record in its log.
 METRICS_SECONDS = float(os.environ.get("CAPSTAN_SANDBOX_METRICS_S", "5"))
-METRICS_STREAM = "metrics"
+
 
 
 class Sampler:

@@ -23,6 +23,7 @@ from capstan_core.network_modes import NETWORK_MODES
 # (that would make ``python -m`` of it warn about a double import).
 RUNNER_MODULE = "capstan_agentkit.sandbox.runner"
 ENTER_SCRIPT = Path(__file__).resolve().parent / "enter.py"
+METRICS_STREAM = "metrics"  # the runner's usage samples in an instance's log
 EXIT_EXEC_TIMEOUT = 124  # a command run inside the sandbox (exec probe, pre-stop) ran past its time
 
 # Exit codes the platform itself produces (the user's own codes pass through;

@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 
 from capstan_agentkit.agent import NodeAgent
+from capstan_agentkit.gpus import gpu_env
 from capstan_agentkit.safefs import mirror
 from capstan_agentkit.sandbox import EXIT_STOPPED_BEFORE_START, Executor, InstanceSpec
 from capstan_agentkit.sandbox.spec import Mount
@@ -289,28 +290,6 @@ def _platform_lines(log_path: Path, lines: list[str]) -> None:
     with open(log_path, "a") as f:
         for line in lines:
             f.write(json.dumps({"ts_ms": int(time.time() * 1000), "stream": "platform", "line": line}) + "\n")
-
-
-def gpu_env(cards: list[tuple[int, int]], *, simulated: bool) -> dict[str, str]:
-    """What an instance is told about the cards it holds (SPEC §7.3).
-
-    ``CUDA_VISIBLE_DEVICES`` names the cards; a fraction of a card also gets
-    ``CAPSTAN_GPU_MEMORY_FRACTION`` (e.g. 0.3), which the sandbox's sitecustomize hook
-    (``sandbox/pyhook``) applies to PyTorch with ``torch.cuda.set_per_process_memory_fraction``
-    as soon as user code imports torch. Declared (simulated) cards have no device:
-    the instance sees none, and ``CAPSTAN_SIMULATED_GPUS=1`` says why.
-    """
-    if not cards:
-        return {"CUDA_VISIBLE_DEVICES": ""}
-    env = {"CAPSTAN_GPU_CARDS": ",".join(f"{i}:{t}" for i, t in cards)}
-    if len(cards) == 1 and cards[0][1] < 10:
-        env["CAPSTAN_GPU_MEMORY_FRACTION"] = f"{cards[0][1] / 10:g}"
-    if simulated:
-        env["CUDA_VISIBLE_DEVICES"] = ""
-        env["CAPSTAN_SIMULATED_GPUS"] = "1"
-    else:
-        env["CUDA_VISIBLE_DEVICES"] = env["NVIDIA_VISIBLE_DEVICES"] = ",".join(str(i) for i, _ in cards)
-    return env
 
 
 def instance_key(task_id: str, attempt: int) -> str:
