@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -243,6 +244,16 @@ async def test_a_replica_runs_probed_reported_restarted_and_stopped_with_pre_sto
     assert _get(f"http://{ready.address}/model") == (200, "tiny-weights ro")
     assert not (p.tmp / "model" / "new-file").exists()
     assert "svc:" not in "".join(p.owner.callers) and p.owner.callers == {"node"}  # the node's own certificate
+
+    # the host reaches only the published port: another server inside the sandbox answers there, not to the host
+    assert await _exec(agent, p, rid, 0, ["sh", "-c", "python3 -m http.server 9099 >/dev/null 2>&1 &"]) == 0
+    inside = ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9099/', timeout=2)"]
+    deadline = time.monotonic() + 10
+    while await _exec(agent, p, rid, 0, inside) != 0:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.2)
+    with pytest.raises(OSError):
+        socket.create_connection((host, 9099), timeout=2).close()
 
     # usage samples ride on the reports (the autoscaler reads them)
     await p.owner.until(rid, lambda r: r.state == "Ready" and r.memory_usage_gib > 0)

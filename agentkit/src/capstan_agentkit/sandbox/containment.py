@@ -156,7 +156,8 @@ class Containment:
         if created:  # rules for the new bridge are in place before anything is plugged into it
             self._firewall(st)
         lease.netns, lease.veth, lease.index = f"{cfg.name_prefix}-{lease.slot}", f"{cfg.name_prefix}v{lease.slot}", spec.instance_index
-        address = network.create_instance_net(lease.netns, lease.veth, net.bridge, net.subnet, spec.instance_index)
+        address = network.create_instance_net(lease.netns, lease.veth, net.bridge, net.subnet, spec.instance_index,
+                                              spec.ports)
         return str(address), net.subnet
 
     def _undo(self, st: State, lease: Lease) -> None:

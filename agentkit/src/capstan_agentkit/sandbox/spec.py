@@ -87,6 +87,9 @@ class InstanceSpec:
     # An argv run inside the sandbox (its namespaces, cgroup and uid) when a stop is asked for, before
     # SIGTERM; bounded by the grace period (a service replica's pre-stop hook). Empty: none.
     pre_stop: tuple[str, ...] = ()
+    # Network "isolated": the TCP ports the host may connect to (a served port, its probes'); every other
+    # connection from the host is refused. Empty: the host may connect to any (training instances).
+    ports: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         validate_instance_key(self.task_id, self.instance_index)
@@ -95,6 +98,8 @@ class InstanceSpec:
                 raise ValueError(f"file paths must be absolute, without '..': {target!r}")
         if not isinstance(self.command, str) or "\0" in self.command:
             raise ValueError("command must be a string without NUL bytes")
+        if any(isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= 65535 for p in self.ports):
+            raise ValueError("ports must be 1..65535")
         for argv in (self.entrypoint, self.pre_stop):
             if any(not isinstance(a, str) or "\0" in a for a in argv):
                 raise ValueError("argv items must be strings without NUL bytes")
@@ -138,6 +143,7 @@ class InstanceSpec:
             entrypoint=tuple(str(a) for a in data.get("entrypoint") or ()),
             rootfs=str(data.get("rootfs", "")),
             pre_stop=tuple(str(a) for a in data.get("pre_stop") or ()),
+            ports=tuple(int(p) for p in data.get("ports") or ()),
         )
 
 

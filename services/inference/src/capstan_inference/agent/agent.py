@@ -55,6 +55,15 @@ CODE_MOUNT = "/opt/ml/code"
 DEFAULT_GRACE_S = 30
 
 
+def _published(spec: inference_pb2.ReplicaSpec) -> tuple[int, ...]:
+    """What the host may reach of the replica: the server's port and its HTTP / TCP probes' ports."""
+    ports = {spec.port} if spec.port else set()
+    for p in (spec.startup_probe, spec.readiness_probe, spec.liveness_probe):
+        if p.kind in ("http", "tcp") and p.port:
+            ports.add(p.port)
+    return tuple(sorted(ports))
+
+
 def run_key(replica_id: str, generation: int, run: int) -> str:
     return f"{replica_id}.{generation}.{run}"
 
@@ -234,7 +243,7 @@ class InferenceAgent(NodeAgent):
             task_id=key, instance_index=0, command="", entrypoint=tuple(spec.command), env=env,
             stop_grace_seconds=spec.grace_period_s or DEFAULT_GRACE_S, cpu=r.cpu, memory_gib=r.memory_gib,
             network=spec.network_mode or "isolated", mounts=tuple(mounts), rootfs=str(rootfs or ""),
-            pre_stop=tuple(spec.pre_stop),
+            pre_stop=tuple(spec.pre_stop), ports=_published(spec),
         )
 
     # -- probes and reports -------------------------------------------------------------------

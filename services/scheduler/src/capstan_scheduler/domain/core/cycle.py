@@ -40,7 +40,7 @@ class _Cycle:
     real: FreeState
     future: FreeState | None = None
     index: VictimIndex | None = None
-    lanes: dict[tuple[str, str], _Lane] = field(default_factory=dict)
+    lanes: dict[tuple[str, str, str], _Lane] = field(default_factory=dict)  # (group, card type, capability)
     reserved: set[str] = field(default_factory=set)
     victims: set[str] = field(default_factory=set)
     failed: set[tuple[object, ...]] = field(default_factory=set)
