@@ -206,6 +206,8 @@ async def test_workloads_go_only_on_nodes_declaring_their_capability(platform: P
     await until(lambda: _count(platform.placed_on(server.id), 2))
     await until(lambda: _count(platform.placed_on(old.id), 1))
     assert await platform.placed_on(trainer.id) == {train}  # the trainer node has room, but runs no replica
+    assert (list(trainer.capabilities), list(server.capabilities), list(old.capabilities)) == (
+        ["training"], ["serving"], ["serving"])
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await platform.join(rg, "x", capabilities=("mining",))
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "mining" in (e.value.details() or "")

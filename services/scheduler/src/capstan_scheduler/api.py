@@ -46,7 +46,7 @@ def _node(d: dict[str, Any]) -> scheduler_pb2.Node:
         memory_gib=d["memory_gib"], gpus=d["gpus"], cpu_allocated=d["cpu_allocated"],
         memory_gib_allocated=d["memory_gib_allocated"], gpus_allocated=d["gpus_allocated"], agent_kind=d["agent_kind"],
         last_heartbeat_ms=d["last_heartbeat_ms"], joined_at_ms=d["joined_at_ms"], state_reason=d["state_reason"],
-        state_changed_at_ms=d["state_changed_at_ms"],
+        state_changed_at_ms=d["state_changed_at_ms"], capabilities=d.get("capabilities", []),
     )
 
 

@@ -474,6 +474,7 @@ class SchedulerApp:
         return {
             **row,
             "gpus": json.loads(row["gpus"]),
+            "capabilities": json.loads(row["capabilities"] or "[]"),
             "cpu_allocated": sum(a["cpu"] for a in allocs),
             "memory_gib_allocated": sum(a["memory_gib"] for a in allocs),
             "gpus_allocated": gpus_alloc,
