@@ -317,9 +317,15 @@ async def test_a_replica_that_exits_is_reported_with_its_code_and_one_its_owner_
     assert exited.exit_code == 3
     await p.place(p.spec(agent, "rep-gone"))
     await p.owner.until("rep-gone", lambda r: r.state == "Ready")
+    # a rebuild (a new generation): the old run leaves, a new one starts and reports under the new generation
+    p.owner.specs["rep-gone"] = p.spec(agent, "rep-gone", generation=2)
+    await p.owner.until("rep-gone", lambda r: r.state == "Ready" and r.generation == 2)
+    keys = {k for k, _ in agent.executor.list_instances() if k.startswith("rep-gone.")}
+    assert keys == {"rep-gone.1.0", "rep-gone.2.0"}
+    assert agent.executor.status("rep-gone.1.0", 0).state == "exited"
     del p.owner.specs["rep-gone"]  # NOT_FOUND from now on: whatever runs for it stops
     deadline = time.monotonic() + 20
-    while agent.executor.status(p.instance_dir(agent, "rep-gone").name.rsplit("-", 1)[0], 0).state != "exited":
+    while agent.executor.status("rep-gone.2.0", 0).state != "exited":
         assert time.monotonic() < deadline
         await asyncio.sleep(0.1)
 

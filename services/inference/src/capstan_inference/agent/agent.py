@@ -9,10 +9,11 @@ the owner of online services), then per replica:
   run its probes (startup first; then readiness and liveness) and report Starting -> Ready / NotReady
   with the address the gateway reaches it at; a failed startup or liveness probe restarts it (a new run,
   reported); a replica whose process exits is reported Exited with its code (the owner decides what next);
-- desired Stopped, a replica the scheduler no longer assigns here or one its owner no longer knows
-  (NOT_FOUND): stop it (the runner runs pre-stop inside the sandbox, then SIGTERM, waits up to the grace
-  period, SIGKILL) and report Stopped;
-- a newer ``generation`` (a rebuild) replaces the older run.
+- desired Stopped: stop it (the runner runs pre-stop inside the sandbox, then SIGTERM, waits up to the
+  grace period, SIGKILL) and report Stopped once it has exited; a replica the scheduler no longer assigns
+  here (withdrawn, or moved after its node was lost) or one its owner no longer knows (NOT_FOUND) is
+  stopped the same way without a report (it is no longer this node's to report on);
+- a newer ``generation`` (a rebuild) replaces the older run once that one has exited.
 
 Its output goes to ``capstan.log.<replica_id>.0`` (CAPSTAN_LOGS), and every ``usage_report_s`` the last
 CPU / memory sample of the runner rides on a ReportReplica for the autoscaler.
@@ -153,12 +154,16 @@ class InferenceAgent(NodeAgent):
                 self.watch(key, st.pid)
                 pending = True
             await self._ship(rid, key)
-        if pending or not runs:
+        if pending:
             return
-        last = self._dir(runs[-1][2])
-        if spec is not None and not (last / REPORTED_MARK).exists():
+        if not runs:  # asked to stop before it ever started here
+            if spec is not None:
+                await self._report(rid, spec.generation, "Stopped", message="stopped before it started")
+            return
+        mark = self._dir(runs[-1][2]) / REPORTED_MARK
+        if spec is not None and (mark.read_text() if mark.exists() else "") != "Stopped":
             await self._report(rid, spec.generation, "Stopped", message="stopped")
-        (last / REPORTED_MARK).write_text("Stopped")
+        mark.write_text("Stopped")
         self._forget(rid, runs)
 
     def _forget(self, rid: str, runs: list[tuple[int, int, str]]) -> None:
@@ -171,11 +176,15 @@ class InferenceAgent(NodeAgent):
     # -- desired Running ------------------------------------------------------------------
     async def _run(self, spec: inference_pb2.ReplicaSpec, runs: list[tuple[int, int, str]]) -> None:
         rid, gen = spec.replica_id, spec.generation
-        older = [key for g, _r, key in runs if g != gen]
-        for key in older:  # a rebuild: the older generation leaves (it no longer gets traffic: new reports)
-            if self.executor.status(key, 0).state == "running":
+        leaving = False
+        for key in [key for g, _r, key in runs if g != gen]:  # a rebuild: the older generation leaves first
+            if (st := self.executor.status(key, 0)).state == "running":
                 self.executor.stop(key, 0)
+                self.watch(key, st.pid)
+                leaving = True
             await self._ship(rid, key)
+        if leaving:
+            return  # the new generation starts once the old one has exited (it may hold the host's port)
         mine = [(r, key) for g, r, key in runs if g == gen]
         if not mine:
             await self._start(spec, run_key(rid, gen, 0), "starting")
