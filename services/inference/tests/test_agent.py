@@ -292,6 +292,21 @@ async def test_a_replica_runs_probed_reported_restarted_and_stopped_with_pre_sto
     assert "pre-stop" in log and "SIGTERM" in log and "grace period over" not in log
 
 
+async def test_a_stopped_replica_starts_again_when_wanted_running(platform: Platform) -> None:
+    p = platform
+    agent = await p.agent()
+    rid = "rep-again"
+    await p.place(p.spec(agent, rid))
+    await p.owner.until(rid, lambda r: r.state == "Ready")
+    p.owner.specs[rid] = p.spec(agent, rid, desired_state="Stopped")
+    stopped = await p.owner.until(rid, lambda r: r.state == "Stopped")
+    p.owner.specs[rid] = p.spec(agent, rid)  # the same generation, Running again (a service started again)
+    again = await p.owner.until(rid, lambda r: r.state == "Starting" and r.message == "started again")
+    await p.owner.until(rid, lambda r: r.state == "Ready" and p.owner.reports.index(r) > p.owner.reports.index(again))
+    assert p.owner.reports.index(stopped) < p.owner.reports.index(again)
+    assert {k for k, _ in agent.executor.list_instances() if k.startswith(rid)} == {f"{rid}.1.0", f"{rid}.1.1"}
+
+
 async def test_a_replica_ignoring_sigterm_is_killed_after_the_grace_period(platform: Platform) -> None:
     p = platform
     agent = await p.agent()

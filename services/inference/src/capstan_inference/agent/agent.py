@@ -10,9 +10,10 @@ the owner of online services), then per replica:
   with the address the gateway reaches it at; a failed startup or liveness probe restarts it (a new run,
   reported); a replica whose process exits is reported Exited with its code (the owner decides what next);
 - desired Stopped: stop it (the runner runs pre-stop inside the sandbox, then SIGTERM, waits up to the
-  grace period, SIGKILL) and report Stopped once it has exited; a replica the scheduler no longer assigns
-  here (withdrawn, or moved after its node was lost) or one its owner no longer knows (NOT_FOUND) is
-  stopped the same way without a report (it is no longer this node's to report on);
+  grace period, SIGKILL) and report Stopped once it has exited; desired Running again later starts a new
+  run (an Exited replica runs again only with a new generation: retrying is its owner's call); a replica
+  the scheduler no longer assigns here (withdrawn, or moved after its node was lost) or one its owner no
+  longer knows (NOT_FOUND) is stopped the same way without a report (no longer this node's to report on);
 - a newer ``generation`` (a rebuild) replaces the older run once that one has exited.
 
 Its output goes to ``capstan.log.<replica_id>.0`` (CAPSTAN_LOGS), and every ``usage_report_s`` the last
@@ -197,10 +198,13 @@ class InferenceAgent(NodeAgent):
             await self._start(spec, key, "starting")
         elif st.state == "exited":
             self._runs.pop(key, None)
+            reported = (idir / REPORTED_MARK).read_text() if (idir / REPORTED_MARK).exists() else ""
             if (idir / RESTART_MARK).exists():
                 reason = (idir / RESTART_MARK).read_text()
                 await self._start(spec, run_key(rid, gen, run + 1), f"restarted: {reason}")
-            elif not (idir / REPORTED_MARK).exists():
+            elif reported == "Stopped":  # stopped, and now wanted running again (a service started again)
+                await self._start(spec, run_key(rid, gen, run + 1), "started again")
+            elif not reported:
                 code = st.exit_code if st.exit_code is not None else 0
                 await self._report(rid, gen, "Exited", exit_code=code,
                                    message=st.reason or f"the server exited with code {code}")
