@@ -9,8 +9,8 @@ and preemption ON, so a cycle plans victims. Measured, each a whole ``Scheduler.
 models, decide, append the decisions, wait for the read models to hold them):
 
   first    the first cycle (decides the whole queue; appends its preemption requests and placements)
-  churn    after each round of 2% churn: 2% of the running work ends (TrainingTaskEnded, as the trainer
-           would append it) and as many new items are submitted (TrainingTaskSubmitted), then one cycle
+  churn    after each round of 2% churn: 2% of the running work ends (WorkloadWithdrawn, as the trainer
+           would append it) and as many new items are submitted (WorkloadSubmitted), then one cycle
   quiet    a cycle right after another, nothing changed (the incremental cycle skips the group)
   equal    after each incremental cycle, a cycle from scratch (``full=True``) appends nothing more: the
            incremental one left nothing undecided
@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT / "services" / "scheduler" / "tests"))
 import scale_setup  # noqa: E402
 
 from capstan_core.contracts.common import ResourceSpec  # noqa: E402
-from capstan_core.contracts.training import TrainingTaskEnded, TrainingTaskSubmitted  # noqa: E402
+from capstan_core.contracts.scheduling import CAPABILITY_TRAINING, WorkloadSubmitted, WorkloadWithdrawn  # noqa: E402
 from capstan_core.service import Service  # noqa: E402
 from capstan_core.settings import ServiceSettings  # noqa: E402
 from capstan_core.streams import event_subject  # noqa: E402
@@ -66,20 +66,19 @@ async def churn(app: SchedulerApp, rg: str, nats_url: str, secrets: Path, share:
     async with admin_store(nats_url, secrets) as store:
         last = 0
         for i in range(0, len(ended), 256):
-            seqs = await asyncio.gather(*(store.append(event_subject("train", w), [TrainingTaskEnded(
-                task_id=w, status="Succeeded", exit_code=0, at_ms=now)], expected_seq=None) for w in ended[i:i + 256]))
+            seqs = await asyncio.gather(*(store.append(event_subject("train", w), [WorkloadWithdrawn(
+                workload_id=w, reason="Succeeded", at_ms=now)], expected_seq=None) for w in ended[i:i + 256]))
             last = max(last, *(s.seq for s in seqs))
         new = [f"new-{round_}-{i:05d}" for i in range(len(ended))]
 
-        def submitted(wid: str) -> TrainingTaskSubmitted:
+        def submitted(wid: str) -> WorkloadSubmitted:
             tenths, count = rng.choice(scale_setup.SHAPES)
             gpu = tenths / 10
             cpu, mem = (8.0, 32.0) if not tenths else ((2.0, 16.0) if tenths < 10 else (4.0 * gpu, 64.0 * gpu))
-            return TrainingTaskSubmitted(
-                task_id=wid, name=wid, resource_group_id=rg, command="true", hyperparameters={},
+            return WorkloadSubmitted(
+                workload_id=wid, kind="training", capability=CAPABILITY_TRAINING, resource_group_id=rg,
                 resources=ResourceSpec(cpu=cpu, memory_gib=mem, gpu_type=scale_setup.CARD if tenths else "", gpu=gpu),
-                instance_count=count, tags={"p": str(rng.randrange(10))}, creator="bench", stop_grace_seconds=30,
-                at_ms=now)
+                instance_count=count, tags={"p": str(rng.randrange(10))}, at_ms=now)
 
         for i in range(0, len(new), 256):
             seqs = await asyncio.gather(*(store.append(event_subject("train", w), [submitted(w)], expected_seq=0)

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-HOOK_DIR = ROOT / "services" / "trainer" / "src" / "capstan_trainer" / "agent" / "sandbox" / "pyhook"
+HOOK_DIR = ROOT / "agentkit" / "src" / "capstan_agentkit" / "sandbox" / "pyhook"
 FRACTION = "0.5"
 
 CHILD = r"""

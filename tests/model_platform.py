@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from capstan_agentkit.sandbox import testing as sandbox_testing
 from capstan_core.service import Service
 from capstan_core.settings import ServiceSettings
 from capstan_core.testing import admin_channel
@@ -25,7 +26,6 @@ from capstan_proto import (
 from capstan_registry.service import DEFINITION as REGISTRY
 from capstan_scheduler.service import DEFINITION as SCHEDULER
 from capstan_trainer.agent.agent import TrainerAgent
-from capstan_trainer.agent.sandbox import testing as sandbox_testing
 from capstan_trainer.agent.settings import AgentSettings
 from capstan_trainer.service import DEFINITION as TRAINER
 

@@ -218,8 +218,9 @@ def test_dockerfile_generates_grpc_code_like_install_sh(services: dict[str, Any]
         assert re.search(r"^FROM\s+python:3\.11-slim|PYTHON_IMAGE=python:3\.11-slim", text, re.M)
 
 
-def test_trainer_agent_image_has_bubblewrap_and_may_create_sandboxes(services: dict[str, Any]) -> None:
-    agent = services["trainer-agent"]
+@pytest.mark.parametrize("name", sorted(AGENTS))
+def test_agent_images_have_bubblewrap_and_may_create_sandboxes(services: dict[str, Any], name: str) -> None:
+    agent = services[name]
     build = build_of(agent)
     assert build is not None
     text = dockerfile_path(build).read_text()
@@ -227,7 +228,7 @@ def test_trainer_agent_image_has_bubblewrap_and_may_create_sandboxes(services: d
     target_stage = next(
         s for s in stage if re.match(rf"\S+\s+AS\s+{re.escape(build['target'])}\s*$", s.splitlines()[0], re.I)
     )
-    assert "bubblewrap" in target_stage, "the trainer agent's stage must install bubblewrap"
+    assert "bubblewrap" in target_stage, f"the {name}'s stage must install bubblewrap"
     privileged = agent.get("privileged") is True
     narrow = "SYS_ADMIN" in (agent.get("cap_add") or []) and any(
         "seccomp=unconfined" in o for o in agent.get("security_opt") or []

@@ -84,8 +84,9 @@ def test_kill9_each_component_mid_task_then_everything_consistent(platform: Plat
     commits = asyncio.run(_all_commits(platform.nats_url, platform.data_dir / "secrets"))
     for tid in task_ids:
         task_events = [t for _, subj, types, _ in commits if subj == f"capstan.evt.train.{tid}" for t in types]
-        assert task_events == [
-            "TrainingTaskSubmitted", "TrainingInstanceStarted", "TrainingInstanceExited", "TrainingTaskEnded"
+        assert task_events == [  # the trainer's events; a submit and an end carry the scheduler's contract beside them
+            "TrainingTaskSubmitted", "WorkloadSubmitted", "TrainingInstanceStarted", "TrainingInstanceExited",
+            "TrainingTaskEnded", "WorkloadWithdrawn",
         ], (tid, task_events)
     _wait_released(platform, task_ids)
     commits = asyncio.run(_all_commits(platform.nats_url, platform.data_dir / "secrets"))

@@ -77,7 +77,7 @@ def test_down_stops_components_then_runners_in_order(runner: CliRunner, tmp_path
     agent = _sleeper(spawned, "--ready-file", str(paths.run / "agent-x.ready"))
     inst = paths.agents / "x" / "instances" / "t-0"
     inst.mkdir(parents=True)
-    runner_proc = _sleeper(spawned, "capstan_trainer.agent.sandbox.runner", str(inst))
+    runner_proc = _sleeper(spawned, "capstan_agentkit.sandbox.runner", str(inst))
     (inst / "runner.pid").write_text(str(runner_proc.pid))
     procs.record_pid(paths, "trainer", svc.pid)
     procs.record_pid(paths, "agent-x", agent.pid)

@@ -18,6 +18,7 @@ from capstan_cli.platform import (
     components,
     inherited_env,
     load_env,
+    load_extra_agents,
     missing,
     process_env,
     save_env,
@@ -100,6 +101,14 @@ def test_extra_agents_declare_capacity(paths: Paths, ports: Ports) -> None:
     )
     assert stop_order(table)[0] == ["trainer-agent", "inference-agent", "agent-gpu1"]
     assert stop_order(table)[1:] == [["gateway"], list(SERVICES), ["nats"]]
+
+
+def test_an_extra_agent_of_kind_inference_runs_the_inference_agent(paths: Paths, ports: Ports) -> None:
+    save_extra_agents(paths, {"srv1": ExtraAgent("srv1", "rsg-2", cpu=4, kind="inference")})
+    assert load_extra_agents(paths)["srv1"].kind == "inference"
+    a = components(paths, ports, default_rg="rsg-1", hostname="box")["agent-srv1"]
+    assert a.argv[0] == str(BIN / "capstan-inference-agent")
+    assert a.env["CAPSTAN_NODE_NAME"] == "srv1" and a.env["CAPSTAN_INFERENCE_ADDR"]
 
 
 def test_match_strings_are_specific_to_the_data_dir(paths: Paths, ports: Ports) -> None:

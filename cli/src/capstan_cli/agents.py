@@ -1,4 +1,4 @@
-"""``capstan agent start/stop``: trainer agents added on this machine beyond the two of ``up``."""
+"""``capstan agent start/stop``: agents (trainer or inference) added on this machine beyond the two of ``up``."""
 
 from __future__ import annotations
 
@@ -44,8 +44,9 @@ def agent_start(
     memory_gib: float | None,
     gpus: str | None,
     say: Say,
+    kind: str = "trainer",
 ) -> dict[str, Any]:
-    """Start one more trainer agent on this machine, recorded so ``down`` stops it and ``up`` restarts it."""
+    """Start one more agent on this machine, recorded so ``down`` stops it and ``up`` restarts it."""
     if not AGENT_NAME_RE.match(name):
         raise PlatformError(f"invalid agent name {name!r}: use letters, digits, '.', '_' and '-'")
     paths = Paths.of(data_dir)
@@ -55,7 +56,7 @@ def agent_start(
     rg = resource_group or read_text(paths.default_rg)
     if not rg:
         raise PlatformError("no --resource-group given and no default resource group; run capstan up first")
-    agent = ExtraAgent(name=name, resource_group=rg, cpu=cpu, memory_gib=memory_gib, gpus=gpus)
+    agent = ExtraAgent(name=name, resource_group=rg, cpu=cpu, memory_gib=memory_gib, gpus=gpus, kind=kind)
     comp = extra_agent_component(paths, ports, agent)
     pid = procs.running_pid(paths, comp)
     if pid is not None:
@@ -75,7 +76,7 @@ def agent_start(
     except ComponentFailed as e:
         raise startup_error(paths, e, hint=False) from e
     assert comp.ready_file is not None
-    return {"name": name, "node_id": read_text(comp.ready_file), "pid": pid, "resource_group": rg}
+    return {"name": name, "node_id": read_text(comp.ready_file), "pid": pid, "resource_group": rg, "kind": kind}
 
 
 def agent_stop(data_dir: str, name: str, say: Say) -> None:

@@ -335,7 +335,7 @@ def _stop_runners(paths: Paths, say: Say) -> list[dict[str, Any]]:
 def _reap_sandboxes(paths: Paths, say: Say) -> None:
     """A runner that needed SIGKILL (a grace period longer than ours) could not undo its sandbox's
     containment (cgroup, network namespace, bridge); the trainer's reaper does, as an agent start would."""
-    argv = [sys.executable, "-m", "capstan_trainer.agent.sandbox.containment", "--reap"]
+    argv = [sys.executable, "-m", "capstan_agentkit.sandbox.containment", "--reap"]
     try:
         run = subprocess.run(argv, env={**os.environ, **load_env(paths)}, capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as e:

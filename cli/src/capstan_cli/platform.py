@@ -188,13 +188,19 @@ class Ports:
 
 @dataclass(frozen=True)
 class ExtraAgent:
-    """A trainer agent added with ``capstan agent start``; its node name is ``name``."""
+    """An agent added with ``capstan agent start``; its node name is ``name``. ``kind``: what it runs
+    (``trainer``: training tasks; ``inference``: service replicas)."""
 
     name: str
     resource_group: str
     cpu: float | None = None
     memory_gib: float | None = None
     gpus: str | None = None
+    kind: str = "trainer"
+
+
+# The executable of each agent kind (``capstan agent start --kind``).
+AGENT_EXECUTABLES = {"trainer": "capstan-trainer-agent", "inference": "capstan-inference-agent"}
 
 
 @dataclass
@@ -360,7 +366,7 @@ def extra_agent_component(paths: Paths, ports: Ports, agent: ExtraAgent) -> Comp
         capacity["CAPSTAN_NODE_GPUS"] = agent.gpus
     base = shared_env(paths, ports)
     name = EXTRA_AGENT_PREFIX + agent.name
-    return _agent(paths, base, name, "capstan-trainer-agent", agent.resource_group, agent.name, capacity)
+    return _agent(paths, base, name, AGENT_EXECUTABLES[agent.kind], agent.resource_group, agent.name, capacity)
 
 
 def _num(x: float) -> str:

@@ -6,9 +6,9 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from capstan_agentkit.membership import NodeMembership
 from capstan_core import grpcutil, nodeauth
 from capstan_core.capacity import Capacity
-from capstan_core.membership import NodeMembership
 from capstan_core.service import Service
 from capstan_core.settings import ServiceSettings
 from capstan_core.testing import admin_channel

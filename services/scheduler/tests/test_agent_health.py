@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from capstan_agentkit.healthcheck import Check, basic_checks, gpus, run_checks
+from capstan_agentkit.membership import NodeMembership
 from capstan_core.capacity import Capacity
-from capstan_core.healthcheck import Check, basic_checks, gpus, run_checks
-from capstan_core.membership import NodeMembership
 from capstan_core.service import Service
 from capstan_core.settings import ServiceSettings
 from capstan_core.testing import admin_channel

@@ -11,21 +11,35 @@ from capstan_core.contracts.scheduling import (
     WorkloadPlaced,
     WorkloadQueued,
     WorkloadReleased,
+    WorkloadSubmitted,
+    WorkloadWithdrawn,
 )
-from capstan_core.contracts.training import TrainingInstanceStarted, TrainingTaskEnded, TrainingTaskSubmitted
+from capstan_core.contracts.training import TrainingInstanceStarted, TrainingTaskSubmitted
 from capstan_core.events import Event
 from capstan_core.eventstore import RecordedEvent
 from capstan_scheduler.changes import Changes
 
 
-def _batch(changes: Changes, *events: Event) -> None:
-    changes.on_batch(0, [RecordedEvent(seq=i + 1, index=0, subject="s.x", event=e, time_ms=0) for i, e in enumerate(events)])
+def _batch(changes: Changes, *events: Event, subject: str = "s.x") -> None:
+    changes.on_batch(0, [RecordedEvent(seq=i + 1, index=0, subject=subject, event=e, time_ms=0)
+                         for i, e in enumerate(events)])
 
 
-def _submitted(task: str, rg: str) -> TrainingTaskSubmitted:
-    return TrainingTaskSubmitted(task_id=task, name=task, resource_group_id=rg, command="true", hyperparameters={},
+def _submitted(task: str, rg: str) -> WorkloadSubmitted:
+    return WorkloadSubmitted(workload_id=task, kind="training", capability="training", resource_group_id=rg,
+                             resources=ResourceSpec(cpu=1, memory_gib=1), at_ms=0)
+
+
+def test_an_owners_own_events_change_nothing_its_workload_contract_does() -> None:
+    c = Changes()
+    c.take()
+    task = TrainingTaskSubmitted(task_id="t1", name="t1", resource_group_id="rsg-a", command="true", hyperparameters={},
                                  resources=ResourceSpec(cpu=1, memory_gib=1), instance_count=1, tags={}, creator="u",
                                  stop_grace_seconds=30, at_ms=0)
+    _batch(c, task, subject="capstan.evt.train.t1")  # the trainer's own event: not the scheduler's input
+    assert c.take() == set()
+    _batch(c, task, _submitted("t1", "rsg-a"), subject="capstan.evt.train.t1")  # the contract, on any subject
+    assert c.take() == {"rsg-a"}
 
 
 def test_the_first_take_is_every_group_then_only_what_changed() -> None:
@@ -46,11 +60,11 @@ def test_a_workload_event_marks_its_group_and_what_cannot_be_placed_marks_all() 
     c = Changes()
     c.take()
     c.learn([{"id": "t9", "resource_group_id": "rsg-z"}])  # known from a read of the read models
-    _batch(c, TrainingTaskEnded(task_id="t9", status="Succeeded", at_ms=0))
+    _batch(c, WorkloadWithdrawn(workload_id="t9", at_ms=0))
     assert c.take() == {"rsg-z"}
     _batch(c, WorkloadReleased(workload_id="t9", at_ms=0))
     assert c.take() == {"rsg-z"}
-    _batch(c, TrainingTaskEnded(task_id="t9", status="Succeeded", at_ms=0))  # released: forgotten
+    _batch(c, WorkloadWithdrawn(workload_id="t9", at_ms=0))  # released: forgotten
     assert c.take() is None
     _batch(c, NodeStateChanged(node_id="n", state="Abnormal", reason="silent", at_ms=0))  # a node: every group
     assert c.take() is None

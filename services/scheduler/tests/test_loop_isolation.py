@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from capstan_core.clock import FixedClock
 from capstan_core.contracts.common import ResourceSpec
-from capstan_core.contracts.training import TrainingTaskSubmitted
+from capstan_core.contracts.scheduling import CAPABILITY_TRAINING, WorkloadSubmitted
 from capstan_core.eventstore import EventStore
 from capstan_core.metrics import LOOP_ITEM_FAILURES, LOOP_STEP_FAILURES, LOOP_STEPS
 from capstan_core.service import Service
@@ -48,10 +48,9 @@ class Env:
         return str(rg), str(node["id"])
 
     async def submit(self, task_id: str, rg: str) -> None:
-        r = await self.owner.append(event_subject("train", task_id), [TrainingTaskSubmitted(
-            task_id=task_id, name=task_id, resource_group_id=rg, command="x", hyperparameters={},
-            resources=ResourceSpec(cpu=1, memory_gib=1), instance_count=1, tags={}, creator="u", stop_grace_seconds=30,
-            at_ms=self.clock.now_ms())], expected_seq=0)
+        r = await self.owner.append(event_subject("train", task_id), [WorkloadSubmitted(
+            workload_id=task_id, kind="training", capability=CAPABILITY_TRAINING, resource_group_id=rg,
+            resources=ResourceSpec(cpu=1, memory_gib=1), at_ms=self.clock.now_ms())], expected_seq=0)
         await self.app.ctx.runner.wait_for(r.seq)
 
     def workload(self, wid: str) -> tuple[str, str]:

@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from capstan_core.contracts.common import ResourceSpec
-from capstan_core.contracts.serving import ServiceReplicaRequested, ServiceReplicaRetired
+from capstan_core.contracts.scheduling import CAPABILITIES, WorkloadSubmitted, WorkloadWithdrawn
 from capstan_core.eventstore import EventStore
 from capstan_core.service import Service
 from capstan_core.settings import ServiceSettings
@@ -37,9 +37,12 @@ class Platform:
         )
         return str(rg.id)
 
-    async def join(self, rg: str, name: str, cpu: float = 8, checks: list[Any] | None = None) -> Any:
+    async def join(self, rg: str, name: str, cpu: float = 8, checks: list[Any] | None = None,
+                   capabilities: tuple[str, ...] = CAPABILITIES, agent_kind: str = "trainer") -> Any:
+        """A node (by default one whose agent runs both training and service replicas)."""
         return await self.s.JoinNode(scheduler_pb2.JoinNodeRequest(
-            resource_group_id=rg, name=name, cpu=cpu, memory_gib=32, agent_kind="trainer", checks=checks or []))
+            resource_group_id=rg, name=name, cpu=cpu, memory_gib=32, agent_kind=agent_kind, checks=checks or [],
+            capabilities=list(capabilities)))
 
     async def nodes(self, rg: str, view: str = "") -> dict[str, str]:
         resp = await self.s.ListNodes(scheduler_pb2.ListNodesRequest(resource_group_id=rg, view=view))
@@ -52,9 +55,9 @@ class Platform:
         await self.store.append(subject, [event], expected_seq=last)
 
     async def replica(self, rg: str, replica_id: str, cpu: float, tags: dict[str, str] | None = None) -> None:
-        await self.as_service_owner(ServiceReplicaRequested(
-            replica_id=replica_id, service_id="svc-1", resource_group_id=rg, resources=ResourceSpec(cpu=cpu, memory_gib=1),
-            tags=tags or {}, at_ms=1))
+        await self.as_service_owner(WorkloadSubmitted(
+            workload_id=replica_id, kind="service", capability="serving", resource_group_id=rg,
+            resources=ResourceSpec(cpu=cpu, memory_gib=1), tags=tags or {}, at_ms=1))
 
     async def placed_on(self, node_id: str) -> set[str]:
         resp = await self.s.ListNodeAssignments(scheduler_pb2.ListNodeAssignmentsRequest(node_id=node_id))
@@ -190,6 +193,30 @@ PREEMPTIVE = {"Version": "1.0", "ResourceRule": {"DefaultPriority": 5, "DefaultQ
                              "ScheduleRule": {"Priority": 1}}]}
 
 
+async def test_workloads_go_only_on_nodes_declaring_their_capability(platform: Platform) -> None:
+    rg = await platform.group()
+    trainer = await platform.join(rg, "t", capabilities=("training",))
+    server = await platform.join(rg, "s", cpu=2, capabilities=("serving",), agent_kind="inference")
+    old = await platform.join(rg, "old", cpu=1, capabilities=(), agent_kind="inference")  # from its agent kind
+    await platform.replica(rg, "svc-1.r0", cpu=1)
+    await platform.replica(rg, "svc-1.r1", cpu=1)
+    await platform.replica(rg, "svc-1.r2", cpu=1)
+    train = await platform.task(rg, "tr", cpu=1)
+    await until(lambda: _has(platform.placed_on(trainer.id), train))
+    await until(lambda: _count(platform.placed_on(server.id), 2))
+    await until(lambda: _count(platform.placed_on(old.id), 1))
+    assert await platform.placed_on(trainer.id) == {train}  # the trainer node has room, but runs no replica
+    assert (list(trainer.capabilities), list(server.capabilities), list(old.capabilities)) == (
+        ["training"], ["serving"], ["serving"])
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await platform.join(rg, "x", capabilities=("mining",))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "mining" in (e.value.details() or "")
+
+
+async def _count(found: Any, n: int) -> bool:
+    return len(await found) == n
+
+
 async def test_a_service_preempts_lower_training_but_nothing_preempts_a_service(platform: Platform) -> None:
     rg = await platform.group(PREEMPTIVE)
     node = await platform.join(rg, "n1", cpu=8)
@@ -214,8 +241,7 @@ async def test_a_service_preempts_lower_training_but_nothing_preempts_a_service(
         queue = await platform.s.GetQueue(scheduler_pb2.GetQueueRequest(resource_group_id=rg))
         assert {i.workload_id: i.kind for i in queue.items} == {train: "training", urgent: "training", "svc-1.r1": "service"}
         # retiring the replica frees the node: the queue moves on (P1 items in submit order: urgent first)
-        await platform.as_service_owner(
-            ServiceReplicaRetired(replica_id="svc-1.r0", service_id="svc-1", reason="scaled in", at_ms=2))
+        await platform.as_service_owner(WorkloadWithdrawn(workload_id="svc-1.r0", reason="scaled in", at_ms=2))
         await until(lambda: _has(platform.placed_on(node.id), urgent))
         assert await platform.workload_events("svc-1.r0") == [
             "WorkloadQueued", "WorkloadPlaced", "WorkloadReleased"]

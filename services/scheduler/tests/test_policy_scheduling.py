@@ -12,12 +12,12 @@ from typing import Any
 import grpc
 import pytest
 
+from capstan_agentkit.gpus import gpu_env
 from capstan_core.service import Service
 from capstan_core.settings import ServiceSettings
 from capstan_core.testing import admin_channel
 from capstan_proto import common_pb2, scheduler_pb2, scheduler_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 from capstan_scheduler.service import DEFINITION as SCHEDULER
-from capstan_trainer.agent.agent import gpu_env
 from capstan_trainer.service import DEFINITION as TRAINER
 
 

@@ -25,9 +25,8 @@ from sqlalchemy import select
 
 from capstan_core.clock import FixedClock
 from capstan_core.contracts.common import ResourceSpec
-from capstan_core.contracts.scheduling import ResourceGroupCreated
-from capstan_core.contracts.serving import ServiceReplicaRequested, ServiceReplicaRetired
-from capstan_core.contracts.training import TrainingTaskEnded, TrainingTaskRequeued, TrainingTaskSubmitted
+from capstan_core.contracts.scheduling import CAPABILITIES, ResourceGroupCreated, WorkloadSubmitted, WorkloadWithdrawn
+from capstan_core.contracts.training import TrainingTaskRequeued
 from capstan_core.db import table_digest
 from capstan_core.events import Event
 from capstan_core.eventstore import EventStore, decode_commit
@@ -86,7 +85,8 @@ async def _record(tmp: Path, nats_url: str, seed: int, secrets_dir: Path) -> tup
         rg = (await app.create_resource_group(name="pool", description="", tags={}, policy_json=json.dumps(policy),
                                               creator="ops", idempotency_key="pool"))["id"]
         nodes = [(await app.join_node(rg_id=rg, name=f"n{i}", agent_kind="trainer", cpu=16, memory_gib=64,
-                                      gpus={"A100": 4} if i < 3 else {}))["id"] for i in range(4)]
+                                      gpus={"A100": 4} if i < 3 else {}, capabilities=list(CAPABILITIES)))["id"]
+                 for i in range(4)]
         silent: set[str] = set()
         handled: set[tuple[str, int]] = set()
         n_tasks = 0
@@ -110,14 +110,14 @@ async def _record(tmp: Path, nats_url: str, seed: int, secrets_dir: Path) -> tup
                     tags = {"p": "0"}  # urgent bursts: they must preempt
                 if rnd.random() < 0.2 and step not in (8, 20):
                     rid = f"svc-{n_tasks}"
-                    await owner(event_subject("service", rid), ServiceReplicaRequested(
-                        replica_id=rid, service_id=rid, resource_group_id=rg, resources=res, tags=tags, at_ms=clock.now_ms()))
+                    await owner(event_subject("service", rid), WorkloadSubmitted(
+                        workload_id=rid, kind="service", capability="serving", resource_group_id=rg, resources=res,
+                        tags=tags, at_ms=clock.now_ms()))
                 else:
                     tid = f"train-{n_tasks}"
-                    await owner(event_subject("train", tid), TrainingTaskSubmitted(
-                        task_id=tid, name=tid, resource_group_id=rg, command="x", hyperparameters={}, resources=res,
-                        instance_count=rnd.choice([1, 1, 1, 2, 3]) if gpu >= 1 else 1, tags=tags, creator="u",
-                        stop_grace_seconds=30, at_ms=clock.now_ms()))
+                    await owner(event_subject("train", tid), WorkloadSubmitted(
+                        workload_id=tid, kind="training", capability="training", resource_group_id=rg, resources=res,
+                        instance_count=rnd.choice([1, 1, 1, 2, 3]) if gpu >= 1 else 1, tags=tags, at_ms=clock.now_ms()))
             assert await app.ctx.runner.wait_for(await store.last_seq(), timeout=60)  # a loaded machine must not change the decisions
             with app.ctx.engine.connect() as conn:
                 rows = conn.execute(select(workloads)).mappings().all()
@@ -129,12 +129,9 @@ async def _record(tmp: Path, nats_url: str, seed: int, secrets_dir: Path) -> tup
                     await owner(event_subject("train", w["id"]), TrainingTaskRequeued(
                         task_id=w["id"], attempt=w["subject_seq"], reason="evicted", at_ms=clock.now_ms()))
                 elif w["status"] == "placed" and rnd.random() < 0.25:
-                    if w["kind"] == "service":
-                        await owner(event_subject("service", w["id"]), ServiceReplicaRetired(
-                            replica_id=w["id"], service_id=w["id"], at_ms=clock.now_ms()))
-                    else:
-                        await owner(event_subject("train", w["id"]), TrainingTaskEnded(
-                            task_id=w["id"], status="Succeeded", exit_code=0, at_ms=clock.now_ms()))
+                    owner_kind = "service" if w["kind"] == "service" else "train"
+                    await owner(event_subject(owner_kind, w["id"]), WorkloadWithdrawn(
+                        workload_id=w["id"], reason="ended", at_ms=clock.now_ms()))
             if step == 12:
                 silent.add(nodes[0])  # falls silent: Abnormal after 15 s, lost for good after 300 s
             if step == 25:
@@ -193,8 +190,9 @@ async def test_replaying_the_recorded_log_gives_the_same_decisions(tmp_path: Pat
     log, digest = await _record(tmp_path, nats_server.url, seed, secrets_dir)
     kinds = {e.TYPE for _, events in log for e in events}
     # the scenario exercised what matters: placements, preemption, lost nodes, services, releases
-    assert {"WorkloadPlaced", "WorkloadPreemptionRequested", "WorkloadInstancesLost", "ServiceReplicaRequested",
+    assert {"WorkloadPlaced", "WorkloadPreemptionRequested", "WorkloadInstancesLost", "WorkloadSubmitted",
             "WorkloadReleased"} <= kinds, kinds
+    assert any(getattr(e, "kind", "") == "service" for _, events in log for e in events if e.TYPE == "WorkloadSubmitted")
     recorded, replayed, replayed_digest = await _replay(tmp_path / "r1", log, secrets_dir)
     assert len(recorded) > 30
     assert [_key(c) for c in replayed] == [_key(c) for c in recorded]

@@ -29,9 +29,10 @@ from capstan_core.contracts.scheduling import (
     WorkloadRejected,
     WorkloadReleased,
     WorkloadRequeued,
+    WorkloadSubmitted,
+    WorkloadWithdrawn,
 )
 from capstan_core.contracts.serving import AGGREGATE as SERVICE
-from capstan_core.contracts.serving import ServiceReplicaRequested, ServiceReplicaRetired
 from capstan_core.contracts.training import AGGREGATE as TRAIN
 from capstan_core.contracts.training import (
     TrainingInstanceStarted,
@@ -83,6 +84,18 @@ def _task(tid: str, at: float, gpu: float, *, cpu: float = 8, mem: float = 32, c
     )
 
 
+def _sub(tid: str, at: float, gpu: float, **kw: Any) -> list[Event]:
+    """A submitted task as the trainer appends it: its own event and the scheduler's workload contract."""
+    t = _task(tid, at, gpu, **kw)
+    return [t, WorkloadSubmitted(workload_id=tid, kind="training", capability="training", resource_group_id="rg",
+                                 resources=t.resources, instance_count=t.instance_count, tags=t.tags, at_ms=t.at_ms)]
+
+
+def _ended(tid: str, status: str, at: float) -> list[Event]:
+    return [TrainingTaskEnded(task_id=tid, status=status, exit_code=0 if status == "Succeeded" else None, at_ms=ms(at)),
+            WorkloadWithdrawn(workload_id=tid, reason=status, at_ms=ms(at))]
+
+
 def _placed(wid: str, at: float, gpu: float, kind: str = "training", cpu: float = 8, mem: float = 32,
             count: int = 1) -> WorkloadPlaced:
     return WorkloadPlaced(
@@ -126,40 +139,40 @@ SCENARIO: list[tuple[str, list[Event]]] = [
     (event_subject(NODE, "n-3"), _join("n-3", -10, "inference", 8, 64, {"A100": 1})),
     (event_subject(NODE, "n-2"), _state("n-2", -5, "Releasing")),
     (event_subject(NODE, "n-2"), _state("n-2", -4, "Released")),
-    (_t("a"), [_task("a", 0, 4, tags={"tier": "low"})]),
+    (_t("a"), _sub("a", 0, 4, tags={"tier": "low"})),
     (_w("a"), [WorkloadQueued(workload_id="a", kind="training", resource_group_id="rg", at_ms=ms(0.5))]),
     (_w("a"), [_placed("a", 1, 4)]),
     (_t("a"), [TrainingInstanceStarted(task_id="a", index=0, node_id="n-0", at_ms=ms(1.5))]),
-    (_t("e"), [_task("e", 2, 16)]),
+    (_t("e"), _sub("e", 2, 16)),
     (_w("e"), [WorkloadRejected(workload_id="e", reason="no node has 16 A100", at_ms=ms(2.5))]),
-    (event_subject(SERVICE, "svc"), [ServiceReplicaRequested(
-        replica_id="s1", service_id="svc", resource_group_id="rg", resources=ResourceSpec(cpu=2, memory_gib=4),
-        tags={}, at_ms=ms(10))]),
+    (event_subject(SERVICE, "svc"), [WorkloadSubmitted(
+        workload_id="s1", kind="service", capability="serving", resource_group_id="rg",
+        resources=ResourceSpec(cpu=2, memory_gib=4), tags={}, at_ms=ms(10))]),
     (_w("s1"), [WorkloadQueued(workload_id="s1", kind="service", resource_group_id="rg", at_ms=ms(10.5))]),
     (_w("s1"), [_placed("s1", 11, 0, kind="service", cpu=2, mem=4)]),
-    (_t("c"), [_task("c", 30, 4, tags={"tier": "high"})]),
+    (_t("c"), _sub("c", 30, 4, tags={"tier": "high"})),
     (_w("c"), [WorkloadQueued(workload_id="c", kind="training", resource_group_id="rg", at_ms=ms(30.5))]),
     (_w("a"), [WorkloadPreemptionRequested(workload_id="a", preemptor_id="c", at_ms=ms(31))]),
     (_t("a"), [TrainingTaskPreempting(task_id="a", attempt=0, preemptor_id="c", at_ms=ms(31.2))]),
     (_t("a"), [TrainingTaskRequeued(task_id="a", attempt=1, reason="preempted by c", at_ms=ms(33))]),
     (_w("a"), [WorkloadRequeued(workload_id="a", reason="preempted", at_ms=ms(34))]),
     (_w("c"), [_placed("c", 35, 4)]),
-    (_t("d"), [_task("d", 40, 2)]),
+    (_t("d"), _sub("d", 40, 2)),
     (_w("d"), [WorkloadQueued(workload_id="d", kind="training", resource_group_id="rg", at_ms=ms(40.5))]),
     (_t("d"), [TrainingTaskStopRequested(task_id="d", by="alice", at_ms=ms(44))]),
-    (_t("d"), [TrainingTaskEnded(task_id="d", status="Stopped", at_ms=ms(45))]),
-    (event_subject(SERVICE, "svc"), [ServiceReplicaRetired(replica_id="s1", service_id="svc", at_ms=ms(51))]),
+    (_t("d"), _ended("d", "Stopped", 45)),
+    (event_subject(SERVICE, "svc"), [WorkloadWithdrawn(workload_id="s1", at_ms=ms(51))]),
     (_w("s1"), [WorkloadReleased(workload_id="s1", at_ms=ms(52))]),
-    (_t("c"), [TrainingTaskEnded(task_id="c", status="Succeeded", exit_code=0, at_ms=ms(95))]),
+    (_t("c"), _ended("c", "Succeeded", 95)),
     (_w("c"), [WorkloadReleased(workload_id="c", at_ms=ms(95.5))]),
     (_w("a"), [_placed("a", 96, 4)]),
     (event_subject(NODE, "n-1"), _join("n-1", 150, "trainer", 16, 128, {"A100": 2})),
-    (_t("a"), [TrainingTaskEnded(task_id="a", status="Succeeded", exit_code=0, at_ms=ms(164))]),
+    (_t("a"), _ended("a", "Succeeded", 164)),
     (_w("a"), [WorkloadReleased(workload_id="a", at_ms=ms(164.5))]),
-    (_t("f"), [_task("f", 165, 0.5, cpu=1, mem=2, count=2, tags={"team": "x"})]),
+    (_t("f"), _sub("f", 165, 0.5, cpu=1, mem=2, count=2, tags={"team": "x"})),
     (_w("f"), [WorkloadQueued(workload_id="f", kind="training", resource_group_id="rg", at_ms=ms(165.5))]),
     (_w("f"), [_placed("f", 166, 0.5, cpu=1, mem=2, count=2)]),
-    (_t("g"), [_task("g", 170, 1)]),
+    (_t("g"), _sub("g", 170, 1)),
     (_w("g"), [WorkloadQueued(workload_id="g", kind="training", resource_group_id="rg", at_ms=ms(170.5))]),
     (event_subject(NODE, "n-1"), _state("n-1", 180, "Releasing")),
     (event_subject(NODE, "n-1"), _state("n-1", 181, "Released")),

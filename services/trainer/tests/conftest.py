@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
+from capstan_agentkit.sandbox import testing as sandbox_testing
 from capstan_core.service import Service
 from capstan_core.settings import ServiceSettings
 from capstan_core.testing import admin_channel
 from capstan_proto import scheduler_pb2, scheduler_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 from capstan_scheduler.service import DEFINITION as SCHEDULER
 from capstan_trainer.agent.agent import TrainerAgent
-from capstan_trainer.agent.sandbox import testing as sandbox_testing
 from capstan_trainer.agent.settings import AgentSettings
 from capstan_trainer.service import DEFINITION as TRAINER
 

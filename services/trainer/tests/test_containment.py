@@ -23,13 +23,13 @@ from typing import Any
 
 import pytest
 
+from capstan_agentkit.safefs import list_tree, open_file
+from capstan_agentkit.sandbox import BwrapExecutor, InstanceSpec, InstanceStatus, read_log
+from capstan_agentkit.sandbox import testing as sandbox_testing
+from capstan_agentkit.sandbox.cgroups import for_version
+from capstan_agentkit.sandbox.leases import HostState, Lease, process_start
+from capstan_agentkit.sandbox.probe import missing
 from capstan_proto import common_pb2, scheduler_pb2, trainer_pb2
-from capstan_trainer.agent.safefs import list_tree, open_file
-from capstan_trainer.agent.sandbox import BwrapExecutor, InstanceSpec, InstanceStatus, read_log
-from capstan_trainer.agent.sandbox import testing as sandbox_testing
-from capstan_trainer.agent.sandbox.cgroups import for_version
-from capstan_trainer.agent.sandbox.leases import HostState, Lease, process_start
-from capstan_trainer.agent.sandbox.probe import missing
 from capstan_trainer.agent.storage import OutputStore
 
 pytestmark = pytest.mark.skipif(bool(missing(sandbox_testing.CONFIG)), reason="this machine cannot contain sandboxes")
@@ -420,7 +420,7 @@ def test_capstan_down_style_sigterm_and_the_reaper(node: Node) -> None:
     runner = node.ex.status("task-1", 1).pid or 0
     os.kill(runner, signal.SIGKILL)
     assert wait_until(lambda: process_start(runner) is None)  # dead (a zombie until its parent, us, reaps it)
-    reap = subprocess.run([sys.executable, "-m", "capstan_trainer.agent.sandbox.containment", "--reap",
+    reap = subprocess.run([sys.executable, "-m", "capstan_agentkit.sandbox.containment", "--reap",
                            "--state-dir", str(node.ex.config.state_dir)], capture_output=True, text=True, check=True)
     assert f"cleaned up the sandbox of {node.dir(spec)}" in reap.stdout
     assert sandbox_testing.leftovers(node.ex.config) == []

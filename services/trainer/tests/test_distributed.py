@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
+from capstan_agentkit.sandbox import testing as sandbox_testing
+from capstan_agentkit.sandbox.probe import missing
 from capstan_proto import common_pb2, trainer_pb2
-from capstan_trainer.agent.sandbox import testing as sandbox_testing
-from capstan_trainer.agent.sandbox.probe import missing
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed"),

@@ -10,6 +10,7 @@ import pytest
 
 from capstan_core.contracts.capacity import MAX_NODE_CARDS, MAX_NODE_CPU, MAX_NODE_MEMORY_GIB
 from capstan_core.contracts.common import ResourceSpec
+from capstan_core.contracts.scheduling import WorkloadSubmitted, WorkloadWithdrawn
 from capstan_core.contracts.training import (
     TrainingInstanceExited,
     TrainingInstanceStarted,
@@ -24,6 +25,7 @@ from capstan_core.errors import InvalidArgument
 from capstan_core.events import Event, decode, encode
 from capstan_trainer.domain.task import (
     SubmitTrainingTask,
+    decide_end,
     decide_preempting,
     decide_report,
     decide_restart_lost,
@@ -59,9 +61,14 @@ def restarting(attempt: int, restart: int, index: int = 0) -> TrainingTaskRestar
                                   reason="instance 0 exited with code 1", at_ms=3)
 
 
+def own(events: Sequence[Event]) -> list[Event]:
+    """The trainer's own events of a decision (without the scheduler's workload contract beside them)."""
+    return [e for e in events if not isinstance(e, WorkloadSubmitted | WorkloadWithdrawn)]
+
+
 def report(history: Sequence[Event], index: int, code: int, attempt: int = 0) -> list[Event]:
-    return decide_report(fold(history), task_id=T, index=index, node_id="n1", state="Exited", exit_code=code,
-                         message="", now_ms=10, attempt=attempt)
+    return own(decide_report(fold(history), task_id=T, index=index, node_id="n1", state="Exited", exit_code=code,
+                             message="", now_ms=10, attempt=attempt))
 
 
 def shape(events: Sequence[Event]) -> list[tuple[Any, ...]]:
@@ -133,8 +140,8 @@ def test_failed_past_the_budget_says_so() -> None:
 
 
 def test_the_agents_reason_replaces_the_bare_exit_code() -> None:
-    out = decide_report(fold([submitted(0)]), task_id=T, index=0, node_id="n1", state="Exited", exit_code=137,
-                        message="out of memory (limit 1 GiB)", now_ms=10)
+    out = own(decide_report(fold([submitted(0)]), task_id=T, index=0, node_id="n1", state="Exited", exit_code=137,
+                            message="out of memory (limit 1 GiB)", now_ms=10))
     end = out[-1]
     assert isinstance(end, TrainingTaskEnded) and end.exit_code == 137
     assert end.reason == "instance 0: out of memory (limit 1 GiB)"
@@ -179,7 +186,7 @@ def _submit(max_restarts: int) -> list[Event]:
 
 @pytest.mark.parametrize("n", [0, 1, 10])
 def test_max_restarts_accepted(n: int) -> None:
-    (e,) = _submit(n)
+    e, _ = _submit(n)
     assert isinstance(e, TrainingTaskSubmitted) and e.max_restarts == n
 
 
@@ -199,8 +206,28 @@ def test_events_written_before_the_budget_still_read() -> None:
 
 
 def evicted(history: Sequence[Event], index: int, code: int = 143) -> list[Event]:
-    return decide_report(fold(history), task_id=T, index=index, node_id="n1", state="Evicted", exit_code=code,
-                         message="stopped with the platform (capstan down); requeued", now_ms=10, attempt=0)
+    return own(decide_report(fold(history), task_id=T, index=index, node_id="n1", state="Evicted", exit_code=code,
+                             message="stopped with the platform (capstan down); requeued", now_ms=10, attempt=0))
+
+
+def test_the_scheduler_learns_of_the_task_by_its_own_contract_in_the_same_commit() -> None:
+    """A submit is also a WorkloadSubmitted (capability "training"), an end a WorkloadWithdrawn; a requeue
+    stays the trainer's TrainingTaskRequeued."""
+    sub = decide_submit(fold([]), SubmitTrainingTask(
+        task_id=T, name="t", resource_group_id="rsg-1", command="x", hyperparameters_json="", resources=RES,
+        instance_count=2, tags={"p": "1"}, creator="me", stop_grace_seconds=30), 1)
+    assert [e.TYPE for e in sub] == ["TrainingTaskSubmitted", "WorkloadSubmitted"]
+    w = sub[1]
+    assert isinstance(w, WorkloadSubmitted)
+    assert (w.workload_id, w.kind, w.capability, w.resource_group_id, w.resources, w.instance_count, w.tags) == (
+        T, "training", "training", "rsg-1", RES, 2, {"p": "1"})
+    out = decide_report(fold([submitted(), started()]), task_id=T, index=0, node_id="n1", state="Exited", exit_code=0,
+                        message="", now_ms=10)
+    assert [e.TYPE for e in out] == ["TrainingInstanceExited", "TrainingTaskEnded", "WorkloadWithdrawn"]
+    assert out[-1] == WorkloadWithdrawn(workload_id=T, reason="Succeeded", at_ms=10)
+    assert [e.TYPE for e in decide_end(fold([submitted()]), task_id=T, status="Failed", reason="rejected", now_ms=3)] == [
+        "TrainingTaskEnded", "WorkloadWithdrawn"]
+    assert [e.TYPE for e in report([submitted(2), started()], 0, 7)][-1] == "TrainingTaskRequeued"
 
 
 def test_a_platform_stop_is_an_eviction_never_a_failure_or_a_restart() -> None:
@@ -274,5 +301,5 @@ def test_hyperparameters_no_store_can_hold_are_refused(text: str, message: str) 
 
 
 def test_the_largest_request_a_node_may_hold_is_accepted() -> None:
-    (e,) = _submit_with(ResourceSpec(cpu=MAX_NODE_CPU, memory_gib=MAX_NODE_MEMORY_GIB, gpu_type="A100", gpu=MAX_NODE_CARDS))
+    e, _ = _submit_with(ResourceSpec(cpu=MAX_NODE_CPU, memory_gib=MAX_NODE_MEMORY_GIB, gpu_type="A100", gpu=MAX_NODE_CARDS))
     assert isinstance(e, TrainingTaskSubmitted) and e.resources.gpu == MAX_NODE_CARDS

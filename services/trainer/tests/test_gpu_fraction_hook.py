@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
+from capstan_agentkit.sandbox import InstancePaths, InstanceSpec
+from capstan_agentkit.sandbox.argv import PYHOOK_DIR, PYHOOK_MOUNT, build_bwrap_argv
 from capstan_proto import common_pb2, trainer_pb2
-from capstan_trainer.agent.sandbox import InstancePaths, InstanceSpec
-from capstan_trainer.agent.sandbox.argv import PYHOOK_DIR, PYHOOK_MOUNT, build_bwrap_argv
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -17,9 +17,9 @@ from typing import Any
 import grpc
 import pytest
 
+from capstan_agentkit.sandbox import testing as sandbox_testing
+from capstan_agentkit.sandbox.probe import missing
 from capstan_proto import common_pb2, trainer_pb2
-from capstan_trainer.agent.sandbox import testing as sandbox_testing
-from capstan_trainer.agent.sandbox.probe import missing
 from capstan_trainer.images import DEFAULT_IMAGE, ImageStore, builtin_images
 
 contained = pytest.mark.skipif(

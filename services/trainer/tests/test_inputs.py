@@ -16,9 +16,9 @@ from typing import Any
 import grpc
 import pytest
 
+from capstan_agentkit.sandbox import testing as sandbox_testing
+from capstan_agentkit.sandbox.probe import missing
 from capstan_proto import common_pb2, trainer_pb2
-from capstan_trainer.agent.sandbox import testing as sandbox_testing
-from capstan_trainer.agent.sandbox.probe import missing
 from capstan_trainer.objectstore import LocalStore, S3Store
 from capstan_trainer.storage_backends import ObjectStoreConfig, StorageConfig
 

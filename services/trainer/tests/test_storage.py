@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from capstan_agentkit.safefs import chown_tree, list_tree, mirror, open_file
 from capstan_proto import common_pb2, trainer_pb2
 from capstan_trainer.agent.__main__ import _apply_flags
-from capstan_trainer.agent.safefs import chown_tree, list_tree, mirror, open_file
 from capstan_trainer.agent.settings import AgentSettings
 from capstan_trainer.agent.storage import OutputStore
 

@@ -127,11 +127,13 @@ def agent() -> None:
 @click.option(
     "--gpus", metavar="TYPE:COUNT", help="GPUs the node offers, e.g. A100:8 (simulated where there are none)."
 )
+@click.option("--kind", type=click.Choice(["trainer", "inference"]), default="trainer", show_default=True,
+              help="What the node runs: training tasks, or online-service replicas.")
 @common_options
 def agent_start(
-    resource_group: str | None, name: str, cpu: float | None, memory: float | None, gpus: str | None
+    resource_group: str | None, name: str, cpu: float | None, memory: float | None, gpus: str | None, kind: str
 ) -> None:
-    """Start one more trainer agent, detached; `capstan down` stops it and `capstan up` starts it again."""
+    """Start one more agent, detached; `capstan down` stops it and `capstan up` starts it again."""
     if gpus is not None:
         try:
             parse_gpus(gpus)  # the agent's own parser: refuse here what it would refuse at start
@@ -147,11 +149,13 @@ def agent_start(
             number(memory) if memory is not None else None,
             gpus,
             say_for(cfg),
+            kind,
         )
     if cfg.json_output:
         print_json(result)
     else:
-        click.echo(f"agent {name} joined {result['resource_group']} as node {result['node_id']} (pid {result['pid']})")
+        click.echo(f"{kind} agent {name} joined {result['resource_group']} as node {result['node_id']} "
+                   f"(pid {result['pid']})")
 
 
 @agent.command("stop")

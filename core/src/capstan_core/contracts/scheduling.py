@@ -111,6 +111,14 @@ class NodeHealthChecked(Event):
 CAPABILITY_TRAINING = "training"
 CAPABILITY_SERVING = "serving"
 CAPABILITIES = (CAPABILITY_TRAINING, CAPABILITY_SERVING)
+_BY_AGENT_KIND = {"trainer": (CAPABILITY_TRAINING,), "inference": (CAPABILITY_SERVING,)}
+
+
+def node_capabilities(agent_kind: str, capabilities: list[str] | None) -> list[str]:
+    """What a node can run: what it declared, or (a node that joined before capabilities) its agent kind's."""
+    if capabilities is not None:
+        return sorted(set(capabilities))
+    return list(_BY_AGENT_KIND.get(agent_kind, ()))
 
 
 @event("WorkloadSubmitted", version=1)

@@ -35,7 +35,7 @@ from capstan_core.paging import next_token, page_bounds
 from capstan_core.service import ServiceContext
 from capstan_core.streams import event_subject
 from capstan_proto import registry_pb2, registry_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
-from capstan_trainer.logs import read_logs  # the platform's log reader (to move to core)
+from capstan_core.logs import read_logs
 
 from .domain import autoscale
 from .domain import group as domain

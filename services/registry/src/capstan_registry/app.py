@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 from sqlalchemy import func, or_, select
 
+from capstan_agentkit import safefs
 from capstan_core import grpcutil
 from capstan_core.clock import SystemClock
 from capstan_core.command import execute
@@ -20,7 +21,6 @@ from capstan_core.paging import next_token, page_bounds
 from capstan_core.service import ServiceContext
 from capstan_core.streams import event_subject
 from capstan_proto import trainer_pb2, trainer_pb2_grpc
-from capstan_trainer.agent import safefs
 from capstan_trainer.agent.storage import OutputStore
 
 from . import domain

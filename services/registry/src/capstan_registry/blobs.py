@@ -17,8 +17,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
+from capstan_agentkit import safefs
 from capstan_core.contracts.registry import ModelFileEntry
-from capstan_trainer.agent import safefs
 
 CHUNK = 1 << 20
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")

@@ -46,7 +46,7 @@ def _node(d: dict[str, Any]) -> scheduler_pb2.Node:
         memory_gib=d["memory_gib"], gpus=d["gpus"], cpu_allocated=d["cpu_allocated"],
         memory_gib_allocated=d["memory_gib_allocated"], gpus_allocated=d["gpus_allocated"], agent_kind=d["agent_kind"],
         last_heartbeat_ms=d["last_heartbeat_ms"], joined_at_ms=d["joined_at_ms"], state_reason=d["state_reason"],
-        state_changed_at_ms=d["state_changed_at_ms"],
+        state_changed_at_ms=d["state_changed_at_ms"], capabilities=d.get("capabilities", []),
     )
 
 
@@ -124,6 +124,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         d = await self.app.join_node(
             rg_id=req.resource_group_id, name=req.name, agent_kind=req.agent_kind or "trainer", cpu=req.cpu,
             memory_gib=req.memory_gib, gpus=dict(req.gpus), checks=_checks(req.checks),
+            capabilities=list(req.capabilities),
         )
         return _node(d)
 

@@ -193,7 +193,7 @@ class SchedulerApp:
 
     async def join_node(
         self, *, rg_id: str, name: str, agent_kind: str, cpu: float, memory_gib: float, gpus: dict[str, int],
-        checks: list[HealthCheckResult] | None = None,
+        checks: list[HealthCheckResult] | None = None, capabilities: list[str] | None = None,
     ) -> dict[str, Any]:
         self.get_resource_group(rg_id)  # NotFound if the group does not exist
         node_id = node_id_for(rg_id, name)
@@ -204,7 +204,7 @@ class SchedulerApp:
             fold_node,
             lambda n: decide_join(
                 n, node_id=node_id, rg_id=rg_id, name=name, agent_kind=agent_kind, cpu=cpu, memory_gib=memory_gib,
-                gpus=gpus, now_ms=now, checks=checks or (), shareable=self.shareable,
+                gpus=gpus, now_ms=now, checks=checks or (), shareable=self.shareable, capabilities=capabilities or (),
             ),
         )
         self.liveness.last_seen_ms[node_id] = now
@@ -382,7 +382,7 @@ class SchedulerApp:
 
     def plans_and_rows(self, only: set[str] | None = None) -> tuple[dict[str, GroupPlan], list[Any]]:
         """The groups' plans and the workload rows they were built from (queued, placed, evicting)."""
-        g_q, n_q = select(resource_groups), select(nodes).where(nodes.c.agent_kind == "trainer", nodes.c.state != "Released")
+        g_q, n_q = select(resource_groups), select(nodes).where(nodes.c.state != "Released")
         w_q = select(workloads).where(workloads.c.status.in_(("queued", "placed", "evicting")), workloads.c.ended.is_(False))
         a_q = select(allocations)
         if only is not None:
@@ -474,6 +474,7 @@ class SchedulerApp:
         return {
             **row,
             "gpus": json.loads(row["gpus"]),
+            "capabilities": json.loads(row["capabilities"] or "[]"),
             "cpu_allocated": sum(a["cpu"] for a in allocs),
             "memory_gib_allocated": sum(a["memory_gib"] for a in allocs),
             "gpus_allocated": gpus_alloc,

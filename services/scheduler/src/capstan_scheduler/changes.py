@@ -16,6 +16,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from capstan_core.contracts.scheduling import (
+    JOIN_TOKEN,
+    NODE,
+    RSG,
+    WORKLOAD,
     NodeJoined,
     ResourceGroupCreated,
     ResourceGroupDeleted,
@@ -23,9 +27,8 @@ from capstan_core.contracts.scheduling import (
     WorkloadQueued,
     WorkloadRejected,
     WorkloadReleased,
+    WorkloadSubmitted,
 )
-from capstan_core.contracts.serving import ServiceReplicaRequested, ServiceReplicaRetired
-from capstan_core.contracts.training import TrainingTaskSubmitted
 from capstan_core.eventstore import RecordedEvent
 
 FULL_EVERY_S = 60.0
@@ -34,6 +37,10 @@ NO_CHANGE = frozenset({
     "TrainingInstanceStarted", "TrainingInstanceExited", "TrainingTaskPreempting", "TrainingTaskRestarting",
     "TrainingTaskStopRequested", "NodeHealthChecked", "JoinTokenCreated", "JoinTokenUsed", "JoinTokenRevoked",
 })
+# What the scheduler reads from other owners' subjects (the workload contract, and a task's requeue request);
+# any other event there is the owner's own business and changes no group.
+FOREIGN_INPUT = frozenset({"WorkloadSubmitted", "WorkloadWithdrawn", "TrainingTaskRequeued"})
+OWN_KINDS = frozenset({RSG, NODE, WORKLOAD, JOIN_TOKEN})
 # Workload events whose workload leaves the scheduler's view for good (its group is then forgotten here).
 _FINAL = (WorkloadRejected, WorkloadReleased)
 
@@ -47,7 +54,9 @@ class Changes:
 
     def on_batch(self, _position: int, records: Sequence[RecordedEvent]) -> None:
         for r in records:
-            self._note(r.event)
+            if r.event.TYPE in FOREIGN_INPUT or _kind_of(r.subject) in OWN_KINDS:
+                self._note(r.event)
+            # else: an event of another owner's aggregate that the scheduler does not read
 
     def _note(self, e: Any) -> None:
         if e.TYPE in NO_CHANGE:
@@ -60,16 +69,14 @@ class Changes:
             self._dirty.add(e.rg_id)
         elif isinstance(e, NodeJoined):
             self._dirty.add(e.resource_group_id)
-        elif isinstance(e, (TrainingTaskSubmitted, ServiceReplicaRequested)):
-            wid = e.task_id if isinstance(e, TrainingTaskSubmitted) else e.replica_id
-            self._group_of[wid] = e.resource_group_id
+        elif isinstance(e, WorkloadSubmitted):
+            self._group_of[e.workload_id] = e.resource_group_id
             self._dirty.add(e.resource_group_id)
         elif isinstance(e, WorkloadQueued):
             self._group_of[e.workload_id] = e.resource_group_id
             self._dirty.add(e.resource_group_id)
         else:
-            found = e.replica_id if isinstance(e, ServiceReplicaRetired) else (
-                getattr(e, "workload_id", None) or getattr(e, "task_id", None))
+            found = getattr(e, "workload_id", None) or getattr(e, "task_id", None)
             group = self._group_of.get(found) if isinstance(found, str) else None
             if group is None or not isinstance(found, str):
                 self._all = True  # a node's state, an unknown workload or event type: every group
@@ -109,3 +116,9 @@ class Changes:
 
 def union(a: set[str] | None, b: set[str] | None) -> set[str] | None:
     return None if a is None or b is None else a | b
+
+
+def _kind_of(subject: str) -> str:
+    """The aggregate kind of ``capstan.evt.<kind>.<id>``; any other subject counts as the scheduler's own."""
+    parts = subject.split(".")
+    return parts[2] if len(parts) >= 4 and parts[:2] == ["capstan", "evt"] else "workload"

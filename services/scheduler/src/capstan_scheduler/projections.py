@@ -21,9 +21,11 @@ from capstan_core.contracts.scheduling import (
     WorkloadRejected,
     WorkloadReleased,
     WorkloadRequeued,
+    WorkloadSubmitted,
+    WorkloadWithdrawn,
+    node_capabilities,
 )
-from capstan_core.contracts.serving import ServiceReplicaRequested, ServiceReplicaRetired
-from capstan_core.contracts.training import TrainingTaskEnded, TrainingTaskRequeued, TrainingTaskSubmitted
+from capstan_core.contracts.training import TrainingTaskRequeued
 from capstan_core.events import Event
 from capstan_core.eventstore import RecordedEvent
 from capstan_core.projection import Projection
@@ -77,7 +79,8 @@ class SchedulerProjection(Projection):
             dict(resource_group_id=e.resource_group_id, name=e.name, agent_kind=e.agent_kind, state="Deploying",
                  state_reason="", cpu=e.cpu, memory_gib=e.memory_gib, gpus=json.dumps(e.gpus, sort_keys=True),
                  joined_at_ms=e.at_ms, state_changed_at_ms=e.at_ms,
-                 shareable=None if e.shareable is None else json.dumps(sorted(e.shareable))),
+                 shareable=None if e.shareable is None else json.dumps(sorted(e.shareable)),
+                 capabilities=json.dumps(node_capabilities(e.agent_kind, e.capabilities))),
         )
 
     @_apply.register
@@ -104,26 +107,17 @@ class SchedulerProjection(Projection):
         )
 
     @_apply.register
-    def _(self, e: TrainingTaskSubmitted, conn: Connection, rec: RecordedEvent) -> None:
+    def _(self, e: WorkloadSubmitted, conn: Connection, rec: RecordedEvent) -> None:
+        # The scheduler's own contract, whoever appends it (the trainer for a task, the inference service for
+        # a replica) and on whichever subject.
         r = e.resources
-        self._submitted(conn, rec, e.task_id, "training", resource_group_id=e.resource_group_id, cpu=r.cpu,
+        self._submitted(conn, rec, e.workload_id, e.kind, resource_group_id=e.resource_group_id, cpu=r.cpu,
                         memory_gib=r.memory_gib, gpu_type=r.gpu_type, gpu=r.gpu, instance_count=e.instance_count,
-                        submitted_at_ms=e.at_ms, tags=json.dumps(e.tags, sort_keys=True))
+                        submitted_at_ms=e.at_ms, tags=json.dumps(e.tags, sort_keys=True), capability=e.capability)
 
     @_apply.register
-    def _(self, e: ServiceReplicaRequested, conn: Connection, rec: RecordedEvent) -> None:
-        r = e.resources
-        self._submitted(conn, rec, e.replica_id, "service", resource_group_id=e.resource_group_id, cpu=r.cpu,
-                        memory_gib=r.memory_gib, gpu_type=r.gpu_type, gpu=r.gpu, instance_count=1,
-                        submitted_at_ms=e.at_ms, tags=json.dumps(e.tags, sort_keys=True))
-
-    @_apply.register
-    def _(self, e: ServiceReplicaRetired, conn: Connection, rec: RecordedEvent) -> None:
-        conn.execute(update(workloads).where(workloads.c.id == e.replica_id).values(ended=True))
-
-    @_apply.register
-    def _(self, e: TrainingTaskEnded, conn: Connection, rec: RecordedEvent) -> None:
-        conn.execute(update(workloads).where(workloads.c.id == e.task_id).values(ended=True))
+    def _(self, e: WorkloadWithdrawn, conn: Connection, rec: RecordedEvent) -> None:
+        conn.execute(update(workloads).where(workloads.c.id == e.workload_id).values(ended=True))
 
     @_apply.register
     def _(self, e: TrainingTaskRequeued, conn: Connection, rec: RecordedEvent) -> None:

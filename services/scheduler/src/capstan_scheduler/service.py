@@ -23,11 +23,13 @@ async def _schedule(app: SchedulerApp) -> None:
 QUIET = frozenset({
     "TrainingInstanceStarted", "TrainingInstanceExited", "TrainingTaskPreempting", "TrainingTaskRestarting",
     "TrainingTaskStopRequested", "NodeHealthChecked", "JoinTokenCreated", "JoinTokenUsed", "JoinTokenRevoked",
+    # an owner's own events beside the workload contract (WorkloadSubmitted / WorkloadWithdrawn wake it)
+    "TrainingTaskSubmitted", "TrainingTaskEnded",
 })
 AGENTS_QUIET = QUIET | {
     "TrainingTaskSubmitted", "TrainingTaskEnded", "TrainingTaskRequeued", "WorkloadQueued", "WorkloadRejected",
     "WorkloadPreemptionRequested", "ResourceGroupCreated", "ResourceGroupUpdated", "ResourceGroupDeleted",
-    "NodeJoined", "NodeStateChanged", "ServiceReplicaRequested", "ServiceReplicaRetired",
+    "NodeJoined", "NodeStateChanged", "WorkloadSubmitted", "WorkloadWithdrawn",
 }
 
 DEFINITION = ServiceDefinition(

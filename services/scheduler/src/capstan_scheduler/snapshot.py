@@ -60,7 +60,7 @@ def item_of(w: Mapping[str, Any], policy: Mapping[str, Any]) -> Item:
     return Item(
         id=w["id"], kind="service" if w["kind"] == "service" else "training", resource_group=w["resource_group_id"],
         priority=priority_for(policy, tags), submit_seq=int(w["submitted_seq"]), request=request_of(w),
-        instance_count=int(w["instance_count"]), tags=tuple(sorted(tags.items())),
+        instance_count=int(w["instance_count"]), tags=tuple(sorted(tags.items())), capability=w.get("capability") or "",
     )
 
 
@@ -74,7 +74,8 @@ def _shares(node: Mapping[str, Any], gpus: Mapping[str, int], shareable: frozens
 def _node(n: Mapping[str, Any], shareable: frozenset[str]) -> Node:
     gpus = json.loads(n["gpus"])
     return Node(id=n["id"], resource_group=n["resource_group_id"], cpu=float(n["cpu"]), memory_gib=float(n["memory_gib"]),
-                cards=cards_of(gpus), shareable=_shares(n, gpus, shareable), state=n["state"])
+                cards=cards_of(gpus), shareable=_shares(n, gpus, shareable), state=n["state"],
+                capabilities=frozenset(json.loads(n.get("capabilities") or "[]")))
 
 
 def _running(w: Mapping[str, Any], item: Item, allocs: list[Any]) -> Running:
@@ -93,8 +94,8 @@ def build_plans(
     allocations: Iterable[Any],
     shareable: frozenset[str] = DEFAULT_SHAREABLE,
 ) -> dict[str, GroupPlan]:
-    """``workloads``: queued and placed ones; ``nodes``: trainer nodes (every state: running work on a
-    draining node still holds its resources)."""
+    """``workloads``: queued and placed ones; ``nodes``: the groups' nodes (every state: running work on a
+    draining node still holds its resources); each workload goes only on nodes declaring its capability."""
     policies: dict[str, dict[str, Any]] = {}
     modes: dict[str, int] = {}
     errors: dict[str, str] = {}

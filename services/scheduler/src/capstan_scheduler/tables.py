@@ -35,6 +35,7 @@ nodes = Table(
     Column("joined_at_ms", BigInteger, nullable=False),
     Column("state_changed_at_ms", BigInteger, nullable=False),
     Column("shareable", Text, nullable=True),  # JSON [card type, ...] fixed at join; NULL: the current setting
+    Column("capabilities", Text, nullable=False, default="[]"),  # JSON [capability, ...]: what its agent can run
 )
 
 workloads = Table(
@@ -58,6 +59,7 @@ workloads = Table(
     Column("tags", Text, nullable=False, default="{}"),  # JSON object: drives the priority (TaskRules)
     Column("started_at_ms", BigInteger, nullable=False, default=0),
     Column("requeue", Boolean, nullable=False, default=False),  # its owner asks to go back to the queue
+    Column("capability", String(40), nullable=False, default=""),  # what a node must be able to run ("": any)
 )
 
 allocations = Table(

@@ -18,7 +18,7 @@ from capstan_proto import common_pb2, trainer_pb2, trainer_pb2_grpc
 from .app import TrainerApp
 from .domain.price import Price
 from .domain.task import SubmitTrainingTask, validate_resources
-from .logs import read_logs
+from capstan_core.logs import read_logs
 from .tensorboards import path_prefix
 
 CHUNK = 1 << 20  # bytes per ReadOutput message

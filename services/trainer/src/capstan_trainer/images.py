@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO
 
+from capstan_agentkit.images import image_rootfs
+
 DEFAULT_IMAGE = "capstan/python-ml"
 ALL_MODES = ("DDP", "MPI", "Horovod", "PS-Worker", "Ray")
 _LIBRARIES = ("torch", "ray", "transformers", "peft", "numpy", "tensorboard", "mpi4py", "horovod", "tensorflow")
@@ -62,15 +64,7 @@ class ImageStore:
 
     def rootfs(self, name: str) -> Path | None:
         """The root filesystem of image ``name`` ("" and built-in names: None, the host's own)."""
-        if not name.startswith("sha256:"):
-            return None
-        hexd = name.removeprefix("sha256:")
-        if len(hexd) != 64 or not all(c in "0123456789abcdef" for c in hexd):
-            raise ValueError(f"not an image digest: {name}")
-        path = self.root / hexd / "rootfs"
-        if not (self.root / hexd / "image.json").exists():
-            raise FileNotFoundError(f"image {name} has not been imported on this install (capstan image import)")
-        return path
+        return image_rootfs(self.root.parent, name)
 
     def exists(self, name: str) -> bool:
         try:

@@ -2,7 +2,7 @@
 
 Both copy a *prefix* (a directory of keys) to and from a local directory. Keys become relative paths
 confined to the destination: a key with ``..``, an absolute key or one with empty parts is refused,
-never written. Uploads read through :mod:`.agent.safefs` (regular files only, links never followed), so
+never written. Uploads read through :mod:`capstan_agentkit.safefs` (regular files only, links never followed), so
 a task cannot make the agent (root) upload a host file by leaving a link in its output.
 """
 
@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 from typing import Any, Protocol
 
-from .agent.safefs import list_tree, mirror, open_file
+from capstan_agentkit.safefs import list_tree, mirror, open_file
+
 from .storage_backends import ObjectStoreConfig
 
 _CHUNK = 1 << 20

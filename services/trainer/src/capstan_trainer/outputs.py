@@ -1,7 +1,7 @@
 """A task's outputs, given back to its user: what each instance left in ``/opt/ml/output`` and
 ``/opt/ml/model``, as the agents saved it to platform storage (``<storage>/train/<task>/<index>/``).
 
-Listing and reading go through :mod:`.agent.safefs` (``list_tree`` / ``open_file``): regular files and
+Listing and reading go through :mod:`capstan_agentkit.safefs` (``list_tree`` / ``open_file``): regular files and
 directories only, never a link (whatever user code left there), ``..`` and absolute paths refused.
 Paths are ``output/<relative path>`` or ``model/<relative path>``. This is the interface the model
 registry uses to publish a task's ``/opt/ml/model``.
@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from capstan_agentkit.safefs import list_tree, open_file
 from capstan_core.errors import InvalidArgument, NotFound
 
-from .agent.safefs import list_tree, open_file
 from .agent.storage import DIRS, OutputStore
 
 

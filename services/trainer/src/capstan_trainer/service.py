@@ -24,12 +24,13 @@ _UNRELATED = frozenset({
 })
 QUIET = _UNRELATED | {
     "TrainingTaskSubmitted", "WorkloadQueued", "WorkloadPlaced", "TrainingInstanceStarted", "TrainingInstanceExited",
-    "WorkloadReleased", "TrainingTaskEnded", "TrainingTaskRequeued", "WorkloadRequeued",
+    "WorkloadReleased", "TrainingTaskEnded", "TrainingTaskRequeued", "WorkloadRequeued", "WorkloadSubmitted",
+    "WorkloadWithdrawn",
 }
 # Agents act on a task's status: placed (Starting), stopping, preempting, restarting, ended, requeued.
 AGENTS_QUIET = _UNRELATED | {
     "TrainingTaskSubmitted", "WorkloadQueued", "WorkloadRejected", "TrainingInstanceStarted", "TrainingInstanceExited",
-    "WorkloadReleased", "ResourceGroupDeleted",
+    "WorkloadReleased", "ResourceGroupDeleted", "WorkloadSubmitted", "WorkloadWithdrawn",
 }
 async def _tensorboards(app: TrainerApp) -> None:
     """Holds the TensorBoards the trainer started; they stop with it."""

@@ -8,6 +8,7 @@ from typing import Any
 
 from capstan_core.contracts.capacity import check_node_capacity
 from capstan_core.contracts.scheduling import (
+    CAPABILITIES,
     HealthCheckResult,
     NodeHealthChecked,
     NodeJoined,
@@ -15,6 +16,7 @@ from capstan_core.contracts.scheduling import (
     ResourceGroupCreated,
     ResourceGroupDeleted,
     ResourceGroupUpdated,
+    node_capabilities,
 )
 from capstan_core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from capstan_core.events import Event
@@ -166,6 +168,7 @@ def _check_results(checks: Sequence[HealthCheckResult]) -> None:
 def decide_join(
     node: Node, *, node_id: str, rg_id: str, name: str, agent_kind: str, cpu: float, memory_gib: float,
     gpus: dict[str, int], now_ms: int, checks: Sequence[HealthCheckResult] = (), shareable: frozenset[str] = frozenset(),
+    capabilities: Sequence[str] = (),
 ) -> list[Event]:
     """Join (Deploying) and deploy: the agent ran its deploy checks first; all passing -> Running,
     any failing -> DeployFailed (kept in the group's node history). Re-joining is the same node."""
@@ -173,16 +176,22 @@ def decide_join(
     check_node_capacity(cpu, memory_gib, gpus)  # the node limits task submission checks too
     if agent_kind not in ("trainer", "inference"):
         raise InvalidArgument("agent_kind must be trainer or inference", field="agent_kind")
+    if unknown := sorted(set(capabilities) - set(CAPABILITIES)):
+        raise InvalidArgument(f"unknown capabilities {unknown}: a node can declare {', '.join(CAPABILITIES)}",
+                              field="capabilities")
+    # Declared, else (an agent from before capabilities) what its kind runs.
+    caps = node_capabilities(agent_kind, list(capabilities) or None)
     _check_results(checks)
     prev = node.joined
     joined = NodeJoined(
         node_id=node_id, resource_group_id=rg_id, name=name, agent_kind=agent_kind, cpu=cpu, memory_gib=memory_gib,
-        gpus=gpus, at_ms=now_ms, shareable=_shares_at_join(prev, gpus, shareable),
+        gpus=gpus, at_ms=now_ms, shareable=_shares_at_join(prev, gpus, shareable), capabilities=caps,
     )
     out: list[Event] = []
     if node.state == "Releasing" and prev is not None:
         return []  # an agent restarting while its node drains does not cancel the release
-    if prev is None or (prev.cpu, prev.memory_gib, prev.gpus, prev.agent_kind) != (cpu, memory_gib, gpus, agent_kind):
+    if prev is None or (prev.cpu, prev.memory_gib, prev.gpus, prev.agent_kind) != (cpu, memory_gib, gpus, agent_kind) \
+            or node_capabilities(prev.agent_kind, prev.capabilities) != caps:
         out.append(joined)
     failed = _failed(checks)
     if checks:

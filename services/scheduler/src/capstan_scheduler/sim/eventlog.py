@@ -15,10 +15,10 @@ Two steps, so that a log can be taken off a running Capstan once and replayed ma
 What is measured (all times from the events' own ``at_ms``; the trace's origin is the first submit of a
 workload that ran):
 
-- **submit**: ``TrainingTaskSubmitted.at_ms`` / ``ServiceReplicaRequested.at_ms``.
+- **submit**: ``WorkloadSubmitted.at_ms`` (the scheduler's own contract, whoever appended it).
 - **attempt**: from a ``WorkloadPlaced`` to the first of ``TrainingTaskRequeued`` (every instance of an
   evicted, lost or failed-and-restarting attempt has exited), ``WorkloadRequeued``, ``WorkloadInstancesLost``, or the end
-  (``TrainingTaskEnded`` / ``ServiceReplicaRetired``). A preempted attempt includes its grace period (the
+  (``WorkloadWithdrawn``). A preempted attempt includes its grace period (the
   simulator's victim also keeps working until it leaves).
 - **run_time**: the sum of the attempts (the simulator assumes an evicted task keeps its progress).
 - **wait**: submit -> first placement, plus every attempt end -> next placement (the simulator's definition).
@@ -44,6 +44,7 @@ from pydantic import ValidationError
 
 from capstan_core.contracts.common import ResourceSpec
 from capstan_core.contracts.scheduling import (
+    CAPABILITY_TRAINING,
     NodeJoined,
     NodeStateChanged,
     ResourceGroupCreated,
@@ -53,9 +54,11 @@ from capstan_core.contracts.scheduling import (
     WorkloadPreemptionRequested,
     WorkloadRejected,
     WorkloadRequeued,
+    WorkloadSubmitted,
+    WorkloadWithdrawn,
+    node_capabilities,
 )
-from capstan_core.contracts.serving import ServiceReplicaRequested, ServiceReplicaRetired
-from capstan_core.contracts.training import TrainingTaskEnded, TrainingTaskRequeued, TrainingTaskSubmitted
+from capstan_core.contracts.training import TrainingTaskRequeued
 from capstan_core.errors import InvalidArgument
 from capstan_core.events import Event, UnknownEvent, decode
 from capstan_core.streams import EVENTS_STREAM, EVENTS_SUBJECTS
@@ -263,14 +266,11 @@ def from_event_log(events: Iterable[LoggedEvent], *, shareable: frozenset[str] =
         ev = le.event
         at = _at(ev, le.t_ms)
         last_ms = max(last_ms, at)
-        if isinstance(ev, TrainingTaskSubmitted):
-            if ev.task_id not in lives:
-                lives[ev.task_id] = _Life(ev.task_id, "training", ev.resource_group_id, at, le.seq, ev.resources,
-                                          ev.instance_count, dict(ev.tags), since_ms=at)
-        elif isinstance(ev, ServiceReplicaRequested):
-            if ev.replica_id not in lives:
-                lives[ev.replica_id] = _Life(ev.replica_id, "service", ev.resource_group_id, at, le.seq, ev.resources,
-                                             1, dict(ev.tags), since_ms=at)
+        if isinstance(ev, WorkloadSubmitted):
+            if ev.workload_id not in lives:
+                kind = "service" if ev.kind == "service" else "training"
+                lives[ev.workload_id] = _Life(ev.workload_id, kind, ev.resource_group_id, at, le.seq, ev.resources,
+                                              ev.instance_count, dict(ev.tags), since_ms=at)
         elif isinstance(ev, ResourceGroupCreated | ResourceGroupUpdated):
             policies.setdefault(ev.rg_id, []).append((at, dict(ev.policy)))
         elif isinstance(ev, NodeJoined):
@@ -307,7 +307,7 @@ def from_event_log(events: Iterable[LoggedEvent], *, shareable: frozenset[str] =
                     w.placed_ms.append(at)
             elif isinstance(ev, TrainingTaskRequeued | WorkloadRequeued | WorkloadInstancesLost):
                 w.end_attempt(at)
-            elif isinstance(ev, TrainingTaskEnded | ServiceReplicaRetired | WorkloadRejected):
+            elif isinstance(ev, WorkloadWithdrawn | WorkloadRejected):
                 # a rejection after a placement: requeued into a group that was then deleted
                 if w.state == "running":
                     w.end_attempt(at)
@@ -359,14 +359,14 @@ def from_event_log(events: Iterable[LoggedEvent], *, shareable: frozenset[str] =
         if len(timeline) - 1 - idx:
             ignored[gid] = len(timeline) - 1 - idx
 
-    # nodes: trainer nodes, from the first time they were Running to the start of a final stretch away from it
+    # nodes: those that run training (the simulator places every workload on them), from the first time they were Running to the start of a final stretch away from it
     specs: list[NodeSpec] = []
     dropped: list[str] = []
     skipped: list[str] = []
     for nid in sorted(nodes):
         n = nodes[nid]
         j = n.joined
-        if j.agent_kind != "trainer":
+        if CAPABILITY_TRAINING not in node_capabilities(j.agent_kind, getattr(j, "capabilities", None)):
             skipped.append(nid)
             continue
         if n.first_running_ms is None or (n.left_ms is not None and n.left_ms <= max(origin, n.first_running_ms)):

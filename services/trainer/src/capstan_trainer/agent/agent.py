@@ -13,132 +13,49 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from nats.aio.client import Client as NatsClient
 
-from capstan_core import grpcutil
-from capstan_core.capacity import detect
+from capstan_agentkit.agent import NodeAgent
+from capstan_agentkit.gpus import gpu_env
+from capstan_agentkit.safefs import mirror
+from capstan_agentkit.sandbox import EXIT_STOPPED_BEFORE_START, Executor, InstanceSpec
+from capstan_agentkit.sandbox.spec import Mount
+from capstan_agentkit.shipper import ship
+from capstan_core.contracts.scheduling import CAPABILITY_TRAINING
 from capstan_core.contracts.task_status import FINISHED, LEAVING, TaskStatus
 from capstan_core.contracts.training import PLATFORM_STOP_FILE
-from capstan_core.healthcheck import Check, basic_checks
-from capstan_core.loops import LoopGuard, run_steps
-from capstan_core.membership import NodeMembership
-from capstan_core.metrics import Counters
-from capstan_core.nodeauth import NodeCredentials
-from capstan_core.projection import cancel_and_wait
-from capstan_core.service import connect_nats
-from capstan_core.streams import WAKE_AGENTS
-from capstan_proto import scheduler_pb2, scheduler_pb2_grpc, trainer_pb2, trainer_pb2_grpc
+from capstan_proto import scheduler_pb2, trainer_pb2, trainer_pb2_grpc
 
 from ..images import ImageStore
 from .distributed import distributed
 from .inputs import InputError, prepare, upload
-from .safefs import mirror
-from .sandbox import EXIT_STOPPED_BEFORE_START, BwrapExecutor, Executor, InstanceSpec
-from .sandbox.spec import Mount
 from .settings import AgentSettings
-from .shipper import ship
 from .storage import OutputStore
 
 log = logging.getLogger(__name__)
 DONE_MARK = ".agent-done"
 RECONCILE = "trainer-agent.reconcile"
-# A wake-up needs no message kept: excess ones are dropped (the loop is level-triggered), never queued up.
-WAKE_PENDING_LIMIT = 64
 SAVED_MARK = ".output-saved"  # the exited instance's output and model are in storage
 EXIT_INPUTS_FAILED = 126  # its storage rows could not be made ready; it never started
 
 
-class TrainerAgent:
+class TrainerAgent(NodeAgent):
+    agent_kind = "trainer"
+    capabilities = (CAPABILITY_TRAINING,)
+    loop_name = RECONCILE
+
     def __init__(self, settings: AgentSettings, executor: Executor | None = None) -> None:
-        self.settings = settings
-        self.executor = executor or BwrapExecutor(settings.agent_dir / "instances", settings.sandbox_config())
-        self._nc: NatsClient | None = None
-        self._wake = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._channels: list[grpc.aio.Channel] = []
+        super().__init__(settings, executor)
+        self.settings: AgentSettings = settings
         self._cards: dict[tuple[str, int], list[tuple[int, int]]] = {}
         self.storage = OutputStore(settings.storage_root)
         self._synced_at: dict[tuple[str, int], float] = {}  # (instance key, index) -> monotonic time
-        # Runners being watched for their exit (a pidfd each, on the event loop): an instance that ends
-        # wakes the loop at once instead of at the next timer tick.
-        self._watched: dict[tuple[str, int], int] = {}
-        # The agent's own counters (it serves no RPC): reconcile steps, failed steps, instances set aside.
-        self.counters = Counters()
-        self._guard = LoopGuard(RECONCILE, self.counters)
-        capacity = detect(settings.node_cpu, settings.node_memory_gib, settings.node_gpus)
-        # deploy and periodic health checks: disk where instances run, memory, GPUs, and the executor's own
-        self.checks = basic_checks(capacity, settings.agent_dir)
-        if type(self.executor).health_check is not Executor.health_check:
-            self.checks.append(self._executor_check)
-        self.capacity = capacity
-        self.credentials: NodeCredentials | None = None
-        self.membership: NodeMembership | None = None
 
-    def _executor_check(self) -> Check:
-        return self.executor.health_check() or Check("executor", True)
-
-    @property
-    def node_id(self) -> str:
-        return self.credentials.node_id if self.credentials else ""
-
-    # -- lifecycle -------------------------------------------------------------------
-    async def start(self) -> None:
-        s = self.settings
-        s.agent_dir.mkdir(parents=True, exist_ok=True)
-        if s.sandbox_uncontained:
-            log.warning("CAPSTAN_SANDBOX_UNCONTAINED=true: instances on this node run with NO network isolation, "
-                        "NO resource limits and as root inside the sandbox; never do this where users are not trusted")
-        # Runners killed while this agent was down may have left cgroups, namespaces and links behind.
-        for lease in await asyncio.to_thread(self.executor.reap_stale):
-            log.info("cleaned up the sandbox left by %s", lease)
-        # The node's certificate (a join token the first time); it names this node to every service.
-        creds = self.credentials = await s.node_credentials(
-            s.agent_dir / "credentials", node_name=s.node_name, resource_group=s.resource_group, agent_kind="trainer"
-        )
-        sched_ch = grpcutil.channel(s.scheduler_addr, "scheduler", creds.tls)
-        trainer_ch = grpcutil.channel(s.trainer_addr, "trainer", creds.tls)
-        self._channels = [sched_ch, trainer_ch]
-        self.scheduler = scheduler_pb2_grpc.SchedulerStub(sched_ch)
-        self.trainer = trainer_pb2_grpc.TrainerStub(trainer_ch)
-        self.membership = NodeMembership(
-            self.scheduler, resource_group=creds.resource_group_id, node_name=s.node_name, agent_kind="trainer",
-            capacity=self.capacity, heartbeat_s=s.heartbeat_s, checks=self.checks, health_interval_s=s.health_check_s,
-        )
-        self._nc = await connect_nats(s.nats_url, f"trainer-agent-{s.node_name}", creds.nats)
-        # Services ping when their read models advance: what this node should run may have changed.
-        # The message itself is never read, so nothing published there can stop the agent.
-        await self._nc.subscribe(WAKE_AGENTS, cb=self._on_event, pending_msgs_limit=WAKE_PENDING_LIMIT)
-        await self.membership.join()
-        self._tasks = [
-            asyncio.create_task(self.membership.heartbeat_forever(), name="heartbeat"),
-            asyncio.create_task(self._reconcile_loop(), name="reconcile"),
-        ]
-
-    async def _on_event(self, _msg: Any) -> None:
-        self._wake.set()
-
-    async def stop(self) -> None:
-        """Stop the agent only: instances keep running under their runners and are re-adopted on restart."""
-        await cancel_and_wait(self._tasks)
-        for key in list(self._watched):
-            self._unwatch(key)
-        for ch in self._channels:
-            await ch.close()
-        if self._nc:
-            with contextlib.suppress(Exception):
-                await self._nc.close()
-
-    async def _reconcile_loop(self) -> None:
-        while True:
-            self._wake.clear()
-            await run_steps([(RECONCILE, self.step)], self.counters)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.reconcile_s)
+    def connect(self) -> None:
+        self.trainer = trainer_pb2_grpc.TrainerStub(self.channel(self.settings.trainer_addr, "trainer"))
 
     # -- one reconcile step -----------------------------------------------------------
     async def step(self) -> None:
-        assert self._nc is not None
-        js = self._nc.jetstream()
+        js = self.js
         resp = await self.scheduler.ListNodeAssignments(
             scheduler_pb2.ListNodeAssignmentsRequest(node_id=self.node_id), timeout=10
         )
@@ -235,7 +152,7 @@ class TrainerAgent:
             self._synced_at[(key, index)] = time.monotonic()
             st = self.executor.status(key, index)
         if st.state == "running":
-            self._watch((key, index), st.pid)
+            self.watch((key, index), st.pid)
         await ship(js, task.id, index, log_path, key)
         if st.state == "running":
             await self._save_periodically(key, index)
@@ -244,28 +161,6 @@ class TrainerAgent:
         elif st.state == "exited" and inst.status != "Exited":
             await self._save_final(key, index)
             await self._report_exit(task, index, st.exit_code if st.exit_code is not None else 0, st.reason or "")
-
-    def _watch(self, key: tuple[str, int], pid: int | None) -> None:
-        """Wake the loop when the instance's runner exits (it has written ``exit_code`` by then)."""
-        if pid is None or key in self._watched:
-            return
-        try:
-            fd = os.pidfd_open(pid)
-        except OSError:  # gone already (the step sees it exited), or no pidfds: the timer covers it
-            return
-        self._watched[key] = fd
-        asyncio.get_running_loop().add_reader(fd, self._runner_exited, key)
-
-    def _runner_exited(self, key: tuple[str, int]) -> None:
-        self._unwatch(key)
-        self._wake.set()
-
-    def _unwatch(self, key: tuple[str, int]) -> None:
-        fd = self._watched.pop(key, None)
-        if fd is not None:
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(fd)
-            os.close(fd)
 
     # -- durable output ------------------------------------------------------------------
     def _instance_dir(self, key: str, index: int) -> Path:
@@ -395,28 +290,6 @@ def _platform_lines(log_path: Path, lines: list[str]) -> None:
     with open(log_path, "a") as f:
         for line in lines:
             f.write(json.dumps({"ts_ms": int(time.time() * 1000), "stream": "platform", "line": line}) + "\n")
-
-
-def gpu_env(cards: list[tuple[int, int]], *, simulated: bool) -> dict[str, str]:
-    """What an instance is told about the cards it holds (SPEC §7.3).
-
-    ``CUDA_VISIBLE_DEVICES`` names the cards; a fraction of a card also gets
-    ``CAPSTAN_GPU_MEMORY_FRACTION`` (e.g. 0.3), which the sandbox's sitecustomize hook
-    (``sandbox/pyhook``) applies to PyTorch with ``torch.cuda.set_per_process_memory_fraction``
-    as soon as user code imports torch. Declared (simulated) cards have no device:
-    the instance sees none, and ``CAPSTAN_SIMULATED_GPUS=1`` says why.
-    """
-    if not cards:
-        return {"CUDA_VISIBLE_DEVICES": ""}
-    env = {"CAPSTAN_GPU_CARDS": ",".join(f"{i}:{t}" for i, t in cards)}
-    if len(cards) == 1 and cards[0][1] < 10:
-        env["CAPSTAN_GPU_MEMORY_FRACTION"] = f"{cards[0][1] / 10:g}"
-    if simulated:
-        env["CUDA_VISIBLE_DEVICES"] = ""
-        env["CAPSTAN_SIMULATED_GPUS"] = "1"
-    else:
-        env["CUDA_VISIBLE_DEVICES"] = env["NVIDIA_VISIBLE_DEVICES"] = ",".join(str(i) for i, _ in cards)
-    return env
 
 
 def instance_key(task_id: str, attempt: int) -> str:

@@ -1,5 +1,5 @@
 """What an instance of a distributed task is told and given (SPEC §3.4): the environment every mode
-injects, the MPI hostfile, and the platform's entry point (``sandbox/helpers/capstan_entry.py``) that
+injects, the MPI hostfile, and the platform's entry point (``agent/helpers/capstan_entry.py``) that
 makes workers wait for the master, serves ``mpirun``'s daemons and starts Ray.
 
 Peers are ``instance-<i>`` (the sandbox's /etc/hosts; their addresses are deterministic, and the
@@ -13,10 +13,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..domain.roles import role_of
-from .sandbox.spec import Mount
+from capstan_agentkit.sandbox.spec import Mount
 
-HELPERS_DIR = Path(__file__).resolve().parent / "sandbox" / "helpers"
+from ..domain.roles import role_of
+
+HELPERS_DIR = Path(__file__).resolve().parent / "helpers"
 HELPERS_MOUNT = "/opt/capstan/helpers"
 ENTRYPOINT = ("python3", "-I", f"{HELPERS_MOUNT}/capstan_entry.py")
 MASTER_PORT = 23456

@@ -25,10 +25,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from capstan_agentkit.sandbox.spec import Mount
+
 from ..domain.form import split_location
 from ..objectstore import open_store
 from ..storage_backends import StorageConfig
-from .sandbox.spec import Mount
 
 UPLOADS_FILE = "uploads.json"
 _GIT_TIMEOUT_S = 600

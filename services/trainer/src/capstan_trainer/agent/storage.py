@@ -23,7 +23,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from .safefs import mirror
+from capstan_agentkit.safefs import mirror
 
 DIRS = ("output", "model")
 _TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")  # no '.', '/': one plain path component

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from capstan_core.contracts.capacity import check_request
 from capstan_core.contracts.common import ResourceSpec
+from capstan_core.contracts.scheduling import CAPABILITY_TRAINING, WorkloadSubmitted, WorkloadWithdrawn
 from capstan_core.contracts.task_status import TaskStatus, advance
 from capstan_core.contracts.training import (
     NETWORK_MODES,
@@ -37,6 +39,28 @@ MAX_INSTANCES = 64
 DEFAULT_GRACE_S = 30
 MAX_RESTARTS = 10  # SPEC 3.1: auto-restart allows 1..10 restarts (0 = off)
 _NAME = re.compile(r"^[^\W_][\w-]*$", re.UNICODE)
+
+
+def _with_workload_contract(decide: Callable[..., list[Event]]) -> Callable[..., list[Event]]:
+    """The scheduler's own contract beside the trainer's events, in the same commit: a submitted task is a
+    ``WorkloadSubmitted`` (capability "training"), an ended one a ``WorkloadWithdrawn``. (A requeue stays
+    ``TrainingTaskRequeued``, which the scheduler reads: the workload is the same, only its attempt is new.)"""
+
+    @functools.wraps(decide)
+    def wrapped(*args: Any, **kwargs: Any) -> list[Event]:
+        out: list[Event] = []
+        for e in decide(*args, **kwargs):
+            out.append(e)
+            if isinstance(e, TrainingTaskSubmitted):
+                out.append(WorkloadSubmitted(
+                    workload_id=e.task_id, kind="training", capability=CAPABILITY_TRAINING,
+                    resource_group_id=e.resource_group_id, resources=e.resources, instance_count=e.instance_count,
+                    tags=e.tags, at_ms=e.at_ms))
+            elif isinstance(e, TrainingTaskEnded):
+                out.append(WorkloadWithdrawn(workload_id=e.task_id, reason=e.reason or e.status, at_ms=e.at_ms))
+        return out
+
+    return wrapped
 
 
 @dataclass
@@ -141,6 +165,7 @@ def validate_resources(r: ResourceSpec) -> None:
             )
 
 
+@_with_workload_contract
 def decide_submit(t: Task, cmd: SubmitTrainingTask, now_ms: int) -> list[Event]:
     if not cmd.name or len(cmd.name) > NAME_MAX or not _NAME.match(cmd.name):
         raise InvalidArgument(
@@ -222,6 +247,7 @@ def decide_preempting(t: Task, *, task_id: str, preemptor_id: str, now_ms: int) 
     return [TrainingTaskPreempting(task_id=task_id, attempt=t.attempt, preemptor_id=preemptor_id, at_ms=now_ms)]
 
 
+@_with_workload_contract
 def decide_restart_lost(t: Task, *, task_id: str, reason: str, now_ms: int) -> list[Event]:
     """Its node was lost for good: the attempt cannot finish; run the task again as a new attempt."""
     _existing(t, task_id)
@@ -242,6 +268,7 @@ def _requeue_failed(t: Task, task_id: str, now_ms: int) -> TrainingTaskRequeued:
     )
 
 
+@_with_workload_contract
 def decide_report(
     t: Task, *, task_id: str, index: int, node_id: str, state: str, exit_code: int, message: str, now_ms: int,
     attempt: int = 0,
@@ -303,6 +330,7 @@ def decide_report(
     return out
 
 
+@_with_workload_contract
 def decide_end(t: Task, *, task_id: str, status: str, reason: str, now_ms: int) -> list[Event]:
     """End a task that never ran (rejected by the scheduler, or stopped while queued)."""
     _existing(t, task_id)

@@ -15,7 +15,7 @@ A preemptor that got its victims waits for them to leave; the nodes of its plan 
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -40,10 +40,11 @@ class _Cycle:
     real: FreeState
     future: FreeState | None = None
     index: VictimIndex | None = None
-    lanes: dict[tuple[str, str], _Lane] = field(default_factory=dict)
+    lanes: dict[tuple[str, str, str], _Lane] = field(default_factory=dict)  # (group, card type, capability)
     reserved: set[str] = field(default_factory=set)
     victims: set[str] = field(default_factory=set)
     failed: set[tuple[object, ...]] = field(default_factory=set)
+    lacking: dict[str, frozenset[str]] = field(default_factory=dict)  # capability -> nodes that do not declare it
     unpreemptable: set[tuple[object, ...]] = field(default_factory=set)
     placements: dict[str, tuple[InstanceAssignment, ...]] = field(default_factory=dict)
     preemptions: list[Preemption] = field(default_factory=list)
@@ -51,7 +52,7 @@ class _Cycle:
 
     def gate(self, item: Item) -> Why | None:
         """Whether the lane's queue mode holds ``item`` back behind an earlier item."""
-        b = self.lanes.setdefault(item.lane, _Lane()).blocker
+        b = self.lanes.setdefault(self.lane(item), _Lane()).blocker
         if b is None or self.mode == BACKFILL_ACROSS:
             return None
         if self.mode == STRICT_FIFO:
@@ -59,6 +60,21 @@ class _Cycle:
         if self.mode == BACKFILL_WITHIN_PRIORITY and item.priority > b.priority:
             return Why("priority_block", blocker=b.id, blocker_priority=b.priority)
         return None
+
+    @staticmethod
+    def lane(item: Item) -> tuple[str, str, str]:
+        """Items that may go on different nodes never hold each other back: the lane includes the capability."""
+        return (*item.lane, item.capability)
+
+    def unable(self, item: Item) -> frozenset[str]:
+        """The nodes that do not declare ``item``'s capability (it never goes there, nor evicts anything there)."""
+        if not item.capability:
+            return frozenset()
+        lacking = self.lacking.get(item.capability)
+        if lacking is None:
+            lacking = self.lacking[item.capability] = frozenset(
+                n.id for n in self.snapshot.nodes if item.capability not in n.capabilities)
+        return lacking
 
     def future_pool(self) -> FreeState:
         if self.future is None:
@@ -73,17 +89,20 @@ class _Cycle:
         if held is not None:
             self.why[item.id] = held
             return
-        key = (item.resource_group, item.request, item.instance_count)
+        key = (item.resource_group, item.request, item.instance_count, item.capability)
+        unable = self.unable(item)
         fit = None
         if key not in self.failed:
-            fit = place_gang(self.real.in_group(item.resource_group), item.request, item.instance_count, self.reserved)
+            skip = _Either(self.reserved, unable) if unable else self.reserved
+            fit = place_gang(self.real.in_group(item.resource_group), item.request, item.instance_count, skip)
         if fit is not None:
             self.placements[item.id] = fit
             if self.future is not None:
                 self.future.apply(item.request, fit, -1)
             return
         self.failed.add(key)
-        self.lanes[item.lane].blocker = self.lanes[item.lane].blocker or item
+        lane = self.lanes[self.lane(item)]
+        lane.blocker = lane.blocker or item
         if not self.preempt:
             self.why[item.id] = Why("no_fit", preemption="off")
             return
@@ -92,7 +111,7 @@ class _Cycle:
         if self.index is None:
             self.index = VictimIndex(self.snapshot.running)
         plan = None if pkey in self.unpreemptable else find_victims(
-            future, item, self.snapshot.running, self.victims, index=self.index)
+            future, item, self.snapshot.running, self.victims, skip=unable, index=self.index)
         if plan is None:
             self.unpreemptable.add(pkey)
             self.why[item.id] = Why("no_fit", preemption="no_victims")
@@ -105,6 +124,17 @@ class _Cycle:
         future.apply(item.request, plan.assignment, -1)
         self.reserved.update(a.node_id for a in plan.assignment)
         self.why[item.id] = Why("waiting_victims", victims=tuple(v.item.id for v in plan.victims))
+
+
+@dataclass(frozen=True)
+class _Either:
+    """Membership in either of two sets, without building their union."""
+
+    a: Container[str]
+    b: Container[str]
+
+    def __contains__(self, x: object) -> bool:
+        return x in self.a or x in self.b
 
 
 @contextmanager

@@ -43,6 +43,9 @@ class Node:
     cards: tuple[Card, ...] = ()
     shareable: frozenset[str] = frozenset()
     state: str = "Running"
+    # What the node's agent can run ("training", "serving"): an item naming a capability goes only on
+    # nodes declaring it.
+    capabilities: frozenset[str] = frozenset()
 
     @property
     def schedulable(self) -> bool:
@@ -97,6 +100,7 @@ class Item:
     request: Request
     instance_count: int = 1
     tags: tuple[tuple[str, str], ...] = ()
+    capability: str = ""  # what a node must be able to run it ("training", "serving"); "": any node
 
     def __post_init__(self) -> None:
         if self.kind not in ("training", "service"):

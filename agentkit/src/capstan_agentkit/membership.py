@@ -10,9 +10,9 @@ from pathlib import Path
 
 import grpc
 
+from capstan_core.capacity import Capacity
 from capstan_proto import scheduler_pb2, scheduler_pb2_grpc
 
-from .capacity import Capacity
 from .healthcheck import CheckFn, basic_checks, run_checks
 
 log = logging.getLogger(__name__)
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 class NodeMembership:
     def __init__(
         self, scheduler: scheduler_pb2_grpc.SchedulerStub, *, resource_group: str, node_name: str, agent_kind: str,
-        capacity: Capacity, heartbeat_s: float = 2.0, checks: Sequence[CheckFn] | None = None,
+        capacity: Capacity, capabilities: Sequence[str] = (), heartbeat_s: float = 2.0, checks: Sequence[CheckFn] | None = None,
         health_interval_s: float = 300.0, work_dir: Path | None = None,
     ) -> None:
         """``resource_group``: the group's id (the one the node's join token named). ``checks`` run
@@ -31,6 +31,7 @@ class NodeMembership:
         self.resource_group = resource_group
         self.node_name = node_name
         self.agent_kind = agent_kind
+        self.capabilities = list(capabilities)
         self.capacity = capacity
         self.heartbeat_s = heartbeat_s
         self.checks = list(checks) if checks is not None else basic_checks(capacity, work_dir or Path.cwd())
@@ -59,6 +60,7 @@ class NodeMembership:
                     scheduler_pb2.JoinNodeRequest(
                         resource_group_id=self.rg_id, name=self.node_name, cpu=cap.cpu, memory_gib=cap.memory_gib,
                         gpus=cap.gpus, agent_kind=self.agent_kind, checks=checks,
+                        capabilities=self.capabilities,
                     ),
                     timeout=15,
                 )

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from capstan_trainer.agent.sandbox import (
+from capstan_agentkit.sandbox import (
     EXIT_RUNNER_LOST,
     EXIT_SANDBOX_UNAVAILABLE,
     EXIT_STOPPED_BEFORE_START,
@@ -32,11 +32,11 @@ from capstan_trainer.agent.sandbox import (
     InstanceStatus,
     read_log,
 )
-from capstan_trainer.agent.sandbox import testing as sandbox_testing
-from capstan_trainer.agent.sandbox.cgroups import CgroupsV1, CgroupsV2, detect
-from capstan_trainer.agent.sandbox.config import Limits, SandboxConfig, thread_env
-from capstan_trainer.agent.sandbox.leases import HostState
-from capstan_trainer.agent.sandbox.network import gateway, hosts_file, instance_address
+from capstan_agentkit.sandbox import testing as sandbox_testing
+from capstan_agentkit.sandbox.cgroups import CgroupsV1, CgroupsV2, detect
+from capstan_agentkit.sandbox.config import Limits, SandboxConfig, thread_env
+from capstan_agentkit.sandbox.leases import HostState
+from capstan_agentkit.sandbox.network import gateway, hosts_file, instance_address
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
 
@@ -242,7 +242,7 @@ class ExecutorContract:
         script = f"""
 import sys, time
 from pathlib import Path
-from capstan_trainer.agent.sandbox import *
+from capstan_agentkit.sandbox import *
 {self.spawn_source(tmp_path)}
 executor.start(InstanceSpec("task-1", 0, "sleep 1; exit 7"))
 print("started", flush=True)
@@ -279,7 +279,7 @@ class TestBwrapExecutor(ExecutorContract):
         return BwrapExecutor(tmp_path / "instances", sandbox_testing.CONFIG)
 
     def spawn_source(self, tmp_path: Path) -> str:
-        return (f"from capstan_trainer.agent.sandbox import testing\n"
+        return (f"from capstan_agentkit.sandbox import testing\n"
                 f"executor = BwrapExecutor(Path({str(tmp_path / 'instances')!r}), testing.CONFIG)")
 
     def host_path(self, executor: Executor, task_id: str, index: int, name: str) -> Path:
@@ -307,7 +307,7 @@ class TestBwrapExecutor(ExecutorContract):
     def test_a_runner_not_yet_execd_is_not_lost(self, executor: Executor, monkeypatch: pytest.MonkeyPatch) -> None:
         """Between fork and exec a runner's command line is still the agent's: the executor that spawned
         it must not take it for lost (that reported 137 for a task that then exited 0)."""
-        from capstan_trainer.agent.sandbox import executor as executor_module
+        from capstan_agentkit.sandbox import executor as executor_module
 
         monkeypatch.setattr(executor_module, "_runner_alive", lambda pid, d: False)  # the named window
         spec = self.spec("echo done")
@@ -334,7 +334,7 @@ class TestUncontainedBwrapExecutor(ExecutorContract):
         return BwrapExecutor(tmp_path / "instances", sandbox_testing.config(contained=False))
 
     def spawn_source(self, tmp_path: Path) -> str:
-        return (f"from capstan_trainer.agent.sandbox import testing\n"
+        return (f"from capstan_agentkit.sandbox import testing\n"
                 f"executor = BwrapExecutor(Path({str(tmp_path / 'instances')!r}), testing.config(contained=False))")
 
     def host_path(self, executor: Executor, task_id: str, index: int, name: str) -> Path:

@@ -18,7 +18,7 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
-from capstan_core.healthcheck import Check
+from capstan_agentkit.healthcheck import Check
 
 from . import network
 from .argv import build_bwrap_argv

@@ -25,22 +25,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from capstan_core.healthcheck import Check
+from capstan_agentkit.healthcheck import Check
 
 from . import probe
 from .config import SandboxConfig
 from .containment import Containment
 from .spec import (
+    EXIT_EXEC_TIMEOUT,
     EXIT_RUNNER_LOST,
     RUNNER_MODULE,
     InstancePaths,
     InstanceSpec,
+    enter_argv,
     write_atomic,
 )
 
 log = logging.getLogger(__name__)
 InstanceState = Literal["absent", "running", "exited"]
 _RUNNER_SCRIPT = b"capstan-instance-runner"  # the console-script form of the runner
+_EXEC_OUTPUT_MAX = 4096
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,22 @@ class Executor(ABC):
     @abstractmethod
     def remove(self, task_id: str, index: int) -> None:
         """Delete an exited instance's state; refuses while it is running."""
+
+    def exec(self, task_id: str, index: int, argv: list[str], timeout: float) -> ExecResult:
+        """Run ``argv`` inside the running instance (its namespaces, cgroup and uid): an exec probe."""
+        raise NotImplementedError(f"{type(self).__name__} cannot run commands inside an instance")
+
+    def address(self, task_id: str, index: int) -> str | None:
+        """Where the host reaches the running instance's network (None until it has started)."""
+        return None
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """A command run inside an instance: its exit code (124: it ran past its time) and its output (bounded)."""
+
+    exit_code: int
+    output: str
 
 
 class BwrapExecutor(Executor):
@@ -200,6 +219,25 @@ class BwrapExecutor(Executor):
                 shutil.rmtree(paths.dir)
             self._children.pop((task_id, index), None)
 
+    def exec(self, task_id: str, index: int, argv: list[str], timeout: float) -> ExecResult:
+        paths = InstancePaths.under(self.root, task_id, index)
+        if not argv or self._status(paths).state != "running" or not paths.enter_plan.exists():
+            return ExecResult(EXIT_EXEC_TIMEOUT if argv else 2, "the instance is not running")
+        proc = subprocess.Popen(enter_argv(paths, argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate()
+            return ExecResult(EXIT_EXEC_TIMEOUT, f"timed out after {timeout:g}s")
+        code = proc.returncode
+        return ExecResult(128 - code if code < 0 else code, out[-_EXEC_OUTPUT_MAX:].decode("utf-8", "replace"))
+
+    def address(self, task_id: str, index: int) -> str | None:
+        paths = InstancePaths.under(self.root, task_id, index)
+        return paths.read_text(paths.address)
+
     def _status(self, paths: InstancePaths) -> InstanceStatus:
         self._reap()
         code = paths.read_int(paths.exit_code)
@@ -309,3 +347,24 @@ def read_log(path: Path, offset: int = 0, max_bytes: int = 1 << 20) -> tuple[lis
             text = raw.decode("utf-8", errors="replace")
             records.append({"ts_ms": 0, "stream": "platform", "line": f"corrupt log line: {text}"})
     return records, offset + end + 1
+
+
+def last_record(path: Path, stream: str, tail_bytes: int = 1 << 16) -> dict[str, Any] | None:
+    """The newest record of ``stream`` among the last ``tail_bytes`` of a log.jsonl (e.g. the runner's
+    latest usage sample, stream "metrics"), or None."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - tail_bytes))
+            lines = f.read().split(b"\n")
+    except OSError:
+        return None
+    for raw in reversed(lines):
+        if stream.encode() not in raw:
+            continue
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("stream") == stream:
+            return record
+    return None

@@ -8,16 +8,22 @@ nor duplicates lines.
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 from nats.js import JetStreamContext
 
 from capstan_core.streams import LOGS_STREAM, log_subject
 
-from ..logs import encode_line
 from .sandbox import read_log
 
 OFFSET_FILE = "log_offset"
+MAX_LINE = 16_384  # characters of one line kept in the stream
+
+
+def encode_line(ts_ms: int, stream: str, line: str) -> bytes:
+    """One log record as the CAPSTAN_LOGS stream holds it (readers decode ``ts_ms``, ``stream``, ``line``)."""
+    return json.dumps({"ts_ms": ts_ms, "stream": stream, "line": line[:MAX_LINE]}, ensure_ascii=False).encode()
 
 
 def _offset(instance_dir: Path) -> int:

@@ -78,8 +78,11 @@ def delete_link(name: str) -> None:
         _ip("link", "del", name, check=False)
 
 
-def create_instance_net(netns: str, veth: str, bridge: str, subnet: str, index: int) -> ipaddress.IPv4Address:
-    """A namespace whose eth0 is plugged into ``bridge``; returns the instance's address."""
+def create_instance_net(
+    netns: str, veth: str, bridge: str, subnet: str, index: int, published: Iterable[int] = ()
+) -> ipaddress.IPv4Address:
+    """A namespace whose eth0 is plugged into ``bridge``; returns the instance's address. ``published``:
+    the only TCP ports the host may open connections to (a served port); empty: any (the host probes)."""
     delete_instance_net(netns, veth)  # a killed runner's leftovers under the same (reused) names
     addr = instance_address(subnet, index)
     prefixlen = ipaddress.IPv4Network(subnet).prefixlen
@@ -96,7 +99,25 @@ def create_instance_net(netns: str, veth: str, bridge: str, subnet: str, index: 
         ["link", "set", "eth0", "up"],
         ["route", "add", "default", "via", str(gateway(subnet))],
     ], netns=netns)
+    if ports := sorted(set(published)):
+        _run(["ip", "netns", "exec", netns, "nft", "-f", "-"], stdin=published_rules(gateway(subnet), ports))
     return addr
+
+
+def published_rules(host: ipaddress.IPv4Address, ports: list[int]) -> str:
+    """The instance's own firewall (in its namespace, which its code cannot change: it has no capability
+    there): connections from the host (the bridge's address) only to ``ports``; the task's peers as before."""
+    if not ports or any(not 1 <= p <= 65535 for p in ports):
+        raise ValueError(f"published ports must be 1..65535: {ports}")
+    return f"""table inet capstan_instance {{
+  chain input {{
+    type filter hook input priority filter; policy accept;
+    iifname "eth0" ip saddr {host} ct state established,related accept
+    iifname "eth0" ip saddr {host} tcp dport {{ {", ".join(str(p) for p in ports)} }} accept
+    iifname "eth0" ip saddr {host} drop
+  }}
+}}
+"""
 
 
 def create_empty_netns(netns: str) -> None:

@@ -8,7 +8,7 @@ into a graceful stop of the sandbox, ends an instance that ran out of memory,
 undoes the containment and finally records ``exit_reason`` (when it knows one)
 and ``exit_code``.  Usage::
 
-    python -m capstan_trainer.agent.sandbox.runner <instance_dir>
+    python -m capstan_agentkit.sandbox.runner <instance_dir>
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from .argv import View, build_bwrap_argv
+from .argv import View, build_bwrap_argv, sandbox_path
 from .config import Limits, SandboxConfig, describe_memory, thread_env
 from .containment import Containment, Sandbox
 from .gpustats import gpu_samples
@@ -34,9 +34,11 @@ from .spec import (
     EXIT_RUNNER_ERROR,
     EXIT_SANDBOX_UNAVAILABLE,
     EXIT_STOPPED_BEFORE_START,
+    METRICS_STREAM,
     RUNNER_MODULE,
     InstancePaths,
     InstanceSpec,
+    enter_argv,
     write_atomic,
 )
 
@@ -45,7 +47,7 @@ _MAX_LINE_BYTES = 64 * 1024  # a newline-less stream (progress bars) still gets 
 _PUMP_JOIN_SECONDS = 5.0
 # How often a contained instance's cgroup is sampled (CPU, memory): a "metrics" record in its log.
 METRICS_SECONDS = float(os.environ.get("CAPSTAN_SANDBOX_METRICS_S", "5"))
-METRICS_STREAM = "metrics"
+
 
 
 class Sampler:
@@ -183,7 +185,8 @@ def run(paths: InstancePaths, log: LogWriter, stop: threading.Event) -> int:
         log.platform("WARNING: this node runs instances UNCONTAINED (CAPSTAN_SANDBOX_UNCONTAINED=true): "
                      "no network isolation, no resource limits, root inside the sandbox")
         view = View(network="none" if spec.network == "none" else "host", env=thread_env(spec.cpu, spec.env))
-        return _supervise(build_bwrap_argv(bwrap, spec, paths, view), spec, paths, log, stop, None)
+        plan = _enter_plan(spec, view, 0, [])
+        return _supervise(build_bwrap_argv(bwrap, spec, paths, view), spec, paths, log, stop, None, plan)
     containment = Containment(config)
     try:
         sandbox = containment.setup(spec, paths, os.getpid())
@@ -197,7 +200,9 @@ def run(paths: InstancePaths, log: LogWriter, stop: threading.Event) -> int:
         cpu = f"{spec.cpu:g}" if spec.cpu else "no limit"
         log.platform(f"contained: uid {sandbox.uid}, memory {memory}, cpu {cpu}, "
                      f"pids {limits.pids_max}, network {spec.network}" + (f" {sandbox.address}" if sandbox.address else ""))
-        code = _supervise(argv, spec, paths, log, stop, sandbox)
+        plan = _enter_plan(spec, sandbox.view, sandbox.uid,
+                           [str(p) for p in sandbox.cgroups.procs_files(sandbox.lease.cgroup_name)])
+        code = _supervise(argv, spec, paths, log, stop, sandbox, plan, sandbox.address)
         if (reason := sandbox.exit_reason()) is not None:
             _record_reason(paths, log, reason)
         return code
@@ -206,6 +211,52 @@ def run(paths: InstancePaths, log: LogWriter, stop: threading.Event) -> int:
             containment.teardown(sandbox.lease)
         except Exception as exc:  # noqa: BLE001 - the lease stays; it is reaped once this runner is gone
             log.platform(f"sandbox cleanup failed (retried later): {exc}")
+
+
+def _enter_plan(spec: InstanceSpec, view: View, uid: int, cgroup_procs: list[str]) -> dict[str, object]:
+    """What ``enter.py`` needs to run a command inside this sandbox (the sandbox's pid is added once it runs)."""
+    env = {"PATH": sandbox_path(), "HOME": "/tmp", "LANG": "C.UTF-8", **spec.env, **view.env}
+    return {"uid": uid, "cgroup_procs": cgroup_procs, "env": env}
+
+
+class _PreStop:
+    """The instance's pre-stop command, run inside its sandbox when a stop is asked for, before SIGTERM;
+    it may take the grace period at most (then it is killed and the stop goes on)."""
+
+    def __init__(self, spec: InstanceSpec, paths: InstancePaths, log: LogWriter) -> None:
+        self.spec, self.paths, self.log = spec, paths, log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.deadline = 0.0
+
+    def start(self) -> bool:
+        """Start it; False when there is none (or it cannot start): go on with SIGTERM at once."""
+        if not self.spec.pre_stop:
+            return False
+        self.log.platform(f"stop requested: pre-stop {list(self.spec.pre_stop)} (at most {self.spec.stop_grace_seconds}s)")
+        try:
+            self.proc = subprocess.Popen(enter_argv(self.paths, self.spec.pre_stop), stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        except OSError as exc:
+            self.log.platform(f"pre-stop could not start: {exc}")
+            return False
+        self.deadline = time.monotonic() + self.spec.stop_grace_seconds
+        assert self.proc.stdout is not None
+        threading.Thread(target=_pump, args=(self.proc.stdout, "stdout", self.log), daemon=True).start()
+        return True
+
+    def done(self) -> bool:
+        """Whether it has finished (or was killed for running past the grace period)."""
+        assert self.proc is not None
+        code = self.proc.poll()
+        if code is None and time.monotonic() < self.deadline:
+            return False
+        if code is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            self.log.platform("pre-stop ran past the grace period: killed")
+        else:
+            self.log.platform(f"pre-stop exited with code {_exit_code(code)}")
+        return True
 
 
 def _config(paths: InstancePaths) -> SandboxConfig:
@@ -223,7 +274,7 @@ def _record_reason(paths: InstancePaths, log: LogWriter, reason: str) -> None:
 
 def _supervise(
     argv: list[str], spec: InstanceSpec, paths: InstancePaths, log: LogWriter, stop: threading.Event,
-    sandbox: Sandbox | None,
+    sandbox: Sandbox | None, enter_plan: dict[str, object], address: str | None = None,
 ) -> int:
     if stop.is_set() or paths.stop_requested.exists():  # the setup took a moment: look again
         log.platform("stop requested before the instance started")
@@ -242,6 +293,9 @@ def _supervise(
         log.platform(f"cannot start bwrap ({exc}); refusing to run the instance unsandboxed")
         return EXIT_SANDBOX_UNAVAILABLE
     log.platform(f"instance started (sandbox pid {proc.pid})")
+    # How the platform runs a command inside it (exec probes, pre-stop), and where the host reaches it.
+    write_atomic(paths.enter_plan, json.dumps({**enter_plan, "pid": proc.pid}))
+    write_atomic(paths.address, address or "127.0.0.1")
     assert proc.stdout is not None and proc.stderr is not None
     pumps = [
         threading.Thread(target=_pump, args=(proc.stdout, "stdout", log), daemon=True),
@@ -250,6 +304,7 @@ def _supervise(
     for t in pumps:
         t.start()
     kill_at: float | None = None
+    pre_stop: _PreStop | None = None
     out_of_memory = False
     exited = _exit_waiter(proc)
     sampler = Sampler(sandbox, spec, log) if sandbox is not None else None
@@ -270,10 +325,12 @@ def _supervise(
                 os.killpg(proc.pid, signal.SIGKILL)
                 sandbox.kill()
             # The stop_requested file backs up the signal (e.g. if it was lost).
-            if kill_at is None and (stop.is_set() or paths.stop_requested.exists()):
-                log.platform(f"stop requested: SIGTERM, {spec.stop_grace_seconds}s grace period")
-                _terminate_sandbox(proc.pid)
-                kill_at = time.monotonic() + spec.stop_grace_seconds
+            if kill_at is None and pre_stop is None and (stop.is_set() or paths.stop_requested.exists()):
+                pre_stop = _PreStop(spec, paths, log)
+                if not pre_stop.start():
+                    kill_at = _sigterm(proc, spec, log)
+            elif kill_at is None and pre_stop is not None and pre_stop.done():
+                kill_at = _sigterm(proc, spec, log)
             elif kill_at is not None and time.monotonic() >= kill_at:
                 log.platform("grace period over: SIGKILL")
                 # Killing the namespace init tears down every process inside it.
@@ -286,6 +343,13 @@ def _supervise(
     for t in pumps:
         t.join(_PUMP_JOIN_SECONDS)
     return _exit_code(proc.returncode)
+
+
+def _sigterm(proc: subprocess.Popen[bytes], spec: InstanceSpec, log: LogWriter) -> float:
+    """SIGTERM to the user's processes; returns when the grace period ends (then SIGKILL)."""
+    log.platform(f"stop requested: SIGTERM, {spec.stop_grace_seconds}s grace period")
+    _terminate_sandbox(proc.pid)
+    return time.monotonic() + spec.stop_grace_seconds
 
 
 def main(argv: list[str] | None = None) -> int:

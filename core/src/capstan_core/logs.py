@@ -12,12 +12,12 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from capstan_core.errors import InvalidArgument
-from capstan_core.numbers import INT64_MAX, MAX_TIME_MS
-from capstan_core.streams import LOGS_STREAM, log_subject
+from .errors import InvalidArgument
+from .numbers import INT64_MAX, MAX_TIME_MS
+from .streams import LOGS_STREAM, log_subject
 
 MAX_LIMIT = 10_000
-MAX_LINE = 16_384
+
 # SPEC §3.3: logs split into the platform's (setup, containment, exit) and the code's (stdout, stderr);
 # "metrics" are the instance's usage samples (the runner's), shown apart from either.
 SOURCES = {"": ("platform", "stdout", "stderr"), "platform": ("platform",), "code": ("stdout", "stderr"),
@@ -31,10 +31,6 @@ class LogLine:
     stream: str
     line: str
     seq: int
-
-
-def encode_line(ts_ms: int, stream: str, line: str) -> bytes:
-    return json.dumps({"ts_ms": ts_ms, "stream": stream, "line": line[:MAX_LINE]}, ensure_ascii=False).encode()
 
 
 async def read_logs(

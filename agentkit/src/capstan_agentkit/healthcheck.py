@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .capacity import Capacity, parse_nvidia_smi_list
+from capstan_core.capacity import Capacity, parse_nvidia_smi_list
 
 
 @dataclass(frozen=True)

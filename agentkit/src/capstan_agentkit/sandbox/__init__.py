@@ -5,7 +5,7 @@ that outlives the agent; see :mod:`.executor` for the API the agent uses.
 """
 
 from .config import SandboxConfig
-from .executor import BwrapExecutor, Executor, InstanceState, InstanceStatus, read_log
+from .executor import BwrapExecutor, ExecResult, Executor, InstanceState, InstanceStatus, last_record, read_log
 from .spec import (
     EXIT_RUNNER_ERROR,
     EXIT_RUNNER_LOST,
@@ -21,11 +21,13 @@ __all__ = [
     "EXIT_SANDBOX_UNAVAILABLE",
     "EXIT_STOPPED_BEFORE_START",
     "BwrapExecutor",
+    "ExecResult",
     "Executor",
     "InstancePaths",
     "InstanceSpec",
     "InstanceState",
     "InstanceStatus",
     "SandboxConfig",
+    "last_record",
     "read_log",
 ]

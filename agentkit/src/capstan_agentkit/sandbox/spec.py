@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +21,10 @@ from capstan_core.network_modes import NETWORK_MODES
 
 # Lives here, not in runner.py, so the package never imports the runner module
 # (that would make ``python -m`` of it warn about a double import).
-RUNNER_MODULE = "capstan_trainer.agent.sandbox.runner"
+RUNNER_MODULE = "capstan_agentkit.sandbox.runner"
+ENTER_SCRIPT = Path(__file__).resolve().parent / "enter.py"
+METRICS_STREAM = "metrics"  # the runner's usage samples in an instance's log
+EXIT_EXEC_TIMEOUT = 124  # a command run inside the sandbox (exec probe, pre-stop) ran past its time
 
 # Exit codes the platform itself produces (the user's own codes pass through;
 # death by signal N is reported as 128+N, as a shell would).
@@ -80,6 +84,12 @@ class InstanceSpec:
     entrypoint: tuple[str, ...] = ()
     # A root filesystem to use as ``/`` instead of the host's system directories (an image); "": the host's.
     rootfs: str = ""
+    # An argv run inside the sandbox (its namespaces, cgroup and uid) when a stop is asked for, before
+    # SIGTERM; bounded by the grace period (a service replica's pre-stop hook). Empty: none.
+    pre_stop: tuple[str, ...] = ()
+    # Network "isolated": the TCP ports the host may connect to (a served port, its probes'); every other
+    # connection from the host is refused. Empty: the host may connect to any (training instances).
+    ports: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         validate_instance_key(self.task_id, self.instance_index)
@@ -88,6 +98,11 @@ class InstanceSpec:
                 raise ValueError(f"file paths must be absolute, without '..': {target!r}")
         if not isinstance(self.command, str) or "\0" in self.command:
             raise ValueError("command must be a string without NUL bytes")
+        if any(isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= 65535 for p in self.ports):
+            raise ValueError("ports must be 1..65535")
+        for argv in (self.entrypoint, self.pre_stop):
+            if any(not isinstance(a, str) or "\0" in a for a in argv):
+                raise ValueError("argv items must be strings without NUL bytes")
         if not isinstance(self.stop_grace_seconds, int) or self.stop_grace_seconds < 0:
             raise ValueError("stop_grace_seconds must be a non-negative int")
         for name, value in self.env.items():
@@ -127,6 +142,8 @@ class InstanceSpec:
             files={str(k): str(v) for k, v in (data.get("files") or {}).items()},
             entrypoint=tuple(str(a) for a in data.get("entrypoint") or ()),
             rootfs=str(data.get("rootfs", "")),
+            pre_stop=tuple(str(a) for a in data.get("pre_stop") or ()),
+            ports=tuple(int(p) for p in data.get("ports") or ()),
         )
 
 
@@ -214,6 +231,16 @@ class InstancePaths:
         return self.dir / "launch.json"
 
     @property
+    def enter_plan(self) -> Path:
+        """How to run a command inside the running sandbox (``enter.py``), written once it has started."""
+        return self.dir / "enter.json"
+
+    @property
+    def address(self) -> Path:
+        """The instance's own address (isolated network), or the host's loopback (host network)."""
+        return self.dir / "address"
+
+    @property
     def launch_error(self) -> Path:
         return self.dir / "launch.err"
 
@@ -252,3 +279,8 @@ def write_atomic(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def enter_argv(paths: InstancePaths, argv: list[str] | tuple[str, ...]) -> list[str]:
+    """The host argv that runs ``argv`` inside the instance's running sandbox (see ``enter.py``)."""
+    return [sys.executable, "-I", "-S", str(ENTER_SCRIPT), str(paths.enter_plan), "--", *argv]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from capstan_trainer.agent.sandbox.gpustats import gpu_samples
+from capstan_agentkit.sandbox.gpustats import gpu_samples
 
 FAKE = """#!/bin/sh
 # FAKE nvidia-smi for tests: answers the one query the sampler makes, for the cards asked (-i)

@@ -8,7 +8,7 @@ The runner then starts the launcher (:mod:`.launch`) with :meth:`Sandbox.launche
 lease whose owner is dead: :meth:`Containment.reap_stale` (run at agent start, when an instance is
 found lost, before every setup, and by ``capstan down``) undoes it. Usage for the last one::
 
-    python -m capstan_trainer.agent.sandbox.containment --reap [--state-dir DIR]
+    python -m capstan_agentkit.sandbox.containment --reap [--state-dir DIR]
 """
 
 from __future__ import annotations
@@ -156,7 +156,8 @@ class Containment:
         if created:  # rules for the new bridge are in place before anything is plugged into it
             self._firewall(st)
         lease.netns, lease.veth, lease.index = f"{cfg.name_prefix}-{lease.slot}", f"{cfg.name_prefix}v{lease.slot}", spec.instance_index
-        address = network.create_instance_net(lease.netns, lease.veth, net.bridge, net.subnet, spec.instance_index)
+        address = network.create_instance_net(lease.netns, lease.veth, net.bridge, net.subnet, spec.instance_index,
+                                              spec.ports)
         return str(address), net.subnet
 
     def _undo(self, st: State, lease: Lease) -> None:
@@ -225,7 +226,7 @@ class Containment:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m capstan_trainer.agent.sandbox.containment")
+    parser = argparse.ArgumentParser(prog="python -m capstan_agentkit.sandbox.containment")
     parser.add_argument("--reap", action="store_true", help="undo what killed instance runners left behind")
     parser.add_argument("--state-dir", type=Path, default=None)
     args = parser.parse_args(argv)
