@@ -254,25 +254,3 @@ class ServiceKeyDeleted(Event):
     key_id: str
     by: str
     at_ms: int
-
-
-# -- before issue #9: the scheduler still folds these until it adopts WorkloadSubmitted everywhere --------
-# (no one appends them any more; they stay registered so logs that hold them still decode).
-
-
-@event("ServiceReplicaRequested", version=1)
-class ServiceReplicaRequested(Event):
-    replica_id: str
-    service_id: str
-    resource_group_id: str
-    resources: ResourceSpec
-    tags: dict[str, str]
-    at_ms: int
-
-
-@event("ServiceReplicaRetired", version=1)
-class ServiceReplicaRetired(Event):
-    replica_id: str
-    service_id: str
-    reason: str = ""
-    at_ms: int

@@ -20,7 +20,7 @@ async def _reconcile(app: TrainerApp) -> None:
 # nodes: only these events can give them work (the timer is the safety net).
 _UNRELATED = frozenset({
     "NodeHealthChecked", "NodeJoined", "NodeStateChanged", "JoinTokenCreated", "JoinTokenUsed", "JoinTokenRevoked",
-    "ResourceGroupCreated", "ResourceGroupUpdated", "ServiceReplicaRequested", "ServiceReplicaRetired",
+    "ResourceGroupCreated", "ResourceGroupUpdated",
 })
 QUIET = _UNRELATED | {
     "TrainingTaskSubmitted", "WorkloadQueued", "WorkloadPlaced", "TrainingInstanceStarted", "TrainingInstanceExited",
