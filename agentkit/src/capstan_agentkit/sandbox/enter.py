@@ -26,6 +26,7 @@ import ctypes
 import json
 import os
 import sys
+import time
 
 CLONE_NEWNET = 0x40000000
 CLONE_NEWUSER = 0x10000000
@@ -71,22 +72,40 @@ def _status_field(pid: int, name: str) -> list[str]:
     return []
 
 
-def namespace_init(sandbox_pid: int, uid: int) -> int:
-    """The sandbox's first process inside every namespace: bubblewrap's child, running as ``uid``."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-            fields = stat[stat.rfind(b")") + 2:].split()
-            if int(fields[1]) != sandbox_pid:
-                continue
-            if int(_status_field(int(entry), "Uid")[0]) == uid:
-                return int(entry)
-        except (OSError, ValueError, IndexError):
-            continue  # exited while we looked
-    raise RuntimeError(f"the sandbox (pid {sandbox_pid}) is not running")
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
+def _settled(pid: int) -> bool:
+    """Bubblewrap has finished setting the sandbox up once its init (pid 1 inside) has forked the
+    instance's command, or is the command itself: before that its namespaces, credentials and
+    mounts may still be changing (entering then fails, or lands in a half-built sandbox)."""
+    if _children(pid):
+        return True
+    try:
+        return os.path.basename(os.readlink(f"/proc/{pid}/exe")) != "bwrap"
+    except OSError:
+        return False
+
+
+def namespace_init(sandbox_pid: int, uid: int, wait_s: float = 5.0) -> int:
+    """The sandbox's first process inside every namespace: bubblewrap's child, running as ``uid``,
+    once the sandbox is set up (an exec probe may come right after the instance started)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        for entry in _children(sandbox_pid):
+            try:
+                if int(_status_field(entry, "Uid")[0]) == uid and _settled(entry):
+                    return entry
+            except (OSError, ValueError, IndexError):
+                continue  # exited while we looked
+        if time.monotonic() >= deadline or not os.path.exists(f"/proc/{sandbox_pid}"):
+            raise RuntimeError(f"the sandbox (pid {sandbox_pid}) is not running")
+        time.sleep(0.02)
 
 
 def _drop_bounding_set() -> None:
