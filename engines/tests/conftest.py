@@ -39,6 +39,8 @@ class EngineProcess:
         self.log = log
         out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - closed in stop()
         self._out = out
+        if runtime == "transformers" and "--threads" not in args:
+            args = [*args, "--threads", "1"]  # the test machine is shared: one thread each keeps steps quick
         self.proc = subprocess.Popen(
             [sys.executable, "-m", f"capstan_engines.{runtime}", "--port", str(self.port), "--host", "127.0.0.1",
              *args], stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
@@ -80,6 +82,14 @@ class EngineProcess:
 @pytest.fixture(scope="session")
 def tiny_model() -> Path:
     return tinygpt.ensure_base_model(staging.models_root())
+
+
+@pytest.fixture(scope="session")
+def wide_model(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model widened (random weights, 4096 positions): generations long enough to watch."""
+    from capstan_engines.testing import widen
+
+    return widen(tiny_model, tmp_path_factory.mktemp("wide") / "model", n_embd=256, n_layer=4, n_head=4)
 
 
 @pytest.fixture(scope="session")

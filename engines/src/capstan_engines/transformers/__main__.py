@@ -12,7 +12,7 @@ from starlette.applications import Starlette
 
 from ..http import serve
 from .app import Engine, build_app
-from .model import LoadedModel, pick_device
+from .model import LoadedModel, cpu_budget, pick_device
 from .scheduler import Scheduler
 
 
@@ -25,6 +25,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-batch", type=int, default=16, help="sequences stepped together at most")
     p.add_argument("--max-waiting", type=int, default=512, help="requests queued at most before 503")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: the CPUs this process "
+                   "may use, cgroup quota included)")
     p.add_argument("--drain-seconds", type=float, default=30.0, help="on SIGTERM, how long in-flight requests may finish")
     args = p.parse_args(argv)
     if not (args.model_dir / "config.json").is_file():
@@ -37,6 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads or cpu_budget())
     model = LoadedModel(args.model_dir, pick_device(args.device))
     scheduler = Scheduler(model, max_batch=args.max_batch, max_waiting=args.max_waiting)
     engine = Engine(model, scheduler, args.served_model_name or args.model_dir.resolve().name)
