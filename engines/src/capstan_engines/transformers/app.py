@@ -152,7 +152,6 @@ def build_app(engine: Engine) -> Starlette:
             yield DONE
             finished = True
         finally:
-            import traceback; traceback.print_stack()
             if not finished:  # the client disconnected (or the server is going away): stop generating
                 for r in reqs:
                     engine.scheduler.cancel(r)

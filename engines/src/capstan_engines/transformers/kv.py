@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
 
 
 def _layers(cache: Any) -> list[Any]:
@@ -18,7 +18,7 @@ def _left_pad(t: torch.Tensor, n: int) -> torch.Tensor:
     """Pad dimension -2 (keys/values) or -1 (mask) on the left by n."""
     if n == 0:
         return t
-    return F.pad(t, (0, 0, n, 0)) if t.dim() == 4 else F.pad(t, (n, 0))
+    return functional.pad(t, (0, 0, n, 0)) if t.dim() == 4 else functional.pad(t, (n, 0))
 
 
 class BatchCache:
