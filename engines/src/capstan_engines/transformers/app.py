@@ -96,7 +96,8 @@ def build_app(engine: Engine) -> Starlette:
                            code="invalid_value")
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Emit] = asyncio.Queue()
-        reqs = [Request(p, [sampling] * n, loop, events, first_index=k * n) for k, p in enumerate(prompts)]
+        reqs = [Request(p, [sampling] * n, loop, events, first_index=k * n, stream=stream)
+                for k, p in enumerate(prompts)]
         for r in reqs:
             if not engine.scheduler.submit(r):
                 for submitted in reqs:

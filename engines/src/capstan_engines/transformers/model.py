@@ -82,6 +82,9 @@ class LoadedModel:
     def encode(self, text: str) -> list[int]:
         return [int(t) for t in self.tokenizer(text, add_special_tokens=True)["input_ids"]]
 
+    def decode(self, ids: list[int]) -> str:
+        return str(self.tokenizer.decode(ids, skip_special_tokens=True))
+
     def check_ids(self, ids: list[int]) -> None:
         vocab = int(self.config.vocab_size)
         if any(not 0 <= t < vocab for t in ids):

@@ -42,8 +42,9 @@ class Request:
     """One API request: a prompt and its ``n`` choices, each a sequence. Results arrive on ``events``."""
 
     def __init__(self, prompt_ids: list[int], params: list[SamplingParams], loop: asyncio.AbstractEventLoop,
-                 events: asyncio.Queue[Emit] | None = None, first_index: int = 0) -> None:
+                 events: asyncio.Queue[Emit] | None = None, first_index: int = 0, stream: bool = True) -> None:
         self.prompt_ids = prompt_ids
+        self.stream = stream  # False: only the finished text is wanted (no per-token text unless stops need it)
         self.params = params
         self.loop = loop
         self.events: asyncio.Queue[Emit] = events if events is not None else asyncio.Queue()
@@ -67,6 +68,11 @@ class Sequence:
     generated: list[int] = field(default_factory=list)
     length: int = 0  # real tokens in the cache
     finished: bool = False
+
+    @property
+    def incremental(self) -> bool:
+        """Whether text is needed as tokens come (a stream, or stop sequences to look for)."""
+        return self.request.stream or bool(self.params.stop)
 
 
 @dataclass
@@ -220,11 +226,17 @@ class Scheduler:
 
     def _advance(self, tokens: list[int], first_row: int) -> None:
         """Record each row's new token, emit its text, and let finished sequences leave."""
+        eos = self.model.eos_ids
         for s, token in zip(self._active[first_row:], tokens, strict=True):
             s.generated.append(token)
             self.stats.generated_tokens += 1
-            finish = None
-            if token in self.model.eos_ids and not s.params.ignore_eos:
+            finish, text = None, ""
+            hit_eos = token in eos and not s.params.ignore_eos
+            if not s.incremental:  # the whole text once, at the end
+                if hit_eos or len(s.generated) >= s.max_new:
+                    finish = "stop" if hit_eos else "length"
+                    text = self.model.decode(s.generated[:-1] if hit_eos else s.generated)
+            elif hit_eos:
                 finish, text = "stop", s.stop.push(s.detok.flush(), final=True)
             else:
                 text = s.stop.push(s.detok.add(token))
