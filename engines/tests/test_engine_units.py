@@ -134,3 +134,45 @@ def test_sampling() -> None:
     assert sample(1, 1.0) == sample(1, 1.0)
     assert set(sample(2, 1.0)) > {1}  # temperature 1 reaches the other tokens
     assert set(sample(3, 0.5)) == {1}  # the nucleus is the top token alone
+
+
+async def test_a_failing_step_fails_its_requests_not_the_engine(tiny_model: Path) -> None:
+    import asyncio
+
+    from capstan_engines.protocol import SamplingParams
+    from capstan_engines.transformers.scheduler import Request, Scheduler
+
+    m = LoadedModel(tiny_model)
+    real = m.forward
+    calls = {"n": 0}
+
+    def flaky(*args: object, **kwargs: object) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] == 2:  # the first decode step
+            raise RuntimeError("injected: out of memory")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    m.forward = flaky  # type: ignore[method-assign]
+    s = Scheduler(m)
+    s.start()
+    try:
+        loop = asyncio.get_running_loop()
+
+        async def run() -> tuple[str, str | None]:
+            r = Request(m.chat_prompt([{"role": "user", "content": "who are you?"}], None),
+                        [SamplingParams(max_tokens=20, temperature=0)], loop, stream=False)
+            assert s.submit(r)
+            text = ""
+            while True:
+                e = await r.events.get()
+                text += e.text
+                if e.error or e.finish_reason:
+                    return text, e.error
+
+        _, error = await run()
+        assert error is not None and "injected: out of memory" in error
+        text, error = await run()
+        assert error is None and text == "A tokenizer turns text into numbers the model reads."
+        assert s.active == 0
+    finally:
+        s.stop()

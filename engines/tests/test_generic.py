@@ -78,6 +78,7 @@ def test_predict(start_engine: Any, model_dir: Path, tmp_path: Path) -> None:
     r = httpx.post(engine.url + "/v1/models/m:predict", json={"x": [1, 2.5]})
     assert r.status_code == 200 and r.json() == {"y": [6, 15.0]}
     assert httpx.get(engine.url + "/health").json()["model_class"] == "Model"
+    assert engine.terminate() == 0  # SIGTERM: a clean stop
 
 
 def test_refusals_and_model_failures(start_engine: Any, model_dir: Path, tmp_path: Path) -> None:

@@ -60,6 +60,31 @@ async def test_batched_answers_equal_single_answers(start_engine: Any, tiny_mode
     assert list(together[: len(QUESTIONS)]) == single
 
 
+async def test_requests_join_a_running_batch(start_engine: Any, wide_model: Path) -> None:
+    """Requests arriving while a long generation runs join it between steps: their tokens come from the
+    same decode steps, not after it."""
+    engine = start_engine("transformers", ["--model-dir", str(wide_model), "--served-model-name", "w"]).wait_ready()
+    client = openai.AsyncOpenAI(base_url=engine.url + "/v1", api_key="x", max_retries=0)
+    long_tokens, short_tokens = 300, 20
+    before = engine.metrics()
+
+    async def ask(tokens: int) -> Any:
+        return await client.completions.create(model="w", prompt="The river", max_tokens=tokens, temperature=0,
+                                               extra_body={"ignore_eos": True})
+
+    long = asyncio.create_task(ask(long_tokens))
+    await asyncio.to_thread(wait_for, lambda: engine.metrics()["capstan_engine_active_sequences"] == 1, 60,
+                            "the long generation to run")
+    shorts = await asyncio.gather(*[ask(short_tokens) for _ in range(3)])
+    assert not long.done()  # the short ones finished while the long one was still generating
+    await long
+    after = engine.metrics()
+    steps = after["capstan_engine_decode_steps_total"] - before["capstan_engine_decode_steps_total"]
+    assert all(s.usage.completion_tokens == short_tokens for s in shorts)
+    assert steps < long_tokens  # every token of the short requests rode on the long one's decode steps
+    assert after["capstan_engine_prefill_steps_total"] - before["capstan_engine_prefill_steps_total"] >= 2
+
+
 def test_disconnect_cancels_the_sequence(start_engine: Any, wide_model: Path) -> None:
     engine = start_engine("transformers", ["--model-dir", str(wide_model), "--max-batch", "4"]).wait_ready()
     long = {"messages": CHAT, "max_tokens": 4000, "temperature": 0, "ignore_eos": True}
