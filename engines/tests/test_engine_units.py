@@ -80,9 +80,33 @@ def test_detokenizer_streams_what_decode_gives(tiny_model: Path) -> None:
     assert all("\ufffd" not in d2 for d2 in (Detokenizer(m.tokenizer).add(t) for t in ids))
 
 
-def test_batch_cache_rows_join_and_leave(tiny_model: Path) -> None:
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small random Llama (rotary positions, grouped-query attention) with the tiny model's tokenizer."""
+    import shutil
+
+    from transformers import GPT2Config, LlamaConfig, LlamaForCausalLM
+
+    from capstan_engines.testing import TOKENIZER_FILES
+
+    dest = tmp_path_factory.mktemp("llama")
+    tiny = GPT2Config.from_pretrained(tiny_model)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=tiny.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         bos_token_id=tiny.bos_token_id, eos_token_id=tiny.eos_token_id,
+                         pad_token_id=tiny.pad_token_id)
+    LlamaForCausalLM(config).save_pretrained(dest)
+    for name in TOKENIZER_FILES:
+        if (tiny_model / name).exists():
+            shutil.copy(tiny_model / name, dest / name)
+    return dest
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_batch_cache_rows_join_and_leave(arch: str, tiny_model: Path, tiny_llama: Path) -> None:
     """Greedy next-token logits of a sequence are the same alone and in a batch that rows join and leave."""
-    m = LoadedModel(tiny_model)
+    m = LoadedModel(tiny_model if arch == "gpt2" else tiny_llama)
     from transformers import DynamicCache
 
     prompts = [m.encode("The model reads text"), m.encode("Hi"), m.encode("A much longer prompt than the others")]
