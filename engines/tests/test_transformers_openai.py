@@ -56,6 +56,22 @@ def test_chat_stream_with_usage(client: openai.OpenAI, engine: EngineProcess, va
         validate("CreateChatCompletionStreamResponse", json.loads(frame))
 
 
+def test_stream_with_running_usage(engine: EngineProcess, validate: Any) -> None:
+    """vLLM's continuous_usage_stats: every content chunk carries the usage so far (what a gateway counts for a
+    stream its caller abandons)."""
+    import json
+
+    with httpx.stream("POST", engine.url + "/v1/chat/completions", timeout=60, json={
+            "model": "tiny", "messages": CHAT, "stream": True, "temperature": 0, "max_tokens": 6, "ignore_eos": True,
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True}}) as resp:
+        chunks = [json.loads(ln[6:]) for ln in resp.iter_lines() if ln.startswith("data: {")]
+    for c in chunks:
+        validate("CreateChatCompletionStreamResponse", c)
+    running = [c["usage"]["completion_tokens"] for c in chunks if c["choices"] and c["usage"]]
+    assert running == sorted(running) and running[-1] == 6
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 6
+
+
 def test_completions(client: openai.OpenAI, engine: EngineProcess, validate: Any) -> None:
     r = client.completions.create(model="tiny", prompt="The model", max_tokens=12, temperature=0)
     assert r.choices[0].text and r.choices[0].finish_reason in ("stop", "length")

@@ -34,6 +34,7 @@ class ChatRequest:
     n: int
     stream: bool
     include_usage: bool
+    continuous_usage: bool  # extension (vLLM's stream_options.continuous_usage_stats): usage on every chunk
     sampling: SamplingParams
 
 
@@ -44,6 +45,7 @@ class CompletionRequest:
     n: int
     stream: bool
     include_usage: bool
+    continuous_usage: bool
     sampling: SamplingParams
 
 
@@ -55,10 +57,10 @@ def parse_chat(body: dict[str, Any]) -> ChatRequest:
     if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
         raise bad_param("tools", "'tools' must be an array of objects")
     _refuse_logprobs(body)
-    stream, include_usage = _stream(body)
+    stream, include_usage, continuous = _stream(body)
     return ChatRequest(
         model=_model(body), messages=[_message(i, m) for i, m in enumerate(messages)], tools=tools or None,
-        n=_int(body, "n", 1, MAX_N, 1), stream=stream, include_usage=include_usage,
+        n=_int(body, "n", 1, MAX_N, 1), stream=stream, include_usage=include_usage, continuous_usage=continuous,
         sampling=_sampling(body, ("max_completion_tokens", "max_tokens")),
     )
 
@@ -71,10 +73,10 @@ def parse_completion(body: dict[str, Any]) -> CompletionRequest:
     if body.get("best_of") not in (None, 1):
         raise bad_param("best_of", "'best_of' is not supported by this engine")
     _refuse_logprobs(body)
-    stream, include_usage = _stream(body)
+    stream, include_usage, continuous = _stream(body)
     return CompletionRequest(
         model=_model(body), prompts=_prompts(body.get("prompt")), n=_int(body, "n", 1, MAX_N, 1), stream=stream,
-        include_usage=include_usage, sampling=_sampling(body, ("max_tokens",), default_max=16),
+        include_usage=include_usage, continuous_usage=continuous, sampling=_sampling(body, ("max_tokens",), default_max=16),
     )
 
 
@@ -127,16 +129,18 @@ def _prompts(prompt: Any) -> list[str | list[int]]:
                               "or of arrays of integers)")
 
 
-def _stream(body: dict[str, Any]) -> tuple[bool, bool]:
+def _stream(body: dict[str, Any]) -> tuple[bool, bool, bool]:
+    """stream, include_usage, and continuous usage (every chunk carries the usage so far)."""
     stream = _bool(body, "stream", False)
     options = body.get("stream_options")
     if options is None:
-        return stream, False
+        return stream, False, False
     if not stream:
         raise bad_param("stream_options", "'stream_options' is only allowed with 'stream': true")
     if not isinstance(options, dict):
         raise bad_param("stream_options", "'stream_options' must be an object")
-    return stream, _bool(options, "include_usage", False, prefix="stream_options.")
+    include = _bool(options, "include_usage", False, prefix="stream_options.")
+    return stream, include, include and _bool(options, "continuous_usage_stats", False, prefix="stream_options.")
 
 
 def _refuse_logprobs(body: dict[str, Any]) -> None:

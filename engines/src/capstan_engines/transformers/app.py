@@ -75,7 +75,8 @@ def build_app(engine: Engine) -> Starlette:
         prompt = engine.model.chat_prompt(req.messages, req.tools)
         engine.check_length(prompt, req.sampling, "messages")
         call = Call(chat=True, model=engine.served_name, choices=req.n, prompt_tokens=len(prompt))
-        return await answer(request, call, [prompt], req.n, req.sampling, req.stream, req.include_usage)
+        return await answer(request, call, [prompt], req.n, req.sampling, req.stream, req.include_usage,
+                            req.continuous_usage)
 
     async def completions(request: HttpRequest) -> Response:
         req = parse_completion(await read_json(request))
@@ -87,10 +88,11 @@ def build_app(engine: Engine) -> Starlette:
         prompts = [p or [engine.model.pad_id] for p in prompts]
         call = Call(chat=False, model=engine.served_name, choices=req.n * len(prompts),
                     prompt_tokens=sum(len(p) for p in prompts))
-        return await answer(request, call, prompts, req.n, req.sampling, req.stream, req.include_usage)
+        return await answer(request, call, prompts, req.n, req.sampling, req.stream, req.include_usage,
+                            req.continuous_usage)
 
     async def answer(request: HttpRequest, call: Call, prompts: list[list[int]], n: int, sampling: SamplingParams,
-                     stream: bool, include_usage: bool) -> Response:
+                     stream: bool, include_usage: bool, continuous_usage: bool) -> Response:
         if n > engine.scheduler.max_batch:
             raise ApiError(400, f"'n' must be at most {engine.scheduler.max_batch} on this engine", param="n",
                            code="invalid_value")
@@ -104,8 +106,8 @@ def build_app(engine: Engine) -> Starlette:
                     engine.scheduler.cancel(submitted)
                 raise ApiError(503, "the engine is overloaded; retry later", code="overloaded", type_="server_error")
         if stream:
-            return StreamingResponse(_stream(call, events, reqs, include_usage), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
+            chunks = _stream(call, events, reqs, include_usage, continuous_usage)
+            return StreamingResponse(chunks, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         return await _collect(request, call, events, reqs)
 
     async def _collect(request: HttpRequest, call: Call, events: asyncio.Queue[Emit], reqs: list[Request]) -> Response:
@@ -134,7 +136,7 @@ def build_app(engine: Engine) -> Starlette:
         return JSONResponse(call.body())
 
     async def _stream(call: Call, events: asyncio.Queue[Emit], reqs: list[Request],
-                      include_usage: bool) -> AsyncIterator[bytes]:
+                      include_usage: bool, continuous_usage: bool) -> AsyncIterator[bytes]:
         finished = False
         try:
             for chunk in call.role_chunks(include_usage):
@@ -146,7 +148,8 @@ def build_app(engine: Engine) -> Starlette:
                     break
                 call.tokens[e.index] = e.tokens
                 call.finish[e.index] = e.finish_reason
-                yield call.delta_chunk(e.index, e.text, e.finish_reason, include_usage)
+                yield call.delta_chunk(e.index, e.text, e.finish_reason, include_usage,
+                                       call.usage() if continuous_usage else None)
             else:
                 if include_usage:
                     yield call.chunk([], usage=call.usage(), with_usage=True)

@@ -65,13 +65,14 @@ class Call:
         return [self.chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                              "finish_reason": None}], with_usage=with_usage) for i in range(self.choices)]
 
-    def delta_chunk(self, index: int, text: str, finish: str | None, with_usage: bool) -> bytes:
+    def delta_chunk(self, index: int, text: str, finish: str | None, with_usage: bool,
+                    usage: dict[str, int] | None = None) -> bytes:
         if self.chat:
             delta = {"content": text} if text else {}
             choice: dict[str, Any] = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
         else:
             choice = {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
-        return self.chunk([choice], with_usage=with_usage)
+        return self.chunk([choice], usage=usage, with_usage=with_usage)
 
 
 def sse(body: dict[str, Any]) -> bytes:
