@@ -20,8 +20,11 @@ import pytest
 
 from capstan_finetune import staging, tinygpt
 
-SCHEMAS = Path("/work/shared/openai/openai_schemas.json")
-_REPO_SCHEMAS = Path(__file__).resolve().parents[2] / "../shared/openai/openai_schemas.json"
+# OpenAI's published schemas: $CAPSTAN_OPENAI_SCHEMAS, else ../shared/openai/ next to the checkout
+SCHEMA_PLACES = [Path(p) for p in (os.environ.get("CAPSTAN_OPENAI_SCHEMAS", ""),) if p] + [
+    Path(__file__).resolve().parents[2].parent / "shared" / "openai" / "openai_schemas.json",
+    Path("/work/shared/openai/openai_schemas.json"),
+]
 
 
 def free_port() -> int:
@@ -121,8 +124,11 @@ def start_engine(tmp_path: Path) -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def schemas() -> dict[str, Any]:
-    path = SCHEMAS if SCHEMAS.exists() else _REPO_SCHEMAS
-    return dict(json.loads(path.read_text()))
+    for path in SCHEMA_PLACES:
+        if path.is_file():
+            return dict(json.loads(path.read_text()))
+    raise FileNotFoundError(f"OpenAI's schemas not found at {', '.join(map(str, SCHEMA_PLACES))}; "
+                            "set CAPSTAN_OPENAI_SCHEMAS")
 
 
 @pytest.fixture(scope="session")
