@@ -27,7 +27,7 @@ if [ ! -x .venv/bin/python ]; then
   "$py" -m venv .venv
 fi
 stamp=.venv/.capstan-install-stamp
-want="$(cat requirements-dev.txt core/pyproject.toml agentkit/pyproject.toml services/*/pyproject.toml cli/pyproject.toml finetune/pyproject.toml | sha256sum | cut -d' ' -f1)"
+want="$(cat requirements-dev.txt core/pyproject.toml agentkit/pyproject.toml services/*/pyproject.toml cli/pyproject.toml finetune/pyproject.toml engines/pyproject.toml | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[install] python packages (log: .venv/install.log)"
   {
@@ -35,7 +35,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     .venv/bin/pip install -q -r requirements-dev.txt &&
     .venv/bin/pip install -q --config-settings editable_mode=compat \
       -e core -e agentkit -e services/scheduler -e services/trainer -e services/gateway \
-      -e services/inference -e services/registry -e cli -e finetune
+      -e services/inference -e services/registry -e cli -e finetune -e engines
   } > .venv/install.log 2>&1 || { tail -40 .venv/install.log >&2; echo "[install] pip failed" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi

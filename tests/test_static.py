@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-SOURCES = ["core/src", "agentkit/src", *sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("services/*/src")), "cli/src", "finetune/src"]
+SOURCES = ["core/src", "agentkit/src", *sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("services/*/src")), "cli/src", "finetune/src", "engines/src"]
 
 
 def test_ruff_clean() -> None:

@@ -7,14 +7,11 @@ contained like any other).
 
 from __future__ import annotations
 
+from capstan_engines.runtimes import build_argv
+
 
 def engine_argv(runtime: str, *, port: int, served_model_name: str, env: dict[str, str],
                 command: str = "") -> list[str]:
     if runtime == "custom":
         return ["/bin/sh", "-c", command]
-    try:
-        from capstan_engines.runtimes import build_argv  # the engines package (issue #9)
-    except ImportError:  # not installed with this checkout yet: the documented command line
-        argv = ["python", "-m", f"capstan_engines.{runtime}", "--model-dir", "/data/model", "--port", str(port)]
-        return argv + (["--served-model-name", served_model_name] if served_model_name else [])
     return list(build_argv(runtime, port=port, served_model_name=served_model_name, env=env))

@@ -12,6 +12,7 @@ from typing import Any
 
 from capstan_core.contracts.capacity import check_request
 from capstan_core.errors import InvalidArgument
+from capstan_engines.runtimes import build_argv
 
 NAME_MAX = 60
 DESCRIPTION_MAX = 500
@@ -286,6 +287,11 @@ def normalize(raw: Any, *, deployment_mode: str = "standard") -> dict[str, Any]:
     else:
         out["instances"] = _int(s["instances"], "instances", 2, MAX_INSTANCES, " in multi-instance deployment")
     out["env"] = check_env(s["env"])
+    if out["runtime"] != "custom":  # the runtime's own settings (e.g. vLLM's SPEC §6.6 env vars) refused now
+        try:
+            build_argv(out["runtime"], port=out["port"], served_model_name="m", env=out["env"])
+        except ValueError as exc:
+            raise InvalidArgument(str(exc), field="env") from exc
     probes = _obj(s["probes"], "probes", PROBE_NAMES)
     out["probes"] = {name: check_probe(p, f"probes.{name}") for name, p in sorted(probes.items()) if p}
     if "readiness" not in out["probes"]:  # traffic only goes to ready instances: every replica has a readiness probe
