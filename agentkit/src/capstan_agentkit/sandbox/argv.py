@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import glob
+import importlib.util
 import os
 import subprocess
 import sys
@@ -25,6 +26,12 @@ _SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PYHOOK_DIR = Path(__file__).resolve().parent / "pyhook"
 PYHOOK_MOUNT = "/opt/capstan/pyhook"
 GPU_FRACTION_ENV = "CAPSTAN_GPU_MEMORY_FRACTION"
+# The platform's own runtimes that the built-in image ships (the engines a service replica runs, the
+# fine-tuning template): where the node installed one outside its Python prefix (an editable install
+# from a checkout), its package directory alone is bound read-only under BUILTIN_PACKAGES_MOUNT, which
+# goes on PYTHONPATH; never the checkout around it.
+BUILTIN_PACKAGES = ("capstan_engines", "capstan_finetune")
+BUILTIN_PACKAGES_MOUNT = "/opt/capstan/python"
 # Host secrets under /etc that an instance must not read, whatever their modes on this host.
 MASKED_FILES = ("/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshadow-", "/etc/security/opasswd")
 MASKED_GLOBS = ("/etc/ssh/ssh_host_*_key",)
@@ -80,6 +87,24 @@ def python_prefixes(private_paths: tuple[str, ...] = ()) -> list[str]:
             continue
         keep.append(p)
     return keep
+
+
+@functools.lru_cache(maxsize=1)
+def builtin_package_dirs() -> tuple[tuple[str, str], ...]:
+    """(host directory, name) of each built-in package installed outside the Python prefixes."""
+    prefixes = [os.path.realpath(p) for p in (sys.prefix, sys.base_prefix)]
+    out = []
+    for name in BUILTIN_PACKAGES:
+        try:
+            found = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            continue
+        locations = list(found.submodule_search_locations or []) if found else []
+        for loc in locations[:1]:
+            real = os.path.realpath(loc)
+            if os.path.isdir(real) and not any(real.startswith(p + "/") for p in prefixes):
+                out.append((real, name))
+    return tuple(out)
 
 
 def sandbox_path() -> str:
@@ -155,9 +180,16 @@ def build_bwrap_argv(bwrap: str, spec: InstanceSpec, paths: InstancePaths, view:
         **spec.env,
         **view.env,  # what the platform knows for sure (the instance's address) wins
     }
+    python_path = [spec.env.get("PYTHONPATH", "")]
+    if not spec.rootfs and (builtin := builtin_package_dirs()):
+        for host_dir, name in builtin:
+            argv += ["--ro-bind", view.source(host_dir), f"{BUILTIN_PACKAGES_MOUNT}/{name}"]
+        python_path.append(BUILTIN_PACKAGES_MOUNT)
     if spec.env.get(GPU_FRACTION_ENV) and PYHOOK_DIR.is_dir():
         argv += ["--ro-bind", view.source(PYHOOK_DIR), PYHOOK_MOUNT]
-        env["PYTHONPATH"] = ":".join(p for p in (PYHOOK_MOUNT, spec.env.get("PYTHONPATH", "")) if p)
+        python_path.insert(0, PYHOOK_MOUNT)
+    if any(python_path):
+        env["PYTHONPATH"] = ":".join(p for p in python_path if p)
     argv += ["--chdir", "/opt/ml/code", "--clearenv"]
     for name, value in env.items():
         argv += ["--setenv", name, value]
