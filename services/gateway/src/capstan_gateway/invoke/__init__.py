@@ -1,0 +1,48 @@
+"""Invocation of online services (SPEC §6.3, §6.5, §6.8): the OpenAI-compatible routes, routing,
+limits and call monitoring. ``mount`` wires it into the gateway app; the runtime starts in its lifespan."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+
+from ..settings import GatewaySettings
+from .handler import InvokeApp
+from .routes import GrpcRouteSource, RouteSource
+from .runtime import InvokeRuntime
+
+
+def mount(app: FastAPI, settings: GatewaySettings) -> None:
+    """The invocation routes (raw ASGI, in front of the management routes) and the metrics routes."""
+    from ..routers.service_metrics import prometheus_router, router
+
+    def runtime() -> InvokeRuntime | None:
+        return getattr(app.state, "invoke", None)
+
+    app.add_middleware(
+        InvokeApp,
+        cache=lambda: (r.cache if (r := runtime()) else None),
+        budgets=lambda: (r.budgets if (r := runtime()) else None),
+        metrics=lambda: (r.metrics if (r := runtime()) else None),
+        session=lambda: (r.session if (r := runtime()) else None),
+    )
+    app.include_router(router)
+    app.include_router(prometheus_router(settings.metrics_public))
+
+
+async def start(app: FastAPI, settings: GatewaySettings, clients: Any) -> None:
+    """Start the runtime when the gateway knows the inference service (or a test set a route source)."""
+    source: RouteSource | None = getattr(app.state, "invoke_route_source", None)
+    if source is None and clients.inference is not None:
+        source = GrpcRouteSource(lambda req: clients.inference.call(clients.inference.stub.ListRoutes, req))
+    app.state.invoke = await InvokeRuntime.start(settings, source) if source is not None else None
+
+
+async def stop(app: FastAPI) -> None:
+    runtime: InvokeRuntime | None = getattr(app.state, "invoke", None)
+    if runtime is not None:
+        await runtime.stop()
+
+
+__all__ = ["GrpcRouteSource", "InvokeRuntime", "RouteSource", "mount", "start", "stop"]
