@@ -51,6 +51,8 @@ def make_app(served: str, tokens_per_second: float) -> web.Application:
         created = int(time.time())
         model = doc.get("model") or served
         if not doc.get("stream"):
+            if tokens_per_second > 0:
+                await asyncio.sleep(n_out / tokens_per_second)  # generating, as a paced engine would
             text = "tok " * n_out
             if chat:
                 choice = {"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},

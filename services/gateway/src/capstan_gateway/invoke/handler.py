@@ -183,13 +183,14 @@ class InvokeApp:
                 continue
             scope = f"t.{svc.service_id}.{key.key_id}.{window_s}"
             want = min(estimate, limit)
-            if not await budgets.take(scope, window_s, limit, want):
-                self._release(budgets, call)
+            taken = await budgets.take(scope, window_s, limit, want)
+            if window_s == MINUTE:
+                call.rate_headers = _rate_headers(limit, budgets.remaining(scope, window_s, limit))
+            if not taken:
+                await asyncio.gather(*self._release(budgets, call))
                 raise err.rate_limited(f"Rate limit reached for key {key.key_id} on tokens per {words}: limit "
                                        f"{limit}. Retry later or ask for a higher limit.", type_="tokens")
             call.reservations.append((scope, window_s, budgets.window(window_s), want))
-            if window_s == MINUTE:
-                call.rate_headers = _rate_headers(limit, budgets.remaining(scope, window_s, limit))
 
     @staticmethod
     def _release(budgets: Budgets, call: Call, used: int = 0) -> list[Awaitable[None]]:
