@@ -36,10 +36,20 @@ async def start(app: FastAPI, settings: GatewaySettings, clients: Any) -> None:
     source: RouteSource | None = getattr(app.state, "invoke_route_source", None)
     if source is None and clients.inference is not None:
         source = GrpcRouteSource(lambda req: clients.inference.call(clients.inference.stub.ListRoutes, req))
-    app.state.invoke = await InvokeRuntime.start(settings, source) if source is not None else None
+    app.state.invoke = runtime = await InvokeRuntime.start(settings, source) if source is not None else None
+    app.state.invoke_grpc = None
+    if runtime is not None and settings.invoke_grpc_listen:
+        from .grpc_proxy import start_server
+
+        app.state.invoke_grpc = await start_server(runtime, settings.invoke_grpc_listen)
 
 
 async def stop(app: FastAPI) -> None:
+    grpc_server = getattr(app.state, "invoke_grpc", None)
+    if grpc_server is not None:
+        server, handler, _ = grpc_server
+        await server.stop(5)
+        await handler.close()
     runtime: InvokeRuntime | None = getattr(app.state, "invoke", None)
     if runtime is not None:
         await runtime.stop()
