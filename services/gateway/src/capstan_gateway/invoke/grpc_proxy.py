@@ -15,10 +15,12 @@ import grpc
 from opentelemetry.trace import SpanKind
 
 from capstan_core import tracing
+from capstan_proto import inference_pb2
 
 from . import oai_errors as err
 from .handler import InvokeApp
 from .metrics import Outcome
+from .routes import Replica, Service
 from .runtime import InvokeRuntime
 
 log = logging.getLogger(__name__)
@@ -57,18 +59,11 @@ class ForwardingHandler(grpc.GenericRpcHandler):
         md = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
         service_id = md.get("x-ti-service", "")
         started = time.perf_counter()
-        svc = await self.runtime.cache.get(service_id) if service_id else None
-        if svc is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no service {service_id!r}: set metadata x-ti-service "
-                                "to the service's id (ms-...)")
-        assert svc is not None
         try:
-            key = InvokeApp._authenticate(svc, md)
-            replica = svc.choose()
-            if replica is None:
-                raise err.unavailable(f"Service {svc.service_id} has no ready instance; retry later.")
+            svc, key, replica = await self._select(service_id, md)
         except err.InvokeError as e:
             await context.abort(_STATUS_BY_HTTP.get(e.status, grpc.StatusCode.UNAVAILABLE), e.message)
+            raise  # abort raised already
         key_id = key.key_id if key else ""
         out_md = [(k, v) for k, v in md.items() if k not in _HOP_BY_HOP and not k.startswith(":")]
         outcome = Outcome("failed")
@@ -91,6 +86,19 @@ class ForwardingHandler(grpc.GenericRpcHandler):
                 replica.in_flight -= 1
                 outcome.latency_ms = (time.perf_counter() - started) * 1000
                 self.runtime.metrics.ended((svc.service_id, replica.version_id, key_id), outcome)
+
+    async def _select(
+        self, service_id: str, md: dict[str, str]
+    ) -> tuple[Service, inference_pb2.RouteKey | None, Replica]:
+        svc = await self.runtime.cache.get(service_id) if service_id else None
+        if svc is None:
+            raise err.InvokeError(404, f"no service {service_id!r}: set metadata x-ti-service to the service's id "
+                                  "(ms-...)", "model_not_found")
+        key = InvokeApp._authenticate(svc, md)
+        replica = svc.choose()
+        if replica is None:
+            raise err.unavailable(f"Service {svc.service_id} has no ready instance; retry later.")
+        return svc, key, replica
 
     async def close(self) -> None:
         for channel in self._channels.values():

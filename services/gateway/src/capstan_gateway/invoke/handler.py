@@ -194,7 +194,7 @@ class InvokeApp:
 
     @staticmethod
     def _release(budgets: Budgets, call: Call, used: int = 0) -> list[Awaitable[None]]:
-        settles = [budgets.settle(scope, w, win, n, used) for scope, w, win, n in call.reservations]
+        settles: list[Awaitable[None]] = [budgets.settle(scope, w, win, n, used) for scope, w, win, n in call.reservations]
         call.reservations = []
         return settles
 

@@ -51,8 +51,12 @@ class Sample:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Sample:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names and isinstance(v, int | float)})
+        sample = cls()
+        for f in fields(cls):
+            value = d.get(f.name)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                setattr(sample, f.name, value)
+        return sample
 
 
 Key = tuple[str, str, str]  # (service, version, key id; "" when auth is off)
