@@ -64,6 +64,7 @@ ROUTES = [
     ("GET", "/api/v1/models/model-12345678/versions/1"),
     ("DELETE", "/api/v1/models/model-12345678/versions/1"),
     ("GET", "/api/v1/models/model-12345678/versions/1/files/config.json"),
+    ("GET", "/api/v1/services/ms-12345678/metrics"),  # call monitoring (the gateway's invoke package)
 ]
 
 
@@ -172,6 +173,7 @@ async def test_the_route_list_above_is_every_api_route(client: httpx.AsyncClient
     documented = {(m.upper(), p) for p, item in spec["paths"].items() for m in item if p.startswith("/api/v1")}
     def template(p: str) -> str:
         p = re.sub(r"/(rsg|train|node|jt|model)-12345678", "/{id}", p)
+        p = re.sub(r"^/api/v1/services/ms-12345678/metrics$", "/api/v1/services/{id}/metrics", p)
         p = re.sub(r"/outputs/model/weights\.pt$", "/outputs/{path}", p)
         p = re.sub(r"/tensorboard/index\.html$", "/tensorboard/{path}", p)
         return re.sub(r"/files/config\.json$", "/files/{path}", re.sub(r"/versions/1\b", "/versions/{version}", p))

@@ -201,6 +201,8 @@ async def test_openapi_lists_every_route(client: httpx.AsyncClient) -> None:
         ("GET", "/api/v1/models/{id}/versions/{version}"),
         ("DELETE", "/api/v1/models/{id}/versions/{version}"),
         ("GET", "/api/v1/models/{id}/versions/{version}/files/{path}"),
+        ("GET", "/api/v1/services/{id}/metrics"),
+        ("GET", "/metrics"),
     }
     for path, item in spec["paths"].items():
         for op in item.values():

@@ -119,6 +119,8 @@ class RouteCache:
         self._last_refresh = 0.0
         self._refreshing: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._last_error = ""
+        self._last_warned = 0.0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._poll(), name="route-cache")
@@ -135,7 +137,11 @@ class RouteCache:
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # the inference service down: keep serving the last table
-                log.warning("routing table refresh failed (keeping revision %d): %s", self.revision, e)
+                if str(e) != self._last_error or time.monotonic() - self._last_warned > 60:
+                    log.warning("routing table refresh failed (keeping revision %d): %s", self.revision, e)
+                    self._last_error, self._last_warned = str(e), time.monotonic()
+            else:
+                self._last_error = ""
             await asyncio.sleep(self.poll_s)
 
     async def refresh(self) -> None:

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from capstan_core.errors import Unavailable
 
 from ..auth import current_principal
+from ..errors import ErrorBody
 from ..invoke.metrics import KEEP_MINUTES, prometheus_text, time_series
 from . import api_router
 
@@ -35,10 +36,10 @@ def _runtime(request: Request) -> Any:
     return runtime
 
 
-@router.get("/{service_id}/metrics", summary="Call monitoring of a service, per minute")
+@router.get("/{id}/metrics", summary="Call monitoring of a service, per minute")
 async def service_metrics(
     request: Request,
-    service_id: Annotated[str, Path(pattern=r"^ms-[0-9a-z]{1,32}$")],
+    service_id: Annotated[str, Path(alias="id", pattern=r"^ms-[0-9a-z]{1,32}$")],
     minutes: Annotated[int, Query(ge=1, le=KEEP_MINUTES)] = 60,
     by: Annotated[Literal["", "version", "key"], Query()] = "",
 ) -> MetricsSeries:
@@ -55,7 +56,11 @@ async def service_metrics(
 
 def prometheus_router(public: bool) -> APIRouter:
     deps = [] if public else [Depends(current_principal)]
-    r = APIRouter(tags=["metrics"], dependencies=deps)
+    errors: dict[int | str, dict[str, Any]] = {
+        503: {"model": ErrorBody, "description": "unavailable: the gateway serves no services"}}
+    if not public:
+        errors[401] = {"model": ErrorBody, "description": "unauthenticated"}
+    r = APIRouter(tags=["metrics"], dependencies=deps, responses=errors)
 
     @r.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics of this gateway process")
     async def metrics(request: Request) -> PlainTextResponse:
