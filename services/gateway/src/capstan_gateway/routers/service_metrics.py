@@ -62,7 +62,10 @@ def prometheus_router(public: bool) -> APIRouter:
         errors[401] = {"model": ErrorBody, "description": "unauthenticated"}
     r = APIRouter(tags=["metrics"], dependencies=deps, responses=errors)
 
-    @r.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics of this gateway process")
+    text_200: dict[int | str, dict[str, Any]] = {
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format"}}
+
+    @r.get("/metrics", summary="Prometheus metrics of this gateway process", responses=text_200)
     async def metrics(request: Request) -> PlainTextResponse:
         text = prometheus_text(_runtime(request).metrics)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
