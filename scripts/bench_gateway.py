@@ -188,6 +188,8 @@ async def run(quick: bool) -> dict[str, Any]:
             tokens = 50 if quick else 100  # 1 s / 2 s of tokens per stream at 50 tokens/s
             st = {}
             for n_streams in (32, 128):
+                await streams(session, direct_paced, n_streams, 2)  # warm: connections open on both paths
+                await streams(session, via_paced, n_streams, 2)
                 st[n_streams] = {"direct": await streams(session, direct_paced, n_streams, tokens),
                                  "gateway": await streams(session, via_paced, n_streams, tokens)}
     finally:
@@ -218,6 +220,8 @@ async def run(quick: bool) -> dict[str, Any]:
         ">= 1000 req/s through the gateway at 32 callers": rps_g >= 1000,
     }
     result["checks"] = checks
+    result["load_average_1m"] = os.getloadavg()[0]
+    result["cpus"] = os.cpu_count()
     return result
 
 
@@ -236,6 +240,8 @@ def main() -> None:
     except ImportError:
         r = asyncio.run(run(args.quick))
     ns = r["non_streaming_ms"]
+    print(f"machine: {r['cpus']} CPUs, load average {r['load_average_1m']:.1f} at the end (bench client, fake "
+          "engines and gateway share them)")
     print(f"non-streaming, 1 caller: p50 direct {ns['direct_p50']:.2f} ms, gateway {ns['gateway_p50']:.2f} ms "
           f"(+{ns['added_p50']:.2f}); p99 direct {ns['direct_p99']:.2f}, gateway {ns['gateway_p99']:.2f} "
           f"(+{ns['added_p99']:.2f})")

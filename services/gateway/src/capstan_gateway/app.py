@@ -45,8 +45,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     errors.install(app)
-    invoke.mount(app, settings)  # before GatewayMiddleware: invocations are traced and capped by it too
     app.add_middleware(GatewayMiddleware)
+    invoke.mount(app, settings)  # the invocation routes, in front of everything above
     for router in routers():
         app.include_router(router)
 

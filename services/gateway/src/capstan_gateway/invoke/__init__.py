@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from ..settings import GatewaySettings
 from .handler import InvokeApp
@@ -20,13 +21,21 @@ def mount(app: FastAPI, settings: GatewaySettings) -> None:
     def runtime() -> InvokeRuntime | None:
         return getattr(app.state, "invoke", None)
 
-    app.add_middleware(
-        InvokeApp,
-        cache=lambda: (r.cache if (r := runtime()) else None),
-        budgets=lambda: (r.budgets if (r := runtime()) else None),
-        metrics=lambda: (r.metrics if (r := runtime()) else None),
-        session=lambda: (r.session if (r := runtime()) else None),
-    )
+    build = app.build_middleware_stack
+
+    def outermost() -> ASGIApp:
+        # Invocations go around the management stack (its middleware, exception handlers, router):
+        # every layer costs on each call and each relayed chunk. InvokeApp opens the request's span
+        # and answers its own errors; any other path goes on to the stack unchanged.
+        return InvokeApp(
+            build(),
+            cache=lambda: (r.cache if (r := runtime()) else None),
+            budgets=lambda: (r.budgets if (r := runtime()) else None),
+            metrics=lambda: (r.metrics if (r := runtime()) else None),
+            session=lambda: (r.session if (r := runtime()) else None),
+        )
+
+    app.build_middleware_stack = outermost  # type: ignore[method-assign]
     app.include_router(router)
     app.include_router(prometheus_router(settings.metrics_public))
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from opentelemetry.trace import SpanKind
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from capstan_core import tracing
@@ -72,6 +73,7 @@ class InvokeApp:
         self.app = app
         self._cache, self._budgets, self._metrics, self._session = cache, budgets, metrics, session
         self.gate = ConcurrencyGate()
+        self.tracer = tracing.tracer("gateway")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -82,10 +84,37 @@ class InvokeApp:
             await self.app(scope, receive, send)
             return
         service_id, suffix = matched
-        try:
-            await self._serve(scope, receive, send, service_id, suffix)
-        except err.InvokeError as e:
-            await e.send(send)
+        headers = _headers(scope)
+        method = scope["method"]
+        with (
+            tracing.attached(tracing.extract(headers)),
+            self.tracer.start_as_current_span(
+                f"{method} /{{ms-id}}{suffix}" if service_id else f"{method} {suffix}", kind=SpanKind.SERVER,
+                attributes={"http.request.method": method, "url.path": scope["path"]},
+            ) as span,
+        ):
+            trace_header = (b"x-trace-id", format(span.get_span_context().trace_id, "032x").encode())
+            started = False
+
+            async def send_traced(message: Message) -> None:
+                nonlocal started
+                if message["type"] == "http.response.start":
+                    started = True
+                    message["headers"] = [*message.get("headers", ()), trace_header]
+                    span.set_attribute("http.response.status_code", message["status"])
+                await send(message)
+
+            try:
+                await self._serve(scope, receive, send_traced, service_id, suffix, headers)
+            except err.InvokeError as e:
+                if not started:
+                    await e.send(send_traced)
+            except Exception as e:  # the last resort: a JSON 500 in OpenAI's shape, the traceback in the log
+                log.exception("unhandled error in %s %s", method, scope["path"])
+                span.record_exception(e)
+                if not started:
+                    await err.InvokeError(500, "internal error", "internal_error", type_="server_error").send(
+                        send_traced)
 
     @staticmethod
     def _match(path: str) -> tuple[str, str] | None:
@@ -98,7 +127,9 @@ class InvokeApp:
             return service_id, ""
         return service_id, "/" + rest
 
-    async def _serve(self, scope: Scope, receive: Receive, send: Send, service_id: str, suffix: str) -> None:
+    async def _serve(
+        self, scope: Scope, receive: Receive, send: Send, service_id: str, suffix: str, headers: dict[str, str]
+    ) -> None:
         route = SUFFIXES.get(suffix)
         if route is None:
             raise err.InvokeError(404, f"Unknown route {scope['path']}; a service answers "
@@ -111,7 +142,6 @@ class InvokeApp:
         if cache is None or budgets is None or metrics is None or session is None:
             raise err.unavailable("the gateway is not serving services (no inference service configured)")
         call = Call(service_id=service_id, suffix=suffix, kind=kind)
-        headers = _headers(scope)
         if method == "POST":
             call.body = await _read_body(receive, headers)
         if kind in ("chat", "completion"):

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 _USAGE = b'"usage"'
+_DECODER = json.JSONDecoder()
 _MAX_PENDING = 1 << 20  # an event larger than this is passed on unparsed
 
 
@@ -65,11 +66,16 @@ class SseRelay:
 
     def read_usage(self, body: bytes) -> None:
         """A non-streaming answer's ``usage``."""
-        if _USAGE not in body:
+        at = body.rfind(_USAGE)
+        if at < 0:
             return
-        doc = _json(body)
-        if doc is not None and isinstance(doc.get("usage"), dict):
-            self._count(doc["usage"])
+        try:  # the usage object alone (engines put it last): no need to parse the whole answer
+            colon = body.index(b":", at + len(_USAGE))
+            usage, _ = _DECODER.raw_decode(body[colon + 1 :].decode().lstrip())
+        except (ValueError, UnicodeDecodeError):
+            return
+        if isinstance(usage, dict):
+            self._count(usage)
 
     def _count(self, usage: dict[str, Any]) -> None:
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
