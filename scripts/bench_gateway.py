@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import statistics
@@ -43,18 +44,16 @@ class FakeInference(inference_pb2_grpc.InferenceServicer):
     def __init__(self, fast: str, paced: str) -> None:
         version = inference_pb2.RouteVersion(version_id="v1", weight=100, protocol="openai",
                                              served_model_name="fake-model")
-        paced_version = inference_pb2.RouteVersion(version_id="v1", weight=100, protocol="openai",
-                                                   served_model_name="fake-model")
 
         def service(sid: str, addr: str, v: inference_pb2.RouteVersion) -> inference_pb2.ServiceRoute:
             return inference_pb2.ServiceRoute(
                 service_id=sid, state="Running", auth_enabled=True, group_qps_limit=0, versions=[v],
                 replicas=[inference_pb2.RouteReplica(replica_id="r1", version_id="v1", address=addr, ready=True)],
                 keys=[inference_pb2.RouteKey(key_id="k1", enabled=True,
-                                             secret_sha256="a05e8b6a4bd4c1e6d5f0d7f6ef33b3b35d8f2ae1f8d8d5bce66a3bd8b1b49cf4")])
+                                             secret_sha256=hashlib.sha256(KEY.encode()).hexdigest())])
 
         self.routes = inference_pb2.ListRoutesResponse(
-            revision=1, services=[service(MS, fast, version), service("ms-paced001", paced, paced_version)])
+            revision=1, services=[service(MS, fast, version), service("ms-paced001", paced, version)])
 
     async def ListRoutes(self, request: Any, context: Any) -> Any:  # noqa: N802
         if request.revision == 1:
@@ -145,10 +144,6 @@ async def run(quick: bool) -> dict[str, Any]:
                                            "--tokens-per-second", tps]))
         fast, paced = _wait(tmp / "fast", procs[0]), _wait(tmp / "paced", procs[1])
         servicer = FakeInference(fast, paced)
-        import hashlib
-
-        for s in servicer.routes.services:
-            s.keys[0].secret_sha256 = hashlib.sha256(KEY.encode()).hexdigest()
         inference_pb2_grpc.add_InferenceServicer_to_server(servicer, server)
         port = server.add_secure_port("127.0.0.1:0", credentials.load(secrets, "inference").tls.server_credentials())
         await server.start()
