@@ -167,3 +167,26 @@ async def test_requests_per_second_hold_across_two_gateways(
                 break
             await asyncio.sleep(0.1)
     assert {"qps", "in_flight", "queued", "at_ms"} <= set(load)
+
+
+async def test_the_gateway_nats_user_reaches_its_buckets_only(nats_server: NatsServer, secrets_dir: Path) -> None:
+    import nats
+    from nats.js.api import ConsumerConfig
+
+    from capstan_core.service import connect_nats
+    from capstan_core.streams import EVENTS_STREAM
+    from capstan_gateway.invoke.counters import KvCounters
+
+    nc = await connect_nats(nats_server.url, "gateway-test", credentials.load_nats(secrets_dir, "gateway"))
+    try:
+        js = nc.jetstream(timeout=1.0)
+        counters = await KvCounters.open(js)
+        assert await counters.reserve("t.x.1", 60, 5, 10) == (5, 5)
+        with pytest.raises((nats.errors.Error, asyncio.TimeoutError)):
+            await js.add_consumer(EVENTS_STREAM, ConsumerConfig(deliver_subject="_INBOX.gateway.x"))
+        with pytest.raises((nats.errors.Error, asyncio.TimeoutError)):
+            await js.publish("capstan.evt.service.ms-12345678", b"{}")
+        with pytest.raises((nats.errors.Error, asyncio.TimeoutError)):
+            await js.add_stream(name="not_mine", subjects=["not.mine"])
+    finally:
+        await nc.close()
