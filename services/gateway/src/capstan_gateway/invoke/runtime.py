@@ -59,6 +59,7 @@ class InvokeRuntime:
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=300),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=3, sock_read=settings.invoke_read_timeout_s),
             auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),  # never carry one caller's cookies to another's call
             skip_auto_headers=("User-Agent", "Accept-Encoding"),
         )
         runtime.cache.start()
