@@ -106,6 +106,8 @@ class InvokeApp:
 
             try:
                 await self._serve(scope, receive, send_traced, service_id, suffix, headers)
+            except _ClientGone:
+                span.set_attribute("capstan.client_gone", True)
             except err.InvokeError as e:
                 if not started:
                     await e.send(send_traced)
@@ -271,13 +273,14 @@ class InvokeApp:
         await self._admit(svc, key, call, budgets)
         task = asyncio.current_task()
         disconnected = asyncio.Event()
+        finished = False
 
         async def watch() -> None:  # a client that goes away cancels the upstream request
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
                     disconnected.set()
-                    if task is not None:
+                    if task is not None and not finished:
                         task.cancel()
                     return
 
@@ -293,6 +296,7 @@ class InvokeApp:
             outcome.status = "failed"
             log.info("client left %s %s: upstream request cancelled", scope["method"], scope["path"])
         finally:
+            finished = True
             watcher.cancel()
             used = relay.usage_total
             settles = self._release(budgets, call, used)
@@ -390,6 +394,10 @@ class InvokeApp:
             return resp.status
 
 
+class _ClientGone(Exception):
+    """The client hung up before its request was read."""
+
+
 class _NotConnected(Exception):
     def __init__(self, cause: Exception) -> None:
         super().__init__(str(cause))
@@ -417,7 +425,7 @@ async def _read_body(receive: Receive, headers: dict[str, str]) -> bytes:
     while True:
         message: Message = await receive()
         if message["type"] == "http.disconnect":
-            raise asyncio.CancelledError
+            raise _ClientGone
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > MAX_BODY_BYTES:
