@@ -12,13 +12,15 @@ import asyncio
 import json
 import logging
 import re
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-from opentelemetry.trace import SpanKind
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from capstan_core import tracing
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 600 * 1024
 SERVICE_ID = re.compile(r"^ms-[0-9a-z]{1,32}$")
+TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 RETRIES = 3  # replicas tried when a connection fails before any byte of the answer
 MINUTE, DAY, SECOND = 60, 86400, 1
 
@@ -61,6 +64,7 @@ class Call:
     started: float = field(default_factory=time.perf_counter)
     reservations: list[tuple[str, int, int, int]] = field(default_factory=list)  # scope, window_s, window, n
     rate_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    traceparent: str | None = None  # set when no span is recorded: passed to the instance as is
 
 
 class InvokeApp:
@@ -86,6 +90,15 @@ class InvokeApp:
         service_id, suffix = matched
         headers = _headers(scope)
         method = scope["method"]
+        if not _spans_recorded():
+            # No span processor: a recorded span would be thrown away, and costs more than the rest of
+            # the gateway's work on a call. The trace still continues: the caller's traceparent (or a
+            # new one) goes to the instance, and its trace id back in x-trace-id.
+            traceparent = headers.get("traceparent", "")
+            if not TRACEPARENT.match(traceparent):
+                traceparent = f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-00"
+            await self._traced(scope, receive, send, service_id, suffix, headers, None, traceparent)
+            return
         with (
             tracing.attached(tracing.extract(headers)),
             self.tracer.start_as_current_span(
@@ -93,30 +106,44 @@ class InvokeApp:
                 attributes={"http.request.method": method, "url.path": scope["path"]},
             ) as span,
         ):
-            trace_header = (b"x-trace-id", format(span.get_span_context().trace_id, "032x").encode())
-            started = False
+            await self._traced(scope, receive, send, service_id, suffix, headers, span, None)
 
-            async def send_traced(message: Message) -> None:
-                nonlocal started
-                if message["type"] == "http.response.start":
-                    started = True
-                    message["headers"] = [*message.get("headers", ()), trace_header]
+    async def _traced(
+        self, scope: Scope, receive: Receive, send: Send, service_id: str, suffix: str, headers: dict[str, str],
+        span: Span | None, traceparent: str | None,
+    ) -> None:
+        method = scope["method"]
+        if span is not None:
+            trace_id = format(span.get_span_context().trace_id, "032x")
+        else:
+            parts = (traceparent or "").split("-")
+            trace_id = parts[1] if len(parts) == 4 and len(parts[1]) == 32 else ""
+        trace_header = (b"x-trace-id", trace_id.encode())
+        started = False
+
+        async def send_traced(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message["headers"] = [*message.get("headers", ()), trace_header]
+                if span is not None:
                     span.set_attribute("http.response.status_code", message["status"])
-                await send(message)
+            await send(message)
 
-            try:
-                await self._serve(scope, receive, send_traced, service_id, suffix, headers)
-            except _ClientGone:
-                span.set_attribute("capstan.client_gone", True)
-            except err.InvokeError as e:
-                if not started:
-                    await e.send(send_traced)
-            except Exception as e:  # the last resort: a JSON 500 in OpenAI's shape, the traceback in the log
-                log.exception("unhandled error in %s %s", method, scope["path"])
+        try:
+            await self._serve(scope, receive, send_traced, service_id, suffix, headers, traceparent)
+        except _ClientGone:
+            pass
+        except err.InvokeError as e:
+            if not started:
+                await e.send(send_traced)
+        except Exception as e:  # the last resort: a JSON 500 in OpenAI's shape, the traceback in the log
+            log.exception("unhandled error in %s %s", method, scope["path"])
+            if span is not None:
                 span.record_exception(e)
-                if not started:
-                    await err.InvokeError(500, "internal error", "internal_error", type_="server_error").send(
-                        send_traced)
+            if not started:
+                await err.InvokeError(500, "internal error", "internal_error", type_="server_error").send(
+                    send_traced)
 
     @staticmethod
     def _match(path: str) -> tuple[str, str] | None:
@@ -130,7 +157,8 @@ class InvokeApp:
         return service_id, "/" + rest
 
     async def _serve(
-        self, scope: Scope, receive: Receive, send: Send, service_id: str, suffix: str, headers: dict[str, str]
+        self, scope: Scope, receive: Receive, send: Send, service_id: str, suffix: str, headers: dict[str, str],
+        traceparent: str | None,
     ) -> None:
         route = SUFFIXES.get(suffix)
         if route is None:
@@ -143,7 +171,7 @@ class InvokeApp:
         cache, budgets, metrics, session = self._cache(), self._budgets(), self._metrics(), self._session()
         if cache is None or budgets is None or metrics is None or session is None:
             raise err.unavailable("the gateway is not serving services (no inference service configured)")
-        call = Call(service_id=service_id, suffix=suffix, kind=kind)
+        call = Call(service_id=service_id, suffix=suffix, kind=kind, traceparent=traceparent)
         if method == "POST":
             call.body = await _read_body(receive, headers)
         if kind in ("chat", "completion"):
@@ -358,7 +386,10 @@ class InvokeApp:
         relay: SseRelay,
     ) -> int:
         headers = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
-        tracing.inject(headers)
+        if call.traceparent:
+            headers["traceparent"] = call.traceparent
+        else:
+            tracing.inject(headers)
         url = f"http://{replica.address}{call.suffix}"
         method = "POST" if call.kind != "models" else "GET"
         try:
@@ -402,6 +433,12 @@ class _NotConnected(Exception):
     def __init__(self, cause: Exception) -> None:
         super().__init__(str(cause))
         self.cause = cause
+
+
+def _spans_recorded() -> bool:
+    """Whether the process's tracer provider sends spans anywhere (an exporter is configured)."""
+    active = getattr(trace.get_tracer_provider(), "_active_span_processor", None)
+    return bool(getattr(active, "_span_processors", ()))
 
 
 def _headers(scope: Scope) -> dict[str, str]:
