@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import web
 
 STATS: dict[str, Any] = {"arrivals": [], "models": [], "stream_options": [], "cancelled": 0, "completed": 0,
-                         "headers": []}
+                         "headers": [], "request_starts": [], "tokens": 0}
 
 
 def _prompt_tokens(doc: dict[str, Any]) -> int:
@@ -31,8 +31,13 @@ def _prompt_tokens(doc: dict[str, Any]) -> int:
     return max(1, len(text.split()))
 
 
-def _record(request: web.Request, doc: dict[str, Any]) -> None:
+def _record(request: web.Request, doc: Any) -> None:
     STATS["arrivals"].append(time.time())
+    start = request.headers.get("x-request-start", "")
+    if start.startswith("t="):  # when the gateway let the call through, microseconds
+        STATS["request_starts"].append(int(start[2:]) / 1e6)
+    if not isinstance(doc, dict):
+        return
     STATS["models"].append(doc.get("model"))
     STATS["stream_options"].append(doc.get("stream_options"))
     if len(STATS["headers"]) < 50:
@@ -62,6 +67,7 @@ def make_app(served: str, tokens_per_second: float) -> web.Application:
                 choice = {"index": 0, "text": text, "finish_reason": "length", "logprobs": None}
                 obj = "text_completion"
             STATS["completed"] += 1
+            STATS["tokens"] += usage["total_tokens"]
             return web.json_response({"id": cid, "object": obj, "created": created, "model": model,
                                       "choices": [choice], "usage": usage})
         resp = web.StreamResponse(headers={"content-type": "text/event-stream", "cache-control": "no-cache"})
@@ -95,6 +101,7 @@ def make_app(served: str, tokens_per_second: float) -> web.Application:
             await resp.write(b"data: [DONE]\n\n")
             await resp.write_eof()
             STATS["completed"] += 1
+            STATS["tokens"] += usage["total_tokens"]
         except (asyncio.CancelledError, ConnectionResetError):
             STATS["cancelled"] += 1
             raise
@@ -106,7 +113,7 @@ def make_app(served: str, tokens_per_second: float) -> web.Application:
 
     async def predict(request: web.Request) -> web.Response:
         doc = await request.json()
-        STATS["arrivals"].append(time.time())
+        _record(request, doc)
         return web.json_response({"predictions": doc})
 
     async def health(request: web.Request) -> web.Response:

@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import aiohttp
 import grpc
 import httpx
 import pytest
@@ -102,6 +103,24 @@ async def _fresh_window(seconds_left: float) -> None:
         await asyncio.sleep(left + 0.05)
 
 
+async def _post(session: aiohttp.ClientSession, url: str, body: dict[str, object],
+                headers: dict[str, str]) -> int:
+    """POST until answered: a keep-alive connection the server closed while this loop was busy is
+    retried (what counts is measured at the upstream, so a lost answer hides nothing)."""
+    while True:
+        try:
+            async with session.post(url, json=body, headers=headers) as r:
+                await r.read()
+                return r.status
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+            continue
+
+
+def _client_session() -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=False),
+                                 timeout=aiohttp.ClientTimeout(total=120))
+
+
 async def test_tokens_per_minute_hold_across_two_gateways(
     gateways: list[str], inference: tuple[FakeInference, str], upstream: str
 ) -> None:
@@ -111,24 +130,19 @@ async def test_tokens_per_minute_hold_across_two_gateways(
     auth = {"Authorization": "Bearer sk-shared"}
     await _routed(gateways, "/v1/models", auth)
     await _fresh_window(25)
-    used = 0
     body = {"model": MS, "messages": [{"role": "user", "content": "a few words here"}], "max_tokens": 100}
 
-    async def client(i: int, c: httpx.AsyncClient) -> None:
-        nonlocal used
-        url = gateways[i % 2]
-        while True:
-            r = await c.post(f"{url}/{MS}/v1/chat/completions", json=body, headers=auth)
-            if r.status_code != 200:
-                assert r.status_code == 429, r.text
-                return
-            used += r.json()["usage"]["total_tokens"]
+    async def client(i: int, session: aiohttp.ClientSession) -> None:
+        url = f"{gateways[i % 2]}/{MS}/v1/chat/completions"
+        while (status := await _post(session, url, body, auth)) == 200:
+            pass
+        assert status == 429, status
 
-    limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
-    async with httpx.AsyncClient(timeout=60, limits=limits) as c:
-        await asyncio.gather(*(client(i, c) for i in range(CLIENTS)))
-    assert used <= limit * 1.05, f"{used} tokens served against a limit of {limit}"
-    assert used >= limit * 0.8, f"only {used} of {limit} tokens served: leases left too much unused"
+    async with _client_session() as session:
+        await asyncio.gather(*(client(i, session) for i in range(CLIENTS)))
+    served = (await upstream_stats(upstream))["tokens"]  # what the engine produced for the key, all told
+    assert served <= limit * 1.05, f"{served} tokens served against a limit of {limit}"
+    assert served >= limit * 0.8, f"only {served} of {limit} tokens served: leases left too much unused"
 
 
 async def test_requests_per_second_hold_across_two_gateways(
@@ -144,19 +158,20 @@ async def test_requests_per_second_hold_across_two_gateways(
     until = time.time() + 3.0
     statuses: Counter[int] = Counter()
 
-    async def client(i: int, c: httpx.AsyncClient) -> None:
-        url = gateways[i % 2]
+    async def client(i: int, session: aiohttp.ClientSession) -> None:
+        url = f"{gateways[i % 2]}/{MS}/v1/models/m:predict"
         while time.time() < until:
-            r = await c.post(f"{url}/{MS}/v1/models/m:predict", json={"i": i})
-            statuses[r.status_code] += 1
-            if r.status_code == 429:
-                await asyncio.sleep(0.2 + random.random() * 0.1)  # noqa: S311 - jitter, not security
+            status = await _post(session, url, {"i": i}, {})
+            statuses[status] += 1
+            if status == 429:
+                await asyncio.sleep(0.5 + random.random() * 0.5)  # noqa: S311 - jitter, not security
 
-    limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
-    async with httpx.AsyncClient(timeout=60, limits=limits) as c:
-        await asyncio.gather(*(client(i, c) for i in range(CLIENTS)))
+    async with _client_session() as session:
+        await asyncio.gather(*(client(i, session) for i in range(CLIENTS)))
     assert set(statuses) <= {200, 429} and statuses[200] > qps
-    per_second = Counter(int(t) for t in (await upstream_stats(upstream))["arrivals"])
+    # Counted by the second in which a gateway let each call through (its X-Request-Start): a loaded
+    # machine may deliver a call in the next second, which says nothing about the limit.
+    per_second = Counter(int(t) for t in (await upstream_stats(upstream))["request_starts"])
     assert max(per_second.values()) <= qps + 1, sorted(per_second.items())
     # each gateway publishes the replica's load for the autoscaler
     kv = await nc.jetstream().key_value("capstan_serving_load")

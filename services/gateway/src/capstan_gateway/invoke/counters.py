@@ -10,6 +10,7 @@ buckets' age limit removes old windows.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Protocol
 
 from nats.js import JetStreamContext
@@ -76,24 +77,40 @@ class KvCounters:
 
     @staticmethod
     async def _cas(kv: KeyValue, name: str, amount: int, limit: int | None) -> tuple[int, int]:
-        for attempt in range(64):
-            try:
-                entry = await kv.get(name)
-                cur, rev = int(entry.value or b"0"), entry.revision
-            except KeyNotFoundError:
-                cur, rev = 0, None
+        result = (0, 0)
+
+        def change(value: bytes | None) -> bytes | None:
+            nonlocal result
+            cur = int(value or b"0")
             grant = amount if limit is None else max(0, min(amount, limit - cur))
-            if grant == 0:
-                return 0, cur
-            try:
-                if rev is None:
-                    await kv.create(name, str(cur + grant).encode())
-                else:
-                    await kv.update(name, str(cur + grant).encode(), last=rev)
-                return grant, cur + grant
-            except KeyWrongLastSequenceError:
-                await asyncio.sleep(0.0005 * attempt)  # another process won: read again
-        raise RuntimeError(f"counter {name}: too much contention")
+            result = (grant, cur + grant)
+            return str(cur + grant).encode() if grant else None
+
+        await compare_and_set(kv, name, change)
+        return result
+
+
+async def compare_and_set(kv: KeyValue, key: str, change: Callable[[bytes | None], bytes | None]) -> None:
+    """Replace the entry's value by ``change(value)`` (None: leave it) unless another writer came first,
+    then read again and retry. ``value`` is None when the key does not exist."""
+    for attempt in range(64):
+        try:
+            entry = await kv.get(key)
+            value, rev = entry.value, entry.revision
+        except KeyNotFoundError:
+            value, rev = None, None
+        new = change(value)
+        if new is None:
+            return
+        try:
+            if rev is None:
+                await kv.create(key, new)
+            else:
+                await kv.update(key, new, last=rev)
+            return
+        except KeyWrongLastSequenceError:
+            await asyncio.sleep(0.0005 * attempt)  # another process won: read again
+    raise RuntimeError(f"{key}: too much contention")
 
 
 async def _bucket(js: JetStreamContext, name: str, ttl_s: int) -> KeyValue:

@@ -65,6 +65,7 @@ class Call:
     reservations: list[tuple[str, int, int, int]] = field(default_factory=list)  # scope, window_s, window, n
     rate_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     traceparent: str | None = None  # set when no span is recorded: passed to the instance as is
+    admitted_at: float = 0.0  # wall clock when the replica's limits let the call through
 
 
 class InvokeApp:
@@ -258,7 +259,9 @@ class InvokeApp:
         call.reservations = []
         return settles
 
-    async def _pick(self, svc: Service, exclude: set[str], budgets: Budgets, metrics: ServingMetrics) -> Replica:
+    async def _pick(
+        self, svc: Service, call: Call, exclude: set[str], budgets: Budgets, metrics: ServingMetrics
+    ) -> Replica:
         """A replica under its QPS and concurrency limits, waiting in the version's queue if it allows."""
         while True:
             replica = svc.choose(frozenset(exclude))
@@ -286,6 +289,7 @@ class InvokeApp:
                                                "instance); retry later.")
                     continue
             qps = version.max_qps_per_replica
+            call.admitted_at = budgets.clock()
             if qps > 0 and not await budgets.take(f"q.r.{replica.replica_id}", SECOND, qps, 1):
                 exclude.add(replica.replica_id)
                 if svc.choose(frozenset(exclude)) is None:
@@ -342,7 +346,7 @@ class InvokeApp:
         last: Exception | None = None
         for _ in range(RETRIES):
             try:
-                replica = await self._pick(svc, tried, budgets, metrics)
+                replica = await self._pick(svc, call, tried, budgets, metrics)
             except err.InvokeError:
                 if last is None:
                     raise
@@ -386,6 +390,8 @@ class InvokeApp:
         relay: SseRelay,
     ) -> int:
         headers = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+        # When the gateway let the call through (the convention proxies use; an engine can tell its queue time).
+        headers["x-request-start"] = f"t={int(call.admitted_at * 1_000_000)}"
         if call.traceparent:
             headers["traceparent"] = call.traceparent
         else:

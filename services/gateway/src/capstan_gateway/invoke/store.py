@@ -10,9 +10,10 @@ from typing import Any, Protocol
 
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.errors import KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 
+from .counters import compare_and_set
 from .metrics import KEEP_MINUTES, LOAD_BUCKET, METRICS_BUCKET
 
 STALE_MS = 5000  # a gateway's share of a replica's load older than this no longer counts
@@ -74,21 +75,8 @@ class KvStore:
 
     async def put_load(self, key: str, gateway_id: str, share: dict[str, Any]) -> None:
         """``<ms-id>.<replica-id>``: this gateway's share replaced, the totals summed (compare-and-set)."""
-        for _ in range(16):
-            try:
-                entry = await self._load.get(key)
-                current, rev = _loads(entry.value), entry.revision
-            except KeyNotFoundError:
-                current, rev = None, None
-            value = json.dumps(merge_load(current, gateway_id, share)).encode()
-            try:
-                if rev is None:
-                    await self._load.create(key, value)
-                else:
-                    await self._load.update(key, value, last=rev)
-                return
-            except KeyWrongLastSequenceError:
-                continue
+        await compare_and_set(
+            self._load, key, lambda raw: json.dumps(merge_load(_loads(raw), gateway_id, share)).encode())
 
 
 def merge_load(current: dict[str, Any] | None, gateway_id: str, share: dict[str, Any]) -> dict[str, Any]:
