@@ -48,19 +48,27 @@ def wait_file(path: Path, proc: subprocess.Popen[bytes], timeout: float = 20.0) 
 
 
 @contextmanager
-def fake_upstream(tmp: Path, name: str = "up", tokens_per_second: float = 0.0,
-                  served: str = "fake-model") -> Iterator[str]:
-    """A FAKE engine process; yields its host:port."""
+def fake_upstream_process(tmp: Path, name: str = "up", tokens_per_second: float = 0.0,
+                          served: str = "fake-model") -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A FAKE engine process; yields its host:port and the process."""
     ready = tmp / f"{name}.addr"
     proc = subprocess.Popen(
         [sys.executable, str(FAKE_UPSTREAM), "--port", "0", "--ready-file", str(ready),
          "--tokens-per-second", str(tokens_per_second), "--served-model-name", served],
     )
     try:
-        yield wait_file(ready, proc)
+        yield wait_file(ready, proc), proc
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@contextmanager
+def fake_upstream(tmp: Path, name: str = "up", tokens_per_second: float = 0.0,
+                  served: str = "fake-model") -> Iterator[str]:
+    """A FAKE engine process; yields its host:port."""
+    with fake_upstream_process(tmp, name, tokens_per_second, served) as (addr, _):
+        yield addr
 
 
 async def upstream_stats(addr: str) -> dict[str, Any]:
