@@ -15,7 +15,7 @@ from typing import Protocol
 
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 # Second and minute windows live an hour; day windows two days.
@@ -114,6 +114,13 @@ async def compare_and_set(kv: KeyValue, key: str, change: Callable[[bytes | None
 
 
 async def _bucket(js: JetStreamContext, name: str, ttl_s: int) -> KeyValue:
-    return await js.create_key_value(
-        KeyValueConfig(bucket=name, history=1, ttl=float(ttl_s), storage=StorageType.MEMORY)
-    )
+    return await open_bucket(js, KeyValueConfig(bucket=name, history=1, ttl=float(ttl_s), storage=StorageType.MEMORY))
+
+
+async def open_bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
+    """The bucket as it exists (another gateway, or the inference service, may have made it), else
+    made with ``config``."""
+    try:
+        return await js.key_value(config.bucket)
+    except BucketNotFoundError:
+        return await js.create_key_value(config)

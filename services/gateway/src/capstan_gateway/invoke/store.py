@@ -13,7 +13,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 
-from .counters import compare_and_set
+from .counters import compare_and_set, open_bucket
 from .metrics import KEEP_MINUTES, LOAD_BUCKET, METRICS_BUCKET
 
 STALE_MS = 5000  # a gateway's share of a replica's load older than this no longer counts
@@ -50,9 +50,9 @@ class KvStore:
 
     @classmethod
     async def open(cls, js: JetStreamContext) -> KvStore:
-        samples = await js.create_key_value(KeyValueConfig(
+        samples = await open_bucket(js, KeyValueConfig(
             bucket=METRICS_BUCKET, history=1, ttl=float(KEEP_MINUTES * 60 + 120), storage=StorageType.FILE))
-        load = await js.create_key_value(KeyValueConfig(
+        load = await open_bucket(js, KeyValueConfig(
             bucket=LOAD_BUCKET, history=1, ttl=600.0, storage=StorageType.MEMORY))
         return cls(samples, load)
 
