@@ -114,6 +114,8 @@ def make_app(served: str, tokens_per_second: float) -> web.Application:
     async def predict(request: web.Request) -> web.Response:
         doc = await request.json()
         _record(request, doc)
+        if isinstance(doc, dict) and isinstance(doc.get("answer_bytes"), int):  # a large answer, on request
+            return web.json_response({"predictions": "x" * doc["answer_bytes"]})
         return web.json_response({"predictions": doc})
 
     async def health(request: web.Request) -> web.Response:

@@ -129,6 +129,14 @@ async def test_predict_passes_the_body_through(gw: str) -> None:
     assert r.status_code == 200 and r.json() == {"predictions": {"inputs": [1, 2]}}
 
 
+async def test_a_large_answer_is_relayed_whole(gw: str) -> None:
+    size = 20 * 1024 * 1024  # relayed as it arrives, never held whole by the gateway
+    async with httpx.AsyncClient(timeout=60) as c:
+        r = await c.post(f"{gw}/{MS}/v1/models/m:predict", json={"answer_bytes": size},
+                         headers={"Authorization": "Bearer sk-good"})
+    assert r.status_code == 200 and len(r.json()["predictions"]) == size
+
+
 async def _error(coro: object, status: int) -> dict[str, object]:
     with pytest.raises(openai.APIStatusError) as info:
         await coro  # type: ignore[misc]

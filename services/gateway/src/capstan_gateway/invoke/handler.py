@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 600 * 1024
 SERVICE_ID = re.compile(r"^ms-[0-9a-z]{1,32}$")
 TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+_USAGE_TAIL = 16 * 1024  # the end of a non-streaming answer kept to read its usage from
 RETRIES = 3  # replicas tried when a connection fails before any byte of the answer
 MINUTE, DAY, SECOND = 60, 86400, 1
 
@@ -419,16 +420,25 @@ class InvokeApp:
                     return 502
                 await send({"type": "http.response.body", "body": relay.flush(), "more_body": False})
                 return resp.status
-            try:
-                data = await resp.read()
-            except aiohttp.ClientError as e:
-                raise err.bad_gateway(f"the instance's answer broke off: {e}") from e
-            if resp.status < 400 and call.doc is not None:
-                relay.read_usage(data)
-            out_headers.append((b"content-length", str(len(data)).encode()))
+            # Relayed as it arrives, never held whole (an instance runs user code: its answer may be any
+            # size); the usage object is read from the answer's last bytes, where engines put it.
+            length = resp.headers.get("content-length", "")
+            if length.isdigit():
+                out_headers.append((b"content-length", length.encode()))
             await send({"type": "http.response.start", "status": resp.status, "headers": out_headers})
-            await send({"type": "http.response.body", "body": data})
-            return resp.status
+            tail = b""
+            status = resp.status
+            try:
+                async for chunk in resp.content.iter_any():
+                    tail = (tail + chunk)[-_USAGE_TAIL:] if len(chunk) < _USAGE_TAIL else chunk[-_USAGE_TAIL:]
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except aiohttp.ClientError as e:  # the head is out: end the answer short, count a failure
+                log.warning("answer from %s broke off: %s", replica.address, e)
+                status = 502
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if status < 400 and call.doc is not None:
+                relay.read_usage(tail)
+            return status
 
 
 class _ClientGone(Exception):
