@@ -122,7 +122,7 @@ def _client_session() -> aiohttp.ClientSession:
 
 
 async def test_tokens_per_minute_hold_across_two_gateways(
-    gateways: list[str], inference: tuple[FakeInference, str], upstream: str
+    gateways: list[str], inference: tuple[FakeInference, str], upstream: str, tmp_path: Path
 ) -> None:
     limit = 30_000
     key = inference_pb2.RouteKey(key_id="kt", secret_sha256=sha("sk-shared"), enabled=True, tokens_per_minute=limit)
@@ -132,17 +132,32 @@ async def test_tokens_per_minute_hold_across_two_gateways(
     await _fresh_window(25)
     body = {"model": MS, "messages": [{"role": "user", "content": "a few words here"}], "max_tokens": 100}
 
+    outcomes: Counter[int] = Counter()
+
     async def client(i: int, session: aiohttp.ClientSession) -> None:
         url = f"{gateways[i % 2]}/{MS}/v1/chat/completions"
         while (status := await _post(session, url, body, auth)) == 200:
-            pass
+            outcomes[200] += 1
         assert status == 429, status
+        outcomes[429] += 1
 
     async with _client_session() as session:
         await asyncio.gather(*(client(i, session) for i in range(CLIENTS)))
     served = (await upstream_stats(upstream))["tokens"]  # what the engine produced for the key, all told
     assert served <= limit * 1.05, f"{served} tokens served against a limit of {limit}"
     assert served >= limit * 0.8, f"only {served} of {limit} tokens served: leases left too much unused"
+    # call monitoring sums both gateways' samples (JetStream KV), asked of either one
+    admin = {"Authorization": f"Bearer {(tmp_path / 'gw0' / 'admin-token').read_text()}"}
+    async with httpx.AsyncClient(base_url=gateways[0], headers=admin) as c, asyncio.timeout(20):
+        while True:
+            points = (await c.get(f"/api/v1/services/{MS}/metrics?minutes=5&by=key")).json()["points"]
+            succeeded = sum(p["succeeded"] for p in points)
+            throttled = sum(p["throttled"] for p in points)
+            if succeeded >= outcomes[200] and throttled >= outcomes[429]:
+                break
+            await asyncio.sleep(0.2)  # the other gateway writes its samples every 2 s
+        assert {p["key"] for p in points} == {"kt"}
+        assert sum(p["tokens_out"] for p in points) >= outcomes[200] * 100
 
 
 async def test_requests_per_second_hold_across_two_gateways(

@@ -10,7 +10,6 @@ from typing import Any, Protocol
 
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 
 from .counters import compare_and_set, open_bucket
@@ -60,18 +59,19 @@ class KvStore:
         await asyncio.gather(*(self._samples.put(k, v) for k, v in entries.items()))
 
     async def samples(self, service_id: str) -> list[bytes]:
+        """Every gateway's latest entry of each minute of the service, read in one pass."""
+        watcher = await self._samples.watch(f"{service_id}.>", ignore_deletes=True)
+        out: list[bytes] = []
         try:
-            keys = await self._samples.keys(filters=[f"{service_id}.>"])
-        except NoKeysError:
-            return []
-        entries = await asyncio.gather(*(self._get(k) for k in keys))
-        return [e for e in entries if e]
-
-    async def _get(self, key: str) -> bytes | None:
-        try:
-            return (await self._samples.get(key)).value
-        except KeyNotFoundError:
-            return None
+            async with asyncio.timeout(10):
+                async for entry in watcher:
+                    if entry is None:  # the end of what the bucket holds now
+                        break
+                    if entry.value:
+                        out.append(entry.value)
+        finally:
+            await watcher.stop()
+        return out
 
     async def put_load(self, key: str, gateway_id: str, share: dict[str, Any]) -> None:
         """``<ms-id>.<replica-id>``: this gateway's share replaced, the totals summed (compare-and-set)."""
