@@ -139,3 +139,17 @@ async def test_call_monitoring_series_and_prometheus(
             text = (await c.get("/metrics", headers=auth)).text
             assert f'capstan_serving_requests_succeeded_total{{service="{MS}",version="v1",key="k1"}} 2' in text
             assert "capstan_serving_in_flight" in text
+
+
+async def test_streamed_usage_counts_against_tokens_per_day(settings: GatewaySettings, upstream: str) -> None:
+    key = inference_pb2.RouteKey(key_id="k1", secret_sha256=sha("sk-good"), enabled=True, tokens_per_day=150)
+    source = StubRouteSource(route(MS, [("r1", "v1", upstream)], keys=[key]))
+    async with served_gateway(settings, source) as gw:
+        client = sdk(gw)
+        streamed = 0
+        with pytest.raises(openai.RateLimitError) as refused:
+            for _ in range(20):
+                stream = await client.chat.completions.create(model=MS, messages=MSGS, max_tokens=30, stream=True)
+                streamed += sum(1 for c in [c async for c in stream] if c.choices and c.choices[0].delta.content)
+        assert "tokens per day" in refused.value.message
+        assert 0 < streamed <= 150  # the usage chunk the gateway asked for (and dropped) was counted
