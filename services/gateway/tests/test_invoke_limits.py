@@ -65,7 +65,9 @@ async def test_group_qps_cap(settings: GatewaySettings, upstream: str) -> None:
         assert ok[0].headers["x-ratelimit-limit"] == "5"
 
 
-async def test_concurrency_limit_queues_then_refuses(settings: GatewaySettings, tmp_path: Path) -> None:
+async def test_concurrency_limit_queues_then_refuses(
+    settings: GatewaySettings, tmp_path: Path, admin_token: str
+) -> None:
     version = inference_pb2.RouteVersion(version_id="v1", weight=100, served_model_name="fake-model",
                                          max_concurrency_per_replica=1, queue_size=1, queue_timeout_ms=5000)
     with fake_upstream(tmp_path, "slow", tokens_per_second=50) as slow:
@@ -79,6 +81,9 @@ async def test_concurrency_limit_queues_then_refuses(settings: GatewaySettings, 
             errors = [d for d in done if isinstance(d, Exception)]
             assert len(errors) == 1 and isinstance(errors[0], openai.RateLimitError), done
             assert "concurrency" in errors[0].message
+            async with httpx.AsyncClient(base_url=gw, headers={"Authorization": f"Bearer {admin_token}"}) as c:
+                [point] = (await c.get(f"/api/v1/services/{MS}/metrics")).json()["points"]
+            assert (point["received"], point["succeeded"], point["throttled"]) == (3, 2, 1)  # each call once
 
 
 async def test_queue_timeout(settings: GatewaySettings, tmp_path: Path) -> None:

@@ -67,6 +67,7 @@ class Call:
     rate_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     traceparent: str | None = None  # set when no span is recorded: passed to the instance as is
     admitted_at: float = 0.0  # wall clock when the replica's limits let the call through
+    recorded: bool = False  # its outcome is in the metrics
 
 
 class InvokeApp:
@@ -188,9 +189,10 @@ class InvokeApp:
         try:
             await self._invoke(scope, receive, send, svc, key, call, budgets, metrics, session)
         except err.InvokeError as e:
-            status = "throttled" if e.status == 429 else "failed"
-            metrics.ended((svc.service_id, call.version_id, call.key_id),
-                          Outcome(status, latency_ms=(time.perf_counter() - call.started) * 1000))
+            if not call.recorded:  # refused before the call went out (limits at admission)
+                status = "throttled" if e.status == 429 else "failed"
+                metrics.ended((svc.service_id, call.version_id, call.key_id),
+                              Outcome(status, latency_ms=(time.perf_counter() - call.started) * 1000))
             e.headers = [*e.headers, *call.rate_headers]
             raise
 
@@ -323,6 +325,9 @@ class InvokeApp:
         tried: set[str] = set()
         try:
             await self._attempts(svc, call, budgets, metrics, session, send, relay, tried, outcome)
+        except err.InvokeError as e:
+            outcome.status = "throttled" if e.status == 429 else "failed"
+            raise
         except asyncio.CancelledError:
             if not disconnected.is_set():
                 raise
@@ -339,6 +344,7 @@ class InvokeApp:
             outcome.tokens_in, outcome.tokens_out = relay.prompt_tokens, relay.completion_tokens
             outcome.ttft_ms, outcome.tpot_ms = relay.ttft_ms(call.started), relay.tpot_ms()
             metrics.ended((svc.service_id, call.version_id, call.key_id), outcome)
+            call.recorded = True
 
     async def _attempts(
         self, svc: Service, call: Call, budgets: Budgets, metrics: ServingMetrics, session: aiohttp.ClientSession,
