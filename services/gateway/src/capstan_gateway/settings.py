@@ -66,6 +66,20 @@ class GatewaySettings(BaseSettings):
         split_host_port(v)
         return v
 
+    @field_validator("invoke_grpc_listen")
+    @classmethod
+    def _grpc_listen_is_host_port(cls, v: str) -> str:
+        if v.strip():
+            split_host_port(v.strip())
+        return v.strip()
+
+    @field_validator("invoke_read_timeout_s")
+    @classmethod
+    def _positive_read_timeout(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("must be > 0 seconds")
+        return v
+
     @field_validator("scheduler_addr", "trainer_addr")
     @classmethod
     def _required_addr(cls, v: str, info: ValidationInfo) -> str:
