@@ -73,13 +73,6 @@ class GatewaySettings(BaseSettings):
             split_host_port(v.strip())
         return v.strip()
 
-    @field_validator("invoke_read_timeout_s")
-    @classmethod
-    def _positive_read_timeout(cls, v: float) -> float:
-        if v <= 0:
-            raise ValueError("must be > 0 seconds")
-        return v
-
     @field_validator("scheduler_addr", "trainer_addr")
     @classmethod
     def _required_addr(cls, v: str, info: ValidationInfo) -> str:
@@ -91,7 +84,7 @@ class GatewaySettings(BaseSettings):
             )
         return v.strip()
 
-    @field_validator("rpc_timeout_s")
+    @field_validator("rpc_timeout_s", "invoke_read_timeout_s")
     @classmethod
     def _positive_timeout(cls, v: float) -> float:
         if v <= 0:
