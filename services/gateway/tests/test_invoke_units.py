@@ -6,6 +6,8 @@ import asyncio
 import json
 import random
 
+import pytest
+
 from capstan_gateway.invoke.counters import LocalCounters
 from capstan_gateway.invoke.limits import Budgets, estimate_tokens
 from capstan_gateway.invoke.metrics import Outcome, ServingMetrics, time_series
@@ -112,6 +114,20 @@ def test_replica_load_sums_fresh_gateway_shares() -> None:
     assert (b["qps"], b["in_flight"], b["queued"]) == (5.0, 3, 1)
     c = merge_load(b, "g2", {"qps": 1.0, "in_flight": 0, "queued": 0, "at_ms": 20_000})  # g1's share is stale
     assert (c["qps"], set(c["gateways"])) == (1.0, {"g2"})
+
+
+async def test_leases_of_past_windows_are_forgotten(monkeypatch: pytest.MonkeyPatch) -> None:
+    from capstan_gateway.invoke import limits
+
+    monkeypatch.setattr(limits, "_MAX_SCOPES", 10)
+    clock = Clock()
+    budgets = Budgets(LocalCounters(), clock)
+    for i in range(10):
+        assert await budgets.take(f"q.r.gone{i}", 1, 5, 1)
+    assert await budgets.take("t.k", 86400, 100, 1)  # a day window outlives the seconds
+    clock.now += 2
+    assert await budgets.take("q.r.new", 1, 5, 1)
+    assert set(budgets._leases) == {"t.k", "q.r.new"}
 
 
 async def test_concurrent_takes_in_one_process_share_one_lease() -> None:

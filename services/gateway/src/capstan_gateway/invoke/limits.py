@@ -19,11 +19,13 @@ from dataclasses import dataclass
 from .counters import Counters
 
 LEASE_FRACTION = 0.02
+_MAX_SCOPES = 10_000
 
 
 @dataclass
 class _Lease:
     window: int = -1
+    window_s: int = 1
     remaining: int = 0  # units leased from the shared counter not yet spent by this process
     seen_total: int = 0  # the shared counter's value the last time this process touched it
 
@@ -38,22 +40,31 @@ class Budgets:
     def window(self, window_s: int) -> int:
         return int(self.clock() // window_s)
 
-    def _lease(self, scope: str, window: int) -> _Lease:
+    def _lease(self, scope: str, window: int, window_s: int) -> _Lease:
         lease = self._leases.get(scope)
         if lease is None or lease.window != window:
-            lease = self._leases[scope] = _Lease(window=window)
+            if lease is None and len(self._leases) >= _MAX_SCOPES:
+                self._forget_past()
+            lease = self._leases[scope] = _Lease(window=window, window_s=window_s)
         return lease
+
+    def _forget_past(self) -> None:
+        """Leases of windows that are over are worth nothing (scopes of replicas and keys that are gone)."""
+        now = self.clock()
+        for scope in [s for s, lease in self._leases.items() if lease.window < int(now // lease.window_s)]:
+            del self._leases[scope]
+            self._locks.pop(scope, None)
 
     async def take(self, scope: str, window_s: int, limit: int, amount: int) -> bool:
         """Spend ``amount`` of this window's ``limit`` for ``scope``; False when it is not there."""
         window = self.window(window_s)
-        lease = self._lease(scope, window)
+        lease = self._lease(scope, window, window_s)
         if lease.remaining >= amount:
             lease.remaining -= amount
             return True
         lock = self._locks.setdefault(scope, asyncio.Lock())
         async with lock:
-            lease = self._lease(scope, window)
+            lease = self._lease(scope, window, window_s)
             if lease.remaining >= amount:
                 lease.remaining -= amount
                 return True

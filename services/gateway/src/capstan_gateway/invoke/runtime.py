@@ -114,4 +114,7 @@ class InvokeRuntime:
                     share = {"qps": round(qps, 3), "in_flight": r.in_flight, "queued": per_replica_queued,
                              "at_ms": at_ms}
                     jobs.append(self.store.put_load(f"{svc.service_id}.{r.replica_id}", self.gateway_id, share))
+        seen = {r.replica_id for svc in self.cache.services.values() for v in svc.versions.values() for r in v.replicas}
+        for gone in set(self._last_started) - seen:
+            del self._last_started[gone]
         await asyncio.gather(*jobs)
