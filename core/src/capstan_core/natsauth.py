@@ -24,7 +24,11 @@ OWNED_AGGREGATES: dict[str, tuple[str, ...]] = {
 SERVICE_USERS = tuple(OWNED_AGGREGATES)
 AGENT_USER = "agent"
 ADMIN_USER = "admin"
-USERS = (*SERVICE_USERS, AGENT_USER, ADMIN_USER)
+# The gateway reads no event: it keeps limit counters, call-monitoring samples and replica load in
+# these JetStream KV buckets (capstan_gateway.invoke), shared by every gateway process.
+GATEWAY_USER = "gateway"
+GATEWAY_BUCKETS = ("capstan_limits", "capstan_limits_day", "capstan_serving_metrics", "capstan_serving_load")
+USERS = (*SERVICE_USERS, AGENT_USER, GATEWAY_USER, ADMIN_USER)
 
 # JetStream API calls no service needs and no one but admin may make.
 _JS_DESTRUCTIVE = (
@@ -52,6 +56,8 @@ def permissions(user: str) -> dict[str, object]:
             "publish": {"allow": [LOGS_SUBJECTS]},
             "subscribe": {"allow": [inbox, WAKE_SUBJECTS]},
         }
+    if user == GATEWAY_USER:
+        return {"publish": {"allow": _kv_only(GATEWAY_BUCKETS)}, "subscribe": {"allow": [inbox]}}
     if user not in OWNED_AGGREGATES:
         raise ValueError(f"unknown NATS user {user!r}")
     owned = [f"{EVENTS_SUBJECTS[:-1]}{kind}.>" for kind in OWNED_AGGREGATES[user]]
@@ -62,6 +68,26 @@ def permissions(user: str) -> dict[str, object]:
         },
         "subscribe": {"allow": [inbox, WAKE_SUBJECTS]},
     }
+
+
+def _kv_only(buckets: tuple[str, ...]) -> list[str]:
+    """What KV use of ``buckets`` needs (create, get, put, compare-and-set, list keys), nothing else."""
+    allow = ["$JS.API.INFO"]
+    for bucket in buckets:
+        stream = f"KV_{bucket}"
+        allow += [
+            f"$KV.{bucket}.>",
+            f"$JS.API.STREAM.INFO.{stream}",
+            f"$JS.API.STREAM.CREATE.{stream}",
+            f"$JS.API.STREAM.MSG.GET.{stream}",
+            f"$JS.API.DIRECT.GET.{stream}",
+            f"$JS.API.DIRECT.GET.{stream}.>",
+            f"$JS.API.CONSUMER.CREATE.{stream}",
+            f"$JS.API.CONSUMER.CREATE.{stream}.>",
+            f"$JS.API.CONSUMER.DELETE.{stream}.>",
+            f"$JS.API.CONSUMER.INFO.{stream}.>",
+        ]
+    return [*allow, "$JS.FC.>", "$JS.ACK.>"]
 
 
 def authorization_block(password_hashes: dict[str, str]) -> str:

@@ -88,6 +88,7 @@ ROUTES = [
     ("GET", "/api/v1/services/ms-12345678/records"),
     ("GET", "/api/v1/services/ms-12345678/events"),
     ("GET", "/api/v1/services/ms-12345678/logs"),
+    ("GET", "/api/v1/services/ms-12345678/metrics"),  # call monitoring (the gateway's invoke package)
 ]
 
 
@@ -200,6 +201,7 @@ async def test_the_route_list_above_is_every_api_route(client: httpx.AsyncClient
         p = re.sub(r"/ms-12345678-v1-1\b", "/{instance_id}", p)
         p = re.sub(r"/ms-12345678-v1\b", "/{version_id}", p)
         p = re.sub(r"/(ms|key)-12345678\b", lambda m: "/{id}" if m[1] == "ms" else "/{key_id}", p)
+        p = re.sub(r"^/api/v1/services/ms-12345678/metrics$", "/api/v1/services/{id}/metrics", p)
         p = re.sub(r"/outputs/model/weights\.pt$", "/outputs/{path}", p)
         p = re.sub(r"/tensorboard/index\.html$", "/tensorboard/{path}", p)
         return re.sub(r"/files/config\.json$", "/files/{path}", re.sub(r"/versions/1\b", "/versions/{version}", p))

@@ -225,6 +225,8 @@ async def test_openapi_lists_every_route(client: httpx.AsyncClient) -> None:
         ("GET", "/api/v1/services/{id}/records"),
         ("GET", "/api/v1/services/{id}/events"),
         ("GET", "/api/v1/services/{id}/logs"),
+        ("GET", "/api/v1/services/{id}/metrics"),
+        ("GET", "/metrics"),
     }
     for path, item in spec["paths"].items():
         for op in item.values():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
+import importlib.util
 import logging
 import signal
 import sys
@@ -37,7 +39,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     tracing.setup_tracing("gateway")
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _exit_cleanly)
-    asyncio.run(serve(settings, args.ready_file))
+    # uvloop when installed: the invocation routes relay every call and chunk through this loop.
+    run = asyncio.run if importlib.util.find_spec("uvloop") is None else importlib.import_module("uvloop").run
+    run(serve(settings, args.ready_file))
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:

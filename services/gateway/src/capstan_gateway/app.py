@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from . import errors
+from . import errors, invoke
 from .auth import build_authenticator
 from .clients import Clients
 from .middleware import GatewayMiddleware
@@ -29,9 +29,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.authenticator = build_authenticator(settings)
         app.state.clients = Clients.connect(settings)
+        await invoke.start(app, settings, app.state.clients)
         try:
             yield
         finally:
+            await invoke.stop(app)
             await app.state.clients.close()
 
     app = FastAPI(
@@ -44,6 +46,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.state.settings = settings
     errors.install(app)
     app.add_middleware(GatewayMiddleware)
+    invoke.mount(app, settings)  # the invocation routes, in front of everything above
     for router in routers():
         app.include_router(router)
 

@@ -48,6 +48,13 @@ class GatewaySettings(BaseSettings):
     log_level: str = "INFO"
     # Seconds a call to an owning service may take before the route answers 503.
     rpc_timeout_s: float = 10.0
+    # Invocation of online services (services/gateway/src/capstan_gateway/invoke). NATS: limit counters,
+    # metric samples and replica load shared by every gateway process (empty: this process's memory).
+    nats_url: str = ""
+    gateway_id: str = ""  # names this process's metric samples; empty: a random id per start
+    invoke_read_timeout_s: float = 600.0  # an instance silent this long mid-answer is given up on
+    invoke_grpc_listen: str = ""  # host:port of gRPC invocation (x-ti-service); empty: off
+    metrics_public: bool = False  # true: GET /metrics needs no token (a scraper inside a trusted network)
 
     @property
     def secrets_path(self) -> Path:
@@ -58,6 +65,13 @@ class GatewaySettings(BaseSettings):
     def _listen_is_host_port(cls, v: str) -> str:
         split_host_port(v)
         return v
+
+    @field_validator("invoke_grpc_listen")
+    @classmethod
+    def _grpc_listen_is_host_port(cls, v: str) -> str:
+        if v.strip():
+            split_host_port(v.strip())
+        return v.strip()
 
     @field_validator("scheduler_addr", "trainer_addr")
     @classmethod
@@ -70,7 +84,7 @@ class GatewaySettings(BaseSettings):
             )
         return v.strip()
 
-    @field_validator("rpc_timeout_s")
+    @field_validator("rpc_timeout_s", "invoke_read_timeout_s")
     @classmethod
     def _positive_timeout(cls, v: float) -> float:
         if v <= 0:
