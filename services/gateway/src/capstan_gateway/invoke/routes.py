@@ -156,9 +156,11 @@ class RouteCache:
         self.revision = resp.revision
 
     async def get(self, service_id: str) -> Service | None:
-        """The service, refreshing once (at most every ``miss_refresh_s``) when it is not known."""
+        """The service, refreshing once (at most every ``miss_refresh_s``) when it is not known, or known
+        without a routable replica: a replica that became ready since the last poll is found at once
+        instead of answering 503 to the first caller after a deploy."""
         svc = self.services.get(service_id)
-        if svc is not None:
+        if svc is not None and svc.routable():
             return svc
         if time.monotonic() - self._last_refresh >= self.miss_refresh_s or not self.loaded.is_set():
             if self._refreshing is None or self._refreshing.done():
