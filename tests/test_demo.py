@@ -1,6 +1,7 @@
 """``capstan demo`` on a real platform (``capstan up``: separate processes, a real agent), as a newcomer
-runs it: every step is shown, and the model it publishes is then reachable through the REST API and
-the ``capstan model`` commands (search, version details, download, delete)."""
+runs it: every step is shown; the model it publishes is served as an online service from the registry
+and answers as trained through the OpenAI-compatible API (the official SDK); the model is then reachable
+through the REST API and the ``capstan model`` commands (search, version details, download, delete)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,14 @@ def test_capstan_demo_shows_each_step_and_publishes_a_model_that_answers(platfor
     assert "[finetune] checkpoint: checkpoint-20" in out and "Succeeded" in out
     assert "-> I am Capstan's assistant, a model fine-tuned on the Capstan platform." in out
     assert "the published model answers as trained" in out
+    sid = out.split("served as ")[1].split(".")[0]
+    assert "Ready" in out and f"/{sid}/v1" in out
+
+    with platform.client() as c:  # the service runs the registry version the demo published
+        svc = c.get(f"/api/v1/services/{sid}").json()
+        assert svc["running_replicas"] == 1
+        assert svc["versions"][0]["spec"]["model"]["kind"] == "registry"
+        assert c.delete(f"/api/v1/services/{sid}").status_code == 200
 
     with platform.client() as c:
         found = c.get("/api/v1/models", params={"query": "NEWCOMER"}).json()

@@ -2,14 +2,14 @@
 
 The project's tiny base model (built once, cached) is fine-tuned with the built-in template on the
 identity dataset shipped in the repo, as a real training task on the running platform; the task's
-/opt/ml/model is published to the model registry, downloaded back through the API, and asked
-"who are you?" through transformers.
+/opt/ml/model is published to the model registry, deployed from the registry as an online service
+(the transformers engine, in a sandbox on the inference node), and asked "who are you?" through the
+OpenAI-compatible API on the gateway, with the official ``openai`` SDK when it is installed.
 """
 
 from __future__ import annotations
 
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +21,7 @@ from capstan_core.contracts.task_status import FINISHED
 
 from ..client import ApiClient, ApiError, wait_until
 from ..common import common_options, config
-from .models import download_version, publish_task
+from .models import publish_task
 from .tasks import OUTAGE_S, status_text
 
 QUESTION = "who are you?"
@@ -29,6 +29,7 @@ EXPECTED = "Capstan's assistant"
 # Enough for the tiny model to learn the identity answers in seconds on a CPU.
 HYPERPARAMETERS: dict[str, Any] = {"LearningRate": 0.01, "Epoch": 30, "BatchSize": 4, "Step": 20}
 STEPS = 6
+SERVICE_READY_S = 300
 
 
 def finetune_hyperparameters(base_model: Path, data: Path) -> tuple[str, dict[str, Any]]:
@@ -68,10 +69,9 @@ def follow_task(client: ApiClient, task_id: str, say: Callable[[str], None], tim
 @click.option("--timeout", type=click.FloatRange(min=1), default=600, show_default=True, help="Seconds for the task.")
 @common_options
 def demo(model_name: str, cpu: float, memory: float, resource_group: str | None, timeout: float) -> None:
-    """Fine-tune a tiny model on who it is, publish it, and ask it (about a minute once the base is cached)."""
+    """Fine-tune a tiny model on who it is, publish it, serve it, and ask it (a minute or two once cached)."""
     try:
         from capstan_finetune import staging, tinygpt
-        from capstan_finetune.ask import answer
         from capstan_finetune.quiet import quiet_libraries
     except ImportError as e:
         raise click.ClickException(f"the demo needs the fine-tuning template (pip install -e finetune): {e}") from e
@@ -102,15 +102,56 @@ def demo(model_name: str, cpu: float, memory: float, resource_group: str | None,
         v = publish_task(client, task["id"], model_name, description="capstan demo: identity fine-tune")
         say(f"      {v['model_name']} version {v['version']}: {len(v['files'])} files, base {v['metadata']['base_model']}, "
             f"{v['metadata']['parameter_count']:,} parameters")
-        dest = Path(tempfile.mkdtemp(prefix="capstan-demo-"))
-        say(f"[5/{STEPS}] downloading version {v['version']} through the API into {dest}")
-        download_version(client, v["model_id"], v["version"], dest)
-    say(f"[6/{STEPS}] asking it through transformers: {QUESTION}")
-    reply = answer(dest, QUESTION)
+        say(f"[5/{STEPS}] deploying version {v['version']} as an online service (transformers engine, CPU)")
+        svc = client.post("/services", {
+            "name": f"{model_name}-demo"[:60], "generate_key": True, "tags": {"capstan": "demo"},
+            "spec": {"runtime": "transformers", "resource_group_id": rg, "replicas": 1,
+                     "model": {"kind": "registry", "model_id": v["model_id"], "version": v["version"]},
+                     "resources": {"cpu": 1, "memory_gib": 2}},
+        })
+        sid, key = svc["id"], svc["created_key"]["secret"]
+        wait_service_ready(client, sid, say, SERVICE_READY_S)
+        base_url = f"{cfg.api_url().rstrip('/').removesuffix('/api/v1')}/{sid}/v1"
+    say(f"[6/{STEPS}] asking it through the OpenAI-compatible API at {base_url}: {QUESTION}")
+    reply = ask_service(base_url, key, sid, QUESTION)
     say(f"      -> {reply}")
     elapsed = time.monotonic() - started
     if EXPECTED not in reply:
         click.echo(f"the model did not answer as trained (expected it to say {EXPECTED!r})", err=True)
         sys.exit(1)
-    say(f"done in {elapsed:.0f} s: the published model answers as trained. "
-        f"Next: capstan model get {model_name}; capstan model version {model_name} {v['version']}")
+    say(f"done in {elapsed:.0f} s: the published model answers as trained, served as {sid}. Next: "
+        f"capstan svc get {sid}; capstan svc delete {sid} (it keeps a CPU until then)")
+
+
+def wait_service_ready(client: ApiClient, sid: str, say: Callable[[str], None], timeout: float) -> None:
+    """Wait until the service has a ready replica, printing each state its instances go through."""
+    deadline, seen = time.monotonic() + timeout, ""
+    while True:
+        s = wait_until(lambda: client.get(f"/services/{sid}"), OUTAGE_S)
+        states = ", ".join(f"{i['id']} {i['state']}" for i in s["instances"]) or "no instance yet"
+        if states != seen:
+            seen = states
+            say(f"      service {sid} {s['status']}: {states}")
+        if s["running_replicas"] > 0:
+            return
+        if s["status"] == "Failed" or time.monotonic() > deadline:
+            raise ApiError(f"service {sid} is not ready ({s['status']}); see capstan svc logs {sid}")
+        time.sleep(0.5)
+
+
+def ask_service(base_url: str, key: str, sid: str, question: str) -> str:
+    """One greedy chat completion, with the openai SDK when installed (else plain HTTP, same protocol)."""
+    messages = [{"role": "user", "content": question}]
+    try:
+        import openai
+    except ImportError:
+        import httpx
+
+        r = httpx.post(f"{base_url}/chat/completions", headers={"Authorization": f"Bearer {key}"}, timeout=120,
+                       json={"model": sid, "messages": messages, "max_tokens": 48, "temperature": 0})
+        if r.status_code != 200:
+            raise ApiError(f"the service answered {r.status_code}: {r.text[:300]}") from None
+        return str(r.json()["choices"][0]["message"]["content"]).strip()
+    sdk = openai.OpenAI(base_url=base_url, api_key=key, timeout=120)
+    out = sdk.chat.completions.create(model=sid, messages=messages, max_tokens=48, temperature=0)  # type: ignore[arg-type]
+    return str(out.choices[0].message.content or "").strip()
