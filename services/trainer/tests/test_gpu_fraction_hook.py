@@ -18,10 +18,18 @@ from typing import Any
 import pytest
 
 from capstan_agentkit.sandbox import InstancePaths, InstanceSpec
-from capstan_agentkit.sandbox.argv import PYHOOK_DIR, PYHOOK_MOUNT, build_bwrap_argv
+from capstan_agentkit.sandbox.argv import (
+    BUILTIN_PACKAGES_MOUNT,
+    PYHOOK_DIR,
+    PYHOOK_MOUNT,
+    build_bwrap_argv,
+    builtin_package_dirs,
+)
 from capstan_proto import common_pb2, trainer_pb2
 
 ROOT = Path(__file__).resolve().parents[3]
+# The platform's runtimes (engines, fine-tuning) are on the sandbox's path when installed from a checkout.
+BUILTIN = [BUILTIN_PACKAGES_MOUNT] if builtin_package_dirs() else []
 
 
 def run_python(code: str, *, fraction: str | None, pythonpath: list[Path] | None = None) -> subprocess.CompletedProcess[str]:
@@ -131,9 +139,9 @@ def test_the_sandbox_gets_the_hook_only_with_a_fraction(tmp_path: Path) -> None:
     i = with_fraction.index("--ro-bind", with_fraction.index("/opt/ml/input/config"))
     assert with_fraction[i:i + 3] == ["--ro-bind", str(PYHOOK_DIR), PYHOOK_MOUNT]
     j = with_fraction.index("PYTHONPATH")
-    assert with_fraction[j - 1:j + 2] == ["--setenv", "PYTHONPATH", PYHOOK_MOUNT]
+    assert with_fraction[j - 1:j + 2] == ["--setenv", "PYTHONPATH", ":".join([PYHOOK_MOUNT, *BUILTIN])]
     plain = build_bwrap_argv("bwrap", InstanceSpec(task_id="train-x", instance_index=0, command="true"), paths)
-    assert str(PYHOOK_DIR) not in plain and "PYTHONPATH" not in plain
+    assert str(PYHOOK_DIR) not in plain and PYHOOK_MOUNT not in " ".join(plain)
 
 
 def test_the_device_check_script_parses_and_imports() -> None:
@@ -174,11 +182,11 @@ async def _hook_line(platform: Any, rg: str, gpu: float) -> list[Any]:
 @pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
 async def test_a_sandboxed_instance_with_part_of_a_card_has_the_hook_active(gpu_node: tuple[Any, str]) -> None:
     platform, rg = gpu_node
-    assert await _hook_line(platform, rg, gpu=0.5) == [True, 0.5, False, PYHOOK_MOUNT]
+    assert await _hook_line(platform, rg, gpu=0.5) == [True, 0.5, False, ":".join([PYHOOK_MOUNT, *BUILTIN])]
     # a whole card: no fraction, so the sandbox's python finds no hook of ours (sitecustomize may not exist)
     task = await platform.t.CreateTrainingTask(trainer_pb2.CreateTrainingTaskRequest(
         name="whole", resource_group_id=rg, resources=common_pb2.Resources(cpu=1, memory_gib=1, gpu_type="A100", gpu=1),
         command="python3 -c \"import os; print('pythonpath=[' + os.environ.get('PYTHONPATH', '') + ']')\""))
     got = await platform.wait(task.id, "Succeeded", "Failed", timeout=30)
     lines = await platform.lines(task.id)
-    assert got.status == "Succeeded" and "pythonpath=[]" in lines, lines
+    assert got.status == "Succeeded" and f"pythonpath=[{':'.join(BUILTIN)}]" in lines, lines

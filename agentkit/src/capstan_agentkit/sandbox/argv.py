@@ -181,13 +181,13 @@ def build_bwrap_argv(bwrap: str, spec: InstanceSpec, paths: InstancePaths, view:
         **view.env,  # what the platform knows for sure (the instance's address) wins
     }
     python_path = [spec.env.get("PYTHONPATH", "")]
+    if spec.env.get(GPU_FRACTION_ENV) and PYHOOK_DIR.is_dir():
+        argv += ["--ro-bind", view.source(PYHOOK_DIR), PYHOOK_MOUNT]
+        python_path.insert(0, PYHOOK_MOUNT)
     if not spec.rootfs and (builtin := builtin_package_dirs()):
         for host_dir, name in builtin:
             argv += ["--ro-bind", view.source(host_dir), f"{BUILTIN_PACKAGES_MOUNT}/{name}"]
         python_path.append(BUILTIN_PACKAGES_MOUNT)
-    if spec.env.get(GPU_FRACTION_ENV) and PYHOOK_DIR.is_dir():
-        argv += ["--ro-bind", view.source(PYHOOK_DIR), PYHOOK_MOUNT]
-        python_path.insert(0, PYHOOK_MOUNT)
     if any(python_path):
         env["PYTHONPATH"] = ":".join(p for p in python_path if p)
     argv += ["--chdir", "/opt/ml/code", "--clearenv"]

@@ -30,12 +30,12 @@ from capstan_core.errors import InvalidArgument, NotFound, PermissionDenied, Una
 from capstan_core.events import Event
 from capstan_core.identity import Caller
 from capstan_core.ids import new_id, stable_id
+from capstan_core.logs import read_logs
 from capstan_core.loops import LoopGuard, Step
 from capstan_core.paging import next_token, page_bounds
 from capstan_core.service import ServiceContext
 from capstan_core.streams import event_subject
 from capstan_proto import registry_pb2, registry_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
-from capstan_core.logs import read_logs
 
 from .domain import autoscale
 from .domain import group as domain

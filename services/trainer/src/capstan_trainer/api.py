@@ -13,12 +13,12 @@ from capstan_core.contracts.common import ResourceSpec
 from capstan_core.contracts.training import StorageRow
 from capstan_core.grpcutil import GrpcServer
 from capstan_core.identity import ADMIN, GATEWAY, NODE, Access, current_caller, methods_of, service_role
+from capstan_core.logs import read_logs
 from capstan_proto import common_pb2, trainer_pb2, trainer_pb2_grpc
 
 from .app import TrainerApp
 from .domain.price import Price
 from .domain.task import SubmitTrainingTask, validate_resources
-from capstan_core.logs import read_logs
 from .tensorboards import path_prefix
 
 CHUNK = 1 << 20  # bytes per ReadOutput message
