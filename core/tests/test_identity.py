@@ -12,24 +12,35 @@ from capstan_core.identity import (
     GATEWAY,
     NODE,
     Access,
+    Principal,
     caller_from_certificate,
 )
 
 P = "x-capstan-principal"
 
 
+ALICE = Principal(account="alice", tenant="acct-a", key_id="key-1", source="key").to_json()
+
+
 def test_identities_from_common_names() -> None:
     assert caller_from_certificate(None, {}).kind == "anonymous"
-    assert caller_from_certificate("admin", {P: "mallory"}).acting == "admin"
-    node = caller_from_certificate("node:node-abc", {P: "alice"})
+    assert caller_from_certificate("admin", {P: ALICE}).acting == "admin"
+    node = caller_from_certificate("node:node-abc", {P: ALICE})
     assert (node.kind, node.node_id, node.acting) == ("node", "node-abc", "node:node-abc")  # a node claims nothing
-    trainer = caller_from_certificate("svc:trainer", {P: "alice"})
-    assert trainer.acting == "svc:trainer"  # only the gateway is believed about whom it acts for
-    gw = caller_from_certificate("svc:gateway", {P: "alice"})
-    assert (gw.role, gw.acting) == (GATEWAY, "alice")
+    trainer = caller_from_certificate("svc:trainer", {P: ALICE})
+    assert trainer.acting == "svc:trainer" and trainer.principal is None  # only the gateway is believed
+    gw = caller_from_certificate("svc:gateway", {P: ALICE})
+    assert (gw.role, gw.acting, gw.tenant, gw.owner_tenant) == (GATEWAY, "alice", "acct-a", "acct-a")
+    assert gw.principal == Principal(account="alice", tenant="acct-a", key_id="key-1", source="key")
+    operator = Principal(account="admin", tenant="acct-o", is_operator=True).to_json()
+    op = caller_from_certificate("svc:gateway", {P: operator})
+    assert (op.tenant, op.owner_tenant) == ("", "acct-o")  # sees every tenant, owns what it creates
     assert caller_from_certificate("svc:gateway", {}).acting == "svc:gateway"
-    with pytest.raises(Unauthenticated):
-        caller_from_certificate("svc:gateway", {P: "bad name with spaces"})
+    bad = ["alice", "{}", '{"account": "bad name", "tenant": "t"}', '{"account": "a", "tenant": "t", "source": "x"}',
+           '{"account": "a", "tenant": "t", "is_operator": "yes"}', "[1]", "x" * 5000]
+    for claimed in bad:
+        with pytest.raises(Unauthenticated):
+            caller_from_certificate("svc:gateway", {P: claimed})
     for unknown in ("svc:evil", "root", "node"):
         with pytest.raises(Unauthenticated):
             caller_from_certificate(unknown, {})
