@@ -25,6 +25,7 @@ ROUTES = [
     ("PATCH", "/api/v1/resource-groups/rsg-12345678"),
     ("DELETE", "/api/v1/resource-groups/rsg-12345678"),
     ("GET", "/api/v1/resource-groups/rsg-12345678/queue"),
+    ("PUT", "/api/v1/resource-groups/rsg-12345678/shares"),
     ("GET", "/api/v1/nodes"),
     ("POST", "/api/v1/nodes/release"),
     ("POST", "/api/v1/nodes/node-12345678/release"),

@@ -163,6 +163,7 @@ async def test_openapi_lists_every_route(client: httpx.AsyncClient) -> None:
         ("PATCH", f"{RG}/{{id}}"),
         ("DELETE", f"{RG}/{{id}}"),
         ("GET", f"{RG}/{{id}}/queue"),
+        ("PUT", f"{RG}/{{id}}/shares"),
         ("GET", "/api/v1/nodes"),
         ("POST", "/api/v1/nodes/release"),
         ("POST", "/api/v1/nodes/{id}/release"),
