@@ -71,7 +71,7 @@ def fake_api() -> Iterator[FakeApi]:
             self.end_headers()
             self.wfile.write(data)
 
-        do_GET = do_POST = do_PATCH = do_DELETE = _serve  # noqa: N815
+        do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _serve  # noqa: N815
 
         def log_message(self, *args: Any) -> None:
             pass
