@@ -7,6 +7,8 @@ accounts, keys and policy); every route is called with their ids.
 from __future__ import annotations
 
 import json
+import logging
+import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -15,10 +17,14 @@ from typing import Any
 
 import httpx
 import pytest
+from nats.aio.client import Client
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from capstan_core import tracing
 from capstan_core.natsserver import NatsServer
 from capstan_core.service import Service
 from capstan_core.settings import ServiceSettings
+from capstan_core.streams import EVENTS_STREAM
 from capstan_gateway import GatewaySettings, create_app
 from capstan_gateway.identity import credentials as cred
 from capstan_registry.service import DEFINITION as REGISTRY
@@ -240,3 +246,57 @@ async def test_login_is_the_only_public_route(world: World) -> None:
     assert r.status_code == 200
     session = {"Authorization": f"Bearer {r.json()['token']}"}
     assert (await world.api.get("/api/v1/models", headers=session)).json()["items"][0]["name"] == "a-model"
+
+
+async def test_canary_secrets_appear_nowhere(
+    world: World, nc: Client, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """Passwords, API keys, session tokens and a git password, planted through the routes that take them
+    (and wrong, in bodies and headers, where they do not belong), then searched in every answer, the log,
+    every span and every event of the log."""
+    caplog.set_level(logging.DEBUG)
+    exporter = InMemorySpanExporter()
+    tracing.setup_tracing("canary", exporter=exporter)
+    w = world
+    password = "canary-pw-" + secrets.token_hex(8)
+    git_password = "canary-git-" + secrets.token_hex(8)
+    (tmp_path / "t").mkdir(exist_ok=True)
+    (tmp_path / "t" / "storage.json").write_text(json.dumps(
+        {"git_credentials": {"bot": {"username": "bot", "password": git_password}}}))
+    carol = await new_account(w.api, "carol", password=password, policies=["FullAccess"], as_=w.a)
+    session = (await w.api.post("/api/v1/login", json={"name": "carol", "password": password})).json()["token"]
+    canaries = [password, git_password, session, carol.token.split(".", 2)[2], w.a.token.split(".", 2)[2],
+                (w.settings.data_dir / "admin-token").read_text().split(".", 2)[2]]
+    answers = []
+    rg = w.ids["rsg-12345678"]
+    task = {"name": "canary", "resource_group_id": rg, "command": f"echo {password[:4]}",
+            "storage": [{"kind": "git", "purpose": "code", "source": "https://example.invalid/x.git", "path": "/code",
+                         "credential": "bot"}]}
+    calls: list[tuple[str, str, Any, dict[str, str]]] = [
+        ("POST", "/api/v1/training-tasks", task, carol.headers),
+        ("POST", "/api/v1/login", {"name": "carol", "password": password + "x"}, {}),
+        ("POST", "/api/v1/login", {"name": password, "password": password}, {}),
+        ("PUT", f"/api/v1/accounts/{carol.id}/password", {"password": password[:6]}, carol.headers),
+        ("POST", "/api/v1/accounts", {"name": "dave", "password": password, "bogus": password}, carol.headers),
+        ("GET", "/api/v1/whoami", None, {"Authorization": f"Bearer {carol.token}x"}),
+        ("GET", "/api/v1/whoami", None, {"Authorization": f"Bearer {session}x"}),
+    ]
+    for path in ("/api/v1/accounts", f"/api/v1/accounts/{carol.id}", f"/api/v1/accounts/{carol.id}/keys",
+                 "/api/v1/audit", "/api/v1/training-tasks", "/api/v1/whoami", "/api/v1/policies", "/openapi.json"):
+        for headers in (carol.headers, {"Authorization": f"Bearer {session}"}, {}):
+            calls.append(("GET", path, None, headers))
+    for method, path, body, headers in calls:
+        r = await w.api.request(method, path, json=body, headers=headers)
+        answers.append(f"{method} {path} {r.status_code} {r.text} {dict(r.headers)}")
+    js = nc.jetstream()
+    info = await js.stream_info(EVENTS_STREAM)
+    events = [(await js.get_msg(EVENTS_STREAM, seq)).data.decode(errors="replace")
+              for seq in range(info.state.first_seq, info.state.last_seq + 1)]
+    spans = [json.dumps({"name": s.name, "attributes": dict(s.attributes or {}),
+                         "events": [dict(e.attributes or {}) for e in s.events]}, default=str)
+             for s in exporter.get_finished_spans()]
+    exporter.shutdown()
+    assert events and spans and answers
+    haystacks = {"answers": "\n".join(answers), "log": caplog.text, "events": "\n".join(events), "spans": "\n".join(spans)}
+    found = {(where, c[:12]) for where, text in haystacks.items() for c in canaries if c in text}
+    assert not found
