@@ -151,8 +151,7 @@ GRPC_INTERNAL = "platform:Internal"  # agent <-> service and service <-> service
 
 
 def grpc_action(method: str) -> str:
-    """``/capstan.trainer.Trainer/CreateTrainingTask`` -> ``trainer:CreateTrainingTask``."""
+    """``/capstan.v1.Trainer/CreateTrainingTask`` -> ``trainer:CreateTrainingTask`` (the REST route that
+    calls it carries the same name)."""
     service, _, name = method.lstrip("/").partition("/")
-    pkg = service.split(".")
-    short = pkg[1] if len(pkg) >= 3 else pkg[0].lower()
-    return f"{short}:{name}"
+    return f"{service.rsplit('.', 1)[-1].lower()}:{name}"

@@ -300,3 +300,26 @@ async def test_canary_secrets_appear_nowhere(
     haystacks = {"answers": "\n".join(answers), "log": caplog.text, "events": "\n".join(events), "spans": "\n".join(spans)}
     found = {(where, c[:12]) for where, text in haystacks.items() for c in canaries if c in text}
     assert not found
+
+
+async def test_rights_by_tag(world: World) -> None:
+    """A policy granting rights only on objects carrying a tag: the tagged group yes, an untagged one no."""
+    w = world
+    other = await w.api.post("/api/v1/resource-groups", json={"name": "a-untagged"}, headers=w.a.headers)
+    assert other.status_code == 201, other.text
+    doc = {"name": "team-a-groups", "statements": [
+        {"effect": "allow", "actions": ["scheduler:GetResourceGroup", "scheduler:UpdateResourceGroup"],
+         "resources": ["rsg:*"], "tags": {"team": "a"}},
+        {"effect": "deny", "actions": ["scheduler:UpdateResourceGroup"], "tags": {"frozen": "yes"}}]}
+    pol = await w.api.post("/api/v1/policies", json=doc, headers=w.a.headers)
+    assert pol.status_code == 201, pol.text
+    dev = await new_account(w.api, "a-tagged-dev", policies=[pol.json()["id"]], as_=w.a)
+    tagged = w.ids["rsg-12345678"]
+    assert (await w.api.get(f"/api/v1/resource-groups/{tagged}", headers=dev.headers)).status_code == 200
+    assert (await w.api.get(f"/api/v1/resource-groups/{other.json()['id']}", headers=dev.headers)).status_code == 403
+    assert (await w.api.get("/api/v1/resource-groups", headers=dev.headers)).status_code == 403  # no object: no tag
+    r = await w.api.patch(f"/api/v1/resource-groups/{tagged}", json={"tags": {"team": "a", "frozen": "yes"}},
+                          headers=dev.headers)
+    assert r.status_code == 200, r.text
+    r = await w.api.patch(f"/api/v1/resource-groups/{tagged}", json={"description": "x"}, headers=dev.headers)
+    assert r.status_code == 403  # now frozen: the deny wins

@@ -229,9 +229,7 @@ def key_list(account_id: str) -> None:
 @common_options
 def key_disable(key_id: str) -> None:
     """Disable a key (it can be enabled again)."""
-    with config().client() as client:
-        client.patch(f"/keys/{key_id}", {"enabled": False})
-    click.echo(f"{key_id} disabled")
+    _set_key_enabled(key_id, False)
 
 
 @key.command("enable")
@@ -239,9 +237,13 @@ def key_disable(key_id: str) -> None:
 @common_options
 def key_enable(key_id: str) -> None:
     """Enable a key again."""
+    _set_key_enabled(key_id, True)
+
+
+def _set_key_enabled(key_id: str, enabled: bool) -> None:
     with config().client() as client:
-        client.patch(f"/keys/{key_id}", {"enabled": True})
-    click.echo(f"{key_id} enabled")
+        client.patch(f"/keys/{key_id}", {"enabled": enabled})
+    click.echo(f"{key_id} {'enabled' if enabled else 'disabled'}")
 
 
 @key.command("delete")
