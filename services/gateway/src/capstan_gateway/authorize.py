@@ -125,18 +125,27 @@ async def _check(request: Request, principal: Principal, action: actions.Action,
         raise PermissionDenied(f"{action.name} is the operator's")
     if not object_id or action.scope in ("self", "public"):
         return None
-    resolver = RESOLVERS.get(action.resource)
-    if resolver is None or (principal.is_operator and not _needs_tags(principal) and action.service != "gateway"):
+    if action.resource not in RESOLVERS or (
+        principal.is_operator and not _needs_tags(principal) and action.service != "gateway"
+    ):
         return None
+    return await owned_object(request, principal, action.resource, object_id, write=action.access == actions.WRITE)
+
+
+async def owned_object(request: Request, principal: Principal, resource: str, object_id: str, *, write: bool) -> Owned:
+    """The object (its tenant and tags) if the principal's tenant may reach it; otherwise NotFound."""
+    resolver = RESOLVERS.get(resource)
+    if resolver is None:
+        raise NotFound(f"{resource} {object_id} not found")
     try:
         owned = await resolver(request, object_id)
     except NotFound:
-        raise NotFound(f"{action.resource} {object_id} not found") from None
+        raise NotFound(f"{resource} {object_id} not found") from None
     if principal.is_operator or owned.tenant == principal.tenant:
         return owned
-    if principal.tenant in owned.shared_with and action.access == actions.READ:
+    if principal.tenant in owned.shared_with and not write:
         return owned
-    raise NotFound(f"{action.resource} {object_id} not found")  # another tenant's: as if it did not exist
+    raise NotFound(f"{resource} {object_id} not found")  # another tenant's: as if it did not exist
 
 
 def _audit(

@@ -45,6 +45,7 @@ def api_router(resource: str, *, public: bool = False) -> APIRouter:
 
 def routers() -> list[APIRouter]:
     from . import (
+        access,
         accounts,
         admin,
         audit,
@@ -59,7 +60,7 @@ def routers() -> list[APIRouter]:
     )
 
     return [resource_groups.router, nodes.router, join_tokens.router, training_tasks.router, tensorboard.router,
-            images.router, models.router, admin.router, *accounts.routers, policies.router, audit.router]
+            images.router, models.router, admin.router, *accounts.routers, policies.router, audit.router, access.router]
 
 
 __all__ = ["API_PREFIX", "api_router", "routers"]
