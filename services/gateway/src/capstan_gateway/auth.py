@@ -8,9 +8,11 @@ failure is the same 401: a caller learns nothing about which keys or accounts ex
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Protocol
@@ -77,15 +79,36 @@ class Authenticator(Protocol):
 
 
 class AccountAuthenticator:
+    """Tokens -> principals. A principal found is kept ``CACHE_S`` seconds (by the token's SHA-256, never
+    the token), and forgotten at once when this process changes any account, key or policy; another
+    gateway process sees a change within ``CACHE_S``."""
+
+    CACHE_S = 2.0
+    CACHE_MAX = 10_000
+
     def __init__(self, store: IdentityStore, session_key: bytes, session_ttl_s: float) -> None:
         self.store: IdentityStore | None = store
         self._store = store
         self.session_key = session_key
         self.session_ttl_s = session_ttl_s
+        self._cache: dict[bytes, tuple[Principal, float, int, int]] = {}  # digest -> principal, until, version, expiry
 
     def authenticate(self, token: str | None) -> Principal:
         if not token:
             raise Unauthenticated(MISSING)
+        digest = hashlib.sha256(token.encode(errors="replace")).digest()
+        hit = self._cache.get(digest)
+        now = time.monotonic()
+        if hit is not None and hit[1] > now and hit[2] == self._store.version and hit[3] > now_ms():
+            return hit[0]
+        principal, expires_ms = self._authenticate(token)
+        if len(self._cache) >= self.CACHE_MAX:
+            self._cache.clear()
+        self._cache[digest] = (principal, now + self.CACHE_S, self._store.version, expires_ms)
+        return principal
+
+    def _authenticate(self, token: str) -> tuple[Principal, int]:
+        """The principal and when its credential expires (ms; far ahead for a key without expiry)."""
         parsed = cred.parse_token(token, self.session_key)
         if parsed is None:
             raise Unauthenticated(INVALID)
@@ -97,14 +120,14 @@ class AccountAuthenticator:
             key = found[0]
             if not key.enabled or (key.expires_at_ms is not None and key.expires_at_ms <= now):
                 raise Unauthenticated(INVALID)
-            return self._principal(key.account_id, key_id=key.id, source="key")
+            return self._principal(key.account_id, key_id=key.id, source="key"), key.expires_at_ms or 2**62
         if parsed.expires_ms <= now:
             raise Unauthenticated(INVALID)
         principal = self._principal(parsed.account, key_id="", source="session")
         acct = self._store.get_account(principal.account_id)
         if acct.session_epoch != parsed.epoch:
             raise Unauthenticated(INVALID)
-        return principal
+        return principal, parsed.expires_ms
 
     def _principal(self, account_id: str, *, key_id: str, source: identity.Source) -> Principal:
         acct = self._store.find_account(account_id)

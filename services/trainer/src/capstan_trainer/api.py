@@ -105,9 +105,11 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         return trainer_pb2.CreateTrainingTasksResponse(items=[self._view(d) for d in items])
 
     async def UpdateTrainingTask(self, req: trainer_pb2.UpdateTrainingTaskRequest, context: grpc.aio.ServicerContext) -> trainer_pb2.TrainingTask:
+        await asyncio.to_thread(self.app.get_for_caller, req.id, current_caller())  # another tenant's: NotFound
         return self._view(await self.app.update_tags(req.id, dict(req.tags)))
 
     async def DeleteTrainingTask(self, req: trainer_pb2.DeleteTrainingTaskRequest, context: grpc.aio.ServicerContext) -> trainer_pb2.DeleteTrainingTaskResponse:
+        await asyncio.to_thread(self.app.get_for_caller, req.id, current_caller())
         await self.app.delete(req.id, by=current_caller().acting)
         return trainer_pb2.DeleteTrainingTaskResponse()
 
@@ -151,6 +153,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         return trainer_pb2.ListTrainingTasksResponse(items=[self._view(i) for i in items], next_page_token=token, total=total)
 
     async def StopTrainingTask(self, req: trainer_pb2.StopTrainingTaskRequest, context: grpc.aio.ServicerContext) -> trainer_pb2.TrainingTask:
+        await asyncio.to_thread(self.app.get_for_caller, req.id, current_caller())
         return self._view(await self.app.stop(req.id, by="user"))
 
     async def ReportInstance(self, req: trainer_pb2.ReportInstanceRequest, context: grpc.aio.ServicerContext) -> trainer_pb2.ReportInstanceResponse:
@@ -173,6 +176,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         ])
 
     async def ListTaskEvents(self, req: trainer_pb2.ListTaskEventsRequest, context: grpc.aio.ServicerContext) -> trainer_pb2.ListTaskEventsResponse:
+        await asyncio.to_thread(self.app.get_for_caller, req.task_id, current_caller())
         return trainer_pb2.ListTaskEventsResponse(items=[
             trainer_pb2.TaskEvent(at_ms=e.at_ms, level=e.level, type=e.type, message=e.message)
             for e in await self.app.events(req.task_id)

@@ -7,15 +7,16 @@ once, by the call that makes it, and never logged.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, update
 
 from capstan_core import authz
 from capstan_core.db import make_engine
@@ -122,6 +123,13 @@ class IdentityStore:
         self.engine = engine
         metadata.create_all(engine)
         self._operator_tenant = ""
+        self.version = 0  # grows with every change of an account, key or policy (caches compare it)
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self.engine.begin() as c:
+            yield c
+        self.version += 1
 
     @classmethod
     def open(cls, data_dir: Path, url: str = "") -> IdentityStore:
@@ -159,7 +167,7 @@ class IdentityStore:
             "session_epoch": 0, "policies": json.dumps(list(policies)), "description": description,
             "created_by": created_by or account_id, "created_at_ms": now_ms(),
         }
-        with self.engine.begin() as c:
+        with self._write() as c:
             if c.execute(select(accounts.c.id).where(accounts.c.name == name)).first():
                 raise AlreadyExists(f"an account named {name!r} exists")
             c.execute(insert(accounts).values(**row))
@@ -206,18 +214,18 @@ class IdentityStore:
             self.check_policies(acct.tenant, policies)
             values["policies"] = json.dumps(list(policies))
         if values:
-            with self.engine.begin() as c:
+            with self._write() as c:
                 c.execute(update(accounts).where(accounts.c.id == account_id).values(**values))
         return self.get_account(account_id)
 
     def set_password(self, account_id: str, password: str) -> None:
         self.get_account(account_id)
-        with self.engine.begin() as c:
+        with self._write() as c:
             c.execute(update(accounts).where(accounts.c.id == account_id).values(
                 password_hash=cred.hash_password(password), session_epoch=accounts.c.session_epoch + 1))
 
     def end_sessions(self, account_id: str) -> None:
-        with self.engine.begin() as c:
+        with self._write() as c:
             c.execute(update(accounts).where(accounts.c.id == account_id).values(
                 session_epoch=accounts.c.session_epoch + 1))
 
@@ -225,7 +233,7 @@ class IdentityStore:
         acct = self.get_account(account_id)
         if acct.is_operator:
             raise FailedPrecondition("the operator's account cannot be deleted")
-        with self.engine.begin() as c:
+        with self._write() as c:
             if acct.kind == "main" and c.execute(
                 select(func.count()).select_from(accounts).where(and_(accounts.c.tenant == acct.tenant,
                                                                        accounts.c.id != acct.id))
@@ -243,7 +251,7 @@ class IdentityStore:
         if expires_at_ms is not None and expires_at_ms <= now_ms():
             raise InvalidArgument("expires_at is in the past")
         key_id, secret = new_id("key", 12), cred.new_key_secret()
-        with self.engine.begin() as c:
+        with self._write() as c:
             n = c.execute(select(func.count()).select_from(api_keys).where(api_keys.c.account_id == account_id)).scalar()
             if n >= MAX_KEYS_PER_ACCOUNT:
                 raise FailedPrecondition(f"an account holds at most {MAX_KEYS_PER_ACCOUNT} keys; delete one first")
@@ -278,13 +286,13 @@ class IdentityStore:
         if description is not None:
             values["description"] = description
         if values:
-            with self.engine.begin() as c:
+            with self._write() as c:
                 c.execute(update(api_keys).where(api_keys.c.id == key_id).values(**values))
         return self.get_key(key_id)
 
     def delete_key(self, key_id: str) -> Key:
         key = self.get_key(key_id)
-        with self.engine.begin() as c:
+        with self._write() as c:
             c.execute(delete(api_keys).where(api_keys.c.id == key_id))
         return key
 
@@ -305,7 +313,7 @@ class IdentityStore:
         except ValueError as e:
             raise InvalidArgument(str(e)) from None
         policy_id = new_id("pol")
-        with self.engine.begin() as c:
+        with self._write() as c:
             if c.execute(select(policies.c.id).where(and_(policies.c.tenant == tenant, policies.c.name == name))).first():
                 raise AlreadyExists(f"a policy named {name!r} exists")
             c.execute(insert(policies).values(
@@ -342,7 +350,7 @@ class IdentityStore:
         users = [a.id for a in self.list_accounts(p.tenant) if policy_id in a.policies]
         if users:
             raise FailedPrecondition(f"policy {policy_id} is attached to {', '.join(users)}; detach it first")
-        with self.engine.begin() as c:
+        with self._write() as c:
             c.execute(delete(policies).where(policies.c.id == policy_id))
         return p
 
