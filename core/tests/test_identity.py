@@ -65,3 +65,21 @@ def test_access_table_denies_what_it_does_not_allow() -> None:
         access.check("/S/Health", anon)
     with pytest.raises(PermissionDenied):
         access.check("/S/Unlisted", admin)
+
+
+def test_every_commit_says_who_acted() -> None:
+    """The commit envelope's "by": the principal the gateway named, else the calling component."""
+    from capstan_core.contracts.training import TrainingTaskEnded
+    from capstan_core.eventstore import decode_commit, encode_commit
+    from capstan_core.identity import reset_caller, set_caller
+
+    ev = TrainingTaskEnded(task_id="train-1", status="Succeeded", exit_code=0, at_ms=1)
+    token = set_caller(caller_from_certificate("svc:gateway", {P: ALICE}))
+    try:
+        data = encode_commit([ev], 5)
+    finally:
+        reset_caller(token)
+    by = decode_commit(1, "capstan.evt.train.train-1", data, None)[0].by
+    assert by == {"account": "alice", "tenant": "acct-a", "key_id": "key-1", "source": "key", "is_operator": False}
+    assert decode_commit(2, "s", encode_commit([ev], 5), None)[0].by == {"caller": "platform"}
+    assert decode_commit(3, "s", b'{"t":1,"events":[' + data.split(b'"events":[', 1)[1], None)[0].by == {}
