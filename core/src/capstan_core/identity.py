@@ -73,9 +73,10 @@ class Principal:
             raise Unauthenticated("the gateway named a principal that is not an object")
         account, tenant, key_id = d.get("account"), d.get("tenant"), d.get("key_id", "")
         source, is_operator = d.get("source", "key"), d.get("is_operator", False)
-        for value in (account, tenant):
-            if not isinstance(value, str) or not _PRINCIPAL_RE.match(value):
-                raise Unauthenticated("the gateway named a principal whose account or tenant is not a valid name")
+        if not isinstance(account, str) or not isinstance(tenant, str) or not all(
+            _PRINCIPAL_RE.match(v) for v in (account, tenant)
+        ):
+            raise Unauthenticated("the gateway named a principal whose account or tenant is not a valid name")
         if not isinstance(key_id, str) or (key_id and not _PRINCIPAL_RE.match(key_id)):
             raise Unauthenticated("the gateway named a principal whose key id is not a valid name")
         if source not in ("key", "session", "operator", "anonymous") or not isinstance(is_operator, bool):

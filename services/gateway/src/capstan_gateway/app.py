@@ -65,7 +65,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
 
 def api_routes(api_routers: list[Any]) -> list[tuple[str, APIRoute]]:
-    return [(m, r) for router in api_routers for r in router.routes if isinstance(r, APIRoute) for m in sorted(r.methods)]
+    return [(m, r) for router in api_routers for r in router.routes if isinstance(r, APIRoute)
+            for m in sorted(r.methods or ())]
 
 
 def missing_actions(api_routers: list[Any]) -> list[str]:

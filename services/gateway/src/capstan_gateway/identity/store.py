@@ -11,7 +11,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,7 +60,7 @@ class Account:
         }
 
 
-def _account(row: Mapping[str, Any]) -> Account:
+def _account(row: Any) -> Account:
     return Account(
         id=row["id"], name=row["name"], kind=row["kind"], tenant=row["tenant"], enabled=bool(row["enabled"]),
         is_operator=bool(row["is_operator"]), session_epoch=row["session_epoch"],
@@ -84,7 +84,7 @@ class Key:
                 "created_at_ms": self.created_at_ms}
 
 
-def _key(row: Mapping[str, Any]) -> Key:
+def _key(row: Any) -> Key:
     return Key(id=row["id"], account_id=row["account_id"], enabled=bool(row["enabled"]),
                expires_at_ms=row["expires_at_ms"], description=row["description"], created_at_ms=row["created_at_ms"])
 
@@ -253,7 +253,7 @@ class IdentityStore:
         key_id, secret = new_id("key", 12), cred.new_key_secret()
         with self._write() as c:
             n = c.execute(select(func.count()).select_from(api_keys).where(api_keys.c.account_id == account_id)).scalar()
-            if n >= MAX_KEYS_PER_ACCOUNT:
+            if (n or 0) >= MAX_KEYS_PER_ACCOUNT:
                 raise FailedPrecondition(f"an account holds at most {MAX_KEYS_PER_ACCOUNT} keys; delete one first")
             c.execute(insert(api_keys).values(
                 id=key_id, account_id=account_id, secret_sha256=cred.secret_digest(secret), enabled=True,
@@ -321,7 +321,7 @@ class IdentityStore:
                 description=description, created_by=created_by, created_at_ms=now_ms()))
         return self.get_policy(policy_id)
 
-    def _policy_row(self, policy_id: str, tenant: str = "") -> Mapping[str, Any] | None:
+    def _policy_row(self, policy_id: str, tenant: str = "") -> Any:
         q = select(policies).where(policies.c.id == policy_id)
         if tenant:
             q = q.where(policies.c.tenant == tenant)
