@@ -261,3 +261,23 @@ async def test_secrets_never_appear_in_responses_or_logs(
     bodies.append(r.text)
     text = "\n".join(bodies) + caplog.text
     assert not [s for s in secrets if s in text]
+
+
+async def test_no_right_is_gained_through_the_identity_routes(admin: httpx.AsyncClient) -> None:
+    """A custom policy allowing the account actions still cannot hand out rights or act as another."""
+    r = await admin.post("/api/v1/policies", json={"name": "account-clerk", "statements": [
+        {"effect": "allow", "actions": ["gateway:*"]}]})
+    clerk = await new_account(admin, "clerk", policies=[r.json()["id"]])
+    full = await new_account(admin, "full", policies=["FullAccess"])
+    h = clerk.headers
+    assert (await admin.post("/api/v1/accounts", json={"name": "x", "policies": ["FullAccess"]}, headers=h)).status_code == 403
+    assert (await admin.post("/api/v1/accounts", json={"name": "y", "password": "long enough pw"}, headers=h)).status_code == 403
+    assert (await admin.put(f"/api/v1/accounts/{full.id}/policies", json={"policies": []}, headers=h)).status_code == 403
+    assert (await admin.put(f"/api/v1/accounts/{full.id}/password", json={"password": "long enough pw"},
+                            headers=h)).status_code == 403
+    assert (await admin.post(f"/api/v1/accounts/{full.id}/keys", json={}, headers=h)).status_code == 403
+    assert (await admin.post("/api/v1/accounts", json={"name": "plain"}, headers=h)).status_code == 201  # no rights given
+    # a FullAccess sub-account administers its tenant
+    made = await admin.post("/api/v1/accounts", json={"name": "z", "policies": ["ReadOnlyAccess"]}, headers=full.headers)
+    assert made.status_code == 201
+    assert (await admin.post(f"/api/v1/accounts/{made.json()['id']}/keys", json={}, headers=full.headers)).status_code == 201

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import Path, Request, Response
 
+from capstan_core import authz
 from capstan_core.errors import FailedPrecondition, PermissionDenied
 
 from ..auth import AccountAuthenticator, Principal, principal_of
@@ -71,6 +72,8 @@ async def create_account(body: AccountCreate, principal: Authorized, request: Re
         raise PermissionDenied("only the operator creates main accounts (tenants)")
     if body.kind == "main" and body.policies:
         raise FailedPrecondition("a main account holds every right on its tenant; policies attach to sub-accounts")
+    if body.policies or body.password:
+        _require_full_access(principal, "attach policies or set a password")
     acct = _store(request).create_account(
         name=body.name, kind=body.kind, tenant=principal.tenant, password=body.password, policies=body.policies,
         description=body.description, created_by=principal.account_id)
@@ -86,6 +89,13 @@ async def list_accounts(principal: Authorized, request: Request, tenant: str = "
 @accounts_router.get("/{id}", summary="Get an account")
 async def get_account(id: AccountId, principal: Authorized, request: Request) -> Account:
     return Account.of(_store(request).get_account(id).public())
+
+
+def _require_full_access(principal: Principal, what: str) -> None:
+    """Acting as another account or handing out rights: only a tenant's administrators (its main account,
+    or an account holding FullAccess), whatever a custom policy allows, so no right is gained this way."""
+    if principal.kind != "main" and authz.FULL_ACCESS not in principal.policies:
+        raise PermissionDenied(f"only an account holding FullAccess may {what}")
 
 
 def _guard_main(principal: Principal, store: IdentityStore, account_id: str, what: str) -> None:
@@ -116,6 +126,7 @@ async def delete_account(id: AccountId, principal: Authorized, request: Request)
 async def set_password(id: AccountId, body: PasswordSet, principal: Authorized, request: Request) -> Response:
     store = _store(request)
     if id != principal.account_id:
+        _require_full_access(principal, "set another account's password")
         _guard_main(principal, store, id, "update")
     store.set_password(id, body.password)
     return Response(status_code=204)
@@ -126,11 +137,14 @@ async def set_policies(id: AccountId, body: PoliciesSet, principal: Authorized, 
     store = _store(request)
     if id == principal.account_id:
         raise PermissionDenied("an account cannot change its own policies")
+    _require_full_access(principal, "attach policies")
     return Account.of(store.update_account(id, policies=body.policies).public())
 
 
 @accounts_router.post("/{id}/keys", status_code=201, summary="Create an API key (its token is shown once)")
 async def create_key(id: AccountId, body: KeyCreate, principal: Authorized, request: Request) -> NewKey:
+    if id != principal.account_id:
+        _require_full_access(principal, "create a key for another account")
     expires = int(body.expires_at.timestamp() * 1000) if body.expires_at else None
     key, token = _store(request).create_key(id, description=body.description, expires_at_ms=expires)
     return NewKey(**Key.of(key.public()).model_dump(), token=token)
