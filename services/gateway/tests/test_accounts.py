@@ -281,3 +281,15 @@ async def test_no_right_is_gained_through_the_identity_routes(admin: httpx.Async
     made = await admin.post("/api/v1/accounts", json={"name": "z", "policies": ["ReadOnlyAccess"]}, headers=full.headers)
     assert made.status_code == 201
     assert (await admin.post(f"/api/v1/accounts/{made.json()['id']}/keys", json={}, headers=full.headers)).status_code == 201
+
+
+async def test_password_guessing_is_cut_short(admin: httpx.AsyncClient) -> None:
+    await new_account(admin, "target", password="the right password")
+    for _ in range(10):
+        r = await admin.post("/api/v1/login", json={"name": "target", "password": "a wrong guess"})
+        assert r.status_code == 401
+    r = await admin.post("/api/v1/login", json={"name": "target", "password": "the right password"})
+    assert r.status_code == 401 and "too many failed logins" in r.json()["error"]["message"]
+    for _ in range(11):  # a name that does not exist answers the same
+        r = await admin.post("/api/v1/login", json={"name": "nobody-here", "password": "a wrong guess"})
+    assert "too many failed logins" in r.json()["error"]["message"]

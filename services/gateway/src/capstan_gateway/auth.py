@@ -85,6 +85,10 @@ class AccountAuthenticator:
 
     CACHE_S = 2.0
     CACHE_MAX = 10_000
+    # Password guessing: after this many failed logins for one name within the window, that name's logins
+    # are refused until the window passes (by name, whether it exists or not: nothing is told).
+    MAX_FAILED_LOGINS = 10
+    FAILED_LOGIN_WINDOW_S = 300.0
 
     def __init__(self, store: IdentityStore, session_key: bytes, session_ttl_s: float) -> None:
         self.store: IdentityStore | None = store
@@ -92,6 +96,7 @@ class AccountAuthenticator:
         self.session_key = session_key
         self.session_ttl_s = session_ttl_s
         self._cache: dict[bytes, tuple[Principal, float, int, int]] = {}  # digest -> principal, until, version, expiry
+        self._failed: dict[str, list[float]] = {}  # name -> monotonic times of its recent failed logins
 
     def authenticate(self, token: str | None) -> Principal:
         if not token:
@@ -141,11 +146,19 @@ class AccountAuthenticator:
 
     def login(self, name: str, password: str) -> tuple[str, int, Account]:
         """A session token for a name and password (argon2id verified in constant time either way)."""
+        now = time.monotonic()
+        recent = [t for t in self._failed.get(name, []) if now - t < self.FAILED_LOGIN_WINDOW_S]
+        if len(recent) >= self.MAX_FAILED_LOGINS:
+            raise Unauthenticated("too many failed logins for this name; try again in a few minutes")
         found = self._store.account_by_name(name)
         acct, stored = found if found else (None, None)
         ok = cred.verify_password(stored, password)
         if acct is None or not ok:
+            if len(self._failed) >= self.CACHE_MAX:
+                self._failed.clear()
+            self._failed[name] = [*recent, now]
             raise Unauthenticated("wrong account name or password")
+        self._failed.pop(name, None)
         self._principal(acct.id, key_id="", source="session")  # refuses a disabled account or tenant
         expires = now_ms() + int(self.session_ttl_s * 1000)
         return cred.session_token(self.session_key, acct.id, expires, acct.session_epoch), expires, acct
