@@ -352,6 +352,7 @@ class TrainerApp:
     def get_for_caller(self, task_id: str, caller: Caller) -> dict[str, Any]:
         """A node sees only the tasks with an instance placed on it, a user only its tenant's (others do
         not exist for them)."""
+        self._subject(task_id)  # an id that names nothing is refused as such (400), before the read
         task = self.get(task_id)
         if caller.kind == "node" and not any(i["node_id"] == caller.node_id for i in task["instances"]):
             raise NotFound(f"training task {task_id} does not exist")
