@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 
 import httpx
 import pytest
@@ -293,3 +294,17 @@ async def test_password_guessing_is_cut_short(admin: httpx.AsyncClient) -> None:
     for _ in range(11):  # a name that does not exist answers the same
         r = await admin.post("/api/v1/login", json={"name": "nobody-here", "password": "a wrong guess"})
     assert "too many failed logins" in r.json()["error"]["message"]
+
+
+def test_the_identity_migrations_build_the_tables_the_code_uses(tmp_path: Path) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from capstan_gateway.identity.store import IdentityStore
+    from capstan_gateway.identity.tables import metadata
+
+    store = IdentityStore.open(tmp_path)
+    with store.engine.connect() as c:
+        diff = compare_metadata(MigrationContext.configure(c), metadata)
+    store.close()
+    assert diff == []

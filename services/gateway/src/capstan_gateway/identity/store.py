@@ -19,15 +19,16 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, update
 
 from capstan_core import authz
-from capstan_core.db import make_engine
+from capstan_core.db import make_engine, upgrade
 from capstan_core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from capstan_core.ids import new_id
 
 from . import credentials as cred
-from .tables import accounts, api_keys, audit, metadata, policies
+from .tables import accounts, api_keys, audit, policies
 
 log = logging.getLogger(__name__)
 
+MIGRATIONS = Path(__file__).parent.parent / "migrations"
 KINDS = ("main", "sub", "collaborator")
 OPERATOR_NAME = "admin"
 MAX_KEYS_PER_ACCOUNT = 20
@@ -121,7 +122,7 @@ class AuditRecord:
 class IdentityStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        metadata.create_all(engine)
+        upgrade(MIGRATIONS, engine)  # the gateway's own Alembic migrations, applied at every start
         self._operator_tenant = ""
         self.version = 0  # grows with every change of an account, key or policy (caches compare it)
 
