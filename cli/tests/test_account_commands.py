@@ -85,3 +85,16 @@ def test_policy_and_audit_commands(runner: CliRunner, fake_api: FakeApi, data_di
     assert "refused (permission_denied)" in r.output
     q = fake_api.requests[-1].query
     assert q["account"] == "alice" and q["since"].endswith("Z") or "+00:00" in q["since"]
+
+
+def test_audit_events_reads_the_event_log(runner: CliRunner, fake_api: FakeApi, data_dir: Path) -> None:
+    fake_api.on("GET", "/api/v1/audit/events", (200, {"items": [
+        {"seq": 7, "subject": "capstan.evt.train.train-1", "at": "2026-01-01T00:00:00Z",
+         "by": {"account": "alice", "tenant": "acct-0", "key_id": "key-1", "source": "key", "is_operator": False},
+         "event_types": ["TrainingTaskSubmitted"]}], "next_after_seq": 0}))
+    r = run(runner, fake_api, data_dir, "audit", "--events", "--object", "train:train-1", "--action",
+            "TrainingTaskSubmitted")
+    assert r.exit_code == 0, r.output
+    assert "train.train-1" in r.output and "alice" in r.output and "TrainingTaskSubmitted" in r.output
+    q = fake_api.requests[-1].query
+    assert q == {"object": "train:train-1", "event_type": "TrainingTaskSubmitted", "limit": "100"}

@@ -119,6 +119,7 @@ _rest("GET", "/policies", "gateway:ListPolicies", READ, "policy")
 _rest("GET", "/policies/{id}", "gateway:GetPolicy", READ, "policy")
 _rest("DELETE", "/policies/{id}", "gateway:DeletePolicy", WRITE, "policy")
 _rest("GET", "/audit", "gateway:QueryAudit", READ, "audit")
+_rest("GET", "/audit/events", "gateway:QueryEventLog", READ, "audit")
 _rest("GET", "/access", "gateway:ListObjectAccess", READ, "account")
 
 # --- #9 online services: one line per route (added at merge)

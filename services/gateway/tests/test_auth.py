@@ -82,6 +82,7 @@ ROUTES = [
     ("GET", "/api/v1/policies/pol-12345678"),
     ("DELETE", "/api/v1/policies/pol-12345678"),
     ("GET", "/api/v1/audit"),
+    ("GET", "/api/v1/audit/events"),
     ("GET", "/api/v1/access"),
 ]
 PUBLIC_ROUTES = [("POST", "/api/v1/login")]

@@ -221,6 +221,7 @@ async def test_openapi_lists_every_route(client: httpx.AsyncClient) -> None:
         ("GET", "/api/v1/policies/{id}"),
         ("DELETE", "/api/v1/policies/{id}"),
         ("GET", "/api/v1/audit"),
+        ("GET", "/api/v1/audit/events"),
         ("GET", "/api/v1/access"),
     }
     for path, item in spec["paths"].items():

@@ -352,3 +352,22 @@ async def test_who_can_do_what_on_an_object(world: World) -> None:
     assert not {"tenant-b", "b-fullaccess"} & set(by_name)
     assert (await w.api.get("/api/v1/access", params={"object": obj}, headers=w.b[0].headers)).status_code == 404
     assert (await w.api.get("/api/v1/access", params={"object": "nonsense"}, headers=w.a.headers)).status_code == 400
+
+
+async def test_the_event_log_is_queried_as_the_audit_trail(world: World) -> None:
+    w = world
+    obj = f"train:{w.ids['train-12345678']}"
+    mine = (await w.api.get("/api/v1/audit/events", params={"object": obj}, headers=w.a_ro.headers)).json()
+    submitted = [c for c in mine["items"] if "TrainingTaskSubmitted" in c["event_types"]]
+    assert [c["by"]["account"] for c in submitted] == ["a-admin"]
+    assert submitted[0]["by"]["key_id"] == w.a_admin.key_id and submitted[0]["subject"].endswith(w.ids["train-12345678"])
+    assert all(c["by"].get("tenant") == w.a.id for c in mine["items"])  # a tenant sees its own actors' commits
+    theirs = (await w.api.get("/api/v1/audit/events", params={"object": obj}, headers=w.b[0].headers)).json()
+    assert theirs["items"] == []
+    by_account = (await w.api.get("/api/v1/audit/events", params={"account": "tenant-a"})).json()["items"]
+    assert by_account and {c["by"]["account"] for c in by_account} == {"tenant-a"}
+    typed = (await w.api.get("/api/v1/audit/events", params={"event_type": "ResourceGroupCreated"})).json()["items"]
+    assert [c["by"]["account"] for c in typed] == ["tenant-a"]
+    later = (await w.api.get("/api/v1/audit/events", params={"since": "2100-01-01T00:00:00Z"})).json()
+    assert later["items"] == [] and later["next_after_seq"] == 0
+    assert (await w.api.get("/api/v1/audit/events", params={"object": "train:a b"})).status_code == 400

@@ -312,17 +312,28 @@ def policy_delete(policy_id: str) -> None:
 @click.option("--since", default="", help="From this time: ISO-8601, or an age like 1h, 2d.")
 @click.option("--until", default="", help="Before this time.")
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 500))
+@click.option("--events", "from_log", is_flag=True, help="Read the event log itself (each commit's actor) instead "
+              "of the gateway's request records; --action then filters by event type.")
 @common_options
-def audit(account: str, action: str, obj: str, since: str, until: str, limit: int) -> None:
-    """Who asked for what, on which object, when, and whether it was allowed."""
+def audit(account: str, action: str, obj: str, since: str, until: str, limit: int, from_log: bool) -> None:
+    """Who asked for what, on which object, when, and whether it was allowed (or, --events, who
+    changed what in the event log)."""
     cfg = config()
-    params = {"account": account or None, "action": action or None, "object": obj or None,
+    params = {"account": account or None, "object": obj or None,
               "since": time_arg(since) if since else None, "until": time_arg(until) if until else None,
               "limit": limit}
     with cfg.client() as client:
-        page = client.get("/audit", **params)
+        if from_log:
+            page = client.get("/audit/events", event_type=action or None, **params)
+        else:
+            page = client.get("/audit", action=action or None, **params)
     if cfg.json_output:
         print_json(page)
+        return
+    if from_log:
+        rows = [[when(c["at"]), c["by"].get("account") or c["by"].get("caller"), c["by"].get("key_id") or None,
+                 c["subject"].removeprefix("capstan.evt."), ", ".join(c["event_types"])] for c in page["items"]]
+        click.echo(table(["AT", "BY", "KEY", "OBJECT", "EVENTS"], rows))
         return
     rows = [[when(i["at"]), i["account"], i["source"], i["key_id"] or None, i["action"], i["object"],
              "allowed" if i["allowed"] else f"refused ({i['detail']})"] for i in page["items"]]

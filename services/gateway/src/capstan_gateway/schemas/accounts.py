@@ -147,4 +147,17 @@ class AuditPage(BaseModel):
     next_after_seq: int = Field(description="pass as after_seq for the next page; 0 on the last page")
 
 
+class LoggedCommit(BaseModel):
+    seq: int
+    subject: str
+    at: datetime
+    by: dict[str, Any] = Field(description="who acted: account, tenant, key_id, source (or the platform's caller)")
+    event_types: list[str]
+
+
+class CommitPage(BaseModel):
+    items: list[LoggedCommit]
+    next_after_seq: int = Field(description="pass as after_seq to read on; 0 once the end of the log is reached")
+
+
 Session.model_rebuild()
