@@ -53,8 +53,9 @@ def _audited(seq: int, subject: str, data: bytes, req: admin_pb2.ListCommitsRequ
         return None
     if not isinstance(body, dict) or not isinstance(body.get("events"), list):
         return None
-    by = body.get("by") if isinstance(body.get("by"), dict) else {}
-    at = body.get("t") if isinstance(body.get("t"), int) else 0
+    raw_by, raw_t = body.get("by"), body.get("t")
+    by: dict[str, Any] = raw_by if isinstance(raw_by, dict) else {}
+    at: int = raw_t if isinstance(raw_t, int) else 0
     types = [str(e.get("type")) for e in body["events"] if isinstance(e, dict)]
     if (req.account and by.get("account") != req.account) or (req.tenant and by.get("tenant") != req.tenant):
         return None
@@ -69,7 +70,8 @@ async def list_commits(js: JetStreamContext, stream: str, req: admin_pb2.ListCom
     ``SCAN_PER_CALL`` messages, keeping those that match."""
     limit = min(max(req.limit or 100, 1), MAX_COMMITS)
     subject = req.subject or "capstan.evt.>"
-    seq, items = req.after_seq + 1, []
+    seq = req.after_seq + 1
+    items: list[admin_pb2.AuditedCommit] = []
     for _ in range(SCAN_PER_CALL):
         try:
             msg = await js.get_msg(stream, seq=seq, subject=subject, next=True, direct=True)
