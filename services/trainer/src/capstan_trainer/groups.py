@@ -43,15 +43,14 @@ class GroupCheck:
         neither that tenant's nor shared with it), Unavailable when the scheduler cannot say. ``fresh``:
         ask the scheduler even when an answer is kept."""
         known = None if fresh else self._known.get(rg_id)
-        if known is None:
+        if known is None or (tenant and not _usable(known, tenant)):  # a share just made: ask, not the cache
             before = self._changes.get(rg_id, 0)
             known = await self._ask(rg_id)
             if self._changes.get(rg_id, 0) == before:
                 self._known[rg_id] = known
-        policy, owner, shared = known
-        if tenant and owner != tenant and tenant not in shared:
+        if tenant and not _usable(known, tenant):
             raise InvalidArgument(f"resource group {rg_id} does not exist", field="resource_group_id")
-        return policy
+        return known[0]
 
     async def _ask(self, rg_id: str) -> tuple[dict[str, Any], str, frozenset[str]]:
         if not self.ctx.settings.scheduler_addr:
@@ -67,3 +66,8 @@ class GroupCheck:
             raise err from e
         policy: dict[str, Any] = json.loads(group.policy_json or "{}")
         return policy, group.tenant, frozenset(group.shared_with)
+
+
+def _usable(known: tuple[dict[str, Any], str, frozenset[str]], tenant: str) -> bool:
+    """A group is usable by its tenant and by the tenants it is shared with."""
+    return known[1] == tenant or tenant in known[2]
