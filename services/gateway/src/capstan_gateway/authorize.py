@@ -11,6 +11,7 @@ Refusals and every write are recorded in the audit records.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from fastapi import Depends, Request
 
 from capstan_core import actions, authz
 from capstan_core.errors import DomainError, NotFound, PermissionDenied
-from capstan_proto import registry_pb2, scheduler_pb2, trainer_pb2
+from capstan_proto import inference_pb2, registry_pb2, scheduler_pb2, trainer_pb2
 
 from .auth import Principal, current_principal
 from .identity.store import AuditRecord, IdentityStore
@@ -65,6 +66,15 @@ async def _model(request: Request, object_id: str) -> Owned:
     return Owned(m.tenant, dict(m.tags))
 
 
+async def _service(request: Request, object_id: str) -> Owned:
+    inference = request.app.state.clients.inference
+    if inference is None:
+        raise NotFound(f"service {object_id} not found")
+    v = await inference.call(inference.stub.GetService, inference_pb2.ServiceRef(service_id=object_id))
+    g = json.loads(v.service_json)
+    return Owned(str(g.get("tenant", "")), dict(g.get("tags") or {}))
+
+
 def _store(request: Request) -> IdentityStore:
     store: IdentityStore | None = request.app.state.authenticator.store
     if store is None:
@@ -88,6 +98,7 @@ async def _policy(request: Request, object_id: str) -> Owned:
 
 RESOLVERS: dict[str, Resolver] = {
     "train": _train, "rsg": _rsg, "model": _model, "account": _account, "key": _key, "policy": _policy,
+    "service": _service,
 }
 
 
