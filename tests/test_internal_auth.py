@@ -14,7 +14,7 @@ import nats
 import pytest
 from nats.errors import Error as NatsError
 
-from capstan_core import credentials, grpcutil, nodeauth
+from capstan_core import credentials, grpcutil, identity, nodeauth
 from capstan_core.contracts.training import TrainingTaskEnded
 from capstan_core.eventstore import EventStore
 from capstan_core.service import Service, connect_nats
@@ -153,19 +153,22 @@ async def _placed(plane: Plane, task_id: str) -> str:
     raise AssertionError(f"{task_id} was never placed")
 
 
+ALICE = identity.Principal(account="alice", tenant="acct-alice", key_id="key-1").to_json()
+
+
 async def test_the_creator_is_the_gateways_user_or_the_callers_identity(plane: Plane) -> None:
     rg = await plane.s.CreateResourceGroup(scheduler_pb2.CreateResourceGroupRequest(name="pool"))
     assert rg.creator == "admin"
     gw = credentials.load(plane.secrets, "gateway").tls
     sched_gw = scheduler_pb2_grpc.SchedulerStub(grpcutil.channel(plane.sched.address, "scheduler", gw))
     created = await sched_gw.CreateResourceGroup(
-        scheduler_pb2.CreateResourceGroupRequest(name="team"), metadata=[("x-capstan-principal", "alice")])
+        scheduler_pb2.CreateResourceGroupRequest(name="team"), metadata=[("x-capstan-principal", ALICE)])
     assert created.creator == "alice"
     # only the gateway is believed about whom it acts for
     tr = credentials.load(plane.secrets, "trainer").tls
     sched_tr = scheduler_pb2_grpc.SchedulerStub(grpcutil.channel(plane.sched.address, "scheduler", tr))
     assert await _code(sched_tr.CreateResourceGroup(
-        scheduler_pb2.CreateResourceGroupRequest(name="x"), metadata=[("x-capstan-principal", "alice")])
+        scheduler_pb2.CreateResourceGroupRequest(name="x"), metadata=[("x-capstan-principal", ALICE)])
     ) == grpc.StatusCode.PERMISSION_DENIED
     assert (await sched_tr.GetResourceGroup(scheduler_pb2.GetResourceGroupRequest(id=rg.id))).id == rg.id
     assert "creator" not in scheduler_pb2.CreateResourceGroupRequest.DESCRIPTOR.fields_by_name

@@ -101,6 +101,9 @@ class ApiClient:
     def patch(self, path: str, body: Any = None) -> Any:
         return self.request("PATCH", path, body=body)
 
+    def put(self, path: str, body: Any = None) -> Any:
+        return self.request("PUT", path, body=body)
+
     def delete(self, path: str) -> Any:
         return self.request("DELETE", path)
 
@@ -163,7 +166,8 @@ class ClientConfig:
         return url
 
     def token(self) -> str | None:
-        return os.environ.get("CAPSTAN_TOKEN") or read_text(self.paths.admin_token)
+        """CAPSTAN_TOKEN, else the session of ``capstan login``, else the operator's first key."""
+        return os.environ.get("CAPSTAN_TOKEN") or read_text(self.paths.session) or read_text(self.paths.admin_token)
 
     def client(self) -> ApiClient:
         return ApiClient(self.api_url(), self.token())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from .commands import task_ops  # noqa: F401 - registers its commands on the task group
+from .commands.accounts import COMMANDS as ACCOUNT_COMMANDS
 from .commands.credentials_cmds import secrets
 from .commands.demo import demo
 from .commands.events import events
@@ -28,11 +29,12 @@ def cli() -> None:
     Stop it:                    capstan down --data-dir DIR
 
     The client commands find the API with --api, env CAPSTAN_API, or DATA_DIR/run/api-url,
-    and the token in env CAPSTAN_TOKEN or DATA_DIR/admin-token.
+    and the token in env CAPSTAN_TOKEN, DATA_DIR/session (capstan login) or DATA_DIR/admin-token.
     """
 
 
-for command in (up, down, ps, restart_component, agent, rg, nodes, task, image, model, demo, secrets, events, svc):
+for command in (up, down, ps, restart_component, agent, rg, nodes, task, image, model, demo, secrets, events, svc,
+                *ACCOUNT_COMMANDS):
     cli.add_command(command)
 
 

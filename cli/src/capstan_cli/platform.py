@@ -100,6 +100,11 @@ class Paths:
         return self.root / "admin-token"
 
     @property
+    def session(self) -> Path:
+        """The session token ``capstan login`` stores (0600); used before the admin token."""
+        return self.root / "session"
+
+    @property
     def secrets(self) -> Path:
         return self.root / "secrets"
 

@@ -26,7 +26,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
 from pydantic import ValidationError
 
-from . import tracing
+from . import identity, tracing
 from .errors import Conflict, InvalidArgument, Unavailable
 from .events import Event, NewerEventVersion, decode
 from .metrics import SKIPPED_ON_LOAD, Counters
@@ -49,6 +49,8 @@ class RecordedEvent:
     event: Event
     time_ms: int
     headers: Mapping[str, str] = field(default_factory=dict)
+    # Who acted (the commit envelope's "by"): account, tenant, key_id, source; or {"caller": name}.
+    by: Mapping[str, object] = field(default_factory=dict)
 
     @property
     def aggregate_id(self) -> str:
@@ -61,15 +63,25 @@ class AppendResult:
     duplicate: bool
 
 
-def encode_commit(events: Sequence[Event], time_ms: int) -> bytes:
-    """``{"t": ms, "events": [{"type", "version", "data"}]}``, each event's data serialised by
-    pydantic's compiled serialiser (UTF-8, not ASCII-escaped; both decode the same)."""
+def actor_of(caller: identity.Caller) -> bytes:
+    """The commit envelope's ``by``: the acting principal (the audit trail), never a secret."""
+    p = caller.principal
+    if p is not None:
+        return p.to_json().encode()
+    return json.dumps({"caller": caller.name}, separators=(",", ":")).encode()
+
+
+def encode_commit(events: Sequence[Event], time_ms: int, by: bytes | None = None) -> bytes:
+    """``{"t": ms, "by": {...}, "events": [{"type", "version", "data"}]}``, each event's data serialised by
+    pydantic's compiled serialiser (UTF-8, not ASCII-escaped; both decode the same). ``by``: the acting
+    principal, from the current caller unless given."""
     parts = []
     for e in events:
         if not e.TYPE:
             raise ValueError(f"{type(e).__name__} has no registered event type name")
         parts.append(b'{"type":"%s","version":%d,"data":%s}' % (e.TYPE.encode(), e.VERSION, e.model_dump_json().encode()))
-    return b'{"t":%d,"events":[%s]}' % (time_ms, b",".join(parts))
+    actor = by if by is not None else actor_of(identity.current_caller())
+    return b'{"t":%d,"by":%s,"events":[%s]}' % (time_ms, actor, b",".join(parts))
 
 
 class PoisonCommit(ValueError):
@@ -102,6 +114,8 @@ def decode_commit(seq: int, subject: str, data: bytes, headers: Mapping[str, str
     if not isinstance(raw_events, list) or not raw_events or type(t) is not int:
         raise PoisonCommit("undecodable", 'not a commit: expected {"t": <ms>, "events": [<at least one event>]}')
     hdrs = dict(headers or {})
+    by = body.get("by")
+    actor = by if isinstance(by, dict) else {}
     out = []
     for i, raw in enumerate(raw_events):
         name = raw.get("type") if isinstance(raw, dict) else None
@@ -116,7 +130,7 @@ def decode_commit(seq: int, subject: str, data: bytes, headers: Mapping[str, str
             raise PoisonCommit("invalid", f"{where}: {_validation_text(e)}") from None
         except Exception as e:  # an upcaster or a shape check refusing the data
             raise PoisonCommit("invalid", f"{where}: {type(e).__name__}: {e}") from None
-        out.append(RecordedEvent(seq=seq, index=i, subject=subject, event=ev, time_ms=t, headers=hdrs))
+        out.append(RecordedEvent(seq=seq, index=i, subject=subject, event=ev, time_ms=t, headers=hdrs, by=actor))
     return out
 
 

@@ -163,8 +163,8 @@ class ClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
         carrier = tracing.inject({})
         metadata = list(client_call_details.metadata or []) + list(carrier.items())
         acting = identity.acting_principal()
-        if acting:
-            metadata.append((identity.PRINCIPAL_METADATA, acting))
+        if acting is not None:
+            metadata.append((identity.PRINCIPAL_METADATA, acting.to_json()))
         details = grpc.aio.ClientCallDetails(
             client_call_details.method,
             client_call_details.timeout,

@@ -167,7 +167,7 @@ class Service:
         bootstrap = s.grpc_bootstrap_listen if d.bootstrap else None
         self.grpc = grpcutil.GrpcServer(d.name, s.grpc_listen, creds.tls, d.access, bootstrap_listen=bootstrap)
         d.register(self.app, self.grpc)
-        admin.register(self.grpc, d.name, engine, counters)
+        admin.register(self.grpc, d.name, engine, counters, ctx.js)
         await self.grpc.start()
         for loop_fn in d.background:
             self._tasks.append(asyncio.create_task(_supervised(loop_fn, self.app, d.name), name=f"{d.name}-bg"))

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
-
 import httpx
-from fastapi import FastAPI
 
-from capstan_gateway import GatewaySettings, create_app
-from capstan_gateway.auth import Principal
+from .accounts_helpers import new_account
 
 
 async def test_the_quarantine_needs_a_token(client: httpx.AsyncClient) -> None:
@@ -17,19 +12,10 @@ async def test_the_quarantine_needs_a_token(client: httpx.AsyncClient) -> None:
     assert r.status_code == 401 and r.json()["error"]["code"] == "unauthenticated"
 
 
-GatewayFactory = Callable[[GatewaySettings | FastAPI], AbstractAsyncContextManager[httpx.AsyncClient]]
 
-
-async def test_only_an_administrator_reads_the_quarantine(settings: GatewaySettings, gateway_for: GatewayFactory) -> None:
-    app: FastAPI = create_app(settings)
-
-    class NotAdmin:
-        def authenticate(self, token: str | None) -> Principal:
-            return Principal(name="bob", is_admin=False)
-
-    async with gateway_for(app) as c:
-        app.state.authenticator = NotAdmin()
-        r = await c.get("/api/v1/admin/quarantine", headers={"Authorization": "Bearer anything"})
+async def test_only_an_administrator_reads_the_quarantine(admin: httpx.AsyncClient) -> None:
+    tenant = await new_account(admin, "team-b", kind="main")
+    r = await admin.get("/api/v1/admin/quarantine", headers={"Authorization": f"Bearer {tenant.token}"})
     assert r.status_code == 403 and r.json()["error"]["code"] == "permission_denied"
 
 

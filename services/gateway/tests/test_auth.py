@@ -15,7 +15,6 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 
 from capstan_gateway import GatewaySettings
-from capstan_gateway.auth import TokenFileAuthenticator
 
 GatewayFactory = Callable[[GatewaySettings | FastAPI], AbstractAsyncContextManager[httpx.AsyncClient]]
 
@@ -26,6 +25,7 @@ ROUTES = [
     ("PATCH", "/api/v1/resource-groups/rsg-12345678"),
     ("DELETE", "/api/v1/resource-groups/rsg-12345678"),
     ("GET", "/api/v1/resource-groups/rsg-12345678/queue"),
+    ("PUT", "/api/v1/resource-groups/rsg-12345678/shares"),
     ("GET", "/api/v1/nodes"),
     ("POST", "/api/v1/nodes/release"),
     ("POST", "/api/v1/nodes/node-12345678/release"),
@@ -89,7 +89,28 @@ ROUTES = [
     ("GET", "/api/v1/services/ms-12345678/events"),
     ("GET", "/api/v1/services/ms-12345678/logs"),
     ("GET", "/api/v1/services/ms-12345678/metrics"),  # call monitoring (the gateway's invoke package)
+    # #8: accounts, keys, policies, audit (POST /api/v1/login is the one public route: see test_accounts)
+    ("GET", "/api/v1/whoami"),
+    ("POST", "/api/v1/accounts"),
+    ("GET", "/api/v1/accounts"),
+    ("GET", "/api/v1/accounts/acct-12345678"),
+    ("PATCH", "/api/v1/accounts/acct-12345678"),
+    ("DELETE", "/api/v1/accounts/acct-12345678"),
+    ("PUT", "/api/v1/accounts/acct-12345678/password"),
+    ("PUT", "/api/v1/accounts/acct-12345678/policies"),
+    ("POST", "/api/v1/accounts/acct-12345678/keys"),
+    ("GET", "/api/v1/accounts/acct-12345678/keys"),
+    ("PATCH", "/api/v1/keys/key-12345678"),
+    ("DELETE", "/api/v1/keys/key-12345678"),
+    ("POST", "/api/v1/policies"),
+    ("GET", "/api/v1/policies"),
+    ("GET", "/api/v1/policies/pol-12345678"),
+    ("DELETE", "/api/v1/policies/pol-12345678"),
+    ("GET", "/api/v1/audit"),
+    ("GET", "/api/v1/audit/events"),
+    ("GET", "/api/v1/access"),
 ]
+PUBLIC_ROUTES = [("POST", "/api/v1/login")]
 
 
 @pytest.mark.parametrize(("method", "path"), ROUTES)
@@ -143,20 +164,22 @@ async def test_token_survives_restart(settings: GatewaySettings, gateway_for: Ga
         assert r.status_code == 503  # authenticated; the scheduler is down
 
 
-def test_token_file_readable_by_others_is_tightened(tmp_path: Path) -> None:
-    path = tmp_path / "admin-token"
+async def test_an_older_installs_token_file_is_replaced_once(
+    tmp_path: Path, settings: GatewaySettings, gateway_for: GatewayFactory
+) -> None:
+    """Before accounts the file held a bare token: the first start with accounts writes the operator's key."""
+    settings.data_dir.mkdir(parents=True)
+    path = settings.data_dir / "admin-token"
     path.write_text("s3cret-token\n")
     os.chmod(path, 0o644)
-    auth = TokenFileAuthenticator(path)
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert auth.authenticate("s3cret-token").name == "admin"
-
-
-def test_empty_token_file_fails_fast(tmp_path: Path) -> None:
-    path = tmp_path / "admin-token"
-    path.touch(mode=0o600)
-    with pytest.raises(RuntimeError, match="empty"):
-        TokenFileAuthenticator(path)
+    async with gateway_for(settings) as c:
+        token = path.read_text()
+        assert token.startswith("ck.") and stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert (await c.get("/api/v1/whoami", headers={"Authorization": "Bearer s3cret-token"})).status_code == 401
+        r = await c.get("/api/v1/whoami", headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200 and r.json()["account"]["name"] == "admin"
+    password = settings.data_dir / "admin-password"
+    assert stat.S_IMODE(password.stat().st_mode) == 0o600
 
 
 async def test_auth_disabled_acts_as_anonymous(
@@ -167,6 +190,7 @@ async def test_auth_disabled_acts_as_anonymous(
         async with gateway_for(s) as c:
             r = await c.get("/api/v1/resource-groups")
             assert r.status_code == 503  # past auth without a token
+            assert r.headers["x-capstan-auth"] == "disabled"
     assert "AUTHENTICATION IS DISABLED" in caplog.text
     assert not (s.data_dir / "admin-token").exists()
 
@@ -196,15 +220,15 @@ async def test_the_route_list_above_is_every_api_route(client: httpx.AsyncClient
     spec = (await client.get("/openapi.json")).json()
     documented = {(m.upper(), p) for p, item in spec["paths"].items() for m in item if p.startswith("/api/v1")}
     def template(p: str) -> str:
-        p = re.sub(r"/(rsg|train|node|jt|model)-12345678", "/{id}", p)
         # online services (issue #9)
         p = re.sub(r"/ms-12345678-v1-1\b", "/{instance_id}", p)
         p = re.sub(r"/ms-12345678-v1\b", "/{version_id}", p)
-        p = re.sub(r"/(ms|key)-12345678\b", lambda m: "/{id}" if m[1] == "ms" else "/{key_id}", p)
-        p = re.sub(r"^/api/v1/services/ms-12345678/metrics$", "/api/v1/services/{id}/metrics", p)
+        p = re.sub(r"/ms-12345678\b", "/{id}", p)
+        p = re.sub(r"(/services/\{id\}/keys)/key-12345678\b", r"\1/{key_id}", p)
+        p = re.sub(r"/(rsg|train|node|jt|model|acct|key|pol)-12345678", "/{id}", p)
         p = re.sub(r"/outputs/model/weights\.pt$", "/outputs/{path}", p)
         p = re.sub(r"/tensorboard/index\.html$", "/tensorboard/{path}", p)
         return re.sub(r"/files/config\.json$", "/files/{path}", re.sub(r"/versions/1\b", "/versions/{version}", p))
 
-    listed = {(m, template(p)) for m, p in ROUTES}
+    listed = {(m, template(p)) for m, p in [*ROUTES, *PUBLIC_ROUTES]}
     assert listed == documented

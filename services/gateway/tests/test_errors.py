@@ -163,6 +163,7 @@ async def test_openapi_lists_every_route(client: httpx.AsyncClient) -> None:
         ("PATCH", f"{RG}/{{id}}"),
         ("DELETE", f"{RG}/{{id}}"),
         ("GET", f"{RG}/{{id}}/queue"),
+        ("PUT", f"{RG}/{{id}}/shares"),
         ("GET", "/api/v1/nodes"),
         ("POST", "/api/v1/nodes/release"),
         ("POST", "/api/v1/nodes/{id}/release"),
@@ -227,11 +228,34 @@ async def test_openapi_lists_every_route(client: httpx.AsyncClient) -> None:
         ("GET", "/api/v1/services/{id}/logs"),
         ("GET", "/api/v1/services/{id}/metrics"),
         ("GET", "/metrics"),
+        # #8: accounts, keys, policies, audit
+        ("POST", "/api/v1/login"),
+        ("GET", "/api/v1/whoami"),
+        ("POST", "/api/v1/accounts"),
+        ("GET", "/api/v1/accounts"),
+        ("GET", "/api/v1/accounts/{id}"),
+        ("PATCH", "/api/v1/accounts/{id}"),
+        ("DELETE", "/api/v1/accounts/{id}"),
+        ("PUT", "/api/v1/accounts/{id}/password"),
+        ("PUT", "/api/v1/accounts/{id}/policies"),
+        ("POST", "/api/v1/accounts/{id}/keys"),
+        ("GET", "/api/v1/accounts/{id}/keys"),
+        ("PATCH", "/api/v1/keys/{id}"),
+        ("DELETE", "/api/v1/keys/{id}"),
+        ("POST", "/api/v1/policies"),
+        ("GET", "/api/v1/policies"),
+        ("GET", "/api/v1/policies/{id}"),
+        ("DELETE", "/api/v1/policies/{id}"),
+        ("GET", "/api/v1/audit"),
+        ("GET", "/api/v1/audit/events"),
+        ("GET", "/api/v1/access"),
     }
     for path, item in spec["paths"].items():
         for op in item.values():
             assert "422" not in op["responses"]
             if path.startswith("/api/v1"):
+                assert op["x-capstan-action"], path  # the action policies speak of (capstan_core.actions)
+            if path.startswith("/api/v1") and path != "/api/v1/login":
                 assert op["security"] == [{"HTTPBearer": []}]
                 assert op["responses"]["400"]["content"]["application/json"]["schema"]["$ref"].endswith("ErrorBody")
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"

@@ -9,6 +9,10 @@ does not exist, a page token it never issued) is a documented 400, not a failure
 ids and of the group / node filters are real (a resource group with a Running node, a training
 task), so the cases reach the deep code.
 
+#8: the same run again with another tenant's key (``test_fuzz_as_another_tenant``): the operator's real
+ids are then another tenant's objects, so every case must be refused or answered about that tenant's own
+objects, and the operator's objects must be untouched afterwards.
+
 Deterministic (``--generation-deterministic``): CI sees the same cases every time. By hand, more
 cases: ``CAPSTAN_FUZZ_EXAMPLES=1000 .venv/bin/python -m pytest services/gateway/tests/test_fuzz.py -s``,
 or random ones: ``CAPSTAN_FUZZ_SEED=7 CAPSTAN_FUZZ_EXAMPLES=500 ...``.
@@ -17,6 +21,7 @@ or random ones: ``CAPSTAN_FUZZ_SEED=7 CAPSTAN_FUZZ_EXAMPLES=500 ...``.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -54,6 +59,7 @@ class LivePlatform:
     rg_id: str
     node_id: str
     task_id: str
+    tenant_token: str = ""  # an API key of another tenant (a main account the operator made)
 
 
 async def _start(definition: ServiceDefinition, name: str, data_dir: Path, nats_url: str, **addrs: str) -> Service:
@@ -123,7 +129,11 @@ async def _seed(url: str, token: str, scheduler_addr: str) -> LivePlatform:
         body = {"name": "fuzz-task", "resource_group_id": rg_id, "command": "true"}
         r = await api.post("/api/v1/training-tasks", json=body)
         assert r.status_code == 201, r.text
-        return LivePlatform(url, token, rg_id, node.id, r.json()["id"])
+        tenant = await api.post("/api/v1/accounts", json={"name": "fuzz-tenant", "kind": "main"})
+        assert tenant.status_code == 201, tenant.text
+        key = await api.post(f"/api/v1/accounts/{tenant.json()['id']}/keys", json={})
+        assert key.status_code == 201, key.text
+        return LivePlatform(url, token, rg_id, node.id, r.json()["id"], key.json()["token"])
 
 
 def _config(tmp_path: Path, live: LivePlatform) -> Path:
@@ -165,11 +175,11 @@ parameters = {{ "path.id" = {{ dictionary = "tasks", probability = 0.5 }} }}
     return path
 
 
-async def _run_schemathesis(tmp_path: Path, live: LivePlatform) -> tuple[int, str]:
+async def _run_schemathesis(tmp_path: Path, live: LivePlatform, token: str = "") -> tuple[int, str]:
     config = _config(tmp_path, live)
     proc = await asyncio.create_subprocess_exec(
         str(SCHEMATHESIS), "--config-file", str(config), "run", f"{live.url}/openapi.json",
-        "--header", f"Authorization: Bearer {live.token}",
+        "--header", f"Authorization: Bearer {token or live.token}",
         "--checks", "all",
         "--exclude-checks", "positive_data_acceptance",
         "--max-examples", str(EXAMPLES),
@@ -191,3 +201,23 @@ async def test_fuzz_every_operation(live: LivePlatform, tmp_path: Path) -> None:
     rc, out = await _run_schemathesis(tmp_path, live)
     print(out[out.find("SUMMARY"):])  # pytest -s shows the counts of a passing run
     assert rc == 0, out[-20000:]
+
+
+async def _operators_objects(live: LivePlatform) -> list[tuple[str, str, str]]:
+    async with httpx.AsyncClient(base_url=live.url, headers={"Authorization": f"Bearer {live.token}"}) as api:
+        rg = (await api.get(f"/api/v1/resource-groups/{live.rg_id}")).json()
+        task = (await api.get(f"/api/v1/training-tasks/{live.task_id}")).json()
+        me = (await api.get("/api/v1/whoami")).json()
+    return [(rg["name"], rg["tenant"], json.dumps(rg["policy"], sort_keys=True)),
+            (task["name"], task["tenant"], json.dumps(task["tags"], sort_keys=True)),
+            (me["account"]["name"], me["account"]["tenant"], str(me["account"]["enabled"]))]
+
+
+async def test_fuzz_as_another_tenant(live: LivePlatform, tmp_path: Path) -> None:
+    """#8: the whole API fuzzed with another tenant's key: documented answers only, the operator's objects
+    (whose real ids the fuzzer sends) untouched."""
+    before = await _operators_objects(live)
+    rc, out = await _run_schemathesis(tmp_path, live, token=live.tenant_token)
+    print(out[out.find("SUMMARY"):])
+    assert rc == 0, out[-20000:]
+    assert await _operators_objects(live) == before

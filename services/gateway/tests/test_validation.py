@@ -179,7 +179,7 @@ async def test_405_allows_every_method_of_the_path(client: httpx.AsyncClient) ->
 
 async def test_the_401_names_no_host_path(client: httpx.AsyncClient, settings: GatewaySettings) -> None:
     message = refused(await client.get(RG), 401)
-    assert "the admin token is in the data dir's `admin-token` file on the gateway host" in message
+    assert "the operator's first key is in the data dir's `admin-token` file on the gateway host" in message
     assert str(settings.data_dir) not in message and "/" not in message.replace("Authorization", "")
 
 

@@ -52,6 +52,7 @@ class ModelCreated(Event):
     tags: dict[str, str]
     creator: str
     at_ms: int
+    tenant: str = ""  # the main account that owns it (#8); "" before accounts existed
 
 
 @event("ModelVersionPublished", version=1)

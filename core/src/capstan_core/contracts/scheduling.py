@@ -37,6 +37,16 @@ class ResourceGroupCreated(Event):
     policy: dict[str, Any]
     creator: str
     at_ms: int
+    tenant: str = ""  # the main account that owns it (#8); "" before accounts existed
+
+
+@event("ResourceGroupShared", version=1)
+class ResourceGroupShared(Event):
+    """The operator shares a group with other tenants (its whole list after the change, #8)."""
+
+    rg_id: str
+    tenants: list[str]
+    at_ms: int
 
 
 @event("ResourceGroupUpdated", version=1)

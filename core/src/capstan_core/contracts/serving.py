@@ -31,6 +31,7 @@ class ServiceCreated(Event):
     auto_stop_at_ms: int = 0
     creator: str
     at_ms: int
+    tenant: str = ""  # the owning tenant (issue #8), from the creating principal; "" before tenants
 
 
 @event("ServiceVersionCreated", version=1)

@@ -70,6 +70,7 @@ class TrainingTaskSubmitted(Event):
     code: str = ""  # a code package: "<store>:<bucket>/<prefix>", downloaded into /opt/ml/code
     output: str = ""  # where /opt/ml/output and /opt/ml/model are uploaded: "<store>:<bucket>/<prefix>"
     source_task_id: str = ""  # started again from this (stopped) task: its outputs seed this one's
+    tenant: str = ""  # the main account that owns it (#8); "" before accounts existed
 
 
 @event("TrainingTaskTagsUpdated", version=1)

@@ -8,7 +8,10 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from pydantic import BaseModel
+
+from capstan_core import actions
 
 from . import errors, invoke
 from .auth import build_authenticator
@@ -35,19 +38,25 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         finally:
             await invoke.stop(app)
             await app.state.clients.close()
+            if app.state.authenticator.store is not None:
+                app.state.authenticator.store.close()
 
     app = FastAPI(
         title="Capstan gateway",
         version="0.1.0",
-        description="Management API of Capstan. Every /api/v1 route needs `Authorization: Bearer <token>`.",
+        description="Management API of Capstan. Every /api/v1 route but /login needs `Authorization: Bearer "
+        "<token>` (an API key or a session); each operation names the action policies speak of "
+        "(`x-capstan-action`).",
         lifespan=lifespan,
         **_without_native_tracing(),
     )
     app.state.settings = settings
     errors.install(app)
-    app.add_middleware(GatewayMiddleware)
+    app.add_middleware(GatewayMiddleware, auth_disabled=settings.auth_disabled)
     invoke.mount(app, settings)  # the invocation routes, in front of everything above
-    for router in routers():
+    api_routers = routers()
+    _name_actions(api_routers)
+    for router in api_routers:
         app.include_router(router)
 
     @app.get("/healthz", tags=["health"], summary="Liveness: the gateway process is serving")
@@ -56,6 +65,26 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     _document_errors_as_400(app)
     return app
+
+
+def api_routes(api_routers: list[Any]) -> list[tuple[str, APIRoute]]:
+    return [(m, r) for router in api_routers for r in router.routes if isinstance(r, APIRoute)
+            for m in sorted(r.methods or ())]
+
+
+def missing_actions(api_routers: list[Any]) -> list[str]:
+    """``METHOD /path`` of every /api/v1 route with no entry in ``capstan_core.actions.REST``."""
+    return [f"{m} {r.path}" for m, r in api_routes(api_routers) if actions.rest_action(m, r.path) is None]
+
+
+def _name_actions(api_routers: list[Any]) -> None:
+    """Each route's action in its OpenAPI operation (``x-capstan-action``, ``x-capstan-access``).
+    A route without one is refused by ``authorize`` at every request (the route test names it)."""
+    for method, route in api_routes(api_routers):
+        action = actions.rest_action(method, route.path)
+        if action is not None:
+            route.openapi_extra = {**(route.openapi_extra or {}), "x-capstan-action": action.name,
+                                   "x-capstan-access": action.access, "x-capstan-scope": action.scope}
 
 
 def _without_native_tracing() -> dict[str, Any]:

@@ -96,6 +96,9 @@ class SchedulerClient(ServiceClient):
     async def update_resource_group(self, req: scheduler_pb2.UpdateResourceGroupRequest) -> scheduler_pb2.ResourceGroup:
         return await self.call(self.stub.UpdateResourceGroup, req)
 
+    async def share_resource_group(self, req: scheduler_pb2.ShareResourceGroupRequest) -> scheduler_pb2.ResourceGroup:
+        return await self.call(self.stub.ShareResourceGroup, req)
+
     async def delete_resource_group(
         self, req: scheduler_pb2.DeleteResourceGroupRequest
     ) -> scheduler_pb2.DeleteResourceGroupResponse:

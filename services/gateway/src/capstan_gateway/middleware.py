@@ -27,9 +27,11 @@ class _BodyTooLarge(Exception):
 
 
 class GatewayMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int = MAX_BODY_BYTES, auth_disabled: bool = False) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        # Every response says so while authentication is off (CAPSTAN_AUTH_DISABLED, loopback only).
+        self.extra_headers = [(b"x-capstan-auth", b"disabled")] if auth_disabled else []
         self.tracer = tracing.tracer("gateway")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -52,7 +54,7 @@ class GatewayMiddleware:
                     state["started"] = True
                     state["status"] = message["status"]
                     message.setdefault("headers", [])
-                    message["headers"] = [*message["headers"], (b"x-trace-id", trace_id.encode())]
+                    message["headers"] = [*message["headers"], (b"x-trace-id", trace_id.encode()), *self.extra_headers]
                 await send(message)
 
             try:

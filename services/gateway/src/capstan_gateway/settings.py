@@ -46,6 +46,10 @@ class GatewaySettings(BaseSettings):
     # Only this turns authentication off; the gateway then logs a warning at every start.
     auth_disabled: bool = False
     log_level: str = "INFO"
+    # The identity store (accounts, keys, policies, audit); empty: SQLite in <data_dir>/identity.db.
+    identity_database_url: str = ""
+    # How long a session from POST /api/v1/login lasts.
+    session_ttl_s: float = 12 * 3600.0
     # Seconds a call to an owning service may take before the route answers 503.
     rpc_timeout_s: float = 10.0
     # Invocation of online services (services/gateway/src/capstan_gateway/invoke). NATS: limit counters,

@@ -28,7 +28,7 @@ from capstan_core.command import execute
 from capstan_core.contracts.serving import AGGREGATE
 from capstan_core.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
 from capstan_core.events import Event
-from capstan_core.identity import Caller
+from capstan_core.identity import Caller, current_caller
 from capstan_core.ids import new_id, stable_id
 from capstan_core.logs import read_logs
 from capstan_core.loops import LoopGuard, Step
@@ -75,7 +75,8 @@ class InferenceApp:
 
     async def _run(self, service_id: str, decide: Callable[[domain.Group | None], Sequence[Event]],
                    msg_id: str | None = None) -> None:
-        outcome = await execute(self.ctx.store, self._subject(service_id), domain.fold, decide, msg_id=msg_id)
+        outcome = await execute(self.ctx.store, self._subject(service_id), domain.fold,
+                                lambda g: decide(_visible(g)), msg_id=msg_id)
         if outcome.seq:
             await self.ctx.await_projection(outcome.seq)
             await self.converge(service_id)
@@ -150,7 +151,7 @@ class InferenceApp:
         decide = functools.partial(
             domain.decide_create, service_id=sid, name=name, description=description, tags=tags,
             deployment_mode=mode, auth_enabled=auth_enabled or generate_key, auto_stop_at_ms=auto_stop_at_ms,
-            spec=spec, creator=creator, now_ms=now)
+            spec=spec, creator=creator, now_ms=now, tenant=current_caller().owner_tenant)
         await self._run(sid, decide, msg_id=f"create:{sid}")
         view = await asyncio.to_thread(self.get, sid)
         if generate_key and not view["keys"]:
@@ -361,7 +362,7 @@ class InferenceApp:
     def _doc(self, sid: str, include_deleted: bool = False) -> domain.Group:
         with self.ctx.engine.connect() as conn:
             row = conn.execute(select(services.c.doc, services.c.deleted).where(services.c.id == sid)).first()
-        if row is None or (row[1] and not include_deleted):
+        if row is None or (row[1] and not include_deleted) or _visible(json.loads(row[0])) is None:
             raise NotFound(f"service {sid} does not exist")
         g: domain.Group = json.loads(row[0])
         return g
@@ -372,6 +373,8 @@ class InferenceApp:
     def list_services(self, *, page_size: int, page_token: str, creator: str, status: str) -> tuple[list[dict[str, Any]], str, int]:
         size, offset = page_bounds(page_size, page_token)
         conds: list[ColumnElement[bool]] = [services.c.deleted.is_(False)]
+        if tenant := current_caller().tenant:  # a user sees its tenant's services only
+            conds.append(services.c.tenant == tenant)
         if creator:
             conds.append(services.c.creator == creator)
         if status:
@@ -448,7 +451,8 @@ def view(g: domain.Group) -> dict[str, Any]:
         "id": g["id"], "name": g["name"], "description": g["description"], "tags": g["tags"],
         "deployment_mode": g["deployment_mode"], "status": domain.status(g), "state_reason": g.get("state_reason", ""),
         "auth_enabled": g["auth_enabled"], "group_qps_limit": g["group_qps_limit"],
-        "auto_stop_at_ms": g["auto_stop_at_ms"], "creator": g["creator"], "created_at_ms": g["created_at_ms"],
+        "auto_stop_at_ms": g["auto_stop_at_ms"], "creator": g["creator"], "tenant": g.get("tenant", ""),
+        "created_at_ms": g["created_at_ms"],
         "updated_at_ms": g["updated_at_ms"], "versions": versions,
         "running_versions": sum(1 for v in versions if v["ready_replicas"]),
         "expected_replicas": sum(domain.desired_replicas(g, v) for v in domain.live_versions(g)),
@@ -471,3 +475,12 @@ def _replica_state(r: dict[str, Any]) -> str:
     if domain.serving(r) and r["isolated"]:
         return "Ready (isolated)"
     return str(r["state"])
+
+
+def _visible(g: domain.Group | None) -> domain.Group | None:
+    """The group as the current caller may see it: another tenant's group does not exist for a user (404,
+    not 403, so existence does not leak); the platform, agents and the operator see every group."""
+    tenant = current_caller().tenant
+    if g is not None and tenant and g.get("tenant", "") != tenant:
+        return None
+    return g

@@ -57,6 +57,6 @@ class InferenceProjection(Projection):
             return
         if isinstance(rec.event, serving.ServiceReplicaRemoved):
             conn.execute(placements.delete().where(placements.c.replica_id == rec.event.replica_id))
-        values = dict(name=g["name"], creator=g["creator"], status=domain.status(g), created_at_ms=g["created_at_ms"],
+        values = dict(name=g["name"], creator=g["creator"], tenant=g.get("tenant", ""), status=domain.status(g), created_at_ms=g["created_at_ms"],
                       seq=rec.seq, deleted=g["state"] == "Deleted", doc=json.dumps(g, separators=(",", ":")))
         _upsert(conn, services, {"id": sid}, values)

@@ -24,6 +24,7 @@ services = Table(
     Column("id", String(20), primary_key=True),
     Column("name", String(60), nullable=False),
     Column("creator", String(128), nullable=False),
+    Column("tenant", String(64), nullable=False, server_default=""),
     Column("status", String(20), nullable=False),
     Column("created_at_ms", BigInteger, nullable=False),
     Column("seq", BigInteger, nullable=False),

@@ -27,6 +27,7 @@ ACCESS = Access({
 def _model(d: dict[str, Any]) -> registry_pb2.Model:
     return registry_pb2.Model(
         id=d["id"], name=d["name"], description=d["description"], tags=d["tags"], creator=d["creator"],
+        tenant=d.get("tenant", ""),
         created_at_ms=d["created_at_ms"], version_count=d["version_count"], latest_version=d["latest_version"],
     )
 
@@ -62,7 +63,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
     async def CreateModel(self, req: registry_pb2.CreateModelRequest, context: grpc.aio.ServicerContext) -> registry_pb2.Model:
         return _model(await self.app.create(
             name=req.name, description=req.description, tags=dict(req.tags), creator=current_caller().acting,
-            idempotency_key=req.idempotency_key,
+            idempotency_key=req.idempotency_key, tenant=current_caller().owner_tenant,
         ))
 
     async def GetModel(self, req: registry_pb2.GetModelRequest, context: grpc.aio.ServicerContext) -> registry_pb2.Model:

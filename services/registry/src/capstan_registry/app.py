@@ -16,6 +16,7 @@ from capstan_core.clock import SystemClock
 from capstan_core.command import execute
 from capstan_core.contracts.registry import Lineage, ModelFileEntry, ModelMetadata
 from capstan_core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from capstan_core.identity import current_caller
 from capstan_core.ids import new_id, stable_id
 from capstan_core.paging import next_token, page_bounds
 from capstan_core.service import ServiceContext
@@ -50,7 +51,9 @@ class RegistryApp:
         self._blob_lock = asyncio.Lock()  # publishes store blobs; collection removes unreferenced ones
 
     # -- commands ----------------------------------------------------------------------
-    async def create(self, *, name: str, description: str, tags: dict[str, str], creator: str, idempotency_key: str) -> dict[str, Any]:
+    async def create(
+        self, *, name: str, description: str, tags: dict[str, str], creator: str, idempotency_key: str, tenant: str = ""
+    ) -> dict[str, Any]:
         domain.validate_name(name)
         model_id = stable_id("model", creator, idempotency_key) if idempotency_key else new_id("model")
         taken = await asyncio.to_thread(self._id_by_name, name)
@@ -59,7 +62,8 @@ class RegistryApp:
         now = self.clock.now_ms()
         outcome = await execute(
             self.ctx.store, event_subject(AGGREGATE, model_id), fold,
-            lambda s: decide_create(s, model_id=model_id, name=name, description=description, tags=tags, creator=creator, now_ms=now),
+            lambda s: decide_create(s, model_id=model_id, name=name, description=description, tags=tags, creator=creator,
+                                    now_ms=now, tenant=tenant),
         )
         await self.ctx.await_projection(outcome.seq)
         return self.get(model_id)
@@ -147,6 +151,9 @@ class RegistryApp:
             if isinstance(err, NotFound):
                 raise InvalidArgument(f"training task {task_id} does not exist", field="task_id") from e
             raise err from e
+        caller_tenant = current_caller().tenant
+        if caller_tenant and task.tenant != caller_tenant:  # another tenant's task does not exist for this caller
+            raise InvalidArgument(f"training task {task_id} does not exist", field="task_id")
         if task.status != "Succeeded":
             raise FailedPrecondition(f"training task {task_id} is {task.status}; publish it once it has Succeeded")
         if not 0 <= index < max(task.instance_count, 1):
@@ -169,10 +176,12 @@ class RegistryApp:
         return {m: (int(n), int(v or 0)) for m, n, v in conn.execute(q)}
 
     def get(self, ref: str) -> dict[str, Any]:
-        """A model by id, or by name."""
+        """A model by id, or by name; a user sees its tenant's only (every read and change of a model and
+        its versions starts here, in the calling RPC's context)."""
+        tenant = current_caller().tenant
         with self.ctx.engine.connect() as conn:
             row = conn.execute(select(models).where(or_(models.c.id == ref, models.c.name == ref))).mappings().first()
-            if row is None:
+            if row is None or (tenant and row["tenant"] != tenant):
                 raise NotFound(f"model {ref} does not exist")
             return _model_row(row, self._counts(conn, [row["id"]]).get(row["id"], (0, 0)))
 
@@ -185,6 +194,8 @@ class RegistryApp:
                                for c in (models.c.name, models.c.description, models.c.tags))))
         if creator:
             where.append(models.c.creator == creator)
+        if tenant := current_caller().tenant:
+            where.append(models.c.tenant == tenant)
         with self.ctx.engine.connect() as conn:
             total = int(conn.execute(select(func.count()).select_from(models).where(*where)).scalar() or 0)
             rows = conn.execute(select(models).where(*where).order_by(models.c.created_at_ms, models.c.id)

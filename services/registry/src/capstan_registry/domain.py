@@ -67,6 +67,7 @@ def validate_description(description: str) -> None:
 
 def decide_create(
     state: ModelState | None, *, model_id: str, name: str, description: str, tags: dict[str, str], creator: str,
+    tenant: str = "",
     now_ms: int,
 ) -> list[Event]:
     validate_name(name)
@@ -75,7 +76,8 @@ def decide_create(
         if state.created.name == name and not state.deleted:
             return []
         raise AlreadyExists(f"model {model_id} already exists")
-    return [ModelCreated(model_id=model_id, name=name, description=description, tags=tags, creator=creator, at_ms=now_ms)]
+    return [ModelCreated(model_id=model_id, name=name, description=description, tags=tags, creator=creator, at_ms=now_ms,
+                         tenant=tenant)]
 
 
 def _live(state: ModelState | None, model_id: str) -> ModelState:

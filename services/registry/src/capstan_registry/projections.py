@@ -19,7 +19,7 @@ class RegistryProjection(Projection):
         if isinstance(e, ModelCreated):
             conn.execute(models.insert().values(
                 id=e.model_id, name=e.name, description=e.description, tags=json.dumps(e.tags, sort_keys=True),
-                creator=e.creator, created_at_ms=e.at_ms,
+                creator=e.creator, created_at_ms=e.at_ms, tenant=e.tenant,
             ))
         elif isinstance(e, ModelVersionPublished):
             conn.execute(model_versions.insert().values(

@@ -15,6 +15,7 @@ models = Table(
     Column("tags", Text, nullable=False),
     Column("creator", String(100), nullable=False),
     Column("created_at_ms", BigInteger, nullable=False),
+    Column("tenant", String(40), nullable=False, default="", index=True),  # the owning main account (#8, 0004)
 )
 
 model_versions = Table(

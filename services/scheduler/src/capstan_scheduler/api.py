@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 
 from capstan_core.contracts.scheduling import HealthCheckResult
+from capstan_core.errors import NotFound, PermissionDenied
 from capstan_core.grpcutil import GrpcServer
 from capstan_core.identity import ADMIN, ANONYMOUS, GATEWAY, NODE, Access, current_caller, methods_of, service_role
 from capstan_proto import common_pb2, scheduler_pb2, scheduler_pb2_grpc
@@ -24,6 +25,7 @@ SERVICE = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name
 ACCESS = Access({
     **methods_of(SERVICE, [
         "CreateResourceGroup", "ListResourceGroups", "UpdateResourceGroup", "DeleteResourceGroup", "ReleaseNodes",
+        "ShareResourceGroup",
         "GetQueue", "ListNodes", "ListHealthChecks", "RemoveNodeRecord", "CreateJoinToken", "ListJoinTokens",
         "RevokeJoinToken",
     ], [GATEWAY, ADMIN]),
@@ -37,6 +39,7 @@ def _rg(d: dict[str, Any]) -> scheduler_pb2.ResourceGroup:
     return scheduler_pb2.ResourceGroup(
         id=d["id"], name=d["name"], tags=json.loads(d["tags"]), policy_json=d["policy"], creator=d["creator"],
         created_at_ms=d["created_at_ms"], node_count=d["node_count"], description=d["description"],
+        tenant=d.get("tenant", ""), shared_with=json.loads(d.get("shared_with") or "[]"),
     )
 
 
@@ -61,18 +64,34 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     async def CreateResourceGroup(self, req: scheduler_pb2.CreateResourceGroupRequest, context: grpc.aio.ServicerContext) -> scheduler_pb2.ResourceGroup:  # noqa: N802
         d = await self.app.create_resource_group(
             name=req.name, description=req.description, tags=dict(req.tags), policy_json=req.policy_json,
-            creator=current_caller().acting, idempotency_key=req.idempotency_key,
+            creator=current_caller().acting, idempotency_key=req.idempotency_key, tenant=current_caller().owner_tenant,
         )
         return _rg(d)
 
+    async def ShareResourceGroup(self, req: scheduler_pb2.ShareResourceGroupRequest, context: grpc.aio.ServicerContext) -> scheduler_pb2.ResourceGroup:  # noqa: N802
+        caller = current_caller()
+        if caller.tenant:  # only the operator (and the platform's tools) share groups between tenants
+            raise PermissionDenied("only the operator shares resource groups with other tenants")
+        return _rg(await self.app.share_resource_group(req.id, list(req.tenants)))
+
     async def GetResourceGroup(self, req: scheduler_pb2.GetResourceGroupRequest, context: grpc.aio.ServicerContext) -> scheduler_pb2.ResourceGroup:  # noqa: N802
-        return _rg(await asyncio.to_thread(self.app.get_resource_group, req.id))
+        return _rg(await asyncio.to_thread(self.app.get_resource_group, req.id, current_caller().tenant))
 
     async def ListResourceGroups(self, req: scheduler_pb2.ListResourceGroupsRequest, context: grpc.aio.ServicerContext) -> scheduler_pb2.ListResourceGroupsResponse:  # noqa: N802
-        items, token, total = await asyncio.to_thread(self.app.list_resource_groups, req.page.page_size, req.page.page_token)
+        items, token, total = await asyncio.to_thread(
+            self.app.list_resource_groups, req.page.page_size, req.page.page_token, current_caller().tenant)
         return scheduler_pb2.ListResourceGroupsResponse(items=[_rg(i) for i in items], next_page_token=token, total=total)
 
+    def _check_owner(self, rg_id: str, *, write: bool) -> None:
+        """A user acts only on its tenant's groups (reads also on those shared with it); others do not exist."""
+        tenant = current_caller().tenant
+        if tenant:
+            d = self.app.get_resource_group(rg_id, tenant)
+            if write and d["tenant"] != tenant:
+                raise NotFound(f"resource group {rg_id} does not exist")
+
     async def UpdateResourceGroup(self, req: scheduler_pb2.UpdateResourceGroupRequest, context: grpc.aio.ServicerContext) -> scheduler_pb2.ResourceGroup:  # noqa: N802
+        await asyncio.to_thread(self._check_owner, req.id, write=True)
         d = await self.app.update_resource_group(
             req.id,
             name=req.name if req.HasField("name") else None,
@@ -83,6 +102,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         return _rg(d)
 
     async def DeleteResourceGroup(self, req: scheduler_pb2.DeleteResourceGroupRequest, context: grpc.aio.ServicerContext) -> scheduler_pb2.DeleteResourceGroupResponse:  # noqa: N802
+        await asyncio.to_thread(self._check_owner, req.id, write=True)
         await self.app.delete_resource_group(req.id)
         return scheduler_pb2.DeleteResourceGroupResponse()
 
@@ -91,6 +111,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         return scheduler_pb2.ReleaseNodesResponse(items=[_node(i) for i in items])
 
     async def GetQueue(self, req: scheduler_pb2.GetQueueRequest, context: grpc.aio.ServicerContext) -> scheduler_pb2.QueueView:  # noqa: N802
+        await asyncio.to_thread(self._check_owner, req.resource_group_id, write=False)
         report, extra = await asyncio.to_thread(self.app.queue, req.resource_group_id)
         rows, names = extra["workloads"], extra["node_names"]
         items = []

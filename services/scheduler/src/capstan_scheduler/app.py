@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 
 from capstan_core.batching import BatchedLookup
 from capstan_core.clock import Clock, SystemClock
@@ -40,6 +40,7 @@ from .domain.aggregates import (
     decide_node_state,
     decide_release,
     decide_remove_record,
+    decide_share_rg,
     decide_update_rg,
     fold_node,
     fold_rg,
@@ -95,7 +96,8 @@ class SchedulerApp:
 
     # -- commands --------------------------------------------------------------------
     async def create_resource_group(
-        self, *, name: str, description: str, tags: dict[str, str], policy_json: str, creator: str, idempotency_key: str
+        self, *, name: str, description: str, tags: dict[str, str], policy_json: str, creator: str, idempotency_key: str,
+        tenant: str = "",
     ) -> dict[str, Any]:
         policy = _parse_policy(policy_json)
         rg_id = stable_id("rsg", creator, idempotency_key) if idempotency_key else new_id("rsg")
@@ -107,7 +109,7 @@ class SchedulerApp:
                 fold_rg,
                 lambda rg: decide_create_rg(
                     rg, rg_id=rg_id, name=name, description=description, tags=tags, policy=policy, creator=creator,
-                    now_ms=now, name_taken_by=self._group_named(name, other_than=rg_id),
+                    now_ms=now, name_taken_by=self._group_named(name, other_than=rg_id), tenant=tenant,
                 ),
                 msg_id=f"create-rsg:{rg_id}",
             )
@@ -130,6 +132,13 @@ class SchedulerApp:
                                   name_taken_by=None if name is None else self._group_named(name, other_than=rg_id)),
             )
             await self.ctx.await_projection(outcome.seq)
+        return self.get_resource_group(rg_id)
+
+    async def share_resource_group(self, rg_id: str, tenants: list[str]) -> dict[str, Any]:
+        now = self.clock.now_ms()
+        outcome = await execute(self.ctx.store, event_subject(RSG, rg_id), fold_rg,
+                                functools.partial(decide_share_rg, rg_id=rg_id, tenants=tenants, now_ms=now))
+        await self.ctx.await_projection(outcome.seq)
         return self.get_resource_group(rg_id)
 
     async def delete_resource_group(self, rg_id: str) -> None:
@@ -355,20 +364,27 @@ class SchedulerApp:
             ).scalar()
         return None if found is None else str(found)
 
-    def get_resource_group(self, rg_id: str) -> dict[str, Any]:
+    def get_resource_group(self, rg_id: str, tenant: str = "") -> dict[str, Any]:
+        """``tenant``: a user's, who sees its own groups and those shared with it (others do not exist)."""
         with self.ctx.engine.connect() as conn:
             row = conn.execute(select(resource_groups).where(resource_groups.c.id == rg_id)).mappings().first()
-            if row is None:
+            if row is None or (tenant and not usable_by(row, tenant)):
                 raise NotFound(f"resource group {rg_id} does not exist")
             count = conn.execute(select(func.count()).select_from(nodes).where(nodes.c.resource_group_id == rg_id)).scalar()
         return {**row, "node_count": int(count or 0)}
 
-    def list_resource_groups(self, page_size: int, page_token: str) -> tuple[list[dict[str, Any]], str, int]:
+    def list_resource_groups(self, page_size: int, page_token: str, tenant: str = "") -> tuple[list[dict[str, Any]], str, int]:
+        """``tenant``: a user's: its own groups and those shared with it."""
         size, offset = page_bounds(page_size, page_token)
+        conds = []
+        if tenant:
+            conds.append(or_(resource_groups.c.tenant == tenant,
+                             resource_groups.c.shared_with.contains(json.dumps(tenant))))
         with self.ctx.engine.connect() as conn:
-            total = int(conn.execute(select(func.count()).select_from(resource_groups)).scalar() or 0)
+            total = int(conn.execute(select(func.count()).select_from(resource_groups).where(*conds)).scalar() or 0)
             rows = conn.execute(
-                select(resource_groups).order_by(resource_groups.c.created_at_ms, resource_groups.c.id).limit(size).offset(offset)
+                select(resource_groups).where(*conds)
+                .order_by(resource_groups.c.created_at_ms, resource_groups.c.id).limit(size).offset(offset)
             ).mappings().all()
             counts: dict[str, int] = dict(
                 conn.execute(select(nodes.c.resource_group_id, func.count()).group_by(nodes.c.resource_group_id)).all()
@@ -486,3 +502,8 @@ class SchedulerApp:
             return [dict(r) for r in conn.execute(
                 select(allocations).where(allocations.c.node_id == node_id).order_by(allocations.c.workload_id, allocations.c.idx)
             ).mappings()]
+
+
+def usable_by(row: Any, tenant: str) -> bool:
+    """A group is its tenant's, and the tenants the operator shared it with (#8)."""
+    return bool(row["tenant"] == tenant or tenant in json.loads(row["shared_with"] or "[]"))

@@ -13,6 +13,7 @@ from capstan_core.contracts.scheduling import (
     NodeStateChanged,
     ResourceGroupCreated,
     ResourceGroupDeleted,
+    ResourceGroupShared,
     ResourceGroupUpdated,
     WorkloadInstancesLost,
     WorkloadPlaced,
@@ -54,8 +55,14 @@ class SchedulerProjection(Projection):
             resource_groups,
             {"id": e.rg_id},
             dict(name=e.name, description=e.description, tags=json.dumps(e.tags, sort_keys=True),
-                 policy=json.dumps(e.policy, sort_keys=True), creator=e.creator, created_at_ms=e.at_ms),
+                 policy=json.dumps(e.policy, sort_keys=True), creator=e.creator, created_at_ms=e.at_ms,
+                 tenant=e.tenant),
         )
+
+    @_apply.register
+    def _(self, e: ResourceGroupShared, conn: Connection, rec: RecordedEvent) -> None:
+        conn.execute(update(resource_groups).where(resource_groups.c.id == e.rg_id).values(
+            shared_with=json.dumps(sorted(e.tenants))))
 
     @_apply.register
     def _(self, e: ResourceGroupUpdated, conn: Connection, rec: RecordedEvent) -> None:

@@ -18,6 +18,9 @@ resource_groups = Table(
     Column("policy", Text, nullable=False),  # JSON object
     Column("creator", String(100), nullable=False),
     Column("created_at_ms", BigInteger, nullable=False),
+    # #8 (migration 0007): the owning main account, and the tenants the operator shared it with (JSON list)
+    Column("tenant", String(40), nullable=False, default="", index=True),
+    Column("shared_with", Text, nullable=False, default="[]"),
 )
 
 nodes = Table(

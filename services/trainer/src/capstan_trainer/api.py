@@ -12,7 +12,7 @@ import grpc
 from capstan_core.contracts.common import ResourceSpec
 from capstan_core.contracts.training import StorageRow
 from capstan_core.grpcutil import GrpcServer
-from capstan_core.identity import ADMIN, GATEWAY, NODE, Access, current_caller, methods_of, service_role
+from capstan_core.identity import ADMIN, GATEWAY, NODE, Access, Caller, current_caller, methods_of, service_role
 from capstan_core.logs import read_logs
 from capstan_proto import common_pb2, trainer_pb2, trainer_pb2_grpc
 
@@ -54,7 +54,7 @@ def _task(d: dict[str, Any], price: Price | None = None) -> trainer_pb2.Training
         instance_count=d["instance_count"], status=d["status"], exit_code=d["exit_code"] or 0,
         has_exit_code=d["exit_code"] is not None, attempt=d["attempt"], preemptions=d["preemptions"],
         restarts=d["restarts"], max_restarts=d["max_restarts"], restarts_used=d["restarts_used"], network=d["network"],
-        failure_reason=d["failure_reason"], tags=d["tags"], creator=d["creator"], created_at_ms=d["created_at_ms"],
+        failure_reason=d["failure_reason"], tags=d["tags"], creator=d["creator"], tenant=d.get("tenant", ""), created_at_ms=d["created_at_ms"],
         started_at_ms=d["started_at_ms"], ended_at_ms=d["ended_at_ms"], stop_grace_seconds=d["stop_grace_seconds"],
         instances=[
             trainer_pb2.TrainingInstance(
@@ -66,9 +66,10 @@ def _task(d: dict[str, Any], price: Price | None = None) -> trainer_pb2.Training
     )
 
 
-def _command(req: trainer_pb2.CreateTrainingTaskRequest, creator: str) -> SubmitTrainingTask:
-    """A create request as the submission it asks for (the creator is the caller, never a field; the id
-    is the app's to derive from the idempotency key)."""
+def _command(req: trainer_pb2.CreateTrainingTaskRequest, caller: Caller) -> SubmitTrainingTask:
+    """A create request as the submission it asks for (the creator and its tenant are the caller's, never
+    a field; the id is the app's to derive from the idempotency key)."""
+    creator = caller.acting
     r = req.resources
     order = list(req.role_order) or sorted(req.roles)
     return SubmitTrainingTask(
@@ -82,7 +83,7 @@ def _command(req: trainer_pb2.CreateTrainingTaskRequest, creator: str) -> Submit
         storage=tuple(StorageRow(kind=x.kind, purpose=x.purpose or "other", source=x.source, path=x.path,  # type: ignore[arg-type]
                                  readonly=x.readonly, branch=x.branch, credential=x.credential)
                       for x in req.storage),
-        code=req.code, output=req.output,
+        code=req.code, output=req.output, tenant=caller.owner_tenant,
     )
 
 
@@ -95,23 +96,27 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         return _task(d, self.app.estimate(r, d["instance_count"]))
 
     async def CreateTrainingTask(self, req: trainer_pb2.CreateTrainingTaskRequest, context: grpc.aio.ServicerContext) -> trainer_pb2.TrainingTask:
-        return self._view(await self.app.submit(_command(req, current_caller().acting),
+        return self._view(await self.app.submit(_command(req, current_caller()),
                                                 idempotency_key=req.idempotency_key))
 
     async def CreateTrainingTasks(self, req: trainer_pb2.CreateTrainingTasksRequest, context: grpc.aio.ServicerContext) -> trainer_pb2.CreateTrainingTasksResponse:
-        creator = current_caller().acting
-        items = await self.app.submit_many([_command(r, creator) for r in req.items], batch_key=req.idempotency_key)
+        caller = current_caller()
+        items = await self.app.submit_many([_command(r, caller) for r in req.items], batch_key=req.idempotency_key)
         return trainer_pb2.CreateTrainingTasksResponse(items=[self._view(d) for d in items])
 
     async def UpdateTrainingTask(self, req: trainer_pb2.UpdateTrainingTaskRequest, context: grpc.aio.ServicerContext) -> trainer_pb2.TrainingTask:
+        await asyncio.to_thread(self.app.get_for_caller, req.id, current_caller())  # another tenant's: NotFound
         return self._view(await self.app.update_tags(req.id, dict(req.tags)))
 
     async def DeleteTrainingTask(self, req: trainer_pb2.DeleteTrainingTaskRequest, context: grpc.aio.ServicerContext) -> trainer_pb2.DeleteTrainingTaskResponse:
+        await asyncio.to_thread(self.app.get_for_caller, req.id, current_caller())
         await self.app.delete(req.id, by=current_caller().acting)
         return trainer_pb2.DeleteTrainingTaskResponse()
 
     async def StartTrainingTask(self, req: trainer_pb2.StartTrainingTaskRequest, context: grpc.aio.ServicerContext) -> trainer_pb2.TrainingTask:
-        return self._view(await self.app.start_again(req.id, current_caller().acting, req.idempotency_key))
+        caller = current_caller()
+        await asyncio.to_thread(self.app.get_for_caller, req.id, caller)
+        return self._view(await self.app.start_again(req.id, caller, req.idempotency_key))
 
     async def EstimatePrice(self, req: trainer_pb2.EstimatePriceRequest, context: grpc.aio.ServicerContext) -> trainer_pb2.Price:
         r = req.resources
@@ -120,7 +125,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         return _price(self.app.estimate(spec, req.instance_count or 1))
 
     async def ListOutputs(self, req: trainer_pb2.ListOutputsRequest, context: grpc.aio.ServicerContext) -> trainer_pb2.ListOutputsResponse:
-        task = await asyncio.to_thread(self.app.get, req.task_id)
+        task = await asyncio.to_thread(self.app.get_for_caller, req.task_id, current_caller())
         files = await asyncio.to_thread(self.app.outputs.list, task, req.instance_index)
         return trainer_pb2.ListOutputsResponse(files=[
             trainer_pb2.OutputFile(instance_index=f.index, path=f.path, kind=f.kind, size=f.size, mtime_ms=f.mtime_ms)
@@ -128,7 +133,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         ])
 
     async def ReadOutput(self, req: trainer_pb2.ReadOutputRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[trainer_pb2.OutputChunk]:
-        task = await asyncio.to_thread(self.app.get, req.task_id)
+        task = await asyncio.to_thread(self.app.get_for_caller, req.task_id, current_caller())
         f = await asyncio.to_thread(self.app.outputs.open, task, req.instance_index, req.path)
         try:
             while chunk := await asyncio.to_thread(f.read, CHUNK):
@@ -142,11 +147,13 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
     async def ListTrainingTasks(self, req: trainer_pb2.ListTrainingTasksRequest, context: grpc.aio.ServicerContext) -> trainer_pb2.ListTrainingTasksResponse:
         items, token, total = await asyncio.to_thread(
             self.app.list, page_size=req.page.page_size, page_token=req.page.page_token, creator=req.creator,
+            tenant=current_caller().tenant,
             resource_group_id=req.resource_group_id, status=req.status,
         )
         return trainer_pb2.ListTrainingTasksResponse(items=[self._view(i) for i in items], next_page_token=token, total=total)
 
     async def StopTrainingTask(self, req: trainer_pb2.StopTrainingTaskRequest, context: grpc.aio.ServicerContext) -> trainer_pb2.TrainingTask:
+        await asyncio.to_thread(self.app.get_for_caller, req.id, current_caller())
         return self._view(await self.app.stop(req.id, by="user"))
 
     async def ReportInstance(self, req: trainer_pb2.ReportInstanceRequest, context: grpc.aio.ServicerContext) -> trainer_pb2.ReportInstanceResponse:
@@ -157,7 +164,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         return trainer_pb2.ReportInstanceResponse(task_status=status)
 
     async def StartTensorBoard(self, req: trainer_pb2.StartTensorBoardRequest, context: grpc.aio.ServicerContext) -> trainer_pb2.TensorBoard:
-        task = await asyncio.to_thread(self.app.get, req.task_id)
+        task = await asyncio.to_thread(self.app.get_for_caller, req.task_id, current_caller())
         port, ready = await asyncio.to_thread(self.app.tensorboards.start, task)
         return trainer_pb2.TensorBoard(port=port, ready=ready, path_prefix=path_prefix(req.task_id))
 
@@ -169,13 +176,14 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         ])
 
     async def ListTaskEvents(self, req: trainer_pb2.ListTaskEventsRequest, context: grpc.aio.ServicerContext) -> trainer_pb2.ListTaskEventsResponse:
+        await asyncio.to_thread(self.app.get_for_caller, req.task_id, current_caller())
         return trainer_pb2.ListTaskEventsResponse(items=[
             trainer_pb2.TaskEvent(at_ms=e.at_ms, level=e.level, type=e.type, message=e.message)
             for e in await self.app.events(req.task_id)
         ])
 
     async def GetLogs(self, req: trainer_pb2.GetLogsRequest, context: grpc.aio.ServicerContext) -> trainer_pb2.GetLogsResponse:
-        self.app.get(req.task_id)  # NotFound for an unknown task
+        self.app.get_for_caller(req.task_id, current_caller())  # NotFound for an unknown (or another tenant's) task
         lines, last = await read_logs(
             self.app.ctx.js, req.task_id, start_ms=req.start_ms, end_ms=req.end_ms, keyword=req.keyword,
             instance_index=req.instance_index, after_seq=req.after_seq, limit=req.limit, source=req.source,

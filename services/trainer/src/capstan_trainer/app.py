@@ -25,7 +25,7 @@ from capstan_core.errors import (
     NotFound,
     PermissionDenied,
 )
-from capstan_core.identity import Caller
+from capstan_core.identity import Caller, current_caller
 from capstan_core.ids import new_id, stable_id
 from capstan_core.loops import LoopGuard, Step
 from capstan_core.paging import keyset_bounds, keyset_token
@@ -79,7 +79,8 @@ class TrainerApp:
 
     async def _check_resource_group(self, rg_id: str, network: str = "isolated") -> None:
         """Refuse a task for a group that does not exist, before anything is appended (``groups.py``)."""
-        policy = await self.groups.policy(rg_id, fresh=network == "host")
+        # A user submits only to its tenant's groups and those shared with it (#8).
+        policy = await self.groups.policy(rg_id, fresh=network == "host", tenant=current_caller().tenant)
         if network == "host" and not allows_host_network(policy):
             raise PermissionDenied(
                 f"resource group {rg_id} does not allow the host's network: its operator may turn it on with the "
@@ -187,13 +188,13 @@ class TrainerApp:
         found = await asyncio.to_thread(self.get_many, [c.task_id for c in cmds])
         return [found[c.task_id] for c in cmds]
 
-    async def start_again(self, task_id: str, creator: str, idempotency_key: str) -> dict[str, Any]:
+    async def start_again(self, task_id: str, caller: Caller, idempotency_key: str) -> dict[str, Any]:
         """SPEC §3.3 "start a stopped one again": a new task with the same settings whose instances
         start from the outputs the old one left (its checkpoints)."""
         old = await asyncio.to_thread(self.get, task_id)
         if old["status"] not in FINISHED:
             raise FailedPrecondition(f"training task {task_id} is {old['status']}; only a finished task starts again")
-        cmd = submit_command_of(old, creator=creator)
+        cmd = submit_command_of(old, creator=caller.acting, tenant=caller.owner_tenant)
         return await self.submit(replace(cmd, source_task_id=task_id), idempotency_key=idempotency_key or "")
 
     async def update_tags(self, task_id: str, tags: dict[str, str]) -> dict[str, Any]:
@@ -349,17 +350,25 @@ class TrainerApp:
         return out
 
     def get_for_caller(self, task_id: str, caller: Caller) -> dict[str, Any]:
-        """A node sees only the tasks with an instance placed on it (others do not exist for it)."""
+        """A node sees only the tasks with an instance placed on it, a user only its tenant's (others do
+        not exist for them)."""
+        self._subject(task_id)  # an id that names nothing is refused as such (400), before the read
         task = self.get(task_id)
         if caller.kind == "node" and not any(i["node_id"] == caller.node_id for i in task["instances"]):
             raise NotFound(f"training task {task_id} does not exist")
+        if caller.tenant and task.get("tenant", "") != caller.tenant:
+            raise NotFound(f"training task {task_id} does not exist")
         return task
 
-    def list(self, *, page_size: int, page_token: str, creator: str, resource_group_id: str, status: str) -> tuple[list[dict[str, Any]], str, int]:
+    def list(
+        self, *, page_size: int, page_token: str, creator: str, resource_group_id: str, status: str, tenant: str = ""
+    ) -> tuple[list[dict[str, Any]], str, int]:
         """Newest first, in keyset pages (the token holds the last task's submit sequence), so a deep page
         costs what the first does; every filter has an index in that order (migration 0007)."""
         size, after, offset = keyset_bounds(page_size, page_token)
         conds = []
+        if tenant:  # a user sees its tenant's tasks only
+            conds.append(training_tasks.c.tenant == tenant)
         if creator:
             conds.append(training_tasks.c.creator == creator)
         if resource_group_id:
@@ -393,7 +402,7 @@ def _view(row: dict[str, Any], instances: list[dict[str, Any]]) -> dict[str, Any
     return row
 
 
-def submit_command_of(task: dict[str, Any], *, creator: str) -> SubmitTrainingTask:
+def submit_command_of(task: dict[str, Any], *, creator: str, tenant: str = "") -> SubmitTrainingTask:
     """The submit command that makes a task like ``task`` (start again, copy)."""
     return SubmitTrainingTask(
         task_id="", name=task["name"], resource_group_id=task["resource_group_id"], command=task["command"],
@@ -404,5 +413,5 @@ def submit_command_of(task: dict[str, Any], *, creator: str) -> SubmitTrainingTa
         stop_grace_seconds=task["stop_grace_seconds"], max_restarts=task["max_restarts"], network=task["network"],
         description=task.get("description", ""), image=task.get("image", ""), mode=task.get("mode", ""),
         roles=dict(task.get("roles") or {}), storage=tuple(StorageRow(**r) for r in task.get("storage") or ()),
-        code=task.get("code", ""), output=task.get("output", ""),
+        code=task.get("code", ""), output=task.get("output", ""), tenant=tenant,
     )

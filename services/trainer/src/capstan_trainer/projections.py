@@ -70,7 +70,7 @@ class TrainerProjection(Projection):
                 hyperparameters=json.dumps(e.hyperparameters, sort_keys=True), cpu=e.resources.cpu,
                 memory_gib=e.resources.memory_gib, gpu_type=e.resources.gpu_type, gpu=e.resources.gpu,
                 instance_count=e.instance_count, stop_grace_seconds=e.stop_grace_seconds,
-                tags=json.dumps(e.tags, sort_keys=True), creator=e.creator, status=TaskStatus.SUBMITTING.value, placement="none",
+                tags=json.dumps(e.tags, sort_keys=True), creator=e.creator, tenant=e.tenant, status=TaskStatus.SUBMITTING.value, placement="none",
                 stop_requested=False, exit_code=None, failure_reason="", created_at_ms=e.at_ms, queued_at_ms=0,
                 started_at_ms=0, ended_at_ms=0, submitted_seq=rec.seq, attempt=0, preemptions=0, restarts=0,
                 max_restarts=e.max_restarts, restarts_used=0, network=e.network,

@@ -24,6 +24,7 @@ training_tasks = Table(
     Column("stop_grace_seconds", Integer, nullable=False),
     Column("tags", Text, nullable=False),  # JSON object
     Column("creator", String(100), nullable=False, index=True),
+    Column("tenant", String(40), nullable=False, default=""),  # the owning main account (#8, migration 0009)
     Column("status", String(20), nullable=False, index=True),
     Column("placement", String(20), nullable=False),  # none, queued, placed, rejected, released
     Column("stop_requested", Boolean, nullable=False),
@@ -43,6 +44,7 @@ training_tasks = Table(
     # lists at 100,000 tasks, newest first, read in index order (migration 0007)
     Index("ix_training_tasks_submitted_seq", "submitted_seq"),
     Index("ix_training_tasks_creator_seq", "creator", "submitted_seq"),
+    Index("ix_training_tasks_tenant_seq", "tenant", "submitted_seq"),
     Index("ix_training_tasks_group_seq", "resource_group_id", "submitted_seq"),
     Index("ix_training_tasks_status_seq", "status", "submitted_seq"),
     Index("ix_training_tasks_placement", "placement"),

@@ -1,5 +1,6 @@
 """The /api/v1 routers, one module per resource. Each is made by ``api_router``, which adds the
-authentication every /api/v1 route needs, so no route can forget it.
+authentication and authorization (``authorize``: the action table, ownership, policies) every /api/v1
+route needs, so no route can forget it.
 
 Each router carries its full prefix (rather than being nested under an /api/v1 router) so a
 matched route's ``path`` is the whole template the request span is named after.
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from ..auth import current_principal
+from ..authorize import authorize
 from ..body import GatewayRoute
 from ..errors import ErrorBody
 
@@ -29,13 +30,14 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 }
 
 
-def api_router(resource: str) -> APIRouter:
-    """The router of one resource: ``/api/v1/<resource>``, tagged ``<resource>``, authenticated, its
-    JSON bodies refused unless storable (``GatewayRoute``), every error status documented."""
+def api_router(resource: str, *, public: bool = False) -> APIRouter:
+    """The router of one resource: ``/api/v1/<resource>``, tagged ``<resource>``, authenticated and
+    authorized (unless ``public``: logging in), its JSON bodies refused unless storable (``GatewayRoute``),
+    every error status documented."""
     return APIRouter(
         prefix=f"{API_PREFIX}/{resource}",
         tags=[resource],
-        dependencies=[Depends(current_principal)],
+        dependencies=[] if public else [Depends(authorize)],
         responses=_ERRORS,
         route_class=GatewayRoute,
     )
@@ -43,11 +45,15 @@ def api_router(resource: str) -> APIRouter:
 
 def routers() -> list[APIRouter]:
     from . import (
+        access,
+        accounts,
         admin,
+        audit,
         images,
         join_tokens,
         models,
         nodes,
+        policies,
         resource_groups,
         services,  # online services (issue #9)
         tensorboard,
@@ -55,7 +61,8 @@ def routers() -> list[APIRouter]:
     )
 
     return [resource_groups.router, nodes.router, join_tokens.router, training_tasks.router, tensorboard.router,
-            images.router, models.router, admin.router, services.router]
+            images.router, models.router, admin.router, services.router, *accounts.routers, policies.router,
+            audit.router, access.router]
 
 
 __all__ = ["API_PREFIX", "api_router", "routers"]

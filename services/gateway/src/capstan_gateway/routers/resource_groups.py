@@ -11,6 +11,7 @@ from capstan_proto import scheduler_pb2
 from ..deps import CurrentPrincipal, IdempotencyKey, PageRequest, Scheduler
 from ..schemas import ResourceGroup, ResourceGroupCreate, ResourceGroupList, ResourceGroupUpdate
 from ..schemas.queue import QueueView
+from ..schemas.resource_groups import ResourceGroupShares
 from . import api_router
 
 router = api_router("resource-groups")
@@ -54,6 +55,12 @@ async def update_resource_group(id: ResourceGroupId, body: ResourceGroupUpdate, 
 async def delete_resource_group(id: ResourceGroupId, scheduler: Scheduler) -> Response:
     await scheduler.delete_resource_group(scheduler_pb2.DeleteResourceGroupRequest(id=id))
     return Response(status_code=204)
+
+
+@router.put("/{id}/shares", summary="Share a resource group with other tenants (the operator's; the whole list)")
+async def share_resource_group(id: ResourceGroupId, body: ResourceGroupShares, scheduler: Scheduler) -> ResourceGroup:
+    req = scheduler_pb2.ShareResourceGroupRequest(id=id, tenants=body.tenants)
+    return ResourceGroup.from_proto(await scheduler.share_resource_group(req))
 
 
 @router.get("/{id}/queue", summary="The queue: positions, why each item waits, free cards per type, the node board")

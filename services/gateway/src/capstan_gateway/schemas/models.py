@@ -33,13 +33,14 @@ class Model(BaseModel):
     description: str
     tags: dict[str, str]
     creator: str
+    tenant: str = ""  # the main account that owns it
     created_at: datetime
     version_count: int
     latest_version: int | None = Field(description="null until a version is published")
 
     @classmethod
     def from_proto(cls, m: registry_pb2.Model) -> Model:
-        return cls(id=m.id, name=m.name, description=m.description, tags=dict(m.tags), creator=m.creator,
+        return cls(id=m.id, name=m.name, description=m.description, tags=dict(m.tags), creator=m.creator, tenant=m.tenant,
                    created_at=from_ms_required(m.created_at_ms), version_count=m.version_count,
                    latest_version=m.latest_version or None)
 

@@ -64,6 +64,8 @@ class ResourceGroup(BaseModel):
     creator: str
     created_at: datetime
     node_count: int
+    tenant: str = Field(description="the main account that owns it")
+    shared_with: list[str] = Field(description="other tenants the operator shared it with")
 
     @classmethod
     def from_proto(cls, rg: scheduler_pb2.ResourceGroup) -> ResourceGroup:
@@ -76,6 +78,8 @@ class ResourceGroup(BaseModel):
             creator=rg.creator,
             created_at=from_ms_required(rg.created_at_ms),
             node_count=rg.node_count,
+            tenant=rg.tenant,
+            shared_with=list(rg.shared_with),
         )
 
 
@@ -87,3 +91,8 @@ class ResourceGroupList(Page[ResourceGroup]):
             next_page_token=resp.next_page_token,
             total=resp.total,
         )
+
+
+class ResourceGroupShares(RequestModel):
+    tenants: Annotated[list[Annotated[str, StringConstraints(min_length=1, max_length=40)]], Field(max_length=100)] = Field(
+        description="the whole list of other tenants (main account ids) that may use the group")

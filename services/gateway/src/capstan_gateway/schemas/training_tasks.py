@@ -210,6 +210,7 @@ class TrainingTask(BaseModel):
     failure_reason: str
     tags: dict[str, str]
     creator: str
+    tenant: str = ""  # the main account that owns it
     stop_grace_seconds: int
     attempt: int = Field(description="0, then +1 each time the task goes back to the queue")
     preemptions: int = Field(description="times it was evicted for higher-priority work (never restarts)")
@@ -247,6 +248,7 @@ class TrainingTask(BaseModel):
             failure_reason=t.failure_reason,
             tags=dict(t.tags),
             creator=t.creator,
+            tenant=t.tenant,
             stop_grace_seconds=t.stop_grace_seconds,
             attempt=t.attempt,
             preemptions=t.preemptions,

@@ -85,6 +85,7 @@ def apply(g: Group | None, e: Event) -> Group | None:  # noqa: C901 - one branch
         return {"id": e.service_id, "name": e.name, "description": e.description, "tags": dict(e.tags),
                 "deployment_mode": e.deployment_mode, "auth_enabled": e.auth_enabled,
                 "group_qps_limit": e.group_qps_limit, "auto_stop_at_ms": e.auto_stop_at_ms, "creator": e.creator,
+                "tenant": e.tenant,
                 "created_at_ms": e.at_ms, "updated_at_ms": e.at_ms, "state": "Running", "next_version": 1,
                 "next_replica": 1, "versions": {}, "replicas": {}, "keys": {}}
     if g is None or not _refers_to_known(g, e):
@@ -254,7 +255,7 @@ def _replica(g: Group, rid: str) -> dict[str, Any]:
 
 def decide_create(g: Group | None, *, service_id: str, name: str, description: str, tags: dict[str, str],
                   deployment_mode: str, auth_enabled: bool, auto_stop_at_ms: int, spec: dict[str, Any],
-                  creator: str, now_ms: int) -> list[Event]:
+                  creator: str, now_ms: int, tenant: str = "") -> list[Event]:
     if deployment_mode not in DEPLOYMENT_MODES:
         raise InvalidArgument("deployment_mode must be standard or multi-instance", field="deployment_mode")
     if g is not None:
@@ -266,7 +267,7 @@ def decide_create(g: Group | None, *, service_id: str, name: str, description: s
     return [
         ServiceCreated(service_id=service_id, name=name, description=description, tags=tags,
                        deployment_mode=deployment_mode, auth_enabled=auth_enabled, auto_stop_at_ms=auto_stop_at_ms,
-                       creator=creator, at_ms=now_ms),
+                       creator=creator, at_ms=now_ms, tenant=tenant),
         ServiceVersionCreated(service_id=service_id, version_id=version_id(service_id, 1), number=1, spec=spec,
                               weight=100, by=creator, at_ms=now_ms),
     ]

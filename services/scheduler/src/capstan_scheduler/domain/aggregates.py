@@ -15,6 +15,7 @@ from capstan_core.contracts.scheduling import (
     NodeStateChanged,
     ResourceGroupCreated,
     ResourceGroupDeleted,
+    ResourceGroupShared,
     ResourceGroupUpdated,
     node_capabilities,
 )
@@ -43,6 +44,7 @@ class ResourceGroup:
     tags: dict[str, str] | None = None
     policy: dict[str, Any] | None = None
     deleted: bool = False
+    shared_with: tuple[str, ...] = ()
 
 
 def fold_rg(events: Sequence[Event]) -> ResourceGroup:
@@ -53,9 +55,25 @@ def fold_rg(events: Sequence[Event]) -> ResourceGroup:
             rg.name, rg.description, rg.tags, rg.policy = e.name, e.description, e.tags, e.policy
         elif isinstance(e, ResourceGroupUpdated):
             rg.name, rg.description, rg.tags, rg.policy = e.name, e.description, e.tags, e.policy
+        elif isinstance(e, ResourceGroupShared):
+            rg.shared_with = tuple(e.tenants)
         elif isinstance(e, ResourceGroupDeleted):
             rg.deleted = True
     return rg
+
+
+MAX_SHARES = 100
+
+
+def decide_share_rg(rg: ResourceGroup, *, rg_id: str, tenants: Sequence[str], now_ms: int) -> list[Event]:
+    """Share a group with the named tenants (the whole list; empty: the owner's only)."""
+    _live(rg, rg_id)
+    wanted = sorted(set(tenants))
+    if len(wanted) > MAX_SHARES or any(not t or len(t) > 40 for t in wanted):
+        raise InvalidArgument(f"tenants: up to {MAX_SHARES} main account ids", field="tenants")
+    if tuple(wanted) == rg.shared_with:
+        return []
+    return [ResourceGroupShared(rg_id=rg_id, tenants=wanted, at_ms=now_ms)]
 
 
 def _check_name_free(name: str, taken_by: str | None) -> None:
@@ -111,7 +129,7 @@ def decide_delete_rg(rg: ResourceGroup, *, rg_id: str, nodes_in_use: Sequence[tu
 
 def decide_create_rg(
     rg: ResourceGroup, *, rg_id: str, name: str, description: str, tags: dict[str, str], policy: dict[str, Any] | None,
-    creator: str, now_ms: int, name_taken_by: str | None = None,
+    creator: str, now_ms: int, name_taken_by: str | None = None, tenant: str = "",
 ) -> list[Event]:
     """``name_taken_by``: another live group already named ``name``, if any (the create is refused)."""
     check_name(name, field="name", max_len=RG_NAME_MAX)
@@ -126,7 +144,8 @@ def decide_create_rg(
     _check_name_free(name, name_taken_by)
     return [
         ResourceGroupCreated(
-            rg_id=rg_id, name=name, description=description, tags=tags, policy=normalised, creator=creator, at_ms=now_ms
+            rg_id=rg_id, name=name, description=description, tags=tags, policy=normalised, creator=creator, at_ms=now_ms,
+            tenant=tenant,
         )
     ]
 

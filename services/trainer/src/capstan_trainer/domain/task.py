@@ -136,6 +136,7 @@ class SubmitTrainingTask:
     code: str = ""
     output: str = ""
     source_task_id: str = ""
+    tenant: str = ""  # the creator's main account (#8): the caller's, never a request field
 
 
 def parse_hyperparameters(text: str) -> dict[str, Any]:
@@ -204,6 +205,7 @@ def decide_submit(t: Task, cmd: SubmitTrainingTask, now_ms: int) -> list[Event]:
             creator=cmd.creator, stop_grace_seconds=cmd.stop_grace_seconds, at_ms=now_ms, max_restarts=cmd.max_restarts,
             network=cmd.network, description=cmd.description, image=cmd.image, mode=cmd.mode, roles=roles,
             storage=list(cmd.storage), code=cmd.code, output=cmd.output, source_task_id=cmd.source_task_id,
+            tenant=cmd.tenant,
         )
     ]
 
