@@ -146,7 +146,7 @@ _rest("DELETE", "/services/{id}/keys/{key_id}", "inference:DeleteKey", WRITE, "s
 _rest("GET", "/services/{id}/records", "inference:ListServiceRecords", READ, "service")
 _rest("GET", "/services/{id}/events", "inference:ListServiceEvents", READ, "service")
 _rest("GET", "/services/{id}/logs", "inference:GetServiceLogs", READ, "service")
-_rest("GET", "/services/{id}/metrics", "gateway:GetServiceMetrics", READ, "service")
+_rest("GET", "/services/{id}/metrics", "inference:GetServiceMetrics", READ, "service")  # served by the gateway
 
 ACTION_NAMES: frozenset[str] = frozenset(a.name for a in REST.values())
 READ_ACTIONS: frozenset[str] = frozenset(a.name for a in REST.values() if a.access == READ)

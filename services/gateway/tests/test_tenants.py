@@ -27,6 +27,7 @@ from capstan_core.settings import ServiceSettings
 from capstan_core.streams import EVENTS_STREAM
 from capstan_gateway import GatewaySettings, create_app
 from capstan_gateway.identity import credentials as cred
+from capstan_inference.service import DEFINITION as INFERENCE
 from capstan_registry.service import DEFINITION as REGISTRY
 
 from .accounts_helpers import Acct, new_account
@@ -52,13 +53,19 @@ async def world(platform: Platform, nats_server: NatsServer, tmp_path: Path) -> 
     registry = Service(REGISTRY, ServiceSettings(data_dir=tmp_path / "r", nats_url=nats_server.url,
                                                  grpc_listen="127.0.0.1:0", trainer_addr=platform.trainer.address))
     await registry.start()
+    inference = Service(INFERENCE, ServiceSettings(data_dir=tmp_path / "i", nats_url=nats_server.url,
+                                                   grpc_listen="127.0.0.1:0", scheduler_addr=platform.scheduler.address,
+                                                   registry_addr=registry.address))
+    await inference.start()
     settings = GatewaySettings(data_dir=tmp_path / "gw", scheduler_addr=platform.scheduler.address,
-                               trainer_addr=platform.trainer.address, registry_addr=registry.address)
+                               trainer_addr=platform.trainer.address, registry_addr=registry.address,
+                               inference_addr=inference.address)
     try:
         async with serve(create_app(settings)) as api:
             api.headers["Authorization"] = f"Bearer {(settings.data_dir / 'admin-token').read_text()}"
             yield await _seed(api, settings)
     finally:
+        await inference.stop()
         await registry.stop()
 
 
@@ -83,9 +90,13 @@ async def _seed(api: httpx.AsyncClient, settings: GatewaySettings) -> World:
     assert pol.status_code == 201, pol.text
     jt = await api.post("/api/v1/join-tokens", json={"resource_group_id": rg.json()["id"]})
     assert jt.status_code == 201, jt.text
+    svc = await api.post("/api/v1/services", headers=a.headers, json={"name": "a-service", "spec": {
+        "runtime": "custom", "command": "python3 -m http.server 8501", "resource_group_id": rg.json()["id"]}})
+    assert svc.status_code == 201, svc.text
+    assert svc.json()["tenant"] == a.id and svc.json()["creator"] == "tenant-a"
     ids = {"rsg-12345678": rg.json()["id"], "train-12345678": task.json()["id"], "model-12345678": model.json()["id"],
            "acct-12345678": a_admin.id, "key-12345678": a_admin.key_id, "pol-12345678": pol.json()["id"],
-           "jt-12345678": jt.json()["id"], "node-12345678": "node-12345678"}
+           "jt-12345678": jt.json()["id"], "node-12345678": "node-12345678", "ms-12345678": svc.json()["id"]}
     return World(api, settings, a, a_ro, a_admin, [b, *b_subs], ids)
 
 
@@ -104,7 +115,8 @@ def _body(w: World) -> dict[str, Any]:
 
 
 def _a_ids(w: World) -> list[str]:
-    return [v for k, v in w.ids.items() if k != "node-12345678"] + ["a-pool", "a-task", "a-model", "a-policy"]
+    return [v for k, v in w.ids.items() if k != "node-12345678"] + ["a-pool", "a-task", "a-model", "a-policy",
+                                                                    "a-service"]
 
 
 async def _snapshot(w: World) -> str:
@@ -113,12 +125,14 @@ async def _snapshot(w: World) -> str:
     for path in (f"/api/v1/resource-groups/{w.ids['rsg-12345678']}", f"/api/v1/training-tasks/{w.ids['train-12345678']}",
                  f"/api/v1/models/{w.ids['model-12345678']}", f"/api/v1/accounts/{w.a_admin.id}",
                  f"/api/v1/accounts/{w.a_admin.id}/keys", f"/api/v1/policies/{w.ids['pol-12345678']}",
-                 "/api/v1/join-tokens"):
+                 "/api/v1/join-tokens", f"/api/v1/services/{w.ids['ms-12345678']}",
+                 f"/api/v1/services/{w.ids['ms-12345678']}/keys"):
         r = await w.api.get(path)
         assert r.status_code == 200, (path, r.text)
         body = r.json()
         if isinstance(body, dict):
-            for volatile in ("status", "queue", "instances", "queued_at", "started_at", "position", "price"):
+            for volatile in ("status", "queue", "instances", "queued_at", "started_at", "position", "price",
+                             "state_reason", "running_replicas", "running_versions", "expected_replicas"):
                 body.pop(volatile, None)
         parts.append(json.dumps(body, sort_keys=True))
     return "\n".join(parts)

@@ -16,7 +16,7 @@ from .runtime import InvokeRuntime
 
 def mount(app: FastAPI, settings: GatewaySettings) -> None:
     """The invocation routes (raw ASGI, in front of the management routes) and the metrics routes."""
-    from ..routers.service_metrics import prometheus_router, router
+    from ..routers.service_metrics import prometheus_router
 
     def runtime() -> InvokeRuntime | None:
         return getattr(app.state, "invoke", None)
@@ -36,7 +36,6 @@ def mount(app: FastAPI, settings: GatewaySettings) -> None:
         )
 
     app.build_middleware_stack = outermost  # type: ignore[method-assign]
-    app.include_router(router)
     app.include_router(prometheus_router(settings.metrics_public))
 
 

@@ -55,13 +55,15 @@ def routers() -> list[APIRouter]:
         nodes,
         policies,
         resource_groups,
+        service_metrics,
         services,  # online services (issue #9)
         tensorboard,
         training_tasks,
     )
 
     return [resource_groups.router, nodes.router, join_tokens.router, training_tasks.router, tensorboard.router,
-            images.router, models.router, admin.router, services.router, *accounts.routers, policies.router,
+            images.router, models.router, admin.router, services.router,
+            service_metrics.router, *accounts.routers, policies.router,
             audit.router, access.router]
 
 

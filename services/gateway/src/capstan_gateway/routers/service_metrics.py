@@ -11,9 +11,9 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel
 
-from capstan_core.errors import Unavailable
+from capstan_core.errors import PermissionDenied, Unavailable
 
-from ..auth import current_principal
+from ..auth import Principal, current_principal
 from ..errors import ErrorBody
 from ..invoke.metrics import KEEP_MINUTES, prometheus_text, time_series
 from . import api_router
@@ -54,12 +54,20 @@ async def service_metrics(
                          points=points)
 
 
+async def _operator(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+    """Every service's counters: the operator's to read (or anyone's, with CAPSTAN_METRICS_PUBLIC)."""
+    if not principal.is_operator:
+        raise PermissionDenied("the gateway's /metrics is the operator's (or set CAPSTAN_METRICS_PUBLIC=true)")
+    return principal
+
+
 def prometheus_router(public: bool) -> APIRouter:
-    deps = [] if public else [Depends(current_principal)]
+    deps = [] if public else [Depends(_operator)]
     errors: dict[int | str, dict[str, Any]] = {
         503: {"model": ErrorBody, "description": "unavailable: the gateway serves no services"}}
     if not public:
         errors[401] = {"model": ErrorBody, "description": "unauthenticated"}
+        errors[403] = {"model": ErrorBody, "description": "not the operator"}
     r = APIRouter(tags=["metrics"], dependencies=deps, responses=errors)
 
     text_200: dict[int | str, dict[str, Any]] = {
