@@ -385,3 +385,18 @@ async def test_the_event_log_is_queried_as_the_audit_trail(world: World) -> None
     later = (await w.api.get("/api/v1/audit/events", params={"since": "2100-01-01T00:00:00Z"})).json()
     assert later["items"] == [] and later["next_after_seq"] == 0
     assert (await w.api.get("/api/v1/audit/events", params={"object": "train:a b"})).status_code == 400
+
+
+async def test_a_service_deploys_only_into_the_tenants_own_or_shared_groups(world: World) -> None:
+    w = world
+    rg = w.ids["rsg-12345678"]
+    spec = {"runtime": "custom", "command": "python3 -m http.server 8501", "resource_group_id": rg}
+    for who in w.b[:2]:  # B's main account and its FullAccess sub-account: A's group does not exist for them
+        r = await w.api.post("/api/v1/services", json={"name": "b-service", "spec": spec}, headers=who.headers)
+        assert r.status_code == 400 and "does not exist" in r.text and "b-service" not in r.text, r.text
+    shared = await w.api.put(f"/api/v1/resource-groups/{rg}/shares", json={"tenants": [w.b[0].id]})
+    assert shared.status_code == 200, shared.text
+    r = await w.api.post("/api/v1/services", json={"name": "b-service", "spec": spec}, headers=w.b[0].headers)
+    assert r.status_code == 201 and r.json()["tenant"] == w.b[0].id, r.text
+    mine = (await w.api.get("/api/v1/services", headers=w.a.headers)).json()["items"]
+    assert [s["name"] for s in mine] == ["a-service"]  # B's service, in A's shared group, is still B's

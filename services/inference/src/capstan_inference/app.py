@@ -103,12 +103,15 @@ class InferenceApp:
             raise Unavailable("the inference service is not configured with the scheduler's address")
         stub = scheduler_pb2_grpc.SchedulerStub(self.ctx.channel(self.ctx.settings.scheduler_addr, "scheduler"))
         try:
-            await stub.GetResourceGroup(scheduler_pb2.GetResourceGroupRequest(id=rg_id), timeout=5)
+            g = await stub.GetResourceGroup(scheduler_pb2.GetResourceGroupRequest(id=rg_id), timeout=5)
         except grpc.aio.AioRpcError as e:
             err = grpcutil.to_domain_error(e, service="scheduler")
             if isinstance(err, NotFound):
                 raise InvalidArgument(f"resource group {rg_id} does not exist", field="resource_group_id") from e
             raise err from e
+        tenant = current_caller().tenant  # a user deploys into its tenant's groups and those shared with it
+        if tenant and g.tenant != tenant and tenant not in g.shared_with:
+            raise InvalidArgument(f"resource group {rg_id} does not exist", field="resource_group_id")
 
     async def _resolve_model(self, spec: dict[str, Any]) -> dict[str, Any]:
         """A registry model version becomes its path on the platform storage (the registry materialises it)."""
