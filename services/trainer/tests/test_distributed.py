@@ -37,7 +37,14 @@ async def _run(platform: Any, rg: str, command: str, *, mode: str, count: int = 
         got = await platform.wait(task.id, "Succeeded", "Failed", "Stopped", timeout=timeout)
     except AssertionError as e:  # say what the instances said
         raise AssertionError(f"{e}; logs: {await platform.lines(task.id)}") from e
-    assert got.status == want, (got.status, got.failure_reason, await platform.lines(task.id))
+    if got.status != want:  # the failing instance's last lines may still be on their way: let them settle
+        lines: list[str] = []
+        for _ in range(50):
+            if (now := await platform.lines(task.id)) == lines:
+                break
+            lines = now
+            await asyncio.sleep(0.2)
+        raise AssertionError((got.status, got.failure_reason, [(i.index, i.exit_code) for i in got.instances], lines))
     return got
 
 
@@ -88,6 +95,8 @@ for _ in range(20):
 digest = hashlib.sha256(str([p.detach().flatten().tolist() for p in model.parameters()]).encode()).hexdigest()
 open(f"/opt/ml/output/weights-{dist.get_rank()}.sha", "w").write(digest)
 print(f"rank {dist.get_rank()} of {dist.get_world_size()} loss {loss.item():.4f}")
+# every rank is done before any leaves: a gloo peer that exits first can fail the other's shutdown
+dist.barrier()
 dist.destroy_process_group()
 PY
 torchrun --nproc_per_node 1 --nnodes $WORLD_SIZE --node_rank $RANK --master_addr $MASTER_ADDR \

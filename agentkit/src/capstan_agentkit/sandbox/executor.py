@@ -30,6 +30,7 @@ from capstan_agentkit.healthcheck import Check
 from . import probe
 from .config import SandboxConfig
 from .containment import Containment
+from .leases import process_start
 from .spec import (
     EXIT_EXEC_TIMEOUT,
     EXIT_RUNNER_LOST,
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 InstanceState = Literal["absent", "running", "exited"]
 _RUNNER_SCRIPT = b"capstan-instance-runner"  # the console-script form of the runner
 _EXEC_OUTPUT_MAX = 4096
+_LOST_RUNNER_EXIT_WAIT_S = 5.0  # how long a runner found lost may take to finish dying
 
 
 @dataclass(frozen=True)
@@ -269,6 +271,12 @@ class BwrapExecutor(Executor):
         with open(paths.log, "a") as f:
             f.write(json.dumps(record) + "\n")
         write_atomic(paths.exit_code, str(EXIT_RUNNER_LOST))
+        # A runner killed a moment ago may still be exiting: its cmdline is already empty (so it is
+        # not "alive" above) while the kernel has not made it a zombie yet, and its lease still names
+        # a live owner. Wait (briefly) for the death the lease can see, or the reap below skips it.
+        deadline = time.monotonic() + _LOST_RUNNER_EXIT_WAIT_S
+        while process_start(pid) is not None and time.monotonic() < deadline:
+            time.sleep(0.01)
         try:  # its sandbox died with it (--die-with-parent); what it had set up on the host must go too
             self.reap_stale()
         except Exception:  # noqa: BLE001 - the next reap (agent start, any setup) retries
