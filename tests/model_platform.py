@@ -3,7 +3,6 @@ sandboxes) as nodes sharing ``<tmp>/storage``: what the registry and fine-tuning
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,10 +27,11 @@ from capstan_scheduler.service import DEFINITION as SCHEDULER
 from capstan_trainer.agent.agent import TrainerAgent
 from capstan_trainer.agent.settings import AgentSettings
 from capstan_trainer.service import DEFINITION as TRAINER
+from capstan_trainer.testing import TaskReads, stop_agents
 
 
 @dataclass
-class ModelPlatform:
+class ModelPlatform(TaskReads):
     tmp: Path
     sched: Service
     trainer: Service
@@ -41,6 +41,7 @@ class ModelPlatform:
     r: registry_pb2_grpc.RegistryStub
     rg: str
     agents: list[TrainerAgent] = field(default_factory=list)
+    wait_timeout = 60.0  # fine-tuning runs are slower than the trainer's own tests
 
     @property
     def storage(self) -> Path:
@@ -52,19 +53,6 @@ class ModelPlatform:
             name="task", resource_group_id=self.rg, command=command,
             hyperparameters_json=json.dumps(hyperparameters or {}),
             resources=common_pb2.Resources(cpu=cpu, memory_gib=memory_gib), **extra))
-
-    async def wait(self, task_id: str, *statuses: str, timeout: float = 60) -> trainer_pb2.TrainingTask:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            got = await self.t.GetTrainingTask(trainer_pb2.GetTrainingTaskRequest(id=task_id))
-            if got.status in statuses:
-                return got
-            assert asyncio.get_running_loop().time() < deadline, f"{task_id} is {got.status}, wanted {statuses}"
-            await asyncio.sleep(0.1)
-
-    async def lines(self, task_id: str) -> list[str]:
-        resp = await self.t.GetLogs(trainer_pb2.GetLogsRequest(task_id=task_id, instance_index=-1))
-        return [ln.line for ln in resp.lines]
 
 
 @asynccontextmanager
@@ -97,15 +85,7 @@ async def model_platform(tmp: Path, nats_url: str, secrets: Path, node_cpu: floa
     try:
         yield p
     finally:
-        for a in p.agents:
-            await a.stop()
-            for key in a.executor.list_instances():
-                a.executor.stop(*key)
-        deadline = asyncio.get_running_loop().time() + 15
-        while asyncio.get_running_loop().time() < deadline and any(
-            a.executor.status(*k).state == "running" for a in p.agents for k in a.executor.list_instances()
-        ):
-            await asyncio.sleep(0.1)
+        await stop_agents(p.agents)
         for ch in chans:
             await ch.close()
         await registry.stop()

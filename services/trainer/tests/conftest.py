@@ -3,7 +3,6 @@ real nats-server, one resource group, and a factory for real agents (bubblewrap 
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -16,15 +15,16 @@ from capstan_agentkit.sandbox import testing as sandbox_testing
 from capstan_core.service import Service
 from capstan_core.settings import ServiceSettings
 from capstan_core.testing import admin_channel
-from capstan_proto import scheduler_pb2, scheduler_pb2_grpc, trainer_pb2, trainer_pb2_grpc
+from capstan_proto import scheduler_pb2, scheduler_pb2_grpc, trainer_pb2_grpc
 from capstan_scheduler.service import DEFINITION as SCHEDULER
 from capstan_trainer.agent.agent import TrainerAgent
 from capstan_trainer.agent.settings import AgentSettings
 from capstan_trainer.service import DEFINITION as TRAINER
+from capstan_trainer.testing import TaskReads, stop_agents
 
 
 @dataclass
-class Platform:
+class Platform(TaskReads):
     sched: Service
     trainer: Service
     s: scheduler_pb2_grpc.SchedulerStub
@@ -38,29 +38,6 @@ class Platform:
         rg = await self.s.CreateResourceGroup(
             scheduler_pb2.CreateResourceGroupRequest(name=name, policy_json=json.dumps(policy) if policy else ""))
         return str(rg.id)
-
-    async def wait(self, task_id: str, *statuses: str, timeout: float = 40) -> trainer_pb2.TrainingTask:
-        """The task once it is in one of ``statuses``; fails the test past ``timeout`` seconds."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            got = await self.t.GetTrainingTask(trainer_pb2.GetTrainingTaskRequest(id=task_id))
-            if got.status in statuses:
-                return got
-            assert asyncio.get_running_loop().time() < deadline, f"{task_id} is {got.status}, wanted {statuses}"
-            await asyncio.sleep(0.1)
-
-    async def lines(self, task_id: str) -> list[str]:
-        """Every log line of every instance of the task."""
-        resp = await self.t.GetLogs(trainer_pb2.GetLogsRequest(task_id=task_id, instance_index=-1))
-        return [ln.line for ln in resp.lines]
-
-    async def output(self, task_id: str, index: int, path: str) -> bytes:
-        """One output file of the task, read back through the trainer's ReadOutput."""
-        data = b""
-        async for chunk in self.t.ReadOutput(trainer_pb2.ReadOutputRequest(task_id=task_id, instance_index=index,
-                                                                          path=path)):
-            data += chunk.data
-        return data
 
     async def join_token(self, resource_group: str) -> str:
         """A join token for ``resource_group``, made by the operator."""
@@ -99,16 +76,7 @@ async def platform(tmp_path: Path, nats_server: Any, secrets_dir: Path) -> Async
     p = Platform(sched, trainer, scheduler_pb2_grpc.SchedulerStub(chs), trainer_pb2_grpc.TrainerStub(cht), tmp_path,
                  nats_server.url, secrets_dir)
     yield p
-    for agent in p.agents:
-        await agent.stop()
-        for key in agent.executor.list_instances():
-            agent.executor.stop(*key)
-    # Wait (bounded) for the runners to end and undo their containment, so no test inherits another's.
-    deadline = asyncio.get_running_loop().time() + 15
-    while asyncio.get_running_loop().time() < deadline and any(
-        a.executor.status(*k).state == "running" for a in p.agents for k in a.executor.list_instances()
-    ):
-        await asyncio.sleep(0.1)
+    await stop_agents(p.agents)
     await chs.close()
     await cht.close()
     await trainer.stop()
