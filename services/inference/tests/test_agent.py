@@ -35,7 +35,7 @@ from capstan_core.service import Service, connect_nats
 from capstan_core.settings import ServiceSettings
 from capstan_core.streams import LOGS_STREAM, event_subject
 from capstan_core.testing import admin_channel, admin_store
-from capstan_inference.agent.agent import InferenceAgent, parse_run_key
+from capstan_inference.agent.agent import InferenceAgent, parse_run_key, usage
 from capstan_inference.agent.probes import ProbeState, run_probe
 from capstan_inference.agent.settings import InferenceAgentSettings
 from capstan_proto import common_pb2, inference_pb2, inference_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
@@ -399,3 +399,12 @@ def test_the_inference_agent_does_not_import_the_trainer() -> None:
             "print(bad); sys.exit(1 if bad else 0)")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_usage_samples_carry_the_mean_gpu_utilisation_of_the_replicas_cards() -> None:
+    """What the agent reports for autoscaling, read from the runner's sample (``gpus`` from nvidia-smi)."""
+    line = json.dumps({"cpu_cores": 1.5, "memory_bytes": 3 << 30, "gpus": [
+        {"index": 0, "gpu_percent": 80.0, "memory_bytes": 1}, {"index": 3, "gpu_percent": 40.0, "memory_bytes": 1}]})
+    assert usage(line) == (1.5, 3.0, 60.0)
+    assert usage(json.dumps({"cpu_cores": 0.5, "memory_bytes": 1 << 29})) == (0.5, 0.5, None)  # no cards
+    assert usage("not json") == usage(json.dumps({"cpu_cores": "x"})) == (0.0, 0.0, None)

@@ -26,7 +26,6 @@ re-adopts what runs and marks in the directory (``.reported``, ``.restart``) say
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -88,6 +87,18 @@ class Run:
     readiness: ProbeState | None = None
     liveness: ProbeState | None = None
 
+
+
+def usage(line: str) -> tuple[float, float, float | None]:
+    """Cores, GiB and the mean GPU % of the cards (None without cards) in one of the runner's usage
+    samples (``METRICS_STREAM``); a sample that cannot be read counts as none."""
+    try:
+        values = json.loads(line)
+        cards = [float(c["gpu_percent"]) for c in values.get("gpus") or ()]
+        return (float(values["cpu_cores"]), float(values["memory_bytes"]) / (1 << 30),
+                sum(cards) / len(cards) if cards else None)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return 0.0, 0.0, None
 
 class InferenceAgent(NodeAgent):
     agent_kind = "inference"
@@ -316,14 +327,12 @@ class InferenceAgent(NodeAgent):
         fresh = usage_of is not None and now - self._usage_at.get(rid, 0.0) >= self.settings.usage_report_s
         if self._last.get(rid) == what and not fresh:
             return
-        cpu = memory = 0.0
+        cpu, memory, gpu = 0.0, 0.0, None
         if usage_of is not None and (sample := last_record(self.executor.log_path(usage_of, 0), METRICS_STREAM)):
-            with contextlib.suppress(ValueError, TypeError, KeyError):
-                values = json.loads(sample["line"])
-                cpu, memory = float(values["cpu_cores"]), float(values["memory_bytes"]) / (1 << 30)
+            cpu, memory, gpu = usage(sample["line"])
         await self.inference.ReportReplica(inference_pb2.ReportReplicaRequest(
             replica_id=rid, state=state, address=address, exit_code=exit_code, message=message[:1000],
-            generation=generation, cpu_usage=cpu, memory_usage_gib=memory), timeout=15)
+            generation=generation, cpu_usage=cpu, memory_usage_gib=memory, gpu_percent=gpu), timeout=15)
         self._last[rid] = what
         if usage_of is not None:
             self._usage_at[rid] = now
