@@ -279,7 +279,9 @@ class InferenceAgent(NodeAgent):
         host = self.executor.address(key, 0)
         if host is None:
             return  # its sandbox is still being set up
-        address = f"{host}:{spec.port}"
+        address = f"{host}:{spec.port}"  # where this host probes it
+        # where the gateways reach it: the node's published port when the node publishes to other hosts
+        served = self.executor.published(key, 0).get(spec.port) or address
 
         async def exec_in(argv: list[str], timeout: float) -> tuple[int, str]:
             res = await asyncio.to_thread(self.executor.exec, key, 0, argv, timeout)
@@ -290,14 +292,14 @@ class InferenceAgent(NodeAgent):
             if run.startup.due(now):
                 await run.startup.check(address, exec_in)
             if run.startup.passing is False:
-                await self._restart(spec, key, address, f"startup probe failed: {run.startup.detail}")
+                await self._restart(spec, key, served, f"startup probe failed: {run.startup.detail}")
                 return
-            await self._report(rid, spec.generation, "Starting", address=address, message=run.startup.detail)
+            await self._report(rid, spec.generation, "Starting", address=served, message=run.startup.detail)
             return
         if run.liveness is not None and run.liveness.due(now):
             await run.liveness.check(address, exec_in)
             if run.liveness.passing is False:
-                await self._restart(spec, key, address, f"liveness probe failed: {run.liveness.detail}")
+                await self._restart(spec, key, served, f"liveness probe failed: {run.liveness.detail}")
                 return
         state, message = "Ready", ""
         if run.readiness is not None:
@@ -307,7 +309,7 @@ class InferenceAgent(NodeAgent):
                 state, message = "Starting", run.readiness.detail
             elif run.readiness.passing is False:
                 state, message = "NotReady", f"readiness probe: {run.readiness.detail}"
-        await self._report(rid, spec.generation, state, address=address, message=message, usage_of=key)
+        await self._report(rid, spec.generation, state, address=served, message=message, usage_of=key)
 
     async def _restart(self, spec: inference_pb2.ReplicaSpec, key: str, address: str, reason: str) -> None:
         """A failed startup or liveness probe: the run is stopped (as any stop: pre-stop, SIGTERM, grace)
