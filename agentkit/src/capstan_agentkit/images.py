@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 
@@ -19,3 +20,15 @@ def image_rootfs(storage_root: Path, name: str) -> Path | None:
     if not (root / "image.json").exists():
         raise FileNotFoundError(f"image {name} has not been imported on this install (capstan image import)")
     return root / "rootfs"
+
+
+def image_command(storage_root: Path, name: str) -> list[str]:
+    """What an imported image runs by default (its entrypoint, then its command); [] when it names
+    nothing or is not an imported image."""
+    if image_rootfs(storage_root, name) is None:
+        return []
+    try:
+        meta = json.loads((Path(storage_root) / "images" / name.removeprefix("sha256:") / "image.json").read_text())
+    except (OSError, ValueError):
+        return []
+    return [*meta.get("entrypoint", []), *meta.get("cmd", [])]

@@ -10,6 +10,7 @@ another component's). The replica is a small Python HTTP server, so probes and t
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
 import socket
@@ -31,6 +32,7 @@ from capstan_core.contracts.common import ResourceSpec
 from capstan_core.contracts.scheduling import CAPABILITY_SERVING, WorkloadSubmitted
 from capstan_core.grpcutil import GrpcServer
 from capstan_core.identity import NODE, Access, current_caller, methods_of
+from capstan_core.logs import read_logs
 from capstan_core.service import Service, connect_nats
 from capstan_core.settings import ServiceSettings
 from capstan_core.streams import LOGS_STREAM, event_subject
@@ -65,6 +67,12 @@ class H(http.server.BaseHTTPRequestHandler):
             except OSError:
                 writable = "ro"
             code, body = 200, (open("/data/model/weights.txt").read() + " " + writable).encode()
+        elif self.path == "/sidecar":  # the replica's sidecar, on its network as instance-1
+            import urllib.request
+            try:
+                code, body = 200, urllib.request.urlopen("http://instance-1:9000/", timeout=2).read()
+            except Exception as e:
+                code, body = 502, repr(e).encode()
         else:
             code, body = 404, b"no"
         self.send_response(code)
@@ -433,3 +441,68 @@ async def test_a_node_publishing_to_other_hosts_reports_where_the_gateways_reach
         while any(agent.executor.status(*k).state == "running" for k in agent.executor.list_instances()):
             assert time.monotonic() < deadline
             await asyncio.sleep(0.1)
+
+
+def _get_or_fail(url: str) -> tuple[int, str]:
+    try:
+        return _get(url)
+    except (OSError, http.client.HTTPException) as e:  # a server not (yet) listening
+        return 0, repr(e)
+
+
+SIDECAR = r"""
+import http.server, os
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = f"sidecar of {os.environ['CAPSTAN_REPLICA_ID']} beside port {os.environ['SERVER_PORT']}".encode()
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(body)
+print("sidecar up", flush=True)
+http.server.HTTPServer(("0.0.0.0", 9000), H).serve_forever()
+"""
+
+
+async def test_a_sidecar_runs_beside_the_server_on_its_network_restarts_with_it_and_stops_with_it(
+        platform: Platform) -> None:
+    p = platform
+    agent = await p.agent()
+    rid = "rep-side"
+    side = inference_pb2.Sidecar(command=["python3", "-c", SIDECAR], cpu=0.25, memory_gib=0.25)
+    await p.place(p.spec(agent, rid, sidecar=side,
+                         readiness_probe=inference_pb2.Probe(kind="http", path="/health", period_s=1)))
+    ready = await p.owner.until(rid, lambda r: r.state == "Ready")
+
+    async def through_the_server(address: str) -> tuple[int, str]:
+        deadline = time.monotonic() + 20
+        while (got := await asyncio.to_thread(_get_or_fail, f"http://{address}/sidecar"))[0] != 200:
+            assert time.monotonic() < deadline, got
+            await asyncio.sleep(0.2)
+        return got
+
+    assert await through_the_server(ready.address) == (200, "sidecar of rep-side beside port 8080")
+    [key] = {k for k, _ in agent.executor.list_instances()}
+    assert {i for _, i in agent.executor.list_instances()} == {0, 1}
+    # its own sandbox and limits: not the server's uid, its own memory limit
+    uid = await asyncio.to_thread(agent.executor.exec, key, 1, ["sh", "-c", "id -u; cat /proc/self/cgroup"], 10)
+    server_uid = await asyncio.to_thread(agent.executor.exec, key, 0, ["id", "-u"], 10)
+    assert uid.exit_code == 0 and uid.output.split()[0] != server_uid.output.strip()
+
+    # the sidecar dies: the run is restarted (server and sidecar), and both serve again
+    await asyncio.to_thread(agent.executor.stop, key, 1)
+    died = await p.owner.until(rid, lambda r: "the sidecar exited" in r.message)
+    again = await p.owner.until(rid, lambda r: r.state == "Ready" and p.owner.reports.index(r) > p.owner.reports.index(died))
+    assert sorted(parse_run_key(k)[2] for k, i in agent.executor.list_instances() if i == 0) == [0, 1]  # a new run
+    assert await through_the_server(again.address) == (200, "sidecar of rep-side beside port 8080")
+
+    # stopped: both go
+    p.owner.specs[rid] = p.spec(agent, rid, desired_state="Stopped", sidecar=side)
+    await p.owner.until(rid, lambda r: r.state == "Stopped")
+    assert all(agent.executor.status(k, i).state != "running" for k, i in agent.executor.list_instances())
+    # the sidecar's lines went to the log stream as the replica's instance 1 (its server's are 0)
+    nc = await connect_nats(p.nats_url, "test-logs", credentials.load_nats(p.secrets, "admin"))
+    try:
+        lines, _ = await read_logs(nc.jetstream(), rid, instance_index=1, keyword="sidecar up")
+        assert len(lines) == 2  # one per run
+    finally:
+        await nc.close()

@@ -54,6 +54,11 @@ def test_defaults_are_filled_in() -> None:
     ({"probes": {"liveness": {"kind": "exec", "command": []}}}, "probes.liveness.command"),
     ({"resource_group_id": ""}, "resource_group_id"), ({"served_model_name": "a b"}, "served_model_name"),
     ({"image": "img\n"}, "image"), ({"bogus": 1}, "spec.bogus"), ({"instances": 2}, "instances"),
+    ({"sidecar": "img"}, "sidecar"), ({"sidecar": {"command": ["x"]}}, "sidecar.image"),
+    ({"sidecar": {"image": "builtin"}}, "sidecar.command"), ({"sidecar": {"image": "a", "cmd": []}}, "sidecar.cmd"),
+    ({"sidecar": {"image": "a", "command": ["x"], "cpu": 0}}, "sidecar.cpu"),
+    ({"sidecar": {"image": "a", "command": ["x"], "memory_gib": 1e9}}, "sidecar.memory_gib"),
+    ({"sidecar": {"image": "a", "command": ["x"], "env": {"CAPSTAN_X": "1"}}}, "sidecar.env"),
 ])
 def test_every_field_is_validated_with_its_name(changes: dict[str, Any], field: str) -> None:
     with pytest.raises(InvalidArgument) as e:
@@ -72,6 +77,12 @@ def test_valid_forms() -> None:
     assert spec.normalize({**BASE, "instances": 3}, deployment_mode="multi-instance")["instances"] == 3
     assert norm(resources={"cpu": 1, "memory_gib": 1, "gpu_type": "A10", "gpu": 2})["resources"]["gpu"] == 2.0
     assert spec.check_name("千问-chat_1") and pytest.raises(InvalidArgument, spec.check_name, "-bad")
+    side = norm(sidecar={"image": "sha256:" + "a" * 64})["sidecar"]  # an imported image's own entrypoint
+    assert side == {"image": "sha256:" + "a" * 64, "command": [], "env": {}, "cpu": 0.25, "memory_gib": 0.25}
+    assert norm()["sidecar"] is None
+    with pytest.raises(InvalidArgument, match="standard deployment"):
+        spec.normalize({**BASE, "instances": 2, "sidecar": {"image": "a", "command": ["x"]}},
+                       deployment_mode="multi-instance")
 
 
 # -- the planner -------------------------------------------------------------------------------------
@@ -223,6 +234,18 @@ def test_replicas_are_workloads_submitted_in_the_same_commit() -> None:
     ids = [e.replica_id for e in events if isinstance(e, ServiceReplicaAdded)]
     assert ids == ["ms-abcdefgh-v1-1", "ms-abcdefgh-v1-2"] and all("." not in i for i in ids)
     assert step(g) == []  # converged: nothing more
+
+
+def test_a_replica_is_placed_with_its_sidecar_s_resources() -> None:
+    events = domain.decide_create(None, service_id="ms-abcdefgh", name="svc", description="", tags={},
+                                  deployment_mode="standard", auth_enabled=False, auto_stop_at_ms=0,
+                                  spec=norm(sidecar={"image": "a", "command": ["x"], "cpu": 0.5, "memory_gib": 1}),
+                                  creator="alice", now_ms=1000)
+    g = domain.fold(events)
+    assert g is not None
+    added, submitted = step(g)
+    assert (added.resources.cpu, added.resources.memory_gib) == (1.0, 2.0)  # the server's own
+    assert (submitted.resources.cpu, submitted.resources.memory_gib) == (1.5, 3.0)  # what the node gives the replica
 
 
 def test_exited_replica_restarts_until_the_retry_policy_fails_the_first_deployment() -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 import pytest
 
+from capstan_agentkit.images import image_command
 from capstan_agentkit.sandbox import testing as sandbox_testing
 from capstan_agentkit.sandbox.probe import missing
 from capstan_proto import common_pb2, trainer_pb2
@@ -56,9 +57,13 @@ def _layers() -> list[bytes]:
     return [one, two]
 
 
+CONFIG = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers"},
+                     "config": {"Entrypoint": ["/bin/sh", "-c"], "Cmd": ["cat /etc/image-release"]}}).encode()
+
+
 def docker_save(path: Path) -> Path:
     layers = _layers()
-    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers"}}).encode()
+    config = CONFIG
     with tarfile.open(path, "w") as tar:
         names = []
         for i, layer in enumerate(layers):
@@ -71,7 +76,7 @@ def docker_save(path: Path) -> Path:
 
 def oci_archive(path: Path) -> Path:
     layers = _layers()
-    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers"}}).encode()
+    config = CONFIG
 
     def desc(data: bytes, media: str) -> dict[str, Any]:
         return {"mediaType": media, "digest": f"sha256:{hashlib.sha256(data).hexdigest()}", "size": len(data)}
@@ -104,6 +109,9 @@ def test_both_archive_formats_unpack_to_the_same_cached_image(tmp_path: Path) ->
     assert not (rootfs / "etc" / "remove-me").exists()  # the second layer's whiteout
     assert not (tmp_path / "storage" / "images" / "escape").exists() and not (rootfs.parent / "escape").exists()
     assert [i.name for i in store.list()] == [a]
+    # what it runs by default (a service's sidecar without a command of its own runs this)
+    assert image_command(tmp_path / "storage", a) == ["/bin/sh", "-c", "cat /etc/image-release"]
+    assert image_command(tmp_path / "storage", DEFAULT_IMAGE) == []
     with pytest.raises(FileNotFoundError, match="has not been imported"):
         store.rootfs("sha256:" + "0" * 64)
     assert builtin_images()[0].name == DEFAULT_IMAGE and "DDP" in builtin_images()[0].modes

@@ -252,13 +252,14 @@ def events(service_id: str, records: bool) -> None:
 @click.option("--instance", default="", help="One instance (empty: every instance the service has now).")
 @click.option("--keyword", "-k", default="", help="Case-insensitive substring.")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=1000)
+@click.option("--sidecar", is_flag=True, help="The sidecars' lines instead of the servers'.")
 @common_options
-def logs(service_id: str, instance: str, keyword: str, limit: int) -> None:
+def logs(service_id: str, instance: str, keyword: str, limit: int, sidecar: bool) -> None:
     """Instance logs, searched by keyword."""
     cfg = config()
     with cfg.client() as client:
         page = client.get(f"/services/{service_id}/logs", instance=instance or None, keyword=keyword or None,
-                          limit=limit)
+                          limit=limit, sidecar="true" if sidecar else None)
     if cfg.json_output:
         print_json(page)
         return

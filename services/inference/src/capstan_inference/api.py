@@ -106,7 +106,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     async def GetReplicaSpec(self, req: inference_pb2.GetReplicaSpecRequest, context: grpc.aio.ServicerContext) -> inference_pb2.ReplicaSpec:
         s = await asyncio.to_thread(self.app.replica_spec, current_caller(), req.replica_id)
         probes = s.pop("probes")
+        side = s.pop("sidecar")
         return inference_pb2.ReplicaSpec(
+            sidecar=inference_pb2.Sidecar(**side) if side else None,
             **{k: v for k, v in s.items() if k != "resources"}, resources=common_pb2.Resources(**s["resources"]),
             startup_probe=_probe(probes.get("startup")), readiness_probe=_probe(probes.get("readiness")),
             liveness_probe=_probe(probes.get("liveness")))
@@ -204,7 +206,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     async def GetServiceLogs(self, req: inference_pb2.GetServiceLogsRequest, context: grpc.aio.ServicerContext) -> inference_pb2.GetServiceLogsResponse:
         lines, last = await self.app.logs(req.service_id, req.replica_id, start_ms=req.start_ms, end_ms=req.end_ms,
                                           keyword=req.keyword, limit=req.limit, after_seq=req.after_seq,
-                                          source=req.source)
+                                          source=req.source, sidecar=req.sidecar)
         return inference_pb2.GetServiceLogsResponse(lines=[inference_pb2.ServiceLogLine(**x) for x in lines],
                                                     last_seq=last)
 

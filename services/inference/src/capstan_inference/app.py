@@ -414,8 +414,9 @@ class InferenceApp:
         return out[::-1]
 
     async def logs(self, sid: str, rid: str, *, start_ms: int, end_ms: int, keyword: str, limit: int, after_seq: int,
-                   source: str) -> tuple[list[dict[str, Any]], int]:
-        """Instance logs, oldest first: one instance (``rid``), or every instance the group has now."""
+                   source: str, sidecar: bool = False) -> tuple[list[dict[str, Any]], int]:
+        """Instance logs, oldest first: one instance (``rid``), or every instance the group has now; their
+        servers' lines, or (``sidecar``) their sidecars' (the agent ships those as instance 1)."""
         g = await asyncio.to_thread(self._doc, sid, True)
         if rid and rid not in g["replicas"] and not rid.startswith(f"{sid}-v"):
             raise NotFound(f"service {sid} has no instance {rid}")
@@ -426,7 +427,8 @@ class InferenceApp:
         last = after_seq
         for one in ids:
             lines, seq = await read_logs(self.ctx.js, one, start_ms=start_ms, end_ms=end_ms, keyword=keyword,
-                                         instance_index=0, after_seq=after_seq if rid else 0, limit=limit,
+                                         instance_index=1 if sidecar else 0, after_seq=after_seq if rid else 0,
+                                         limit=limit,
                                          source=source)
             out += [{"ts_ms": x.ts_ms, "replica_id": one, "stream": x.stream, "line": x.line, "seq": x.seq}
                     for x in lines]

@@ -41,4 +41,5 @@ def replica_spec(g: domain.Group, r: dict[str, Any], node_id: str, storage_root:
         "env": env, "port": spec["port"], "image": spec["image"], "model_dir": mdir,
         "resources": spec["resources"], "probes": spec["probes"], "pre_stop": spec["pre_stop"],
         "grace_period_s": spec["grace_period_s"], "network_mode": "isolated", "generation": r["generation"],
+        "sidecar": spec.get("sidecar"),  # versions written before sidecars have none
     }

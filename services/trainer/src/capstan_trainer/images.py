@@ -104,12 +104,26 @@ class ImageStore:
             finally:
                 os.umask(old_umask)
         size = sum(e.stat(follow_symlinks=False).st_size for e in rootfs.rglob("*"))
-        (tmp / "image.json").write_text(json.dumps({"source": archive.name, "size_bytes": size}))
+        (tmp / "image.json").write_text(json.dumps({"source": archive.name, "size_bytes": size, **_run_config(config)}))
         os.chmod(tmp, 0o755)  # noqa: S103 - an image is readable by every instance that uses it
         os.chmod(rootfs, 0o755)  # noqa: S103
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         return f"sha256:{digest}"
+
+
+def _run_config(config: bytes) -> dict[str, list[str]]:
+    """What the image runs by default (its OCI config's Entrypoint and Cmd; lists of strings or nothing)."""
+    try:
+        cfg = json.loads(config).get("config") or {}
+    except (ValueError, AttributeError):
+        return {}
+    out = {}
+    for key, name in (("Entrypoint", "entrypoint"), ("Cmd", "cmd")):
+        value = cfg.get(key) if isinstance(cfg, dict) else None
+        if isinstance(value, list) and all(isinstance(x, str) for x in value):
+            out[name] = value
+    return out
 
 
 def _member(tar: tarfile.TarFile, name: str) -> IO[bytes]:

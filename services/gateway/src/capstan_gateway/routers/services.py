@@ -200,9 +200,10 @@ async def logs(
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     after_seq: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
     source: Annotated[str, Query(pattern=r"^(|platform|code|metrics)$")] = "",
+    sidecar: Annotated[bool, Query(description="the sidecars' lines instead of the servers'")] = False,
 ) -> Json:
     r = await c.call(c.stub.GetServiceLogs, pb.GetServiceLogsRequest(
         service_id=id, replica_id=instance, keyword=keyword, start_ms=start_ms, end_ms=end_ms, limit=limit,
-        after_seq=after_seq, source=source))
+        after_seq=after_seq, source=source, sidecar=sidecar))
     return {"lines": [{"ts_ms": x.ts_ms, "instance": x.replica_id, "stream": x.stream, "line": x.line, "seq": x.seq}
                       for x in r.lines], "last_seq": r.last_seq}

@@ -26,7 +26,7 @@ class ServiceCreate(RequestModel):
     generate_key: bool = Field(False, description="create the first key (its secret is in this answer only)")
     auto_stop_at_ms: Annotated[int, Field(ge=0, le=2**62)] = 0
     spec: dict[str, Any] = Field(description="the first version's form (SPEC §6.2): runtime, model, port, "
-                                             "resources, env, probes, grace_period_s, pre_stop, replicas, ...")
+                                             "resources, env, probes, grace_period_s, pre_stop, sidecar, replicas, ...")
 
 
 class ServiceUpdate(RequestModel):

@@ -36,7 +36,7 @@ import grpc
 
 from capstan_agentkit.agent import NodeAgent
 from capstan_agentkit.gpus import gpu_env
-from capstan_agentkit.images import image_rootfs
+from capstan_agentkit.images import image_command, image_rootfs
 from capstan_agentkit.sandbox import Executor, InstanceSpec, last_record
 from capstan_agentkit.sandbox.spec import METRICS_STREAM, Mount
 from capstan_agentkit.shipper import ship
@@ -53,6 +53,7 @@ RESTART_MARK = ".restart"  # the run is being stopped to start the next one (a f
 EXIT_START_FAILED = 126  # it could not be started (its image or model directory is missing): never ran
 MODEL_MOUNT = "/data/model"
 CODE_MOUNT = "/opt/ml/code"
+SIDECAR = 1  # a run's sidecar is its instance 1 (the server is 0)
 DEFAULT_GRACE_S = 30
 
 
@@ -123,8 +124,8 @@ class InferenceAgent(NodeAgent):
         assigned = {a.workload_id for a in resp.items if a.workload_kind == "service"}
         self._cards = {a.workload_id: [(c.index, c.tenths) for c in a.cards] for a in resp.items}
         local: dict[str, list[tuple[int, int, str]]] = {}
-        for key, _index in self.executor.list_instances():
-            if (parsed := parse_run_key(key)) is not None:
+        for key, index in self.executor.list_instances():
+            if index == 0 and (parsed := parse_run_key(key)) is not None:  # a run (its sidecar is index 1)
                 local.setdefault(parsed[0], []).append((parsed[1], parsed[2], key))
         specs: dict[str, inference_pb2.ReplicaSpec | None] = {}
         unread: set[str] = set(assigned)
@@ -160,10 +161,7 @@ class InferenceAgent(NodeAgent):
     async def _stop(self, rid: str, spec: inference_pb2.ReplicaSpec | None, runs: list[tuple[int, int, str]]) -> None:
         pending = False
         for _gen, _run, key in runs:
-            st = self.executor.status(key, 0)
-            if st.state == "running":
-                self.executor.stop(key, 0)  # pre-stop, SIGTERM, grace, SIGKILL: the runner's
-                self.watch(key, st.pid)
+            if self._halt(key):  # pre-stop, SIGTERM, grace, SIGKILL: the runner's
                 pending = True
             await self._ship(rid, key)
         if pending:
@@ -190,9 +188,7 @@ class InferenceAgent(NodeAgent):
         rid, gen = spec.replica_id, spec.generation
         leaving = False
         for key in [key for g, _r, key in runs if g != gen]:  # a rebuild: the older generation leaves first
-            if (st := self.executor.status(key, 0)).state == "running":
-                self.executor.stop(key, 0)
-                self.watch(key, st.pid)
+            if self._halt(key):
                 leaving = True
             await self._ship(rid, key)
         if leaving:
@@ -209,6 +205,7 @@ class InferenceAgent(NodeAgent):
             await self._start(spec, key, "starting")
         elif st.state == "exited":
             self._runs.pop(key, None)
+            self._halt(key)  # its sidecar goes with it
             reported = (idir / REPORTED_MARK).read_text() if (idir / REPORTED_MARK).exists() else ""
             if (idir / RESTART_MARK).exists():
                 reason = (idir / RESTART_MARK).read_text()
@@ -227,7 +224,7 @@ class InferenceAgent(NodeAgent):
     async def _start(self, spec: inference_pb2.ReplicaSpec, key: str, why: str) -> None:
         rid = spec.replica_id
         try:
-            instance = self._spec(spec, key)
+            instance, sidecar = self._spec(spec, key), self._sidecar_spec(spec, key)
         except (ValueError, FileNotFoundError) as e:
             idir = self._dir(key)
             idir.mkdir(parents=True, exist_ok=True)
@@ -236,6 +233,8 @@ class InferenceAgent(NodeAgent):
             (idir / REPORTED_MARK).write_text("Exited")
             return
         await asyncio.to_thread(self.executor.start, instance)
+        if sidecar is not None:
+            await asyncio.to_thread(self.executor.start, sidecar)
         self._runs[key] = self._new_run(spec, key)
         log.info("replica %s (generation %d): %s", rid, spec.generation, why)
         await self._report(rid, spec.generation, "Starting", message=why)
@@ -264,11 +263,28 @@ class InferenceAgent(NodeAgent):
                                                   simulated=self.capacity.simulated_gpus)}
         r = spec.resources
         return InstanceSpec(
-            task_id=key, instance_index=0, command="", entrypoint=tuple(spec.command), env=env,
+            task_id=key, instance_index=0, instance_count=2 if spec.HasField("sidecar") else 1,
+            command="", entrypoint=tuple(spec.command), env=env,
             stop_grace_seconds=spec.grace_period_s or DEFAULT_GRACE_S, cpu=r.cpu, memory_gib=r.memory_gib,
             network=spec.network_mode or "isolated", mounts=tuple(mounts), rootfs=str(rootfs or ""),
             pre_stop=tuple(spec.pre_stop), ports=_published(spec),
         )
+
+    def _sidecar_spec(self, spec: inference_pb2.ReplicaSpec, key: str) -> InstanceSpec | None:
+        """The replica's sidecar: instance 1 of the run, on the server's network, with its own limits."""
+        if not spec.HasField("sidecar"):
+            return None
+        side = spec.sidecar
+        rootfs = image_rootfs(self.settings.storage_root, side.image)
+        command = list(side.command) or image_command(self.settings.storage_root, side.image)
+        if not command:
+            raise ValueError(f"the sidecar image {side.image} names no entrypoint or command: set sidecar.command")
+        env = {**dict(side.env), "CAPSTAN_REPLICA_ID": spec.replica_id, "CAPSTAN_SERVICE_ID": spec.service_id,
+               "SERVER_PORT": str(spec.port)}
+        return InstanceSpec(
+            task_id=key, instance_index=SIDECAR, instance_count=2, command="", entrypoint=tuple(command), env=env,
+            stop_grace_seconds=spec.grace_period_s or DEFAULT_GRACE_S, cpu=side.cpu, memory_gib=side.memory_gib,
+            network=spec.network_mode or "isolated", rootfs=str(rootfs or ""))
 
     # -- probes and reports -------------------------------------------------------------------
     async def _probe(self, spec: inference_pb2.ReplicaSpec, key: str) -> None:
@@ -282,6 +298,9 @@ class InferenceAgent(NodeAgent):
         address = f"{host}:{spec.port}"  # where this host probes it
         # where the gateways reach it: the node's published port when the node publishes to other hosts
         served = self.executor.published(key, 0).get(spec.port) or address
+        if spec.HasField("sidecar") and (side := self.executor.status(key, SIDECAR)).state == "exited":
+            await self._restart(spec, key, served, f"the sidecar exited with code {side.exit_code}")
+            return
 
         async def exec_in(argv: list[str], timeout: float) -> tuple[int, str]:
             res = await asyncio.to_thread(self.executor.exec, key, 0, argv, timeout)
@@ -317,7 +336,7 @@ class InferenceAgent(NodeAgent):
         log.warning("replica %s: %s; restarting", spec.replica_id, reason)
         (self._dir(key) / RESTART_MARK).write_text(reason)
         await self._report(spec.replica_id, spec.generation, "NotReady", address=address, message=f"{reason}; restarting")
-        self.executor.stop(key, 0)
+        self._halt(key)
         self._runs.pop(key, None)
 
     async def _report(self, rid: str, generation: int, state: str, *, address: str = "", exit_code: int = 0,
@@ -345,4 +364,19 @@ class InferenceAgent(NodeAgent):
 
     async def _ship(self, rid: str, key: str) -> None:
         await ship(self.js, rid, 0, self.executor.log_path(key, 0), key)
+        if (side := self.executor.log_path(key, SIDECAR)).exists():
+            await ship(self.js, rid, SIDECAR, side, key)  # capstan.log.<replica>.1
+
+    def _halt(self, key: str) -> bool:
+        """Stop the run's server and its sidecar, whichever still runs (the runner does the pre-stop,
+        SIGTERM, grace and SIGKILL); whether any did. The loop wakes when the server's runner exits."""
+        halted = False
+        for index in (0, SIDECAR):
+            st = self.executor.status(key, index)
+            if st.state == "running":
+                self.executor.stop(key, index)
+                if index == 0:
+                    self.watch(key, st.pid)
+                halted = True
+        return halted
 

@@ -533,12 +533,15 @@ def _rollout(g: Group, v: dict[str, Any], now_ms: int) -> list[Event]:
     n = g["next_replica"]
     spec = v["spec"]
     res = ResourceSpec(**spec["resources"])
+    placed = res  # what the node gives the replica: its server's resources and its sidecar's
+    if side := spec.get("sidecar"):
+        placed = res.model_copy(update={"cpu": res.cpu + side["cpu"], "memory_gib": res.memory_gib + side["memory_gib"]})
     for i in range(p.add):
         rid = replica_id(g["id"], v["number"], n + i)
         out.append(ServiceReplicaAdded(service_id=g["id"], version_id=v["id"], replica_id=rid, revision=v["revision"],
                                        resources=res, at_ms=now_ms))
         out.append(WorkloadSubmitted(workload_id=rid, kind="service", capability=CAPABILITY_SERVING,
-                                     resource_group_id=spec["resource_group_id"], resources=res,
+                                     resource_group_id=spec["resource_group_id"], resources=placed,
                                      instance_count=spec["instances"], tags=g["tags"], at_ms=now_ms))
     return out
 

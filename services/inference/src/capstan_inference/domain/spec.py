@@ -64,8 +64,11 @@ DEFAULTS: dict[str, Any] = {
     "served_model_name": "",
     "resource_group_id": "",
     "description": "",
+    "sidecar": None,
 }
 FIELDS = tuple(DEFAULTS)
+SIDECAR_FIELDS = ("image", "command", "env", "cpu", "memory_gib")
+SIDECAR_DEFAULTS: dict[str, Any] = {"command": [], "env": {}, "cpu": 0.25, "memory_gib": 0.25}
 
 
 def check_name(name: Any) -> str:
@@ -193,17 +196,41 @@ def check_argv(raw: Any, field: str) -> list[str]:
     return list(raw)
 
 
-def check_env(raw: Any) -> dict[str, str]:
+def check_env(raw: Any, field: str = "env") -> dict[str, str]:
     if not isinstance(raw, dict) or len(raw) > MAX_ENV:
-        raise InvalidArgument(f"env must be an object of at most {MAX_ENV} NAME=value pairs", field="env")
+        raise InvalidArgument(f"{field} must be an object of at most {MAX_ENV} NAME=value pairs", field=field)
     for k, v in raw.items():
         if not isinstance(k, str) or not ENV_NAME.match(k):
-            raise InvalidArgument(f"env name {str(k)[:64]!r} must be letters, digits and '_', not starting with a digit",
-                                  field="env")
+            raise InvalidArgument(f"{field} name {str(k)[:64]!r} must be letters, digits and '_', not starting with "
+                                  "a digit", field=field)
         if k.startswith("CAPSTAN_"):
-            raise InvalidArgument(f"env name {k} is reserved by the platform (CAPSTAN_*)", field="env")
-        _str(v, f"env.{k}", ENV_VALUE_MAX)
+            raise InvalidArgument(f"{field} name {k} is reserved by the platform (CAPSTAN_*)", field=field)
+        _str(v, f"{field}.{k}", ENV_VALUE_MAX)
     return dict(raw)
+
+
+def check_sidecar(raw: Any) -> dict[str, Any] | None:
+    """A second process beside each replica (SPEC 6.2 "sidecar image"): its image, its command (an
+    imported image's own entrypoint when empty), env and its own CPU and memory, placed with the
+    replica's. It shares the replica's network: the server reaches it as ``instance-1``."""
+    if raw is None:
+        return None
+    s = {**SIDECAR_DEFAULTS, **_obj(raw, "sidecar", SIDECAR_FIELDS)}
+    image = _token(s.get("image", ""), "sidecar.image", 256)
+    if not image:
+        raise InvalidArgument('sidecar.image is required: an imported image ("sha256:...", capstan image import) '
+                              "or a built-in image name", field="sidecar.image")
+    command = check_argv(s["command"], "sidecar.command")
+    if not command and not image.startswith("sha256:"):
+        raise InvalidArgument("sidecar.command is required with a built-in image (only an imported image has an "
+                              "entrypoint of its own)", field="sidecar.command")
+    out: dict[str, Any] = {"image": image, "command": command, "env": check_env(s["env"], "sidecar.env")}
+    for k, hi in (("cpu", 64.0), ("memory_gib", 256.0)):
+        v = s[k]
+        if isinstance(v, bool) or not isinstance(v, int | float) or not (0.1 <= v <= hi):
+            raise InvalidArgument(f"sidecar.{k} must be a number 0.1..{hi:g}", field=f"sidecar.{k}")
+        out[k] = float(v)
+    return out
 
 
 def check_probe(raw: Any, field: str) -> dict[str, Any]:
@@ -310,6 +337,9 @@ def normalize(raw: Any, *, deployment_mode: str = "standard") -> dict[str, Any]:
         raise InvalidArgument("resource_group_id is required: the resource group whose nodes run the replicas",
                               field="resource_group_id")
     out["description"] = check_description(s["description"])
+    out["sidecar"] = check_sidecar(s["sidecar"])
+    if out["sidecar"] is not None and out["instances"] > 1:
+        raise InvalidArgument("a sidecar is for standard deployment (one instance per replica)", field="sidecar")
     return out
 
 
