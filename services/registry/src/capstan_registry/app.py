@@ -50,6 +50,9 @@ class RegistryApp:
         self.blobs = BlobStore(ctx.settings.storage_path)
         self.outputs = OutputStore(ctx.settings.storage_path)
         self._blob_lock = asyncio.Lock()  # publishes store blobs; collection removes unreferenced ones
+        # a tenant's model names are unique: a create checks the read model and appends under this lock, and
+        # waits for the read model to hold it, so two concurrent creates of one name cannot both pass
+        self._names_lock = asyncio.Lock()
 
     # -- commands ----------------------------------------------------------------------
     async def create(
@@ -57,16 +60,18 @@ class RegistryApp:
     ) -> dict[str, Any]:
         domain.validate_name(name)
         model_id = stable_id("model", creator, idempotency_key) if idempotency_key else new_id("model")
-        taken = await asyncio.to_thread(self._id_by_name, name, tenant)
-        if taken and taken != model_id:  # names are unique per tenant: another tenant's "x" neither blocks nor is told
-            raise AlreadyExists(f"a model named {name!r} already exists ({taken}); choose another name", field="name")
-        now = self.clock.now_ms()
-        outcome = await execute(
-            self.ctx.store, event_subject(AGGREGATE, model_id), fold,
-            lambda s: decide_create(s, model_id=model_id, name=name, description=description, tags=tags, creator=creator,
-                                    now_ms=now, tenant=tenant),
-        )
-        await self.ctx.await_projection(outcome.seq)
+        async with self._names_lock:
+            taken = await asyncio.to_thread(self._id_by_name, name, tenant)
+            if taken and taken != model_id:  # unique per tenant: another tenant's "x" neither blocks nor is told
+                raise AlreadyExists(f"a model named {name!r} already exists ({taken}); choose another name",
+                                    field="name")
+            now = self.clock.now_ms()
+            outcome = await execute(
+                self.ctx.store, event_subject(AGGREGATE, model_id), fold,
+                lambda s: decide_create(s, model_id=model_id, name=name, description=description, tags=tags,
+                                        creator=creator, now_ms=now, tenant=tenant),
+            )
+            await self.ctx.await_projection(outcome.seq)
         return self.get(model_id)
 
     async def delete(self, ref: str, by: str) -> dict[str, Any]:
