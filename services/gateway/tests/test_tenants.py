@@ -60,7 +60,7 @@ async def world(platform: Platform, nats_server: NatsServer, tmp_path: Path) -> 
     await inference.start()
     settings = GatewaySettings(data_dir=tmp_path / "gw", scheduler_addr=platform.scheduler.address,
                                trainer_addr=platform.trainer.address, registry_addr=registry.address,
-                               inference_addr=inference.address)
+                               inference_addr=inference.address, nats_url=nats_server.url)
     try:
         async with serve(create_app(settings)) as api:
             api.headers["Authorization"] = f"Bearer {(settings.data_dir / 'admin-token').read_text()}"
@@ -508,3 +508,69 @@ async def test_a_shared_groups_queue_shows_other_tenants_work_only_anonymously(
         board = {x for n in view["nodes"] for x in n["workloads"]}
         assert board == (running if who is w.a else set())  # all that runs is A's
         assert sum(n["other_tenant_workloads"] for n in view["nodes"]) == (0 if who is w.a else len(running))
+
+
+async def test_identity_changes_are_events_of_the_log(world: World, nc: Client) -> None:
+    """Accounts and keys created, disabled, deleted, policies attached and detached, a password set: each an
+    event of the log with who acted (`GET /api/v1/audit/events`), never a secret; another tenant sees none."""
+    w = world
+    password = "canary-pw-" + secrets.token_hex(8)
+    r = await w.api.post("/api/v1/accounts", headers=w.a.headers,
+                         json={"name": "a-events", "password": password, "policies": ["ReadOnlyAccess"]})
+    assert r.status_code == 201, r.text
+    acct = r.json()["id"]
+    key = await w.api.post(f"/api/v1/accounts/{acct}/keys", json={}, headers=w.a.headers)
+    assert key.status_code == 201, key.text
+    key_id, token = key.json()["id"], key.json()["token"]
+    steps = [("PUT", f"/api/v1/accounts/{acct}/policies", {"policies": ["FullAccess"]}),
+             ("PUT", f"/api/v1/accounts/{acct}/password", {"password": password + "-2"}),
+             ("PATCH", f"/api/v1/keys/{key_id}", {"enabled": False}),
+             ("PATCH", f"/api/v1/keys/{key_id}", {"description": "no event: not an identity change"}),
+             ("PATCH", f"/api/v1/accounts/{acct}", {"enabled": False}),
+             ("DELETE", f"/api/v1/accounts/{acct}", None)]
+    for method, path, body in steps:
+        r = await w.api.request(method, path, json=body, headers=w.a.headers)
+        assert r.status_code in (200, 204), (path, r.text)
+    refused = await w.api.patch(f"/api/v1/keys/{key_id}", json={"enabled": True}, headers=w.a.headers)
+    assert refused.status_code == 404  # gone with its account: nothing recorded for it
+
+    async def commits(obj: str, who: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        r = await w.api.get("/api/v1/audit/events", params={"object": obj}, headers=who or {})
+        assert r.status_code == 200, r.text
+        return list(r.json()["items"])
+
+    want_account = [["AccountCreated"], ["AccountPoliciesChanged"], ["PasswordChanged"], ["AccountDisabled"],
+                    ["AccountDeleted"]]
+    for _ in range(100):  # appended from the store's outbox just after each change
+        if [c["event_types"] for c in await commits(f"account:{acct}")] == want_account:
+            break
+        await asyncio.sleep(0.05)
+    on_account = await commits(f"account:{acct}", w.a.headers)  # A sees its own actors' commits
+    assert [c["event_types"] for c in on_account] == want_account
+    assert {c["by"]["account"] for c in on_account} == {"tenant-a"}
+    assert all(c["by"]["tenant"] == w.a.id and c["by"]["key_id"] == w.a.key_id for c in on_account)
+    on_key = await commits(f"key:{key_id}", w.a.headers)
+    assert [c["event_types"] for c in on_key] == [["KeyCreated"], ["KeyDisabled"], ["KeyDeleted"]]
+    assert await commits(f"account:{acct}", w.b[0].headers) == []  # another tenant: none of it
+    typed = [c for c in (await w.api.get("/api/v1/audit/events", params={"event_type": "AccountCreated"})).json()["items"]
+             if c["subject"].endswith(acct)]
+    assert len(typed) == 1
+    # what the events say: ids, names, policies; never a password, its hash or a key's secret
+    js = nc.jetstream()
+    info = await js.stream_info(EVENTS_STREAM)
+    raw = [(await js.get_msg(EVENTS_STREAM, seq)).data.decode() for seq in range(info.state.first_seq, info.state.last_seq + 1)]
+    mine = [json.loads(m) for m in raw if acct in m]
+    policies = [e["data"] for c in mine for e in c["events"] if e["type"] == "AccountPoliciesChanged"]
+    assert policies == [{"account_id": acct, "tenant": w.a.id, "attached": ["FullAccess"], "detached": ["ReadOnlyAccess"],
+                         "policies": ["FullAccess"], "at_ms": policies[0]["at_ms"]}]
+    text = "\n".join(raw)
+    for secret in (password, token.split(".", 2)[2], "$argon2"):
+        assert secret not in text
+    assert w.settings.data_dir.exists() and not (await asyncio.to_thread(_outbox_rows, w))
+
+
+def _outbox_rows(w: World) -> int:
+    import sqlite3
+
+    with sqlite3.connect(w.settings.data_dir / "identity.db") as db:
+        return int(db.execute("select count(*) from identity_outbox").fetchone()[0])
