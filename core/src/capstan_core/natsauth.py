@@ -28,7 +28,7 @@ ADMIN_USER = "admin"
 # these JetStream KV buckets (capstan_gateway.invoke), shared by every gateway process; and it appends
 # the identity store's changes (accounts, keys: #8) on their own aggregates' subjects.
 GATEWAY_USER = "gateway"
-GATEWAY_AGGREGATES = ("account", "key")
+GATEWAY_AGGREGATES = ("account", "key", "policy")
 GATEWAY_BUCKETS = ("capstan_limits", "capstan_limits_day", "capstan_serving_metrics", "capstan_serving_load")
 USERS = (*SERVICE_USERS, AGENT_USER, GATEWAY_USER, ADMIN_USER)
 

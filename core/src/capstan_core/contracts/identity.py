@@ -1,5 +1,5 @@
 """Identity changes (owner: the gateway's identity store, issue #8). Subjects ``capstan.evt.account.<id>``
-and ``capstan.evt.key.<id>``.
+``capstan.evt.key.<id>`` and ``capstan.evt.policy.<id>`` (custom policies).
 
 The store (``capstan_gateway.identity``) stays the source of truth: these facts are written to its
 outbox in the transaction of the change and appended to the log after it, so ``GET
@@ -9,10 +9,13 @@ a secret: no password, no password hash, no key secret (a key is named by its id
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..events import Event, event
 
 ACCOUNT = "account"
 KEY = "key"
+POLICY = "policy"
 
 
 @event("AccountCreated", version=1)
@@ -97,4 +100,23 @@ class KeyDeleted(Event):
     key_id: str
     account_id: str
     tenant: str
+    at_ms: int
+
+
+@event("PolicyCreated", version=1)
+class PolicyCreated(Event):
+    """A tenant's custom policy; ``statements`` as stored (effects, actions, resources, tags)."""
+
+    policy_id: str
+    tenant: str
+    name: str
+    statements: list[dict[str, Any]] = []
+    at_ms: int
+
+
+@event("PolicyDeleted", version=1)
+class PolicyDeleted(Event):
+    policy_id: str
+    tenant: str
+    name: str
     at_ms: int

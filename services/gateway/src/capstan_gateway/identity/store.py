@@ -391,6 +391,8 @@ class IdentityStore:
             c.execute(insert(policies).values(
                 id=policy_id, tenant=tenant, name=name, statements=json.dumps(authz.statements_json(parsed)),
                 description=description, created_by=created_by, created_at_ms=now_ms()))
+            self._note(c, facts.POLICY, policy_id, facts.PolicyCreated(
+                policy_id=policy_id, tenant=tenant, name=name, statements=authz.statements_json(parsed), at_ms=now_ms()))
         return self.get_policy(policy_id)
 
     def _policy_row(self, policy_id: str, tenant: str = "") -> Any:
@@ -424,6 +426,8 @@ class IdentityStore:
             raise FailedPrecondition(f"policy {policy_id} is attached to {', '.join(users)}; detach it first")
         with self._write() as c:
             c.execute(delete(policies).where(policies.c.id == policy_id))
+            self._note(c, facts.POLICY, policy_id,
+                       facts.PolicyDeleted(policy_id=policy_id, tenant=p.tenant, name=p.name, at_ms=now_ms()))
         return p
 
     def policies_of(self, acct: Account) -> list[authz.Policy]:
