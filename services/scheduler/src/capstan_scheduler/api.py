@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 
 from capstan_core.contracts.scheduling import HealthCheckResult
-from capstan_core.errors import NotFound, PermissionDenied
+from capstan_core.errors import FailedPrecondition, NotFound, PermissionDenied
 from capstan_core.grpcutil import GrpcServer
 from capstan_core.identity import ADMIN, ANONYMOUS, GATEWAY, NODE, Access, current_caller, methods_of, service_role
 from capstan_proto import common_pb2, scheduler_pb2, scheduler_pb2_grpc
@@ -116,7 +116,13 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         board, as a count. The operator and the platform see everything."""
         await asyncio.to_thread(self._check_owner, req.resource_group_id, write=False)
         tenant = current_caller().tenant
-        report, extra = await asyncio.to_thread(self.app.queue, req.resource_group_id, bool(tenant))
+        try:
+            report, extra = await asyncio.to_thread(self.app.queue, req.resource_group_id, bool(tenant))
+        except FailedPrecondition:
+            if tenant:  # the reason may name another tenant's workload
+                raise FailedPrecondition(f"resource group {req.resource_group_id} cannot be scheduled now; "
+                                         "the operator's view of its queue says why") from None
+            raise
         rows, names = extra["workloads"], extra["node_names"]
 
         def theirs(workload_id: str) -> bool:
