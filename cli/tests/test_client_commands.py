@@ -354,3 +354,20 @@ def test_rg_queue_shows_other_tenants_work_anonymously(runner: CliRunner, fake_a
     assert result.exit_code == 0, result.output
     assert "(another tenant's)" in result.stdout and "train-mine" in result.stdout
     assert "+2 of other tenants" in result.stdout
+
+
+def test_a_model_name_other_tenants_use_is_made_the_callers_own(fake_api: FakeApi) -> None:
+    """Names are unique per tenant (#8): the operator, who sees every tenant, makes its own "x" when only
+    other tenants have one; any other refusal is shown."""
+    from capstan_cli.client import ApiClient, ApiError
+    from capstan_cli.commands.models import ensure_model
+
+    ambiguous = {"error": {"code": "invalid_argument",
+                           "message": "model_id: several tenants have a model named 'x' (model-a, model-b); name it by its id"}}
+    fake_api.on("GET", "/api/v1/models/x", (400, ambiguous))
+    fake_api.on("POST", "/api/v1/models", lambda r: (201, {"id": "model-mine", **r.body}))
+    with ApiClient(fake_api.url) as client:
+        assert ensure_model(client, "x")["id"] == "model-mine"
+        fake_api.on("GET", "/api/v1/models/y", (400, {"error": {"code": "invalid_argument", "message": "bad name"}}))
+        with pytest.raises(ApiError):
+            ensure_model(client, "y")
