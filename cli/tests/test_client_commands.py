@@ -337,3 +337,37 @@ def test_submit_from_file_names_the_bad_line_and_sends_nothing(
     result = run(runner, fake_api, data_dir, "task", "submit", "--from-file", str(sweep_file), "--name", "x")
     assert result.exit_code == 2 and "--from-file takes every task's fields" in result.output
     assert fake_api.requests == []
+
+
+def test_rg_queue_shows_other_tenants_work_anonymously(runner: CliRunner, fake_api: FakeApi, data_dir: Path) -> None:
+    res = {"cpu": 4.0, "memory_gib": 1.0, "gpu_type": "", "gpu": 0.0}
+    view = {"resource_group_id": "rsg-1", "queue_mode": 0, "lanes": [], "items": [
+        {"workload_id": "", "kind": "", "priority": "P4", "position": 1, "card_type": "", "reason": "another tenant's work",
+         "submitted_at": None, "resources": res, "instance_count": 1, "other_tenant": True},
+        {"workload_id": "train-mine", "kind": "training", "priority": "P4", "position": 2, "card_type": "",
+         "reason": "blocked by strict FIFO behind another tenant's work", "submitted_at": None, "resources": res,
+         "instance_count": 1, "other_tenant": False}],
+        "nodes": [{"node_id": "node-1", "name": "n1", "state": "Running", "cpu": 4.0, "cpu_free": 0.0, "memory_gib": 8.0,
+                   "memory_gib_free": 7.0, "gpus": {}, "gpus_free": {}, "workloads": [], "other_tenant_workloads": 2}]}
+    fake_api.on("GET", "/api/v1/resource-groups/rsg-1/queue", (200, view))
+    result = run(runner, fake_api, data_dir, "rg", "queue", "rsg-1")
+    assert result.exit_code == 0, result.output
+    assert "(another tenant's)" in result.stdout and "train-mine" in result.stdout
+    assert "+2 of other tenants" in result.stdout
+
+
+def test_a_model_name_other_tenants_use_is_made_the_callers_own(fake_api: FakeApi) -> None:
+    """Names are unique per tenant (#8): the operator, who sees every tenant, makes its own "x" when only
+    other tenants have one; any other refusal is shown."""
+    from capstan_cli.client import ApiClient, ApiError
+    from capstan_cli.commands.models import ensure_model
+
+    ambiguous = {"error": {"code": "invalid_argument",
+                           "message": "model_id: several tenants have a model named 'x' (model-a, model-b); name it by its id"}}
+    fake_api.on("GET", "/api/v1/models/x", (400, ambiguous))
+    fake_api.on("POST", "/api/v1/models", lambda r: (201, {"id": "model-mine", **r.body}))
+    with ApiClient(fake_api.url) as client:
+        assert ensure_model(client, "x")["id"] == "model-mine"
+        fake_api.on("GET", "/api/v1/models/y", (400, {"error": {"code": "invalid_argument", "message": "bad name"}}))
+        with pytest.raises(ApiError):
+            ensure_model(client, "y")

@@ -127,3 +127,33 @@ def test_alive_checks_the_command_line(spawned: list) -> None:
     p.kill()
     p.wait()
     assert not procs.alive(p.pid)
+
+
+class _Groups:
+    """Just what ``own_named`` asks of a client: a list, and whoami."""
+
+    def __init__(self, items: list[dict[str, str]], tenant: str) -> None:
+        self.items, self.tenant = items, tenant
+
+    def paginate(self, path: str) -> Iterator[dict[str, str]]:
+        assert path == "/resource-groups"
+        return iter(self.items)
+
+    def get(self, path: str) -> dict[str, object]:
+        assert path == "/whoami"
+        return {"account": {"tenant": self.tenant}}
+
+
+def test_a_name_means_the_own_tenants_group() -> None:
+    """Names are unique per tenant (#8): the operator's list holds every tenant's "default"."""
+    from capstan_cli.lifecycle import own_named, resolve_group
+    from capstan_cli.platform import PlatformError
+
+    groups = [{"id": "rsg-b", "name": "default", "tenant": "acct-b"},
+              {"id": "rsg-op", "name": "default", "tenant": "acct-op"},
+              {"id": "rsg-x", "name": "x", "tenant": "acct-b"}]
+    assert own_named(_Groups(groups, "acct-op"), "/resource-groups", "default")["id"] == "rsg-op"  # type: ignore[arg-type,index]
+    assert resolve_group(_Groups(groups, "acct-op"), "x") == "rsg-x"  # type: ignore[arg-type]  # the only one seen
+    assert own_named(_Groups(groups, "acct-c"), "/resource-groups", "default") is None  # type: ignore[arg-type]
+    with pytest.raises(PlatformError, match="no resource group named 'default' of your tenant"):
+        resolve_group(_Groups(groups, "acct-c"), "default")  # type: ignore[arg-type]

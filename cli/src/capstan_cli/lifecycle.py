@@ -140,10 +140,10 @@ def ensure_default_rg(paths: Paths, api_url: str, token: str | None) -> str:
         except ApiError as e:
             if e.status != 409:
                 raise
-            found = [g for g in client.paginate("/resource-groups") if g.get("name") == DEFAULT_RG]
-            if not found:
+            found = own_named(client, "/resource-groups", DEFAULT_RG)
+            if found is None:
                 raise
-            rg = found[0]
+            rg = found
     rg_id = str(rg["id"])
     write_atomic(paths.default_rg, rg_id + "\n")
     return rg_id
@@ -164,14 +164,26 @@ def issue_join_tokens(api_url: str, token: str | None, agents: list[Component], 
             credentials.replace_secret(paths.join_token_file(comp.name), str(created["token"]).encode())
 
 
+def own_named(client: ApiClient, path: str, name: str) -> dict[str, Any] | None:
+    """The object of the list at ``path`` named ``name`` that the caller's tenant owns (names are unique per
+    tenant; the operator's list holds every tenant's, a user's also groups shared with it); else the one
+    object of that name it can see; None when none, or several of other tenants."""
+    found = [g for g in client.paginate(path) if g.get("name") == name]
+    if len(found) <= 1:
+        return found[0] if found else None
+    tenant = str(client.get("/whoami")["account"]["tenant"])
+    mine = [g for g in found if g.get("tenant") == tenant]
+    return mine[0] if len(mine) == 1 else None
+
+
 def resolve_group(client: ApiClient, rg: str) -> str:
-    """A resource group given by id or by name -> its id."""
+    """A resource group given by id or by name (the caller's tenant's) -> its id."""
     if rg.startswith("rsg-"):
         return rg
-    found = [g for g in client.paginate("/resource-groups") if g.get("name") == rg]
-    if not found:
-        raise PlatformError(f"no resource group named {rg!r}")
-    return str(found[0]["id"])
+    found = own_named(client, "/resource-groups", rg)
+    if found is None:
+        raise PlatformError(f"no resource group named {rg!r} of your tenant; give its id (capstan rg list)")
+    return str(found["id"])
 
 
 def _usable(table: dict[str, Component], say: Say | None = None) -> dict[str, Component]:

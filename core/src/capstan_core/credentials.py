@@ -166,12 +166,24 @@ def ensure_platform_secrets(secrets_dir: Path, bcrypt_rounds: int = 11) -> Path:
     for user in natsauth.USERS:
         cred = NatsCredentials(user=user, password=_secrets.token_urlsafe(32))
         new_user |= write_secret(secrets_dir / f"{user}.nats", cred.to_json())
-    if new_user or not (secrets_dir / NATS_AUTH).exists():
+    if new_user or not (secrets_dir / NATS_AUTH).exists() or _nats_permissions_changed(secrets_dir):
         write_nats_auth(secrets_dir, bcrypt_rounds)
     for p in secrets_dir.iterdir():  # files an older version or an operator left readable
         if p.is_file() and not p.is_symlink() and p.stat().st_mode & 0o077:
             os.chmod(p, 0o600)
     return secrets_dir
+
+
+def _nats_permissions_changed(secrets_dir: Path) -> bool:
+    """Whether the written authorization block gives any user other permissions than this version's
+    (an upgrade that widens one, e.g. the gateway's identity events: the block is written again)."""
+    try:
+        text = (secrets_dir / NATS_AUTH).read_text()
+        users = json.loads(text.removeprefix("authorization "))["users"]
+        written = {u["user"]: u["permissions"] for u in users}
+    except (OSError, ValueError, KeyError, TypeError):
+        return True
+    return written != {user: natsauth.permissions(user) for user in natsauth.USERS}
 
 
 def write_nats_auth(secrets_dir: Path, bcrypt_rounds: int = 11) -> None:

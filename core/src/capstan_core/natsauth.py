@@ -25,8 +25,10 @@ SERVICE_USERS = tuple(OWNED_AGGREGATES)
 AGENT_USER = "agent"
 ADMIN_USER = "admin"
 # The gateway reads no event: it keeps limit counters, call-monitoring samples and replica load in
-# these JetStream KV buckets (capstan_gateway.invoke), shared by every gateway process.
+# these JetStream KV buckets (capstan_gateway.invoke), shared by every gateway process; and it appends
+# the identity store's changes (accounts, keys: #8) on their own aggregates' subjects.
 GATEWAY_USER = "gateway"
+GATEWAY_AGGREGATES = ("account", "key", "policy")
 GATEWAY_BUCKETS = ("capstan_limits", "capstan_limits_day", "capstan_serving_metrics", "capstan_serving_load")
 USERS = (*SERVICE_USERS, AGENT_USER, GATEWAY_USER, ADMIN_USER)
 
@@ -57,7 +59,8 @@ def permissions(user: str) -> dict[str, object]:
             "subscribe": {"allow": [inbox, WAKE_SUBJECTS]},
         }
     if user == GATEWAY_USER:
-        return {"publish": {"allow": _kv_only(GATEWAY_BUCKETS)}, "subscribe": {"allow": [inbox]}}
+        owned = [f"{EVENTS_SUBJECTS[:-1]}{kind}.>" for kind in GATEWAY_AGGREGATES]
+        return {"publish": {"allow": [*owned, *_kv_only(GATEWAY_BUCKETS)]}, "subscribe": {"allow": [inbox]}}
     if user not in OWNED_AGGREGATES:
         raise ValueError(f"unknown NATS user {user!r}")
     owned = [f"{EVENTS_SUBJECTS[:-1]}{kind}.>" for kind in OWNED_AGGREGATES[user]]

@@ -215,8 +215,10 @@ async def test_the_gateway_nats_user_reaches_its_buckets_only(nats_server: NatsS
         assert await counters.reserve("t.x.1", 60, 5, 10) == (5, 5)
         with pytest.raises((nats.errors.Error, asyncio.TimeoutError)):
             await js.add_consumer(EVENTS_STREAM, ConsumerConfig(deliver_subject="_INBOX.gateway.x"))
-        with pytest.raises((nats.errors.Error, asyncio.TimeoutError)):
-            await js.publish("capstan.evt.service.ms-12345678", b"{}")
+        for subject in ("capstan.evt.service.ms-12345678", "capstan.evt.train.train-12345678", "capstan.evt.>",
+                        "capstan.evt.rsg.rsg-12345678"):  # only the identity store's own (account, key)
+            with pytest.raises((nats.errors.Error, asyncio.TimeoutError)):
+                await js.publish(subject, b"{}")
         with pytest.raises((nats.errors.Error, asyncio.TimeoutError)):
             await js.add_stream(name="not_mine", subjects=["not.mine"])
     finally:

@@ -6,6 +6,7 @@ accounts, keys and policy); every route is called with their ids.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
@@ -59,7 +60,7 @@ async def world(platform: Platform, nats_server: NatsServer, tmp_path: Path) -> 
     await inference.start()
     settings = GatewaySettings(data_dir=tmp_path / "gw", scheduler_addr=platform.scheduler.address,
                                trainer_addr=platform.trainer.address, registry_addr=registry.address,
-                               inference_addr=inference.address)
+                               inference_addr=inference.address, nats_url=nats_server.url)
     try:
         async with serve(create_app(settings)) as api:
             api.headers["Authorization"] = f"Bearer {(settings.data_dir / 'admin-token').read_text()}"
@@ -400,3 +401,185 @@ async def test_a_service_deploys_only_into_the_tenants_own_or_shared_groups(worl
     assert r.status_code == 201 and r.json()["tenant"] == w.b[0].id, r.text
     mine = (await w.api.get("/api/v1/services", headers=w.a.headers)).json()["items"]
     assert [s["name"] for s in mine] == ["a-service"]  # B's service, in A's shared group, is still B's
+
+
+async def test_group_and_model_names_are_unique_per_tenant(world: World, event_count) -> None:  # type: ignore[no-untyped-def]
+    """Two tenants each make a group and a model of the same names; each sees its own; a second of a name
+    within one tenant is still refused (409, naming the field), appending nothing; another tenant's name
+    is never told (B's creates succeed, they do not say A has one)."""
+    w = world
+    b = w.b[0]
+    a_rg, a_model = w.ids["rsg-12345678"], w.ids["model-12345678"]
+    rg = await w.api.post("/api/v1/resource-groups", json={"name": "a-pool"}, headers=b.headers)
+    assert rg.status_code == 201 and rg.json()["tenant"] == b.id and rg.json()["id"] != a_rg, rg.text
+    model = await w.api.post("/api/v1/models", json={"name": "a-model"}, headers=b.headers)
+    assert model.status_code == 201 and model.json()["tenant"] == b.id and model.json()["id"] != a_model, model.text
+    for who, rg_id, model_id in ((w.a, a_rg, a_model), (b, rg.json()["id"], model.json()["id"])):
+        groups = (await w.api.get("/api/v1/resource-groups", headers=who.headers)).json()["items"]
+        assert [(g["id"], g["name"]) for g in groups] == [(rg_id, "a-pool")]
+        models = (await w.api.get("/api/v1/models", headers=who.headers)).json()["items"]
+        assert [(m["id"], m["name"]) for m in models] == [(model_id, "a-model")]
+        by_name = await w.api.get("/api/v1/models/a-model", headers=who.headers)  # a name means the tenant's own
+        assert by_name.status_code == 200 and by_name.json()["id"] == model_id, by_name.text
+    # within one tenant a name is still taken: a create, and a rename onto it
+    before = await event_count()
+    for who in (w.a, b):
+        r = await w.api.post("/api/v1/resource-groups", json={"name": "a-pool"}, headers=who.headers)
+        assert r.status_code == 409 and "named 'a-pool' already exists" in r.text, r.text
+        r = await w.api.post("/api/v1/models", json={"name": "a-model"}, headers=who.headers)
+        assert r.status_code == 409 and "named 'a-model' already exists" in r.text, r.text
+    assert await event_count() == before
+    other = await w.api.post("/api/v1/resource-groups", json={"name": "b-other"}, headers=b.headers)
+    assert other.status_code == 201, other.text
+    before = await event_count()
+    r = await w.api.patch(f"/api/v1/resource-groups/{other.json()['id']}", json={"name": "a-pool"}, headers=b.headers)
+    assert r.status_code == 409 and rg.json()["id"] in r.text and a_rg not in r.text, r.text
+    assert await event_count() == before
+    # ... but a rename onto another tenant's name is not refused
+    r = await w.api.patch(f"/api/v1/resource-groups/{other.json()['id']}", json={"name": "a-untagged"}, headers=b.headers)
+    assert r.status_code == 200, r.text
+    assert (await w.api.post("/api/v1/resource-groups", json={"name": "a-untagged"}, headers=w.a.headers)).status_code == 201
+    # the operator sees both; a name several tenants use is its own when it has one, else it must give the id
+    everyone = (await w.api.get("/api/v1/models")).json()["items"]
+    assert sorted(m["tenant"] for m in everyone if m["name"] == "a-model") == sorted([w.a.id, b.id])
+    r = await w.api.get("/api/v1/models/a-model")
+    assert r.status_code == 400 and "several tenants" in r.text and a_model in r.text, r.text
+    mine = await w.api.post("/api/v1/models", json={"name": "a-model"})
+    assert mine.status_code == 201, mine.text
+    r = await w.api.get("/api/v1/models/a-model")
+    assert r.status_code == 200 and r.json()["id"] == mine.json()["id"], r.text
+    # a service's registry model source is looked up in the caller's tenant: by name its own, by id never A's
+    spec = {"runtime": "transformers", "command": "", "resource_group_id": rg.json()["id"]}
+    r = await w.api.post("/api/v1/services", headers=b.headers, json={"name": "b-svc", "spec": {
+        **spec, "model": {"kind": "registry", "model_id": "a-model"}}})
+    assert r.status_code == 400 and "has no version yet" in r.text, r.text  # B's own model (no version)
+    r = await w.api.post("/api/v1/services", headers=b.headers, json={"name": "b-svc", "spec": {
+        **spec, "model": {"kind": "registry", "model_id": a_model}}})
+    assert r.status_code == 400 and "does not exist" in r.text, r.text
+
+
+async def test_a_shared_groups_queue_shows_other_tenants_work_only_anonymously(
+    world: World, platform: Platform
+) -> None:
+    from capstan_core.testing import admin_channel
+    from capstan_proto import scheduler_pb2, scheduler_pb2_grpc
+
+    w = world
+    rg = w.ids["rsg-12345678"]
+    b = w.b[0]
+    assert (await w.api.put(f"/api/v1/resource-groups/{rg}/shares", json={"tenants": [b.id]})).status_code == 200
+    async with admin_channel(platform.scheduler.address, "scheduler", platform.scheduler.settings.secrets_path) as ch:
+        await scheduler_pb2_grpc.SchedulerStub(ch).JoinNode(scheduler_pb2.JoinNodeRequest(
+            resource_group_id=rg, name="n1", cpu=5, memory_gib=64, agent_kind="trainer"))  # A's seeded task: 1 CPU
+    big = {"resource_group_id": rg, "command": "x", "resources": {"cpu": 4, "memory_gib": 1}}
+    tasks = {}
+    for who, name in ((w.a, "a-first"), (b, "b-secret-task"), (w.a, "a-second")):
+        r = await w.api.post("/api/v1/training-tasks", json={"name": name, **big}, headers=who.headers)
+        assert r.status_code == 201, r.text
+        tasks[name] = r.json()["id"]
+        if name == "a-first":
+            for _ in range(100):
+                view = (await w.api.get(f"/api/v1/resource-groups/{rg}/queue")).json()
+                if any(tasks["a-first"] in n["workloads"] for n in view["nodes"]):
+                    break
+                await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)
+    everything = (await w.api.get(f"/api/v1/resource-groups/{rg}/queue")).json()  # the operator: everything
+    queued = {i["workload_id"] for i in everything["items"]}
+    assert {tasks["b-secret-task"], tasks["a-second"]} <= queued
+    assert not any(i["other_tenant"] for i in everything["items"])
+    running = {x for n in everything["nodes"] for x in n["workloads"]}
+    assert tasks["a-first"] in running
+
+    for who, own, foreign in ((w.a, {"a-first", "a-second"}, {"b-secret-task"}),
+                              (b, {"b-secret-task"}, {"a-first", "a-second"})):
+        r = await w.api.get(f"/api/v1/resource-groups/{rg}/queue", headers=who.headers)
+        assert r.status_code == 200, r.text
+        view = r.json()
+        for name in foreign:
+            assert tasks[name] not in r.text and name not in r.text
+        mine = [i for i in view["items"] if not i["other_tenant"]]
+        theirs = [i for i in view["items"] if i["other_tenant"]]
+        b_ids = {tasks["b-secret-task"]}
+        assert {i["workload_id"] for i in mine} == (queued - b_ids if who is w.a else b_ids)  # A's: also its service
+        assert theirs and all(i["workload_id"] == "" and i["kind"] == "" and i["submitted_at"] is None
+                              and i["position"] >= 1 and i["priority"].startswith("P") for i in theirs)
+        assert len(view["items"]) == len(everything["items"])  # the positions of everyone's work are kept
+        board = {x for n in view["nodes"] for x in n["workloads"]}
+        assert board == (running if who is w.a else set())  # all that runs is A's
+        assert sum(n["other_tenant_workloads"] for n in view["nodes"]) == (0 if who is w.a else len(running))
+
+
+async def test_identity_changes_are_events_of_the_log(world: World, nc: Client) -> None:
+    """Accounts and keys created, disabled, deleted, policies attached and detached, a password set: each an
+    event of the log with who acted (`GET /api/v1/audit/events`), never a secret; another tenant sees none."""
+    w = world
+    password = "canary-pw-" + secrets.token_hex(8)
+    r = await w.api.post("/api/v1/accounts", headers=w.a.headers,
+                         json={"name": "a-events", "password": password, "policies": ["ReadOnlyAccess"]})
+    assert r.status_code == 201, r.text
+    acct = r.json()["id"]
+    key = await w.api.post(f"/api/v1/accounts/{acct}/keys", json={}, headers=w.a.headers)
+    assert key.status_code == 201, key.text
+    key_id, token = key.json()["id"], key.json()["token"]
+    steps = [("PUT", f"/api/v1/accounts/{acct}/policies", {"policies": ["FullAccess"]}),
+             ("PUT", f"/api/v1/accounts/{acct}/password", {"password": password + "-2"}),
+             ("PATCH", f"/api/v1/keys/{key_id}", {"enabled": False}),
+             ("PATCH", f"/api/v1/keys/{key_id}", {"description": "no event: not an identity change"}),
+             ("PATCH", f"/api/v1/accounts/{acct}", {"enabled": False}),
+             ("DELETE", f"/api/v1/accounts/{acct}", None)]
+    for method, path, body in steps:
+        r = await w.api.request(method, path, json=body, headers=w.a.headers)
+        assert r.status_code in (200, 204), (path, r.text)
+    refused = await w.api.patch(f"/api/v1/keys/{key_id}", json={"enabled": True}, headers=w.a.headers)
+    assert refused.status_code == 404  # gone with its account: nothing recorded for it
+    pol = await w.api.post("/api/v1/policies", headers=w.a.headers, json={"name": "a-events-policy", "statements": [
+        {"effect": "allow", "actions": ["trainer:*"]}]})
+    assert pol.status_code == 201, pol.text
+    assert (await w.api.delete(f"/api/v1/policies/{pol.json()['id']}", headers=w.a.headers)).status_code == 204
+    bad = await w.api.post("/api/v1/policies", headers=w.a.headers, json={"name": "a-events-policy", "statements": [
+        {"effect": "maybe", "actions": ["trainer:*"]}]})
+    assert bad.status_code == 400  # refused: nothing recorded
+
+    async def commits(obj: str, who: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        r = await w.api.get("/api/v1/audit/events", params={"object": obj}, headers=who or {})
+        assert r.status_code == 200, r.text
+        return list(r.json()["items"])
+
+    want_account = [["AccountCreated"], ["AccountPoliciesChanged"], ["PasswordChanged"], ["AccountDisabled"],
+                    ["AccountDeleted"]]
+    for _ in range(100):  # appended from the store's outbox just after each change, in order
+        if len(await commits(f"policy:{pol.json()['id']}")) == 2:  # the last change
+            break
+        await asyncio.sleep(0.05)
+    on_account = await commits(f"account:{acct}", w.a.headers)  # A sees its own actors' commits
+    assert [c["event_types"] for c in on_account] == want_account
+    assert {c["by"]["account"] for c in on_account} == {"tenant-a"}
+    assert all(c["by"]["tenant"] == w.a.id and c["by"]["key_id"] == w.a.key_id for c in on_account)
+    on_key = await commits(f"key:{key_id}", w.a.headers)
+    assert [c["event_types"] for c in on_key] == [["KeyCreated"], ["KeyDisabled"], ["KeyDeleted"]]
+    on_policy = await commits(f"policy:{pol.json()['id']}", w.a.headers)
+    assert [c["event_types"] for c in on_policy] == [["PolicyCreated"], ["PolicyDeleted"]]
+    assert await commits(f"account:{acct}", w.b[0].headers) == []  # another tenant: none of it
+    typed = [c for c in (await w.api.get("/api/v1/audit/events", params={"event_type": "AccountCreated"})).json()["items"]
+             if c["subject"].endswith(acct)]
+    assert len(typed) == 1
+    # what the events say: ids, names, policies; never a password, its hash or a key's secret
+    js = nc.jetstream()
+    info = await js.stream_info(EVENTS_STREAM)
+    raw = [(await js.get_msg(EVENTS_STREAM, seq)).data.decode() for seq in range(info.state.first_seq, info.state.last_seq + 1)]
+    mine = [json.loads(m) for m in raw if acct in m]
+    policies = [e["data"] for c in mine for e in c["events"] if e["type"] == "AccountPoliciesChanged"]
+    assert policies == [{"account_id": acct, "tenant": w.a.id, "attached": ["FullAccess"], "detached": ["ReadOnlyAccess"],
+                         "policies": ["FullAccess"], "at_ms": policies[0]["at_ms"]}]
+    text = "\n".join(raw)
+    for secret in (password, token.split(".", 2)[2], "$argon2"):
+        assert secret not in text
+    assert w.settings.data_dir.exists() and not (await asyncio.to_thread(_outbox_rows, w))
+
+
+def _outbox_rows(w: World) -> int:
+    import sqlite3
+
+    with sqlite3.connect(w.settings.data_dir / "identity.db") as db:
+        return int(db.execute("select count(*) from identity_outbox").fetchone()[0])

@@ -117,3 +117,19 @@ async def test_who_may_call_what(registry: tuple[Service, Any], secrets_dir: Pat
         with pytest.raises(grpc.aio.AioRpcError) as e:
             await call
         assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_concurrent_creates_of_one_name_make_one_model(registry: tuple[Service, Any]) -> None:
+    """Names are unique per tenant (the read model's unique index on tenant and name): creates of one name
+    at once make one model, the others are refused, and nothing is set aside."""
+    import asyncio
+
+    svc, stub = registry
+    results = await asyncio.gather(*(stub.CreateModel(registry_pb2.CreateModelRequest(name="race")) for _ in range(5)),
+                                   return_exceptions=True)
+    made = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert len(made) == 1 and len(refused) == 4
+    assert all(e.code() == grpc.StatusCode.ALREADY_EXISTS and "already exists" in (e.details() or "") for e in refused)
+    listed = await stub.ListModels(registry_pb2.ListModelsRequest(query="race"))
+    assert [m.id for m in listed.items] == [made[0].id]

@@ -272,7 +272,8 @@ def rg_queue(group_id: str) -> None:
     if view["items"]:
         click.echo(table(
             ["POS", "ID", "KIND", "PRIORITY", "LANE", "QUEUED", "WHY"],
-            [[i["position"] or "next", i["workload_id"], i["kind"], i["priority"], i["card_type"] or "cpu",
+            [[i["position"] or "next", "(another tenant's)" if i.get("other_tenant") else i["workload_id"], i["kind"],
+              i["priority"], i["card_type"] or "cpu",
               since(i["submitted_at"]) if i.get("submitted_at") else None, i["reason"]] for i in view["items"]],
         ))
     click.echo("\nnodes:")
@@ -281,5 +282,6 @@ def rg_queue(group_id: str) -> None:
         [[n["node_id"], n["name"], n["state"], _used(n["cpu_free"], n["cpu"]),
           _used(n["memory_gib_free"], n["memory_gib"]),
           ",".join(f"{t} {_used(n['gpus_free'].get(t), c)}" for t, c in sorted(n["gpus"].items())) or None,
-          ",".join(n["workloads"]) or None] for n in view["nodes"]],
+          ",".join(n["workloads"] + ([f"+{n['other_tenant_workloads']} of other tenants"]
+                                     if n.get("other_tenant_workloads") else [])) or None] for n in view["nodes"]],
     ))

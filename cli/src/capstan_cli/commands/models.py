@@ -28,11 +28,13 @@ def _size(n: int) -> str:
 
 
 def ensure_model(client: ApiClient, name: str, description: str = "") -> dict[str, Any]:
-    """The model named ``name``, created when it does not exist yet."""
+    """The model named ``name`` of the caller's tenant (names are unique per tenant), created when it does
+    not exist yet. (The operator, who sees every tenant, is told when several others have the name and
+    it has none: then it makes its own.)"""
     try:
         return dict(client.get(f"/models/{quote(name, safe='')}"))
     except ApiError as e:
-        if e.status != 404:
+        if e.status != 404 and not (e.status == 400 and "several tenants have a model named" in e.message):
             raise
     return dict(client.post("/models", {"name": name, "description": description}))
 

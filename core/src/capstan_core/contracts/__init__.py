@@ -7,4 +7,4 @@ more than one service folds them.
 
 # Importing any contract registers them all, and the service runtime imports them: what a reader sets
 # aside (or skips as an unknown type) must not depend on which modules it happened to import first.
-from . import registry, scheduling, serving, training  # noqa: E402,F401
+from . import identity, registry, scheduling, serving, training  # noqa: E402,F401

@@ -136,7 +136,9 @@ class WorkloadSubmitted(Event):
     """The scheduler's own contract for "a workload to place". Its owner (the trainer for a task, the
     inference service for a service replica) appends it in the same commit as its own events, on its
     own subject; the scheduler consumes this one type whoever the producer is. ``kind`` says what it is
-    for people ("training", "service"); ``capability`` what a node must be able to run."""
+    for people ("training", "service"); ``capability`` what a node must be able to run; ``tenant`` the
+    main account that owns it (#8: another tenant sees it in a shared group's queue only anonymously;
+    "" in events written before it was recorded)."""
 
     workload_id: str
     kind: str
@@ -146,6 +148,7 @@ class WorkloadSubmitted(Event):
     instance_count: int = 1
     tags: dict[str, str] = {}
     at_ms: int
+    tenant: str = ""
 
 
 @event("WorkloadWithdrawn", version=1)

@@ -31,12 +31,20 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.authenticator = build_authenticator(settings)
+        store = app.state.authenticator.store
+        app.state.identity_events = None
+        if store is not None and store.record_events:  # identity changes into the event log (#8)
+            from .identity.events import IdentityEventPublisher
+
+            app.state.identity_events = await IdentityEventPublisher.start(store, settings)
         app.state.clients = Clients.connect(settings)
         await invoke.start(app, settings, app.state.clients)
         try:
             yield
         finally:
             await invoke.stop(app)
+            if app.state.identity_events is not None:
+                await app.state.identity_events.stop()
             await app.state.clients.close()
             if app.state.authenticator.store is not None:
                 app.state.authenticator.store.close()

@@ -219,7 +219,8 @@ def build_authenticator(settings: GatewaySettings) -> Authenticator:
             "with full rights. Never run like this outside local development. !!!"
         )
         return DisabledAuthenticator()
-    store = IdentityStore.open(settings.data_dir, settings.identity_database_url)
+    # with NATS, every identity change is also an event of the log (written to the store's outbox)
+    store = IdentityStore.open(settings.data_dir, settings.identity_database_url, record_events=bool(settings.nats_url))
     bootstrap_operator(store, settings.data_dir)
     return AccountAuthenticator(store, ensure_session_key(settings.data_dir), settings.session_ttl_s)
 

@@ -113,8 +113,10 @@ class InferenceApp:
         if tenant and g.tenant != tenant and tenant not in g.shared_with:
             raise InvalidArgument(f"resource group {rg_id} does not exist", field="resource_group_id")
 
-    async def _resolve_model(self, spec: dict[str, Any]) -> dict[str, Any]:
-        """A registry model version becomes its path on the platform storage (the registry materialises it)."""
+    async def _resolve_model(self, spec: dict[str, Any], owner: str = "") -> dict[str, Any]:
+        """A registry model version becomes its path on the platform storage (the registry materialises it).
+        The registry is asked for the calling user's tenant: its models only; a name means the owning tenant's
+        (``owner``: the service's, else the caller's own)."""
         m = spec["model"]
         if m["kind"] != "registry":
             return spec
@@ -123,19 +125,24 @@ class InferenceApp:
         stub = registry_pb2_grpc.RegistryStub(self.ctx.channel(self.ctx.settings.registry_addr, "registry"))
         try:
             src = await stub.ResolveModelSource(
-                registry_pb2.ResolveModelSourceRequest(model_id=m["model_id"], version=m["version"]), timeout=30)
+                registry_pb2.ResolveModelSourceRequest(
+                    model_id=m["model_id"], version=m["version"], tenant=current_caller().tenant,
+                    prefer_tenant=owner or current_caller().owner_tenant),
+                timeout=30)
         except grpc.aio.AioRpcError as e:
             err = grpcutil.to_domain_error(e, service="registry")
             if isinstance(err, NotFound | InvalidArgument):
                 raise InvalidArgument(f"model {m['model_id']} version {m['version'] or 'latest'}: {err.message}",
                                       field="model") from e
             raise err from e
-        return {**spec, "model": {**m, "version": src.version, "path": src.path}}
+        # pinned to the model's id: a name given here keeps meaning this model on a later rebuild
+        return {**spec, "model": {**m, "model_id": src.model_id or m["model_id"], "version": src.version,
+                                  "path": src.path}}
 
-    async def _spec(self, raw: Any, deployment_mode: str) -> dict[str, Any]:
+    async def _spec(self, raw: Any, deployment_mode: str, owner: str = "") -> dict[str, Any]:
         spec = specs.normalize(raw, deployment_mode=deployment_mode)
         await self._check_group(spec["resource_group_id"])
-        return await self._resolve_model(spec)
+        return await self._resolve_model(spec, owner)
 
     # -- commands ------------------------------------------------------------------------------------
 
@@ -187,7 +194,7 @@ class InferenceApp:
 
     async def add_version(self, sid: str, spec_raw: Any, weight: int, by: str) -> dict[str, Any]:
         g = await asyncio.to_thread(self.get, sid)
-        spec = await self._spec(spec_raw, g["deployment_mode"])
+        spec = await self._spec(spec_raw, g["deployment_mode"], g.get("tenant", ""))
         return await self._change(sid, domain.decide_add_version, spec, weight, by)
 
     async def update_version(self, sid: str, vid: str, changes: Any, by: str) -> dict[str, Any]:
@@ -198,7 +205,7 @@ class InferenceApp:
         base = {k: val for k, val in v["spec"].items()}
         if "model" in changes:
             base.pop("model")
-        spec = await self._spec({**base, **changes}, g["deployment_mode"])
+        spec = await self._spec({**base, **changes}, g["deployment_mode"], g.get("tenant", ""))
         return await self._change(sid, domain.decide_update_version, vid, spec, by)
 
     async def delete_version(self, sid: str, vid: str, by: str) -> dict[str, Any]:

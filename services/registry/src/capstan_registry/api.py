@@ -101,7 +101,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         return registry_pb2.FileChunk(data=data, size=size, eof=eof)
 
     async def ResolveModelSource(self, req: registry_pb2.ResolveModelSourceRequest, context: grpc.aio.ServicerContext) -> registry_pb2.ModelSource:
-        s = await self.app.resolve_source(req.model_id, req.version)
+        s = await self.app.resolve_source(req.model_id, req.version, tenant=req.tenant, prefer=req.prefer_tenant)
         return registry_pb2.ModelSource(model_id=s["model_id"], version=s["version"], path=s["path"],
                                         metadata=_metadata(s["metadata"]))
 

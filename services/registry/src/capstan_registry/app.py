@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,9 @@ class RegistryApp:
         self.blobs = BlobStore(ctx.settings.storage_path)
         self.outputs = OutputStore(ctx.settings.storage_path)
         self._blob_lock = asyncio.Lock()  # publishes store blobs; collection removes unreferenced ones
+        # a tenant's model names are unique: a create checks the read model and appends under this lock, and
+        # waits for the read model to hold it, so two concurrent creates of one name cannot both pass
+        self._names_lock = asyncio.Lock()
 
     # -- commands ----------------------------------------------------------------------
     async def create(
@@ -56,16 +60,18 @@ class RegistryApp:
     ) -> dict[str, Any]:
         domain.validate_name(name)
         model_id = stable_id("model", creator, idempotency_key) if idempotency_key else new_id("model")
-        taken = await asyncio.to_thread(self._id_by_name, name)
-        if taken and taken != model_id:
-            raise AlreadyExists(f"a model named {name!r} already exists ({taken})")
-        now = self.clock.now_ms()
-        outcome = await execute(
-            self.ctx.store, event_subject(AGGREGATE, model_id), fold,
-            lambda s: decide_create(s, model_id=model_id, name=name, description=description, tags=tags, creator=creator,
-                                    now_ms=now, tenant=tenant),
-        )
-        await self.ctx.await_projection(outcome.seq)
+        async with self._names_lock:
+            taken = await asyncio.to_thread(self._id_by_name, name, tenant)
+            if taken and taken != model_id:  # unique per tenant: another tenant's "x" neither blocks nor is told
+                raise AlreadyExists(f"a model named {name!r} already exists ({taken}); choose another name",
+                                    field="name")
+            now = self.clock.now_ms()
+            outcome = await execute(
+                self.ctx.store, event_subject(AGGREGATE, model_id), fold,
+                lambda s: decide_create(s, model_id=model_id, name=name, description=description, tags=tags,
+                                        creator=creator, now_ms=now, tenant=tenant),
+            )
+            await self.ctx.await_projection(outcome.seq)
         return self.get(model_id)
 
     async def delete(self, ref: str, by: str) -> dict[str, Any]:
@@ -125,8 +131,10 @@ class RegistryApp:
         await self._collect(v["model_id"], v["version"])
         return v
 
-    async def resolve_source(self, ref: str, version: int) -> dict[str, Any]:
-        v = await asyncio.to_thread(self.get_version, ref, version)
+    async def resolve_source(self, ref: str, version: int, *, tenant: str = "", prefer: str = "") -> dict[str, Any]:
+        """``tenant``/``prefer``: as for ``get``, said by the service that asks for a user (the inference
+        service deploying a user's model); they only narrow what the calling RPC may see."""
+        v = await asyncio.to_thread(self.get_version, ref, version, tenant=tenant, prefer=prefer)
         files = [ModelFileEntry(**f) for f in v["files"]]
         async with self._blob_lock:  # a delete collecting blobs must not run under the links being made
             path = await asyncio.to_thread(self.blobs.materialize, v["model_id"], v["version"], files)
@@ -162,9 +170,9 @@ class RegistryApp:
         return task
 
     # -- reads (run in threads) --------------------------------------------------------
-    def _id_by_name(self, name: str) -> str | None:
+    def _id_by_name(self, name: str, tenant: str) -> str | None:
         with self.ctx.engine.connect() as conn:
-            return conn.execute(select(models.c.id).where(models.c.name == name)).scalar()
+            return conn.execute(select(models.c.id).where(models.c.name == name, models.c.tenant == tenant)).scalar()
 
     def _referenced(self) -> set[str]:
         with self.ctx.engine.connect() as conn:
@@ -175,14 +183,22 @@ class RegistryApp:
             model_versions.c.model_id.in_(ids)).group_by(model_versions.c.model_id)
         return {m: (int(n), int(v or 0)) for m, n, v in conn.execute(q)}
 
-    def get(self, ref: str) -> dict[str, Any]:
+    def get(self, ref: str, *, tenant: str = "", prefer: str = "") -> dict[str, Any]:
         """A model by id, or by name; a user sees its tenant's only (every read and change of a model and
-        its versions starts here, in the calling RPC's context)."""
-        tenant = current_caller().tenant
+        its versions starts here, in the calling RPC's context). Names are unique per tenant: a caller that
+        sees every tenant (the operator, the platform) naming one that several tenants use gets its own
+        tenant's (``prefer``, else the caller's), else is told to give the id. ``tenant``: narrows a caller
+        that sees every tenant to that one's models (never widens a user's view)."""
+        caller = current_caller()
+        tenant = caller.tenant or tenant
+        prefer = prefer or caller.owner_tenant
+        where = [or_(models.c.id == ref, models.c.name == ref)]
+        if tenant:
+            where.append(models.c.tenant == tenant)
         with self.ctx.engine.connect() as conn:
-            row = conn.execute(select(models).where(or_(models.c.id == ref, models.c.name == ref))).mappings().first()
-            if row is None or (tenant and row["tenant"] != tenant):
-                raise NotFound(f"model {ref} does not exist")
+            rows = conn.execute(select(models).where(*where).order_by(models.c.created_at_ms, models.c.id)
+                                .limit(50)).mappings().all()
+            row = _pick(rows, ref, prefer)
             return _model_row(row, self._counts(conn, [row["id"]]).get(row["id"], (0, 0)))
 
     def list_models(self, page_size: int, page_token: str, query: str = "", creator: str = "") -> tuple[list[dict[str, Any]], str, int]:
@@ -203,8 +219,8 @@ class RegistryApp:
             counts = self._counts(conn, [r["id"] for r in rows])
         return [_model_row(r, counts.get(r["id"], (0, 0))) for r in rows], next_token(offset, size, total), total
 
-    def get_version(self, ref: str, version: int) -> dict[str, Any]:
-        model = self.get(ref)
+    def get_version(self, ref: str, version: int, *, tenant: str = "", prefer: str = "") -> dict[str, Any]:
+        model = self.get(ref, tenant=tenant, prefer=prefer)
         with self.ctx.engine.connect() as conn:
             q = select(model_versions).where(model_versions.c.model_id == model["id"])
             q = q.where(model_versions.c.version == version) if version else q.order_by(model_versions.c.version.desc())
@@ -234,6 +250,23 @@ class RegistryApp:
         limit = MAX_CHUNK if limit <= 0 or limit > MAX_CHUNK else limit
         data, size = self.blobs.read(entry["sha256"], offset, limit)
         return data, size, offset + len(data) >= size
+
+
+def _pick(rows: Sequence[Any], ref: str, prefer: str) -> Any:
+    """The model ``ref`` names among ``rows`` (those with that id or name the caller may see): the id
+    first; a name held in several tenants: ``prefer``'s, else ambiguous."""
+    if not rows:
+        raise NotFound(f"model {ref} does not exist")
+    for r in rows:
+        if r["id"] == ref:
+            return r
+    if len(rows) == 1:
+        return rows[0]
+    mine = [r for r in rows if r["tenant"] == prefer]
+    if len(mine) == 1:
+        return mine[0]
+    ids = ", ".join(r["id"] for r in rows)
+    raise InvalidArgument(f"several tenants have a model named {ref!r} ({ids}); name it by its id", field="model_id")
 
 
 def _self_description(root: Path) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 
 from capstan_core.contracts.scheduling import HealthCheckResult
-from capstan_core.errors import NotFound, PermissionDenied
+from capstan_core.errors import FailedPrecondition, NotFound, PermissionDenied
 from capstan_core.grpcutil import GrpcServer
 from capstan_core.identity import ADMIN, ANONYMOUS, GATEWAY, NODE, Access, current_caller, methods_of, service_role
 from capstan_proto import common_pb2, scheduler_pb2, scheduler_pb2_grpc
@@ -111,17 +111,45 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         return scheduler_pb2.ReleaseNodesResponse(items=[_node(i) for i in items])
 
     async def GetQueue(self, req: scheduler_pb2.GetQueueRequest, context: grpc.aio.ServicerContext) -> scheduler_pb2.QueueView:  # noqa: N802
+        """A user sees its own tenant's work in full; another tenant's (a shared group) only as an
+        anonymous entry (position, priority, lane, size: no id, kind, reason or time) and, on the node
+        board, as a count. The operator and the platform see everything."""
         await asyncio.to_thread(self._check_owner, req.resource_group_id, write=False)
-        report, extra = await asyncio.to_thread(self.app.queue, req.resource_group_id)
+        tenant = current_caller().tenant
+        try:
+            report, extra = await asyncio.to_thread(self.app.queue, req.resource_group_id, bool(tenant))
+        except FailedPrecondition:
+            if tenant:  # the reason may name another tenant's workload
+                raise FailedPrecondition(f"resource group {req.resource_group_id} cannot be scheduled now; "
+                                         "the operator's view of its queue says why") from None
+            raise
         rows, names = extra["workloads"], extra["node_names"]
+
+        def theirs(workload_id: str) -> bool:
+            return bool(tenant) and rows.get(workload_id, {}).get("tenant", "") != tenant
+
+        # a reason may name the work ahead ("behind <id>", preempted victims): never another tenant's
+        named = {e.workload_id for e in report.items} | {w for n in report.nodes for w in n.workloads}
+        foreign = sorted((w for w in named if theirs(w)), key=len, reverse=True)
+
+        def said(reason: str) -> str:
+            for w in foreign:
+                reason = reason.replace(w, "another tenant's work")
+            return reason
+
         items = []
         for e in report.items:
             w = rows.get(e.workload_id, {})
+            resources = common_pb2.Resources(cpu=w.get("cpu", 0), memory_gib=w.get("memory_gib", 0),
+                                             gpu_type=w.get("gpu_type", ""), gpu=w.get("gpu", 0))
+            if theirs(e.workload_id):
+                items.append(scheduler_pb2.QueuedItem(
+                    priority=e.priority, position=e.position, card_type=e.card_type, resources=resources,
+                    instance_count=w.get("instance_count", 0), other_tenant=True, reason="another tenant's work"))
+                continue
             items.append(scheduler_pb2.QueuedItem(
                 workload_id=e.workload_id, kind=e.kind, priority=e.priority, position=e.position, card_type=e.card_type,
-                reason=e.reason, submitted_at_ms=w.get("submitted_at_ms", 0),
-                resources=common_pb2.Resources(cpu=w.get("cpu", 0), memory_gib=w.get("memory_gib", 0),
-                                               gpu_type=w.get("gpu_type", ""), gpu=w.get("gpu", 0)),
+                reason=said(e.reason), submitted_at_ms=w.get("submitted_at_ms", 0), resources=resources,
                 instance_count=w.get("instance_count", 0),
             ))
         return scheduler_pb2.QueueView(
@@ -135,7 +163,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             nodes=[
                 scheduler_pb2.NodeBoard(node_id=n.node_id, name=names.get(n.node_id, ""), state=n.state, cpu=n.cpu,
                                         cpu_free=n.cpu_free, memory_gib=n.memory_gib, memory_gib_free=n.memory_gib_free,
-                                        gpus=n.gpus, gpus_free=n.gpus_free, workloads=n.workloads)
+                                        gpus=n.gpus, gpus_free=n.gpus_free,
+                                        workloads=[w for w in n.workloads if not theirs(w)],
+                                        other_tenant_workloads=sum(1 for w in n.workloads if theirs(w)))
                 for n in report.nodes
             ],
         )

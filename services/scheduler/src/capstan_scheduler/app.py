@@ -83,7 +83,8 @@ class SchedulerApp:
         self.shareable = settings.shareable
         self.health_record_every_ms = int(settings.health_record_every_s * 1000)
         self.node_auth = NodeAuth(ctx, self.clock)
-        # Group names are unique: creates and renames check the read model and append under this lock,
+        # Group names are unique within a tenant (two tenants may each have a group "x"): creates and
+        # renames check the read model and append under this lock,
         # and wait for the read model to hold what they appended before releasing it, so two
         # concurrent creates of one name cannot both pass the check (one scheduler process owns groups).
         self.names_lock = asyncio.Lock()
@@ -109,7 +110,7 @@ class SchedulerApp:
                 fold_rg,
                 lambda rg: decide_create_rg(
                     rg, rg_id=rg_id, name=name, description=description, tags=tags, policy=policy, creator=creator,
-                    now_ms=now, name_taken_by=self._group_named(name, other_than=rg_id), tenant=tenant,
+                    now_ms=now, name_taken_by=self._group_named(name, tenant=tenant, other_than=rg_id), tenant=tenant,
                 ),
                 msg_id=f"create-rsg:{rg_id}",
             )
@@ -129,7 +130,8 @@ class SchedulerApp:
                 self.ctx.store, event_subject(RSG, rg_id), fold_rg,
                 functools.partial(decide_update_rg, rg_id=rg_id, name=name, description=description, tags=tags,
                                   policy=policy, now_ms=now,
-                                  name_taken_by=None if name is None else self._group_named(name, other_than=rg_id)),
+                                  name_taken_by=None if name is None else self._group_named(
+                                      name, tenant=self._tenant_of(rg_id), other_than=rg_id)),
             )
             await self.ctx.await_projection(outcome.seq)
         return self.get_resource_group(rg_id)
@@ -353,16 +355,24 @@ class SchedulerApp:
             await self.ctx.await_projection(last)
 
     # -- queries ---------------------------------------------------------------------
-    def _group_named(self, name: str, *, other_than: str) -> str | None:
-        """The id of a live group (other than ``other_than``) named ``name``, if any."""
+    def _group_named(self, name: str, *, tenant: str, other_than: str) -> str | None:
+        """The id of a live group of ``tenant`` (other than ``other_than``) named ``name``, if any: names are
+        unique per tenant, so another tenant's group of that name neither blocks nor is told."""
         with self.ctx.engine.connect() as conn:
             found = conn.execute(
                 select(resource_groups.c.id)
-                .where(resource_groups.c.name == name, resource_groups.c.id != other_than)
+                .where(resource_groups.c.name == name, resource_groups.c.tenant == tenant,
+                       resource_groups.c.id != other_than)
                 .order_by(resource_groups.c.created_at_ms)
                 .limit(1)
             ).scalar()
         return None if found is None else str(found)
+
+    def _tenant_of(self, rg_id: str) -> str:
+        """The tenant that owns a group ("" when it is not in the read model: the decision says NotFound)."""
+        with self.ctx.engine.connect() as conn:
+            found = conn.execute(select(resource_groups.c.tenant).where(resource_groups.c.id == rg_id)).scalar()
+        return "" if found is None else str(found)
 
     def get_resource_group(self, rg_id: str, tenant: str = "") -> dict[str, Any]:
         """``tenant``: a user's, who sees its own groups and those shared with it (others do not exist)."""
@@ -414,8 +424,9 @@ class SchedulerApp:
             allocs = conn.execute(a_q).mappings().all()
         return build_plans(groups, node_rows, work, allocs, self.shareable), list(work)
 
-    def queue(self, rg_id: str) -> tuple[QueueReport, dict[str, Any]]:
-        """The explainable queue of one group, and the workload rows it names."""
+    def queue(self, rg_id: str, running_too: bool = False) -> tuple[QueueReport, dict[str, Any]]:
+        """The explainable queue of one group, and the workload rows it names (``running_too``: also those
+        the node board names, to tell whose they are)."""
         self.get_resource_group(rg_id)  # NotFound for an unknown group
         plan = self.plans()[rg_id]
         if plan.error:
@@ -425,7 +436,9 @@ class SchedulerApp:
             rows = {
                 r["id"]: dict(r)
                 for r in conn.execute(
-                    select(workloads).where(workloads.c.id.in_([i.workload_id for i in report.items]))
+                    select(workloads).where(workloads.c.id.in_(
+                        [i.workload_id for i in report.items]
+                        + ([w for n in report.nodes for w in n.workloads] if running_too else [])))
                 ).mappings()
             }
             names = dict(conn.execute(select(nodes.c.id, nodes.c.name).where(nodes.c.resource_group_id == rg_id)).all())

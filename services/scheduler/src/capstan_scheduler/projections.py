@@ -120,7 +120,8 @@ class SchedulerProjection(Projection):
         r = e.resources
         self._submitted(conn, rec, e.workload_id, e.kind, resource_group_id=e.resource_group_id, cpu=r.cpu,
                         memory_gib=r.memory_gib, gpu_type=r.gpu_type, gpu=r.gpu, instance_count=e.instance_count,
-                        submitted_at_ms=e.at_ms, tags=json.dumps(e.tags, sort_keys=True), capability=e.capability)
+                        submitted_at_ms=e.at_ms, tags=json.dumps(e.tags, sort_keys=True), capability=e.capability,
+                        tenant=e.tenant)
 
     @_apply.register
     def _(self, e: WorkloadWithdrawn, conn: Connection, rec: RecordedEvent) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean, Column, Float, Integer, MetaData, String, Table, Text
+from sqlalchemy import BigInteger, Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text
 
 from capstan_core.db import quarantine_table, tracking_table
 
@@ -21,6 +21,7 @@ resource_groups = Table(
     # #8 (migration 0007): the owning main account, and the tenants the operator shared it with (JSON list)
     Column("tenant", String(40), nullable=False, default="", index=True),
     Column("shared_with", Text, nullable=False, default="[]"),
+    Index("ix_resource_groups_tenant_name", "tenant", "name"),  # names are unique per tenant (0009)
 )
 
 nodes = Table(
@@ -63,6 +64,8 @@ workloads = Table(
     Column("started_at_ms", BigInteger, nullable=False, default=0),
     Column("requeue", Boolean, nullable=False, default=False),  # its owner asks to go back to the queue
     Column("capability", String(40), nullable=False, default=""),  # what a node must be able to run ("": any)
+    # #8 (migration 0009): the owning main account ("": not recorded); others see it in a queue anonymously
+    Column("tenant", String(40), nullable=False, default=""),
 )
 
 allocations = Table(

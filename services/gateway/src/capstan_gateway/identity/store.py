@@ -11,20 +11,24 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, update
 
-from capstan_core import authz
+from capstan_core import authz, identity
+from capstan_core.contracts import identity as facts
 from capstan_core.db import make_engine, upgrade
 from capstan_core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from capstan_core.events import Event
+from capstan_core.eventstore import encode_commit
 from capstan_core.ids import new_id
+from capstan_core.streams import event_subject
 
 from . import credentials as cred
-from .tables import accounts, api_keys, audit, policies
+from .tables import accounts, api_keys, audit, outbox, policies
 
 log = logging.getLogger(__name__)
 
@@ -119,22 +123,55 @@ class AuditRecord:
     at_ms: int = field(default_factory=now_ms)
 
 
+def _actor() -> bytes:
+    """Who acts, for a commit's ``by``: the request's principal, else the gateway itself (first start)."""
+    p = identity.acting_principal()
+    return p.to_json().encode() if p is not None else json.dumps({"caller": identity.GATEWAY}).encode()
+
+
 class IdentityStore:
-    def __init__(self, engine: Engine) -> None:
+    """``record_events``: each change also writes its facts (``capstan_core.contracts.identity``) to the
+    outbox, in the same transaction, for the gateway to append to the event log (``on_recorded`` is
+    called after such a change commits)."""
+
+    def __init__(self, engine: Engine, *, record_events: bool = False) -> None:
         self.engine = engine
         upgrade(MIGRATIONS, engine)  # the gateway's own Alembic migrations, applied at every start
         self._operator_tenant = ""
         self.version = 0  # grows with every change of an account, key or policy (caches compare it)
+        self.record_events = record_events
+        self.on_recorded: Callable[[], None] | None = None
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[Connection]:
         with self.engine.begin() as c:
             yield c
         self.version += 1
+        if self.record_events and self.on_recorded is not None:
+            self.on_recorded()
+
+    def _note(self, c: Connection, kind: str, object_id: str, *events: Event) -> None:
+        """The facts of a change, on the object's subject, in the change's transaction."""
+        if not self.record_events:
+            return
+        at = now_ms()
+        c.execute(insert(outbox).values(msg_id=new_id("idevt", 16), subject=event_subject(kind, object_id),
+                                        commit=encode_commit(events, at, by=_actor()).decode(), at_ms=at))
+
+    def pending_events(self, limit: int = 100) -> list[tuple[int, str, str, bytes]]:
+        """The oldest facts not yet in the log: (seq, msg id, subject, encoded commit)."""
+        with self.engine.connect() as c:
+            rows = c.execute(select(outbox.c.seq, outbox.c.msg_id, outbox.c.subject, outbox.c.commit)
+                             .order_by(outbox.c.seq).limit(limit)).all()
+        return [(int(seq), str(msg_id), str(subject), str(commit).encode()) for seq, msg_id, subject, commit in rows]
+
+    def events_appended(self, up_to_seq: int) -> None:
+        with self.engine.begin() as c:
+            c.execute(delete(outbox).where(outbox.c.seq <= up_to_seq))
 
     @classmethod
-    def open(cls, data_dir: Path, url: str = "") -> IdentityStore:
-        return cls(make_engine(url or f"sqlite:///{data_dir / 'identity.db'}"))
+    def open(cls, data_dir: Path, url: str = "", *, record_events: bool = False) -> IdentityStore:
+        return cls(make_engine(url or f"sqlite:///{data_dir / 'identity.db'}"), record_events=record_events)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -172,6 +209,9 @@ class IdentityStore:
             if c.execute(select(accounts.c.id).where(accounts.c.name == name)).first():
                 raise AlreadyExists(f"an account named {name!r} exists")
             c.execute(insert(accounts).values(**row))
+            self._note(c, facts.ACCOUNT, account_id, facts.AccountCreated(
+                account_id=account_id, name=name, kind=kind, tenant=tenant, policies=list(policies),
+                at_ms=row["created_at_ms"]))
         return self.get_account(account_id)
 
     def get_account(self, account_id: str) -> Account:
@@ -217,13 +257,23 @@ class IdentityStore:
         if values:
             with self._write() as c:
                 c.execute(update(accounts).where(accounts.c.id == account_id).values(**values))
+                at, t = now_ms(), acct.tenant
+                if enabled is not None and enabled != acct.enabled:
+                    change = facts.AccountEnabled if enabled else facts.AccountDisabled
+                    self._note(c, facts.ACCOUNT, account_id, change(account_id=account_id, tenant=t, at_ms=at))
+                if policies is not None and list(policies) != list(acct.policies):
+                    self._note(c, facts.ACCOUNT, account_id, facts.AccountPoliciesChanged(
+                        account_id=account_id, tenant=t, attached=[p for p in policies if p not in acct.policies],
+                        detached=[p for p in acct.policies if p not in policies], policies=list(policies), at_ms=at))
         return self.get_account(account_id)
 
     def set_password(self, account_id: str, password: str) -> None:
-        self.get_account(account_id)
+        acct = self.get_account(account_id)
         with self._write() as c:
             c.execute(update(accounts).where(accounts.c.id == account_id).values(
                 password_hash=cred.hash_password(password), session_epoch=accounts.c.session_epoch + 1))
+            self._note(c, facts.ACCOUNT, account_id,
+                       facts.PasswordChanged(account_id=account_id, tenant=acct.tenant, at_ms=now_ms()))
 
     def end_sessions(self, account_id: str) -> None:
         with self._write() as c:
@@ -241,14 +291,21 @@ class IdentityStore:
             ).scalar():
                 raise FailedPrecondition("delete the main account's sub-accounts and collaborators first")
             ids = select(accounts.c.id).where(accounts.c.id == account_id)
+            keys = c.execute(select(api_keys.c.id).where(api_keys.c.account_id.in_(ids))).scalars().all()
             c.execute(delete(api_keys).where(api_keys.c.account_id.in_(ids)))
             c.execute(delete(accounts).where(accounts.c.id == account_id))
+            at = now_ms()
+            for key_id in keys:
+                self._note(c, facts.KEY, key_id,
+                           facts.KeyDeleted(key_id=key_id, account_id=account_id, tenant=acct.tenant, at_ms=at))
+            self._note(c, facts.ACCOUNT, account_id,
+                       facts.AccountDeleted(account_id=account_id, tenant=acct.tenant, at_ms=at))
         return acct
 
     # --- API keys
     def create_key(self, account_id: str, *, description: str = "", expires_at_ms: int | None = None) -> tuple[Key, str]:
         """A new key and its token (``ck.<id>.<secret>``): the only time the secret exists outside a hash."""
-        self.get_account(account_id)
+        acct = self.get_account(account_id)
         if expires_at_ms is not None and expires_at_ms <= now_ms():
             raise InvalidArgument("expires_at is in the past")
         key_id, secret = new_id("key", 12), cred.new_key_secret()
@@ -259,6 +316,9 @@ class IdentityStore:
             c.execute(insert(api_keys).values(
                 id=key_id, account_id=account_id, secret_sha256=cred.secret_digest(secret), enabled=True,
                 expires_at_ms=expires_at_ms, description=description, created_at_ms=now_ms()))
+            self._note(c, facts.KEY, key_id, facts.KeyCreated(
+                key_id=key_id, account_id=account_id, tenant=acct.tenant, expires_at_ms=expires_at_ms or 0,
+                at_ms=now_ms()))
         return self.get_key(key_id), cred.key_token(key_id, secret)
 
     def get_key(self, key_id: str) -> Key:
@@ -280,7 +340,7 @@ class IdentityStore:
             return [_key(r) for r in rows]
 
     def update_key(self, key_id: str, *, enabled: bool | None = None, description: str | None = None) -> Key:
-        self.get_key(key_id)
+        key = self.get_key(key_id)
         values: dict[str, Any] = {}
         if enabled is not None:
             values["enabled"] = enabled
@@ -289,13 +349,24 @@ class IdentityStore:
         if values:
             with self._write() as c:
                 c.execute(update(api_keys).where(api_keys.c.id == key_id).values(**values))
+                if enabled is not None and enabled != key.enabled:
+                    change = facts.KeyEnabled if enabled else facts.KeyDisabled
+                    self._note(c, facts.KEY, key_id, change(key_id=key_id, account_id=key.account_id,
+                                                            tenant=self._tenant_of(c, key.account_id), at_ms=now_ms()))
         return self.get_key(key_id)
 
     def delete_key(self, key_id: str) -> Key:
         key = self.get_key(key_id)
         with self._write() as c:
+            tenant = self._tenant_of(c, key.account_id)
             c.execute(delete(api_keys).where(api_keys.c.id == key_id))
+            self._note(c, facts.KEY, key_id,
+                       facts.KeyDeleted(key_id=key_id, account_id=key.account_id, tenant=tenant, at_ms=now_ms()))
         return key
+
+    @staticmethod
+    def _tenant_of(c: Connection, account_id: str) -> str:
+        return str(c.execute(select(accounts.c.tenant).where(accounts.c.id == account_id)).scalar() or "")
 
     # --- policies
     def check_policies(self, tenant: str, names: Sequence[str]) -> None:
@@ -320,6 +391,8 @@ class IdentityStore:
             c.execute(insert(policies).values(
                 id=policy_id, tenant=tenant, name=name, statements=json.dumps(authz.statements_json(parsed)),
                 description=description, created_by=created_by, created_at_ms=now_ms()))
+            self._note(c, facts.POLICY, policy_id, facts.PolicyCreated(
+                policy_id=policy_id, tenant=tenant, name=name, statements=authz.statements_json(parsed), at_ms=now_ms()))
         return self.get_policy(policy_id)
 
     def _policy_row(self, policy_id: str, tenant: str = "") -> Any:
@@ -353,6 +426,8 @@ class IdentityStore:
             raise FailedPrecondition(f"policy {policy_id} is attached to {', '.join(users)}; detach it first")
         with self._write() as c:
             c.execute(delete(policies).where(policies.c.id == policy_id))
+            self._note(c, facts.POLICY, policy_id,
+                       facts.PolicyDeleted(policy_id=policy_id, tenant=p.tenant, name=p.name, at_ms=now_ms()))
         return p
 
     def policies_of(self, acct: Account) -> list[authz.Policy]:

@@ -63,3 +63,15 @@ audit = Table(
     Column("detail", String(300), nullable=False),
     Index("ix_audit_tenant_seq", "tenant", "seq"),
 )
+
+# Identity changes on their way to the event log (migration 0002): one encoded commit per row, appended
+# in ``seq`` order (``Nats-Msg-Id``: the row's ``msg_id``, so a retry appends nothing twice), then removed.
+outbox = Table(
+    "identity_outbox",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("msg_id", String(40), nullable=False),
+    Column("subject", String(200), nullable=False),
+    Column("commit", Text, nullable=False),
+    Column("at_ms", BigInteger, nullable=False),
+)

@@ -13,7 +13,7 @@ from .training_tasks import Resources
 
 
 class QueuedItem(BaseModel):
-    workload_id: str
+    workload_id: str = Field(description="empty for another tenant's work")
     kind: str
     priority: str = Field(description="P0 (highest) .. P9")
     position: int = Field(description="1-based position in its lane; 0: starts in the next scheduling cycle")
@@ -22,6 +22,8 @@ class QueuedItem(BaseModel):
     submitted_at: datetime | None
     resources: Resources
     instance_count: int
+    other_tenant: bool = Field(
+        False, description="another tenant's work in a shared group: shown only by position, priority, lane and size")
 
 
 class Lane(BaseModel):
@@ -41,7 +43,8 @@ class NodeBoardEntry(BaseModel):
     memory_gib_free: float
     gpus: dict[str, int]
     gpus_free: dict[str, float]
-    workloads: list[str]
+    workloads: list[str] = Field(description="what runs there (for a user: its own tenant's)")
+    other_tenant_workloads: int = Field(0, description="how many of other tenants' workloads also run there")
 
 
 class QueueView(BaseModel):
@@ -61,6 +64,7 @@ class QueueView(BaseModel):
                     workload_id=i.workload_id, kind=i.kind, priority=f"P{i.priority}", position=i.position,
                     card_type=i.card_type, reason=i.reason, submitted_at=from_ms(i.submitted_at_ms),
                     resources=Resources.from_proto(i.resources), instance_count=i.instance_count,
+                    other_tenant=i.other_tenant,
                 )
                 for i in v.items
             ],
@@ -75,6 +79,7 @@ class QueueView(BaseModel):
                     node_id=n.node_id, name=n.name, state=n.state, cpu=n.cpu, cpu_free=n.cpu_free,
                     memory_gib=n.memory_gib, memory_gib_free=n.memory_gib_free, gpus=dict(n.gpus),
                     gpus_free=dict(n.gpus_free), workloads=list(n.workloads),
+                    other_tenant_workloads=n.other_tenant_workloads,
                 )
                 for n in v.nodes
             ],

@@ -542,7 +542,8 @@ def _rollout(g: Group, v: dict[str, Any], now_ms: int) -> list[Event]:
                                        resources=res, at_ms=now_ms))
         out.append(WorkloadSubmitted(workload_id=rid, kind="service", capability=CAPABILITY_SERVING,
                                      resource_group_id=spec["resource_group_id"], resources=placed,
-                                     instance_count=spec["instances"], tags=g["tags"], at_ms=now_ms))
+                                     instance_count=spec["instances"], tags=g["tags"], at_ms=now_ms,
+                                     tenant=g.get("tenant", "")))
     return out
 
 

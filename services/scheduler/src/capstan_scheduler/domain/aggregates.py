@@ -77,7 +77,8 @@ def decide_share_rg(rg: ResourceGroup, *, rg_id: str, tenants: Sequence[str], no
 
 
 def _check_name_free(name: str, taken_by: str | None) -> None:
-    """Group names are unique among live groups; ``taken_by``: the id of another group that holds ``name``."""
+    """Group names are unique among a tenant's live groups; ``taken_by``: the id of another group of the same
+    tenant that holds ``name``."""
     if taken_by is not None:
         raise AlreadyExists(
             f"a resource group named {name!r} already exists ({taken_by}); choose another name", field="name"

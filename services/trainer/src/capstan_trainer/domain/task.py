@@ -55,7 +55,7 @@ def _with_workload_contract(decide: Callable[..., list[Event]]) -> Callable[...,
                 out.append(WorkloadSubmitted(
                     workload_id=e.task_id, kind="training", capability=CAPABILITY_TRAINING,
                     resource_group_id=e.resource_group_id, resources=e.resources, instance_count=e.instance_count,
-                    tags=e.tags, at_ms=e.at_ms))
+                    tags=e.tags, at_ms=e.at_ms, tenant=e.tenant))
             elif isinstance(e, TrainingTaskEnded):
                 out.append(WorkloadWithdrawn(workload_id=e.task_id, reason=e.reason or e.status, at_ms=e.at_ms))
         return out
