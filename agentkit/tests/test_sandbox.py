@@ -467,3 +467,15 @@ def test_host_allocations_are_shared_and_deterministic(tmp_path: Path) -> None:
         assert st.leave_net(st.leases["a0"]) is None  # a1 still there
         assert st.leave_net(st.leases["a1"]) is not None  # the last: the bridge and subnet go
         assert "scope|task-a" not in st.nets and st.stale() == []
+        # publish ports: each lease its own ports of the range, the range's end refused clearly
+        pub = SandboxConfig(publish_address="10.252.0.1", publish_sources=("10.252.0.2/32",), publish_ports=(30000, 30002))
+        assert st.publish(st.leases["b0"], "10.213.1.2", [8080, 9000], pub) == {8080: 30000, 9000: 30001}
+        assert st.publish(st.new_lease("e0", me, SandboxConfig(uid_base=3_000_200)), "10.213.2.2", [8080], pub) == {8080: 30002}
+        with pytest.raises(RuntimeError, match="no free port left in the node's publish range 30000-30002"):
+            st.publish(st.new_lease("f0", me, SandboxConfig(uid_base=3_000_300)), "10.213.3.2", [8080], pub)
+    # the document is shared by every agent of the host, whatever its version: a newer one's fields are no error
+    doc = json.loads((tmp_path / "state" / "state.json").read_text())
+    doc["leases"]["b0"]["added_by_a_newer_agent"] = 1
+    doc["nets"]["scope|task-b"]["also_newer"] = [1]
+    (tmp_path / "state" / "state.json").write_text(json.dumps(doc))
+    assert HostState(tmp_path / "state").read().leases["b0"].published[0] == ["10.252.0.1", 30000, "10.213.1.2", 8080]

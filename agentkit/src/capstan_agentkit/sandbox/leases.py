@@ -17,7 +17,7 @@ import os
 import pwd
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +81,11 @@ class State:
     """The document: change it only inside :meth:`HostState.locked`."""
 
     def __init__(self, data: dict[str, Any]) -> None:
-        self.leases = {k: Lease(**v) for k, v in (data.get("leases") or {}).items()}
-        self.nets = {k: Net(**v) for k, v in (data.get("nets") or {}).items()}
+        # Every agent of the host shares this document, whatever its version (an upgrade, two checkouts'
+        # tests): fields a newer version added are left out here, never a reason to fail (an older agent
+        # that saves the document drops them, e.g. a newer lease's published ports, until it is upgraded).
+        self.leases = {k: Lease(**_known(Lease, v)) for k, v in (data.get("leases") or {}).items()}
+        self.nets = {k: Net(**_known(Net, v)) for k, v in (data.get("nets") or {}).items()}
 
     def to_json(self) -> str:
         return json.dumps({"leases": {k: asdict(v) for k, v in self.leases.items()},
@@ -163,6 +166,11 @@ class State:
     def _free_number(self) -> int:
         used = {n.number for n in self.nets.values()}
         return next(i for i in range(len(used) + 1) if i not in used)
+
+
+def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
 
 
 def _has_account(uid: int) -> bool:
