@@ -1,0 +1,210 @@
+"""HPA under real load (issue #9, SPEC §6.4): on a platform started by ``capstan up`` (separate processes:
+gateway, services, the inference agent running replicas in sandboxes), a service group's version runs a
+custom command, a small HTTP server that answers ``/v1/chat/completions`` after ``hold_ms`` and names
+the replica that answered. Real concurrent calls through the gateway's OpenAI route (with a service key)
+keep every replica at its per-replica concurrency limit; the gateway publishes that load, the inference
+service's autoscaler scales the version up to its max, the new replicas become Ready and serve calls.
+Then the load stops and it scales back down to min. Nothing is written to the load bucket by hand.
+
+Every call must succeed: the per-replica concurrency limit makes extra calls wait in the version's queue
+(large enough, and with a long enough timeout, for every client thread), so no 429 is expected either.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from .platform_harness import Platform
+
+pytestmark = [pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed"),
+              pytest.mark.timeout(600)]
+
+# The replica: standard library only (it runs in the sandbox with the system's python3). It answers on
+# $PORT, holds each call ``hold_ms`` and says which replica answered (CAPSTAN_REPLICA_ID, set by the agent).
+UPSTREAM = r'''
+import http.server, json, os, socketserver, time
+
+REPLICA = os.environ.get("CAPSTAN_REPLICA_ID", "?")
+
+
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as the gateway's pooled client expects
+
+    def _answer(self, code, doc):
+        body = json.dumps(doc).encode()
+        self.send_response(code)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        self._answer(200, {"status": "ok"} if self.path == "/health" else {"error": "no"})
+
+    def do_POST(self):
+        doc = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)) or b"{}")
+        if self.path != "/v1/chat/completions":
+            return self._answer(404, {"error": {"message": "no such route"}})
+        time.sleep(float(doc.get("hold_ms", 0)) / 1000)
+        self._answer(200, {
+            "id": "chatcmpl-" + os.urandom(6).hex(), "object": "chat.completion", "created": int(time.time()),
+            "model": doc.get("model"), "replica": REPLICA,
+            "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
+                         "message": {"role": "assistant", "content": "served by " + REPLICA}}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4}})
+
+    def log_message(self, *args):
+        pass
+
+
+class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+print("replica", REPLICA, "listening on", os.environ["PORT"], flush=True)
+Server(("0.0.0.0", int(os.environ["PORT"])), H).serve_forever()
+'''
+
+LIMIT = 2  # per-replica max concurrency
+CLIENTS = 7  # > LIMIT x max: every replica stays full while the load runs
+HOLD_MS = 250
+MAX = 3
+COOLDOWN_S = 4
+
+
+@pytest.fixture
+def platform(tmp_path: Path) -> Iterator[Platform]:
+    p = Platform.up(tmp_path / "data")
+    try:
+        yield p
+    finally:
+        p.down()
+
+
+def _wait(api: httpx.Client, sid: str, ok: Callable[[dict[str, Any]], bool], what: str,
+          timeout: float = 120, check: Callable[[], None] | None = None) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        svc = api.get(f"/api/v1/services/{sid}").json()
+        if ok(svc):
+            return svc
+        if check is not None:
+            check()
+        if svc.get("status") == "Failed":
+            lines = api.get(f"/api/v1/services/{sid}/logs").json().get("lines", [])
+            raise AssertionError(f"{what}: the service failed: {svc}\n" + "\n".join(x["line"] for x in lines[-60:]))
+        assert time.monotonic() < deadline, f"{what}: {svc}"
+        time.sleep(0.25)
+
+
+class Load:
+    """CLIENTS threads calling the chat route without pause; each answer's replica and every failure kept."""
+
+    def __init__(self, url: str, secret: str, sid: str) -> None:
+        self.url, self.secret, self.sid = url, secret, sid
+        self.by_replica: Counter[str] = Counter()
+        self.failed: list[str] = []
+        self.lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(CLIENTS)]
+
+    def _run(self) -> None:
+        body = {"model": self.sid, "hold_ms": HOLD_MS, "messages": [{"role": "user", "content": "hello"}]}
+        with httpx.Client(headers={"Authorization": f"Bearer {self.secret}"}, timeout=90) as c:
+            while not self._stop.is_set():
+                try:
+                    r = c.post(self.url, json=body)
+                    if r.status_code != 200:
+                        raise AssertionError(f"{r.status_code} {r.text[:300]}")
+                    doc = r.json()
+                    assert doc["choices"][0]["message"]["content"] == f"served by {doc['replica']}", doc
+                    with self.lock:
+                        self.by_replica[doc["replica"]] += 1
+                except Exception as exc:  # noqa: BLE001 - each failure is what the test counts
+                    with self.lock:
+                        self.failed.append(repr(exc))
+
+    def check(self) -> None:
+        assert not self.failed, self.failed[:5]
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(120)
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def test_hpa_scales_up_under_real_load_and_back_down_when_it_stops(platform: Platform) -> None:
+    started = time.monotonic()
+    model = platform.data_dir / "storage" / "models" / "upstream"
+    model.mkdir(parents=True)
+    (model / "serve.py").write_text(UPSTREAM)
+    api = platform.client()
+    spec = {"runtime": "custom", "command": "exec python3 /data/model/serve.py",
+            "model": {"kind": "path", "path": "models/upstream"}, "port": 8601, "replicas": 1,
+            "resources": {"cpu": 0.25, "memory_gib": 0.25}, "resource_group_id": platform.default_rg,
+            "grace_period_s": 5, "probes": {"readiness": {"kind": "http", "path": "/health", "period_s": 1}},
+            "rate_limit": {"kind": "concurrency", "value": LIMIT, "queue_size": 64, "queue_timeout_ms": 60_000}}
+    r = api.post("/api/v1/services", json={"name": "hpa-load", "generate_key": True, "spec": spec})
+    assert r.status_code == 201, r.text
+    sid, secret, vid = r.json()["id"], r.json()["created_key"]["secret"], r.json()["versions"][0]["id"]
+    r = api.put(f"/api/v1/services/{sid}/autoscaling", json={"version_id": vid, "autoscaling": {
+        "mode": "hpa", "metric": "concurrency", "target": 50, "min": 1, "max": MAX, "cooldown_s": COOLDOWN_S}})
+    assert r.status_code == 200, r.text
+    first = _wait(api, sid, lambda s: s["running_replicas"] == 1, "the first replica ready")["instances"][0]["id"]
+    deployed = time.monotonic()
+
+    url = f"{platform.api}/{sid}/v1/chat/completions"
+    with Load(url, secret, sid) as load:
+        # the first replica is full (LIMIT in flight: 100% against a 50% target): the autoscaler asks for more
+        up = _wait(api, sid, lambda s: s["versions"][0]["replicas"] == MAX and s["running_replicas"] == MAX,
+                   f"{MAX} replicas ready under load", check=load.check)
+        serving = {i["id"] for i in up["instances"] if i["state"] == "Ready"}
+        assert first in serving and len(serving) == MAX, up["instances"]
+        # the new replicas serve calls: wait until every one of them has answered a few
+        deadline = time.monotonic() + 60
+        while True:
+            load.check()
+            with load.lock:
+                counts = dict(load.by_replica)
+            if all(counts.get(rid, 0) >= 5 for rid in serving):
+                break
+            assert time.monotonic() < deadline, ("a ready replica gets no calls", counts, serving)
+            time.sleep(0.2)
+        scaled_up = time.monotonic()
+        load.stop()
+    assert load.failed == [], load.failed[:5]
+    assert set(load.by_replica) <= serving, (load.by_replica, serving)
+
+    # no load: the gateways' figures fall to 0 and, after the cooldown, the version goes back to min
+    down = _wait(api, sid, lambda s: s["versions"][0]["replicas"] == 1 and len(s["instances"]) == 1
+                 and s["running_replicas"] == 1, "back to one replica without load")
+    assert down["versions"][0]["autoscaling"]["mode"] == "hpa"
+    scaled_down = time.monotonic()
+
+    records = api.get(f"/api/v1/services/{sid}/records").json()["items"]
+    auto = [x["message"] for x in records if x["by"] == "autoscaler"][::-1]  # oldest first
+    counts = [int(m.split("replicas set to ")[1].split()[0]) for m in auto]
+    assert counts and counts[-1] == 1 and MAX in counts, auto
+    peak = counts.index(MAX)
+    assert all(a < b for a, b in zip([1, *counts[:peak]], counts[:peak + 1], strict=True)), auto  # up, step by step
+    assert all(c == 1 for c in counts[peak + 1:]), auto  # then straight down to min
+    print(f"\nHPA under load: deploy {deployed - started:.1f}s, scale-up and serving {scaled_up - deployed:.1f}s, "
+          f"scale-down {scaled_down - scaled_up:.1f}s; calls per replica {dict(load.by_replica)}; records {auto}")
