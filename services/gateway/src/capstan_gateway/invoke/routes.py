@@ -3,7 +3,9 @@
 service the cache does not know.
 
 Choice: a version by weight among versions with a ready, non-isolated replica, then that version's
-replica with the fewest requests in flight from this gateway process.
+replica with the fewest requests in flight from this gateway process. Calls over a version's per-replica
+concurrency wait in the cache's ``gate``; replicas the table adds (a scale-up, a replica ready again) wake
+as many of them as they bring slots.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from capstan_proto import inference_pb2
+
+from .limits import ConcurrencyGate
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +125,7 @@ class RouteCache:
         self._task: asyncio.Task[None] | None = None
         self._last_error = ""
         self._last_warned = 0.0
+        self.gate = ConcurrencyGate()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._poll(), name="route-cache")
@@ -152,8 +157,15 @@ class RouteCache:
         self.loaded.set()
 
     def apply(self, resp: inference_pb2.ListRoutesResponse) -> None:
+        before = {r.replica_id for s in self.services.values() for v in s.versions.values() for r in v.replicas}
         self.services = {s.service_id: build_service(s, self.services.get(s.service_id)) for s in resp.services}
         self.revision = resp.revision
+        for svc in self.services.values():  # new replicas' slots go to the calls already waiting for one
+            for v in svc.versions.values():
+                limit = v.route.max_concurrency_per_replica
+                added = sum(1 for r in v.replicas if r.replica_id not in before)
+                if limit > 0 and added:
+                    self.gate.wake(v.route.version_id, added * limit)
 
     async def get(self, service_id: str) -> Service | None:
         """The service, refreshing once (at most every ``miss_refresh_s``) when it is not known, or known
