@@ -80,6 +80,7 @@ CLIENTS = 7  # > LIMIT x max: every replica stays full while the load runs
 HOLD_MS = 250
 MAX = 3
 COOLDOWN_S = 4
+TARGET = 100  # % of the per-replica max concurrency: scale when the replicas are full and calls wait
 
 
 @pytest.fixture
@@ -99,7 +100,11 @@ def _wait(api: httpx.Client, sid: str, ok: Callable[[dict[str, Any]], bool], wha
         if ok(svc):
             return svc
         if check is not None:
-            check()
+            try:
+                check()
+            except AssertionError as exc:
+                raise AssertionError(f"{what}: {exc}\nservice: {svc}\nrecords: "
+                                     f"{api.get(f'/api/v1/services/{sid}/events').json()}") from None
         if svc.get("status") == "Failed":
             lines = api.get(f"/api/v1/services/{sid}/logs").json().get("lines", [])
             raise AssertionError(f"{what}: the service failed: {svc}\n" + "\n".join(x["line"] for x in lines[-60:]))
@@ -166,7 +171,7 @@ def test_hpa_scales_up_under_real_load_and_back_down_when_it_stops(platform: Pla
     assert r.status_code == 201, r.text
     sid, secret, vid = r.json()["id"], r.json()["created_key"]["secret"], r.json()["versions"][0]["id"]
     r = api.put(f"/api/v1/services/{sid}/autoscaling", json={"version_id": vid, "autoscaling": {
-        "mode": "hpa", "metric": "concurrency", "target": 50, "min": 1, "max": MAX, "cooldown_s": COOLDOWN_S}})
+        "mode": "hpa", "metric": "concurrency", "target": TARGET, "min": 1, "max": MAX, "cooldown_s": COOLDOWN_S}})
     assert r.status_code == 200, r.text
     first = _wait(api, sid, lambda s: s["running_replicas"] == 1, "the first replica ready")["instances"][0]["id"]
     deployed = time.monotonic()
@@ -175,7 +180,7 @@ def test_hpa_scales_up_under_real_load_and_back_down_when_it_stops(platform: Pla
     with Load(url, secret, sid) as load:
         # the first replica is full (LIMIT in flight: 100% against a 50% target): the autoscaler asks for more
         up = _wait(api, sid, lambda s: s["versions"][0]["replicas"] == MAX and s["running_replicas"] == MAX,
-                   f"{MAX} replicas ready under load", check=load.check)
+                   f"{MAX} replicas ready under load", timeout=60, check=load.check)
         serving = {i["id"] for i in up["instances"] if i["state"] == "Ready"}
         assert first in serving and len(serving) == MAX, up["instances"]
         # the new replicas serve calls: wait until every one of them has answered a few

@@ -139,6 +139,51 @@ async def test_replicas_added_to_the_table_wake_one_waiter_per_new_slot() -> Non
         w.cancel()
 
 
+class SlowSource(StubRouteSource):
+    """ListRoutes that takes a while (a busy inference service), so callers arrive while it runs."""
+
+    async def list_routes(self, revision: int) -> inference_pb2.ListRoutesResponse:
+        await asyncio.sleep(0.3)
+        return await super().list_routes(revision)
+
+
+async def test_callers_that_miss_while_a_refresh_runs_wait_for_it() -> None:
+    """Right after a deploy, many callers at once name a service whose replica the cache does not have
+    yet: every one waits for the refresh under way (one ListRoutes), none answers 503 from the old table."""
+    source = SlowSource(route("ms-x", []))
+    cache = RouteCache(source, poll_s=3600)
+    await cache.refresh()
+    source.set(route("ms-x", [("a", "v1", "h:1")]))
+    calls_before = source.calls
+    first = asyncio.create_task(cache.get("ms-x"))
+    await _turns()  # its refresh is under way
+    rest = [asyncio.create_task(cache.get("ms-x")) for _ in range(5)]
+    got = await asyncio.gather(first, *rest)
+    assert all(svc is not None and svc.choose() is not None for svc in got)
+    assert source.calls == calls_before + 1
+    # the poll's own refresh is shared the same way
+    source.set(route("ms-y", [("b", "v1", "h:2")]))
+    poll = asyncio.create_task(cache.refresh())
+    await _turns()
+    svc = await cache.get("ms-y")
+    assert svc is not None and svc.choose() is not None
+    await poll
+    assert source.calls == calls_before + 2
+
+
+async def test_published_load_splits_the_versions_queue_over_its_replicas_exactly() -> None:
+    from capstan_gateway.invoke.runtime import InvokeRuntime
+    from capstan_gateway.invoke.store import MemoryStore
+
+    cache = RouteCache(StubRouteSource(route("ms-x", [("a", "v1", "h:1"), ("b", "v1", "h:2"), ("c", "v1", "h:3")])))
+    await cache.refresh()
+    store = MemoryStore()
+    runtime = InvokeRuntime(cache, LocalCounters(), store, "gw1")
+    runtime.metrics.queued[("ms-x", "v1")] = 4
+    await runtime.publish_load()
+    assert sorted(store.load[f"ms-x.{r}"]["queued"] for r in "abc") == [1, 1, 2]  # 4 waiting calls in all
+
+
 def test_metrics_series_sum_gateways() -> None:
     entries = []
     for gw in ("g1", "g2"):
