@@ -2,9 +2,10 @@
 
 ``python scripts/fake_openai_upstream.py --port 0 --ready-file F [--tokens-per-second 50]
 [--served-model-name NAME]`` serves /v1/chat/completions, /v1/completions (streaming too, with
-``usage`` and ``stream_options.include_usage``), /v1/models, /v1/models/m:predict and /health, as an
-engine would, and answers ``GET /_fake/stats`` with what it saw (arrival times, models, cancelled
-streams) so tests can check what the gateway sent. Completion length: ``max_tokens`` (default 16).
+``usage`` and ``stream_options.include_usage``), /v1/models, /v1/models/m:predict (``{"hold_ms": N}``
+answers after N ms) and /health, as an engine would, and answers ``GET /_fake/stats`` with what it saw
+(arrival times, models, cancelled streams, the most calls it held at once) so tests can check what the
+gateway sent. Completion length: ``max_tokens`` (default 16).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 from aiohttp import web
 
 STATS: dict[str, Any] = {"arrivals": [], "models": [], "stream_options": [], "cancelled": 0, "completed": 0,
-                         "headers": [], "request_starts": [], "tokens": 0}
+                         "headers": [], "request_starts": [], "tokens": 0, "in_flight": 0, "max_in_flight": 0}
 
 
 def _prompt_tokens(doc: dict[str, Any]) -> int:
@@ -114,6 +115,13 @@ def make_app(served: str, tokens_per_second: float) -> web.Application:
     async def predict(request: web.Request) -> web.Response:
         doc = await request.json()
         _record(request, doc)
+        if isinstance(doc, dict) and isinstance(doc.get("hold_ms"), int):  # a slow model, on request
+            STATS["in_flight"] += 1
+            STATS["max_in_flight"] = max(STATS["max_in_flight"], STATS["in_flight"])
+            try:
+                await asyncio.sleep(doc["hold_ms"] / 1000)
+            finally:
+                STATS["in_flight"] -= 1
         if isinstance(doc, dict) and isinstance(doc.get("answer_bytes"), int):  # a large answer, on request
             return web.json_response({"predictions": "x" * doc["answer_bytes"]})
         return web.json_response({"predictions": doc})

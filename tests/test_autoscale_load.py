@@ -2,12 +2,15 @@
 gateway, services, the inference agent running replicas in sandboxes), a service group's version runs a
 custom command, a small HTTP server that answers ``/v1/chat/completions`` after ``hold_ms`` and names
 the replica that answered. Real concurrent calls through the gateway's OpenAI route (with a service key)
-keep every replica at its per-replica concurrency limit; the gateway publishes that load, the inference
-service's autoscaler scales the version up to its max, the new replicas become Ready and serve calls.
-Then the load stops and it scales back down to min. Nothing is written to the load bucket by hand.
+fill the replica's per-replica concurrency limit and wait in the version's queue; the gateway publishes
+that load (in flight and queued, ``capstan_serving_load``), the inference service's autoscaler scales the
+version up to its max at a 100% utilisation target, the new replicas become Ready and serve calls. Then
+the load drops to one caller and it scales back down to min, the retired replicas drained. Nothing is
+written to the load bucket by hand.
 
-Every call must succeed: the per-replica concurrency limit makes extra calls wait in the version's queue
-(large enough, and with a long enough timeout, for every client thread), so no 429 is expected either.
+Every call must succeed: calls over the concurrency limit wait in the version's queue (larger than the
+number of client threads, with a timeout far above the wait), so no 429 is expected either; a 503 right
+after the deploy or the scale-up would be a routing-table miss.
 """
 
 from __future__ import annotations
@@ -113,15 +116,15 @@ def _wait(api: httpx.Client, sid: str, ok: Callable[[dict[str, Any]], bool], wha
 
 
 class Load:
-    """CLIENTS threads calling the chat route without pause; each answer's replica and every failure kept."""
+    """``clients`` threads calling the chat route without pause; each answer's replica and every failure kept."""
 
-    def __init__(self, url: str, secret: str, sid: str) -> None:
+    def __init__(self, url: str, secret: str, sid: str, clients: int = CLIENTS) -> None:
         self.url, self.secret, self.sid = url, secret, sid
         self.by_replica: Counter[str] = Counter()
         self.failed: list[str] = []
         self.lock = threading.Lock()
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(CLIENTS)]
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
 
     def _run(self) -> None:
         body = {"model": self.sid, "hold_ms": HOLD_MS, "messages": [{"role": "user", "content": "hello"}]}
@@ -141,6 +144,19 @@ class Load:
 
     def check(self) -> None:
         assert not self.failed, self.failed[:5]
+
+    def wait_for(self, replica: str, n: int, timeout: float = 30) -> None:
+        """Until ``replica`` has answered ``n`` more calls."""
+        with self.lock:
+            want = self.by_replica[replica] + n
+        deadline = time.monotonic() + timeout
+        while True:
+            self.check()
+            with self.lock:
+                if self.by_replica[replica] >= want:
+                    return
+            assert time.monotonic() < deadline, (replica, dict(self.by_replica))
+            time.sleep(0.05)
 
     def __enter__(self) -> Load:
         for t in self._threads:
@@ -183,26 +199,21 @@ def test_hpa_scales_up_under_real_load_and_back_down_when_it_stops(platform: Pla
                    f"{MAX} replicas ready under load", timeout=60, check=load.check)
         serving = {i["id"] for i in up["instances"] if i["state"] == "Ready"}
         assert first in serving and len(serving) == MAX, up["instances"]
-        # the new replicas serve calls: wait until every one of them has answered a few
-        deadline = time.monotonic() + 60
-        while True:
-            load.check()
-            with load.lock:
-                counts = dict(load.by_replica)
-            if all(counts.get(rid, 0) >= 5 for rid in serving):
-                break
-            assert time.monotonic() < deadline, ("a ready replica gets no calls", counts, serving)
-            time.sleep(0.2)
+        for rid in serving:  # the new replicas serve calls
+            load.wait_for(rid, 5)
         scaled_up = time.monotonic()
-        load.stop()
     assert load.failed == [], load.failed[:5]
     assert set(load.by_replica) <= serving, (load.by_replica, serving)
 
-    # no load: the gateways' figures fall to 0 and, after the cooldown, the version goes back to min
-    down = _wait(api, sid, lambda s: s["versions"][0]["replicas"] == 1 and len(s["instances"]) == 1
-                 and s["running_replicas"] == 1, "back to one replica without load")
-    assert down["versions"][0]["autoscaling"]["mode"] == "hpa"
+    # the load stops but for one caller (one call at a time: 50% of one replica at most, under the
+    # target): after the cooldown the version goes back to min, its retired replicas drained, no call lost
+    with Load(url, secret, sid, clients=1) as trickle:
+        down = _wait(api, sid, lambda s: s["versions"][0]["replicas"] == 1 and len(s["instances"]) == 1
+                     and s["running_replicas"] == 1, "back to one replica once the load stops", check=trickle.check)
+        trickle.wait_for(down["instances"][0]["id"], 5)
     scaled_down = time.monotonic()
+    assert trickle.failed == [], trickle.failed[:5]
+    assert down["versions"][0]["autoscaling"]["mode"] == "hpa"
 
     records = api.get(f"/api/v1/services/{sid}/records").json()["items"]
     auto = [x["message"] for x in records if x["by"] == "autoscaler"][::-1]  # oldest first
@@ -212,4 +223,5 @@ def test_hpa_scales_up_under_real_load_and_back_down_when_it_stops(platform: Pla
     assert all(a < b for a, b in zip([1, *counts[:peak]], counts[:peak + 1], strict=True)), auto  # up, step by step
     assert all(c == 1 for c in counts[peak + 1:]), auto  # then straight down to min
     print(f"\nHPA under load: deploy {deployed - started:.1f}s, scale-up and serving {scaled_up - deployed:.1f}s, "
-          f"scale-down {scaled_down - scaled_up:.1f}s; calls per replica {dict(load.by_replica)}; records {auto}")
+          f"scale-down {scaled_down - scaled_up:.1f}s; calls per replica {dict(load.by_replica)}, then "
+          f"{dict(trickle.by_replica)}; records {auto}")

@@ -24,12 +24,7 @@ def executor(tmp_path: Path) -> Iterator[BwrapExecutor]:
     cfg = sandbox_testing.fresh()
     ex = BwrapExecutor(tmp_path / "instances", cfg)
     yield ex
-    for key in ex.list_instances():
-        ex.stop(*key)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and any(ex.status(*k).state == "running" for k in ex.list_instances()):
-        time.sleep(0.1)
-    assert sandbox_testing.leftovers(cfg) == []
+    sandbox_testing.stop_all(ex, cfg)
 
 
 def _wait(ex: BwrapExecutor, key: str, state: str, timeout: float = 20) -> None:

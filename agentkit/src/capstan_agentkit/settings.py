@@ -50,6 +50,11 @@ class NodeAgentSettings(NodeAuthSettings):
     sandbox_blocked_nets: str = "169.254.0.0/16"  # comma-separated; never reachable from an instance
     sandbox_pids_per_cpu: int = 256
     sandbox_min_pids: int = 64
+    # Served ports (online services) reachable from the gateways' hosts: the node's address they reach it
+    # at, the sources allowed (comma-separated CIDRs: the gateways), and the node's port range for them.
+    sandbox_publish_address: str = ""
+    sandbox_publish_sources: str = ""
+    sandbox_publish_ports: str = "30000-32767"
 
     def sandbox_config(self) -> SandboxConfig:
         data_dir = self.data_dir.resolve()
@@ -62,4 +67,15 @@ class NodeAgentSettings(NodeAuthSettings):
             pids_per_cpu=self.sandbox_pids_per_cpu, min_pids=self.sandbox_min_pids,
             network_scope=str(data_dir),  # agents of one platform (one data dir) share task networks
             private_paths=tuple(str(p.resolve()) for p in (data_dir, self.storage_root, self.agent_dir)),
+            publish_address=self.sandbox_publish_address.strip(),
+            publish_sources=tuple(n.strip() for n in self.sandbox_publish_sources.split(",") if n.strip()),
+            publish_ports=_port_range(self.sandbox_publish_ports),
         )
+
+
+def _port_range(text: str) -> tuple[int, int]:
+    lo, _, hi = text.partition("-")
+    try:
+        return int(lo), int(hi or lo)
+    except ValueError:
+        raise ValueError(f"CAPSTAN_SANDBOX_PUBLISH_PORTS must be a range like 30000-32767, not {text!r}") from None

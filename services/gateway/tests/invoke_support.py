@@ -40,7 +40,7 @@ def sha(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def wait_file(path: Path, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> str:
+def wait_file(path: Path, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> str:
     deadline = time.monotonic() + timeout
     while not path.exists():
         if proc.poll() is not None:

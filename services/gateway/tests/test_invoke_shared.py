@@ -20,6 +20,7 @@ import grpc
 import httpx
 import pytest
 from nats.aio.client import Client
+from nats.js.errors import KeyNotFoundError
 
 from capstan_core import credentials
 from capstan_core.natsserver import NatsServer
@@ -220,3 +221,42 @@ async def test_the_gateway_nats_user_reaches_its_buckets_only(nats_server: NatsS
             await js.add_stream(name="not_mine", subjects=["not.mine"])
     finally:
         await nc.close()
+
+
+async def test_a_replicas_concurrency_limit_holds_across_two_gateways(
+    gateways: list[str], inference: tuple[FakeInference, str], upstream: str, nc: Client
+) -> None:
+    limit = 6
+    version = inference_pb2.RouteVersion(version_id="v1", weight=100, served_model_name="fake-model",
+                                         max_concurrency_per_replica=limit, queue_size=1000, queue_timeout_ms=60_000)
+    inference[0].set(route(MS, [("r1", "v1", upstream)], auth=False, versions=[version]))
+    await _routed(gateways, "/v1/models", {})
+    kv = await nc.jetstream().key_value("capstan_serving_load")
+
+    async def shares() -> dict[str, int]:
+        try:
+            doc = json.loads((await kv.get(f"{MS}.r1")).value or b"{}")
+        except KeyNotFoundError:  # before the first load round
+            return {}
+        return {g: int(s["at_ms"]) for g, s in (doc.get("gateways") or {}).items()}
+
+    async with asyncio.timeout(20):  # each gateway has written its share since both were there: it read the other's
+        while set(both := await shares()) != {"gw0", "gw1"}:
+            await asyncio.sleep(0.1)
+        while min((await shares()).values()) <= max(both.values()):
+            await asyncio.sleep(0.1)
+    async with httpx.AsyncClient() as c:
+        await c.post(f"http://{upstream}/_fake/reset")
+    statuses: Counter[int] = Counter()
+
+    async def client(i: int, session: aiohttp.ClientSession) -> None:
+        for _ in range(3):
+            statuses[await _post(session, f"{gateways[i % 2]}/{MS}/v1/models/m:predict", {"hold_ms": 150}, {})] += 1
+
+    async with _client_session() as session:
+        await asyncio.gather(*(client(i, session) for i in range(40)))
+    stats = await upstream_stats(upstream)
+    assert statuses == Counter({200: 120}), statuses  # every call waited in a queue for its turn, none refused
+    # both gateways were busy together, yet the replica never held more than its limit
+    assert stats["max_in_flight"] <= limit, stats["max_in_flight"]
+    assert stats["max_in_flight"] >= limit // 2

@@ -7,6 +7,8 @@ import json
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from capstan_gateway.invoke.counters import LocalCounters
 from capstan_gateway.invoke.limits import Budgets, ConcurrencyGate, estimate_tokens
@@ -224,3 +226,17 @@ async def test_concurrent_takes_in_one_process_share_one_lease() -> None:
     budgets = Budgets(shared, Clock())
     results = await asyncio.gather(*(budgets.take("q", 1, 50, 1) for _ in range(80)))
     assert sum(results) == 50
+
+
+@given(limit=st.integers(1, 200), n=st.integers(1, 12))
+def test_a_replicas_concurrency_is_split_between_the_gateways_calling_it(limit: int, n: int) -> None:
+    ids = [f"gw{i:02d}" for i in range(n)]
+    parts = []
+    for me in ids:
+        budgets = Budgets(LocalCounters())
+        assert budgets.slots("r1", limit) == limit  # alone, until a load round says who else calls it
+        budgets.set_peers("r1", me, list(reversed(ids)))
+        parts.append(budgets.slots("r1", limit))
+    assert sum(parts) == limit and max(parts) - min(parts) <= 1
+    budgets.forget_peers({"r1"})
+    assert budgets.slots("r1", limit) == limit

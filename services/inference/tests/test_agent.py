@@ -35,7 +35,7 @@ from capstan_core.service import Service, connect_nats
 from capstan_core.settings import ServiceSettings
 from capstan_core.streams import LOGS_STREAM, event_subject
 from capstan_core.testing import admin_channel, admin_store
-from capstan_inference.agent.agent import InferenceAgent, parse_run_key
+from capstan_inference.agent.agent import InferenceAgent, parse_run_key, usage
 from capstan_inference.agent.probes import ProbeState, run_probe
 from capstan_inference.agent.settings import InferenceAgentSettings
 from capstan_proto import common_pb2, inference_pb2, inference_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
@@ -134,14 +134,14 @@ class Platform:
     rg: str = ""
     agents: list[InferenceAgent] = field(default_factory=list)
 
-    async def agent(self) -> InferenceAgent:
+    async def agent(self, **settings_: Any) -> InferenceAgent:
         token = await self.s.CreateJoinToken(scheduler_pb2.CreateJoinTokenRequest(resource_group_id=self.rg))
         settings = InferenceAgentSettings(
             nats_url=self.nats_url, scheduler_addr=self.sched.address, inference_addr=self.owner_addr,
             scheduler_bootstrap_addr=self.sched.bootstrap_address, ca_file=self.secrets / "ca.crt",
             join_token=token.token, resource_group=self.rg, node_name="server-1", agent_dir=self.tmp / "agent",
             data_dir=self.tmp, node_cpu=4, node_memory_gib=8, reconcile_s=0.2, usage_report_s=1,
-            **sandbox_testing.agent_settings())
+            **{**sandbox_testing.agent_settings(), **settings_})
         agent = InferenceAgent(settings)
         await agent.start()
         self.agents.append(agent)
@@ -399,3 +399,37 @@ def test_the_inference_agent_does_not_import_the_trainer() -> None:
             "print(bad); sys.exit(1 if bad else 0)")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_usage_samples_carry_the_mean_gpu_utilisation_of_the_replicas_cards() -> None:
+    """What the agent reports for autoscaling, read from the runner's sample (``gpus`` from nvidia-smi)."""
+    line = json.dumps({"cpu_cores": 1.5, "memory_bytes": 3 << 30, "gpus": [
+        {"index": 0, "gpu_percent": 80.0, "memory_bytes": 1}, {"index": 3, "gpu_percent": 40.0, "memory_bytes": 1}]})
+    assert usage(line) == (1.5, 3.0, 60.0)
+    assert usage(json.dumps({"cpu_cores": 0.5, "memory_bytes": 1 << 29})) == (0.5, 0.5, None)  # no cards
+    assert usage("not json") == usage(json.dumps({"cpu_cores": "x"})) == (0.0, 0.0, None)
+
+
+async def test_a_node_publishing_to_other_hosts_reports_where_the_gateways_reach_the_replica(
+        platform: Platform) -> None:
+    """With a publish address, the agent reports the node's published port (the gateways may run on
+    another host), and that host reaches the replica's server there; the probes still use the
+    instance's own address on this host."""
+    p = platform
+    with sandbox_testing.other_hosts(1) as [gateway_host]:
+        agent = await p.agent(sandbox_publish_address=gateway_host.node_side,
+                              sandbox_publish_sources=f"{gateway_host.address}/32")
+        await p.place(p.spec(agent, "rep-pub", readiness_probe=inference_pb2.Probe(kind="http", path="/health",
+                                                                                   period_s=1)))
+        ready = await p.owner.until("rep-pub", lambda r: r.state == "Ready")
+        host, port = ready.address.rsplit(":", 1)
+        assert host == gateway_host.node_side and 30000 <= int(port) <= 32767
+        got = await asyncio.to_thread(sandbox_testing.http_get, f"http://{ready.address}/health", gateway_host)
+        assert got == "200 ok"
+        await agent.stop()
+        for key in agent.executor.list_instances():
+            agent.executor.stop(*key)
+        deadline = time.monotonic() + 15
+        while any(agent.executor.status(*k).state == "running" for k in agent.executor.list_instances()):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)

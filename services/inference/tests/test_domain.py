@@ -191,6 +191,10 @@ def test_hpa_decisions() -> None:
         autoscale.normalize({"mode": "hpa", "metric": "concurrency", "target": 50}, rate_limit_kind="none")
     with pytest.raises(InvalidArgument):
         autoscale.normalize({"mode": "hpa", "metric": "cpu", "target": 50, "min": 3, "max": 2}, rate_limit_kind="none")
+    gpu = {"mode": "hpa", "metric": "gpu", "target": 60, "max": 3}
+    with pytest.raises(InvalidArgument, match="resources.gpu > 0"):
+        autoscale.normalize(gpu, rate_limit_kind="none")  # a version without cards has no GPU to measure
+    assert autoscale.normalize(gpu, rate_limit_kind="none", gpu=0.5)["metric"] == "gpu"
 
 
 def test_concurrency_utilisation_counts_the_calls_waiting_for_a_slot() -> None:

@@ -72,11 +72,13 @@ def test_a_version_spec_is_refused_by_field_or_valid_in_range(junk: dict[str, An
 @given(st.fixed_dictionaries({"mode": st.sampled_from(["hpa", "time", "manual", "x", 1])},
                              optional={k: VALUES for k in ("metric", "target", "min", "max", "cooldown_s", "rules",
                                                            "default", "timezone")}),
-       st.sampled_from(["none", "qps", "concurrency"]), st.sampled_from(["qps", "concurrency", "cpu", "memory"]))
-def test_autoscaling_is_refused_by_field_or_valid_in_range(raw: dict[str, Any], kind: str, metric: str) -> None:
+       st.sampled_from(["none", "qps", "concurrency"]), st.sampled_from(["qps", "concurrency", "cpu", "memory", "gpu"]),
+       st.sampled_from([0.0, 0.5, 2.0]))
+def test_autoscaling_is_refused_by_field_or_valid_in_range(raw: dict[str, Any], kind: str, metric: str,
+                                                           gpu: float) -> None:
     if raw.get("metric") is None:
         raw = {**raw, "metric": metric}
-    out = _refused_by_field(autoscale.normalize, json.loads(json.dumps(raw)), rate_limit_kind=kind)
+    out = _refused_by_field(autoscale.normalize, json.loads(json.dumps(raw)), rate_limit_kind=kind, gpu=gpu)
     if out is None or out["mode"] != "hpa":
         return
     assert math.isfinite(out["target"]) and out["target"] > 0

@@ -301,6 +301,30 @@ async def test_hpa_follows_the_gateways_load_figures(platform: Platform, nc: Cli
     assert [x.message for x in records if x.by == "autoscaler"] == ["replicas set to 1 (hpa)", "replicas set to 3 (hpa)"]
 
 
+async def test_hpa_on_gpu_utilisation_from_the_agents_reports(platform: Platform) -> None:
+    """GPU % comes with the agents' reports (the mean over the replica's cards); a report without cards
+    gives no figure, so nothing moves on it."""
+    p = platform
+    sid = (await create(p, resources={"cpu": 1, "memory_gib": 2, "gpu": 1, "gpu_type": "H100"}))["id"]
+    [inst] = await instances(p, sid, 1)
+    await ready(p, inst["id"], "127.0.0.1:9201")
+    await p.stub.SetAutoscaling(pb.SetAutoscalingRequest(service_id=sid, autoscaling_json=json.dumps(
+        {"mode": "hpa", "metric": "gpu", "target": 40, "min": 1, "max": 3, "cooldown_s": 30})))
+    p.clock.advance(60_000)  # past the cooldown of the creation
+
+    async def report(rid: str, **gpu: float) -> None:
+        await p.stub.ReportReplica(pb.ReportReplicaRequest(replica_id=rid, state="Ready", address="127.0.0.1:9201",
+                                                           generation=1, cpu_usage=0.2, memory_usage_gib=1, **gpu))
+
+    await report(inst["id"])  # CPU and memory only: no GPU figure, no change
+    await p.app.reconcile()
+    assert len(await instances(p, sid, 1)) == 1
+    await report(inst["id"], gpu_percent=100.0)  # 100% on one replica, target 40 -> ceil(2.5) = 3
+    await instances(p, sid, 3)
+    records = (await p.stub.ListServiceEvents(pb.ListServiceEventsRequest(service_id=sid, records=True))).items
+    assert [x.message for x in records if x.by == "autoscaler"] == ["replicas set to 3 (hpa)"]
+
+
 async def test_rebuild_auto_stop_and_time_rules(platform: Platform) -> None:
     p = platform
     svc = await create(p)

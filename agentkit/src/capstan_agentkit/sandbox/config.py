@@ -55,6 +55,12 @@ class SandboxConfig:
     network_scope: str = ""
     # paths an instance must never see, even through a bind that would contain them (data dir, storage)
     private_paths: tuple[str, ...] = field(default_factory=tuple)
+    # served ports reachable from other hosts (a gateway elsewhere): each instance's published ports get a
+    # port of `publish_ports` on the node's `publish_address`, forwarded only from `publish_sources`
+    # (CIDRs). Empty address: published ports are reachable from this host only (the instance's address).
+    publish_address: str = ""
+    publish_sources: tuple[str, ...] = field(default_factory=tuple)
+    publish_ports: tuple[int, int] = (30000, 32767)
 
     def __post_init__(self) -> None:
         if not _PREFIX_RE.match(self.name_prefix):
@@ -68,6 +74,18 @@ class SandboxConfig:
             ipaddress.ip_network(net)
         if self.uid_base < 1000 or self.uid_count < 1 or self.uid_base + self.uid_count > 2**32 - 2:
             raise ValueError("sandbox uid range must lie above system uids")
+        if self.publish_address:
+            if ipaddress.ip_address(self.publish_address).version != 4:
+                raise ValueError(f"publish address must be an IPv4 address: {self.publish_address}")
+            if not self.publish_sources:
+                raise ValueError("a publish address needs the sources allowed to reach it (publish sources: the "
+                                 "gateways' addresses or networks); nothing is published to everyone")
+        for net in self.publish_sources:
+            if ipaddress.ip_network(net).version != 4:
+                raise ValueError(f"publish sources must be IPv4 networks: {net}")
+        lo, hi = self.publish_ports
+        if not 1024 <= lo <= hi <= 65535:
+            raise ValueError(f"publish ports must be a range within 1024..65535: {lo}-{hi}")
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -82,7 +100,7 @@ class SandboxConfig:
         for name in ("state_dir", "cgroup_root"):
             if name in kw:
                 kw[name] = Path(kw[name])
-        for name in ("blocked_nets", "private_paths"):
+        for name in ("blocked_nets", "private_paths", "publish_sources", "publish_ports"):
             if name in kw:
                 kw[name] = tuple(kw[name])
         return cls(**kw)

@@ -59,6 +59,7 @@ class Sandbox:
     cgroups: Cgroups
     view: StagedView
     address: str | None = None
+    published: dict[int, str] = field(default_factory=dict)  # instance port -> "<node address>:<port>"
 
     @property
     def uid(self) -> int:
@@ -128,7 +129,8 @@ class Containment:
         except BaseException:
             self.teardown(lease)
             raise
-        return Sandbox(spec, paths, lease, cgroups, view, addressing[0] if addressing else None)
+        published = {int(p[3]): f"{p[0]}:{p[1]}" for p in lease.published}
+        return Sandbox(spec, paths, lease, cgroups, view, addressing[0] if addressing else None, published)
 
     def teardown(self, lease: Lease) -> None:
         """Undo :meth:`setup` once the sandbox has exited (anything left in its cgroup is killed)."""
@@ -158,6 +160,9 @@ class Containment:
         lease.netns, lease.veth, lease.index = f"{cfg.name_prefix}-{lease.slot}", f"{cfg.name_prefix}v{lease.slot}", spec.instance_index
         address = network.create_instance_net(lease.netns, lease.veth, net.bridge, net.subnet, spec.instance_index,
                                               spec.ports)
+        if cfg.publish_address and spec.ports:  # reachable from the gateways' hosts too
+            st.publish(lease, str(address), list(spec.ports), cfg)
+            self._firewall(st)
         return str(address), net.subnet
 
     def _undo(self, st: State, lease: Lease) -> None:
@@ -166,6 +171,9 @@ class Containment:
         if lease.cgroup_name:
             for_version(lease.cgroup_version, Path(lease.cgroup_root), lease.cgroup_parent).remove(lease.cgroup_name)
         net = st.leave_net(lease)  # the task's network, when this was its last instance on the host
+        published, lease.published = lease.published, []
+        if published and net is None:
+            self._firewall(st)  # no longer forwarded, before the address can go to another instance
         network.delete_instance_net(lease.netns, lease.veth, net.bridge if net is not None else None)
         if net is not None:
             self._firewall(st)
@@ -183,8 +191,10 @@ class Containment:
 
     def _firewall(self, st: State) -> None:
         nets = st.nets.values()
+        published = [network.Published(str(p[0]), int(p[1]), str(p[2]), int(p[3]), tuple(x.publish_sources))
+                     for x in st.leases.values() for p in x.published]
         network.apply_firewall(self.config.nft_table, [n.bridge for n in nets], [n.subnet for n in nets],
-                               [b for n in nets for b in n.blocked])
+                               [b for n in nets for b in n.blocked], published)
 
     # -- the instance's own files (no lock needed) ---------------------------------------------------------
     def _prepare_files(

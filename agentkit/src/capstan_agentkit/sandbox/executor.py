@@ -101,6 +101,10 @@ class Executor(ABC):
         """Where the host reaches the running instance's network (None until it has started)."""
         return None
 
+    def published(self, task_id: str, index: int) -> dict[int, str]:
+        """Where other hosts reach the running instance's published ports (none: this host only)."""
+        return {}
+
 
 @dataclass(frozen=True)
 class ExecResult:
@@ -239,6 +243,13 @@ class BwrapExecutor(Executor):
     def address(self, task_id: str, index: int) -> str | None:
         paths = InstancePaths.under(self.root, task_id, index)
         return paths.read_text(paths.address)
+
+    def published(self, task_id: str, index: int) -> dict[int, str]:
+        paths = InstancePaths.under(self.root, task_id, index)
+        try:
+            return {int(k): str(v) for k, v in json.loads(paths.read_text(paths.published) or "{}").items()}
+        except (ValueError, AttributeError):
+            return {}
 
     def _status(self, paths: InstancePaths) -> InstanceStatus:
         self._reap()

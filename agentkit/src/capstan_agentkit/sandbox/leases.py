@@ -56,6 +56,9 @@ class Lease:
     cgroup_root: str = ""
     cgroup_parent: str = ""
     cgroup_name: str = ""
+    # served ports reachable from other hosts: [publish address, host port, instance address, instance port]
+    published: list[list[Any]] = field(default_factory=list)
+    publish_sources: list[str] = field(default_factory=list)
 
     def owner_alive(self) -> bool:
         return process_start(self.pid) == self.start
@@ -129,6 +132,22 @@ class State:
             return None
         del self.nets[net.key]
         return net
+
+    def publish(self, lease: Lease, address: str, ports: list[int], config: SandboxConfig) -> dict[int, int]:
+        """Give each of the instance's ``ports`` (at ``address``) a free port of the node's publish range;
+        instance port -> host port."""
+        taken = {int(p[1]) for x in self.leases.values() for p in x.published}
+        lo, hi = config.publish_ports
+        free = (port for port in range(lo, hi + 1) if port not in taken)
+        out = {}
+        for port in sorted(set(ports)):
+            host_port = next(free, None)
+            if host_port is None:
+                raise RuntimeError(f"no free port left in the node's publish range {lo}-{hi}")
+            out[port] = host_port
+        lease.published = [[config.publish_address, h, address, p] for p, h in out.items()]
+        lease.publish_sources = list(config.publish_sources)
+        return out
 
     def stale(self) -> list[Lease]:
         return [x for x in self.leases.values() if not x.owner_alive()]

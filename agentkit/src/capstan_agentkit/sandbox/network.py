@@ -20,6 +20,7 @@ import ipaddress
 import shutil
 import subprocess
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 NETNS_DIR = Path("/run/netns")
@@ -140,21 +141,58 @@ def delete_instance_net(netns: str | None, veth: str | None, bridge: str | None 
         _ip_batch(batch, check=False)
 
 
-def apply_firewall(table: str, bridges: Iterable[str], subnets: Iterable[str], blocked: Iterable[str]) -> None:
+@dataclass(frozen=True)
+class Published:
+    """A served port reachable from other hosts: ``address:host_port`` on the node is forwarded to
+    ``instance:port``, for connections from ``sources`` only."""
+
+    address: str
+    host_port: int
+    instance: str
+    port: int
+    sources: tuple[str, ...]
+
+
+def apply_firewall(table: str, bridges: Iterable[str], subnets: Iterable[str], blocked: Iterable[str],
+                   published: Iterable[Published] = ()) -> None:
     """Replace the nftables table with the rules for these bridges; none left: remove the table."""
     bridges, subnets = sorted(set(bridges)), sorted(set(subnets))
     script = f"table inet {table}\ndelete table inet {table}\n"
     if bridges:
-        script += firewall_rules(table, bridges, subnets, sorted(set(blocked)))
+        script += firewall_rules(table, bridges, subnets, sorted(set(blocked)), sorted(set(published), key=str))
     _run(["nft", "-f", "-"], stdin=script)
 
 
-def firewall_rules(table: str, bridges: list[str], subnets: list[str], blocked: list[str]) -> str:
+def published_chains(published: list[Published]) -> tuple[str, str]:
+    """The forward rules and the NAT chains for published ports (every value checked here: they come
+    from the allocator and the node's config, never from a user)."""
+    forward, pre, out = [], [], []
+    for p in published:
+        address, instance = ipaddress.IPv4Address(p.address), ipaddress.IPv4Address(p.instance)
+        if not (1 <= p.host_port <= 65535 and 1 <= p.port <= 65535 and p.sources):
+            raise ValueError(f"bad published port {p}")
+        sources = ", ".join(str(ipaddress.IPv4Network(s)) for s in p.sources)
+        forward.append(f"    iifname != @bridges ip saddr {{ {sources} }} ip daddr {instance} tcp dport {p.port} "
+                       "ct status dnat accept\n")
+        target = f"ip daddr {address} tcp dport {p.host_port} dnat ip to {instance}:{p.port}"
+        pre.append(f"    ip saddr {{ {sources} }} {target}\n")
+        out.append(f"    {target}\n")  # this host's own callers (a gateway on the node)
+    if not published:
+        return "", ""
+    nat = (f"  chain prerouting {{\n    type nat hook prerouting priority dstnat + 5; policy accept;\n"
+           f"{''.join(pre)}  }}\n"
+           f"  chain output {{\n    type nat hook output priority -95; policy accept;\n{''.join(out)}  }}\n")
+    return "".join(forward), nat
+
+
+def firewall_rules(table: str, bridges: list[str], subnets: list[str], blocked: list[str],
+                   published: list[Published] | None = None) -> str:
     def elements(items: Iterable[str]) -> str:
         items = list(items)
         return f"elements = {{ {', '.join(items)} }}" if items else ""
 
     quoted = [f'"{b}"' for b in bridges]
+    forward, nat = published_chains(published or [])
     return f"""table inet {table} {{
   set bridges {{ type ifname; {elements(quoted)} }}
   set same {{ type ifname . ifname; {elements(f"{q} . {q}" for q in quoted)} }}
@@ -171,13 +209,13 @@ def firewall_rules(table: str, bridges: list[str], subnets: list[str], blocked: 
     oifname @bridges ct state established,related accept
     iifname . oifname @same accept
     iifname @bridges oifname @bridges drop
-    oifname @bridges drop
+{forward}    oifname @bridges drop
   }}
   chain postrouting {{
     type nat hook postrouting priority srcnat + 5; policy accept;
     ip saddr @subnets oifname != @bridges masquerade
   }}
-}}
+{nat}}}
 """
 
 

@@ -296,6 +296,10 @@ def _supervise(
     # How the platform runs a command inside it (exec probes, pre-stop), and where the host reaches it.
     write_atomic(paths.enter_plan, json.dumps({**enter_plan, "pid": proc.pid}))
     write_atomic(paths.address, address or "127.0.0.1")
+    if sandbox is not None and sandbox.published:
+        write_atomic(paths.published, json.dumps(sandbox.published))
+    else:
+        paths.published.unlink(missing_ok=True)  # an earlier run's
     assert proc.stdout is not None and proc.stderr is not None
     pumps = [
         threading.Thread(target=_pump, args=(proc.stdout, "stdout", log), daemon=True),

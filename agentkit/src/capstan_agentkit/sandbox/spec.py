@@ -236,6 +236,11 @@ class InstancePaths:
         return self.dir / "enter.json"
 
     @property
+    def published(self) -> Path:
+        """Where other hosts reach the instance's published ports: {"<port>": "<node address>:<port>"}."""
+        return self.dir / "published.json"
+
+    @property
     def address(self) -> Path:
         """The instance's own address (isolated network), or the host's loopback (host network)."""
         return self.dir / "address"

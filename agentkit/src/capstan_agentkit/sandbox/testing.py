@@ -11,8 +11,13 @@ from __future__ import annotations
 import os
 import secrets
 import string
-from dataclasses import replace
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from . import network
 from .config import SandboxConfig
@@ -54,3 +59,73 @@ def leftovers(cfg: SandboxConfig = CONFIG) -> list[str]:
         if parent.is_dir():
             found.append(f"cgroup {parent}")
     return found
+
+
+@dataclass(frozen=True)
+class OtherHost:
+    """A network namespace standing for another machine, plugged into this one by a veth pair."""
+
+    netns: str
+    address: str  # its own
+    node_side: str  # this machine's address on the link to it
+
+    def run(self, argv: list[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["ip", "netns", "exec", self.netns, *argv], capture_output=True, text=True,
+                              timeout=timeout)
+
+
+@contextmanager
+def other_hosts(count: int) -> Iterator[list[OtherHost]]:
+    """``count`` other "hosts": host i is 10.252.<n>.<4i+2> on the link 10.252.<n>.<4i>/30, whose
+    other end (this machine) is .<4i+1>; each routes everything through this machine. Removed after."""
+    n, tag = secrets.randbelow(200) + 20, secrets.token_hex(2)
+    made: list[OtherHost] = []
+
+    def ip(*args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+    try:
+        for i in range(count):
+            ns, veth = f"oh{tag}{i}", f"ohv{tag}{i}"
+            node, own = f"10.252.{n}.{4 * i + 1}", f"10.252.{n}.{4 * i + 2}"
+            ip("netns", "add", ns)
+            made.append(OtherHost(ns, own, node))
+            ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+            ip("addr", "add", f"{node}/30", "dev", veth)
+            ip("link", "set", veth, "up")
+            for args in (("addr", "add", f"{own}/30", "dev", "eth0"), ("link", "set", "eth0", "up"),
+                         ("link", "set", "lo", "up"), ("route", "add", "default", "via", node)):
+                ip("-n", ns, *args)
+        yield made
+    finally:
+        for h in made:
+            subprocess.run(["ip", "netns", "del", h.netns], capture_output=True, timeout=30)  # with its veth
+
+
+HTTP_GET = """
+import sys, urllib.request
+try:
+    with urllib.request.urlopen(sys.argv[1], timeout=3) as r:
+        print(r.status, r.read().decode()[:40])
+except Exception as e:
+    print("failed", type(e).__name__)
+"""
+
+
+def http_get(url: str, host: OtherHost | None = None) -> str:
+    """``<status> <body start>`` or ``failed <error>``: a GET from ``host`` (None: this machine)."""
+    argv = ["python3", "-c", HTTP_GET, url]
+    if host is not None:
+        return host.run(argv).stdout.strip()
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout.strip()
+
+
+def stop_all(executor: Any, cfg: SandboxConfig, timeout: float = 15) -> None:
+    """After a test: stop every instance of ``executor``, wait until none runs, and check that nothing
+    of ``cfg``'s prefix is left on the host."""
+    for key in executor.list_instances():
+        executor.stop(*key)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(executor.status(*k).state == "running" for k in executor.list_instances()):
+        time.sleep(0.1)
+    assert leftovers(cfg) == []

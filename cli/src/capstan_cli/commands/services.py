@@ -287,7 +287,7 @@ def weights(service_id: str, weights: tuple[str, ...]) -> None:
 @click.option("--version", "version_id", default="")
 @click.option("--manual", is_flag=True, help="Back to the replica count set by hand.")
 @click.option("--hpa", "hpa", default="", metavar="METRIC:TARGET",
-              help="Scale on qps, concurrency, cpu or memory, e.g. qps:10 (with --min/--max).")
+              help="Scale on qps, concurrency, cpu, memory or gpu (% of the cards), e.g. qps:10 (with --min/--max).")
 @click.option("--min", "lo", type=click.IntRange(1, 100), default=1)
 @click.option("--max", "hi", type=click.IntRange(1, 100), default=1)
 @click.option("--cooldown", type=click.IntRange(0, 86400), default=60, help="Seconds between changes.")

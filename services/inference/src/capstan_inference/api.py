@@ -114,7 +114,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     async def ReportReplica(self, req: inference_pb2.ReportReplicaRequest, context: grpc.aio.ServicerContext) -> inference_pb2.ReportReplicaResponse:
         await self.app.report(current_caller(), rid=req.replica_id, state=req.state, address=req.address,
                               exit_code=req.exit_code, message=req.message, generation=req.generation,
-                              cpu=req.cpu_usage, memory_gib=req.memory_usage_gib)
+                              cpu=req.cpu_usage, memory_gib=req.memory_usage_gib,
+                              gpu_percent=req.gpu_percent if req.HasField("gpu_percent") else None)
         return inference_pb2.ReportReplicaResponse()
 
     # -- the gateway -------------------------------------------------------------------------------

@@ -211,7 +211,7 @@ class InferenceApp:
     async def set_autoscaling(self, sid: str, vid: str, raw: Any, by: str) -> dict[str, Any]:
         vid = vid or await self._only_version(sid)
         _, v = await self._version(sid, vid)
-        cfg = autoscale.normalize(raw, rate_limit_kind=v["spec"]["rate_limit"]["kind"])
+        cfg = autoscale.normalize(raw, rate_limit_kind=v["spec"]["rate_limit"]["kind"], gpu=v["spec"]["resources"]["gpu"])
         return await self._change(sid, domain.decide_autoscaling, vid, cfg, by)
 
     async def set_weights(self, sid: str, weights: dict[str, int], by: str) -> dict[str, Any]:
@@ -278,10 +278,10 @@ class InferenceApp:
         return replica_spec(g, r, node, str(self.ctx.settings.storage_path))
 
     async def report(self, caller: Caller, *, rid: str, state: str, address: str, exit_code: int, message: str,
-                     generation: int, cpu: float, memory_gib: float) -> None:
+                     generation: int, cpu: float, memory_gib: float, gpu_percent: float | None = None) -> None:
         g = await asyncio.to_thread(self._group_of, rid)
         await asyncio.to_thread(self._check_node, caller, rid)
-        self.loads.sample(rid, cpu, memory_gib)
+        self.loads.sample(rid, cpu, memory_gib, gpu_percent)
         sid = g["id"]
         now = self.clock.now_ms()
 

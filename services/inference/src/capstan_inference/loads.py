@@ -4,13 +4,14 @@
   ``capstan_serving_load``, key ``<ms-id>.<replica-id>``, value ``{"qps", "in_flight", "queued", "at_ms"}``.
   Concurrency utilisation is (in flight + queued) / the per-replica max concurrency: it passes 100% when
   calls wait for a slot.
-- CPU / memory come with the agents' ``ReportReplica`` calls and are kept here, in memory (the latest).
+- CPU / memory / GPU % come with the agents' ``ReportReplica`` calls and are kept here, in memory (the latest).
 Figures older than ``STALE_MS`` are ignored (a gateway or agent that stopped publishing).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from nats.js import JetStreamContext
@@ -29,11 +30,12 @@ class LoadBoard:
         self.js = js
         self.clock = clock
         self._kv: Any = None
-        self._samples: dict[str, tuple[float, float, int]] = {}  # replica -> (cores, GiB, at_ms)
+        self._samples: dict[str, tuple[float, float, float | None, int]] = {}  # replica -> (cores, GiB, GPU %, at_ms)
 
-    def sample(self, rid: str, cpu: float, memory_gib: float) -> None:
-        if cpu or memory_gib:
-            self._samples[rid] = (max(cpu, 0.0), max(memory_gib, 0.0), self.clock.now_ms())
+    def sample(self, rid: str, cpu: float, memory_gib: float, gpu_percent: float | None = None) -> None:
+        if cpu or memory_gib or gpu_percent is not None:
+            gpu = min(max(gpu_percent, 0.0), 100.0) if gpu_percent is not None and math.isfinite(gpu_percent) else None
+            self._samples[rid] = (max(cpu, 0.0), max(memory_gib, 0.0), gpu, self.clock.now_ms())
 
     async def bucket(self) -> Any:
         """The gateways' bucket (they create and own it); None until one has."""
@@ -86,8 +88,12 @@ class LoadBoard:
                 values.append(f["qps"] if metric == "qps" else 100.0 * (f["in_flight"] + f["queued"]) / limit)
             else:
                 s = self._samples.get(rid)
-                if s is None or now - s[2] > STALE_MS:
+                if s is None or now - s[3] > STALE_MS:
                     continue
                 res = spec["resources"]
+                if metric == "gpu":
+                    if s[2] is not None:
+                        values.append(s[2])
+                    continue
                 values.append(100.0 * (s[0] / res["cpu"] if metric == "cpu" else s[1] / res["memory_gib"]))
         return values

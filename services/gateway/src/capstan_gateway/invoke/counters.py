@@ -90,9 +90,10 @@ class KvCounters:
         return result
 
 
-async def compare_and_set(kv: KeyValue, key: str, change: Callable[[bytes | None], bytes | None]) -> None:
+async def compare_and_set(kv: KeyValue, key: str, change: Callable[[bytes | None], bytes | None]) -> bytes | None:
     """Replace the entry's value by ``change(value)`` (None: leave it) unless another writer came first,
-    then read again and retry. ``value`` is None when the key does not exist."""
+    then read again and retry. ``value`` is None when the key does not exist. Returns what was written
+    (None when ``change`` left it)."""
     for attempt in range(64):
         try:
             entry = await kv.get(key)
@@ -101,13 +102,13 @@ async def compare_and_set(kv: KeyValue, key: str, change: Callable[[bytes | None
             value, rev = None, None
         new = change(value)
         if new is None:
-            return
+            return None
         try:
             if rev is None:
                 await kv.create(key, new)
             else:
                 await kv.update(key, new, last=rev)
-            return
+            return new
         except KeyWrongLastSequenceError:
             await asyncio.sleep(0.0005 * attempt)  # another process won: read again
     raise RuntimeError(f"{key}: too much contention")

@@ -277,10 +277,10 @@ class InvokeApp:
                     raise err.bad_gateway(f"no replica of {svc.service_id} could be reached")
                 raise err.unavailable(f"Service {svc.service_id} has no ready instance; retry later.")
             version = svc.versions[replica.version_id].route
-            limit = version.max_concurrency_per_replica
-            if limit > 0 and replica.in_flight >= limit:
+            limit = version.max_concurrency_per_replica  # per replica, split between the gateways calling it
+            if limit > 0 and replica.in_flight >= budgets.slots(replica.replica_id, limit):
                 free = [r for r in svc.versions[replica.version_id].replicas
-                        if r.in_flight < limit and r.replica_id not in exclude]
+                        if r.in_flight < budgets.slots(r.replica_id, limit) and r.replica_id not in exclude]
                 if free:
                     replica = min(free, key=lambda r: r.in_flight)
                 else:

@@ -1,4 +1,5 @@
-"""Rate and token limits: fixed windows (second, minute, day) counted in shared ``Counters``.
+"""Rate and token limits: fixed windows (second, minute, day) counted in shared ``Counters``; and each
+gateway's part of a replica's concurrency limit.
 
 Each process leases a slice of a window's limit from the shared counter (at least 2% of it, or what
 one request needs) and spends it locally, so most requests touch no network, and the sum of every
@@ -36,6 +37,7 @@ class Budgets:
         self.clock = clock
         self._leases: dict[str, _Lease] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._peers: dict[str, tuple[int, int]] = {}  # replica id -> (this gateway's rank, gateways calling it)
 
     def window(self, window_s: int) -> int:
         return int(self.clock() // window_s)
@@ -88,6 +90,26 @@ class Budgets:
         total = await self.counters.add(f"{scope}.{window}", window_s, used - reserved)
         if lease is not None and lease.window == window:
             lease.seen_total = max(lease.seen_total, total)
+
+    def set_peers(self, replica_id: str, gateway_id: str, gateway_ids: list[str]) -> None:
+        """The gateways now sending calls to a replica (those with a fresh share of its load), this one
+        among them: a concurrency limit per replica is split between them (``slots``)."""
+        peers = sorted(set(gateway_ids) | {gateway_id})
+        if len(self._peers) >= _MAX_SCOPES and replica_id not in self._peers:
+            self._peers.clear()  # replicas that are gone; the next load round tells again
+        self._peers[replica_id] = (peers.index(gateway_id), len(peers))
+
+    def forget_peers(self, replica_ids: set[str]) -> None:
+        for rid in replica_ids:
+            self._peers.pop(rid, None)
+
+    def slots(self, replica_id: str, limit: int) -> int:
+        """This gateway's part of a replica's concurrency ``limit``: the limit split evenly between the
+        gateways calling it (the first ``limit % n`` by id get one more; with fewer slots than gateways,
+        the last get none), so their sum never passes the limit. Until the first load round says who
+        the others are (a second after a gateway starts), a gateway takes the whole limit."""
+        rank, n = self._peers.get(replica_id, (0, 1))
+        return limit // n + (1 if rank < limit % n else 0)
 
     def remaining(self, scope: str, window_s: int, limit: int) -> int:
         """An estimate of what is left of the window across gateways (for X-RateLimit-Remaining)."""

@@ -114,8 +114,14 @@ class InvokeRuntime:
                     qps = (r.started - before) / max(now - then, 1e-3)
                     share = {"qps": round(qps, 3), "in_flight": r.in_flight, "queued": per_replica_queued,
                              "at_ms": at_ms}
-                    jobs.append(self.store.put_load(f"{svc.service_id}.{r.replica_id}", self.gateway_id, share))
+                    jobs.append(self._put_load(svc.service_id, r.replica_id, share))
         seen = {r.replica_id for svc in self.cache.services.values() for v in svc.versions.values() for r in v.replicas}
-        for gone in set(self._last_started) - seen:
-            del self._last_started[gone]
+        gone = set(self._last_started) - seen
+        for rid in gone:
+            del self._last_started[rid]
+        self.budgets.forget_peers(gone)
         await asyncio.gather(*jobs)
+
+    async def _put_load(self, service_id: str, replica_id: str, share: dict[str, Any]) -> None:
+        merged = await self.store.put_load(f"{service_id}.{replica_id}", self.gateway_id, share)
+        self.budgets.set_peers(replica_id, self.gateway_id, list(merged.get("gateways") or ()))

@@ -21,7 +21,9 @@ STALE_MS = 5000  # a gateway's share of a replica's load older than this no long
 class EntryStore(Protocol):
     async def put_samples(self, entries: dict[str, bytes]) -> None: ...
     async def samples(self, service_id: str) -> list[bytes]: ...
-    async def put_load(self, key: str, gateway_id: str, share: dict[str, Any]) -> None: ...
+    async def put_load(self, key: str, gateway_id: str, share: dict[str, Any]) -> dict[str, Any]:
+        """Record this gateway's share of a replica's load; the replica's load summed over gateways."""
+        ...
 
 
 class MemoryStore:
@@ -38,8 +40,9 @@ class MemoryStore:
     async def samples(self, service_id: str) -> list[bytes]:
         return [v for k, v in self._samples.items() if k.startswith(service_id + ".")]
 
-    async def put_load(self, key: str, gateway_id: str, share: dict[str, Any]) -> None:
-        self.load[key] = merge_load(self.load.get(key), gateway_id, share)
+    async def put_load(self, key: str, gateway_id: str, share: dict[str, Any]) -> dict[str, Any]:
+        self.load[key] = merged = merge_load(self.load.get(key), gateway_id, share)
+        return merged
 
 
 class KvStore:
@@ -73,10 +76,17 @@ class KvStore:
             await watcher.stop()
         return out
 
-    async def put_load(self, key: str, gateway_id: str, share: dict[str, Any]) -> None:
+    async def put_load(self, key: str, gateway_id: str, share: dict[str, Any]) -> dict[str, Any]:
         """``<ms-id>.<replica-id>``: this gateway's share replaced, the totals summed (compare-and-set)."""
-        await compare_and_set(
-            self._load, key, lambda raw: json.dumps(merge_load(_loads(raw), gateway_id, share)).encode())
+        merged: dict[str, Any] = {}
+
+        def change(raw: bytes | None) -> bytes:
+            nonlocal merged
+            merged = merge_load(_loads(raw), gateway_id, share)
+            return json.dumps(merged).encode()
+
+        await compare_and_set(self._load, key, change)
+        return merged
 
 
 def merge_load(current: dict[str, Any] | None, gateway_id: str, share: dict[str, Any]) -> dict[str, Any]:

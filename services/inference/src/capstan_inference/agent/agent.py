@@ -26,7 +26,6 @@ re-adopts what runs and marks in the directory (``.reported``, ``.restart``) say
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -88,6 +87,18 @@ class Run:
     readiness: ProbeState | None = None
     liveness: ProbeState | None = None
 
+
+
+def usage(line: str) -> tuple[float, float, float | None]:
+    """Cores, GiB and the mean GPU % of the cards (None without cards) in one of the runner's usage
+    samples (``METRICS_STREAM``); a sample that cannot be read counts as none."""
+    try:
+        values = json.loads(line)
+        cards = [float(c["gpu_percent"]) for c in values.get("gpus") or ()]
+        return (float(values["cpu_cores"]), float(values["memory_bytes"]) / (1 << 30),
+                sum(cards) / len(cards) if cards else None)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return 0.0, 0.0, None
 
 class InferenceAgent(NodeAgent):
     agent_kind = "inference"
@@ -268,7 +279,9 @@ class InferenceAgent(NodeAgent):
         host = self.executor.address(key, 0)
         if host is None:
             return  # its sandbox is still being set up
-        address = f"{host}:{spec.port}"
+        address = f"{host}:{spec.port}"  # where this host probes it
+        # where the gateways reach it: the node's published port when the node publishes to other hosts
+        served = self.executor.published(key, 0).get(spec.port) or address
 
         async def exec_in(argv: list[str], timeout: float) -> tuple[int, str]:
             res = await asyncio.to_thread(self.executor.exec, key, 0, argv, timeout)
@@ -279,14 +292,14 @@ class InferenceAgent(NodeAgent):
             if run.startup.due(now):
                 await run.startup.check(address, exec_in)
             if run.startup.passing is False:
-                await self._restart(spec, key, address, f"startup probe failed: {run.startup.detail}")
+                await self._restart(spec, key, served, f"startup probe failed: {run.startup.detail}")
                 return
-            await self._report(rid, spec.generation, "Starting", address=address, message=run.startup.detail)
+            await self._report(rid, spec.generation, "Starting", address=served, message=run.startup.detail)
             return
         if run.liveness is not None and run.liveness.due(now):
             await run.liveness.check(address, exec_in)
             if run.liveness.passing is False:
-                await self._restart(spec, key, address, f"liveness probe failed: {run.liveness.detail}")
+                await self._restart(spec, key, served, f"liveness probe failed: {run.liveness.detail}")
                 return
         state, message = "Ready", ""
         if run.readiness is not None:
@@ -296,7 +309,7 @@ class InferenceAgent(NodeAgent):
                 state, message = "Starting", run.readiness.detail
             elif run.readiness.passing is False:
                 state, message = "NotReady", f"readiness probe: {run.readiness.detail}"
-        await self._report(rid, spec.generation, state, address=address, message=message, usage_of=key)
+        await self._report(rid, spec.generation, state, address=served, message=message, usage_of=key)
 
     async def _restart(self, spec: inference_pb2.ReplicaSpec, key: str, address: str, reason: str) -> None:
         """A failed startup or liveness probe: the run is stopped (as any stop: pre-stop, SIGTERM, grace)
@@ -316,14 +329,12 @@ class InferenceAgent(NodeAgent):
         fresh = usage_of is not None and now - self._usage_at.get(rid, 0.0) >= self.settings.usage_report_s
         if self._last.get(rid) == what and not fresh:
             return
-        cpu = memory = 0.0
+        cpu, memory, gpu = 0.0, 0.0, None
         if usage_of is not None and (sample := last_record(self.executor.log_path(usage_of, 0), METRICS_STREAM)):
-            with contextlib.suppress(ValueError, TypeError, KeyError):
-                values = json.loads(sample["line"])
-                cpu, memory = float(values["cpu_cores"]), float(values["memory_bytes"]) / (1 << 30)
+            cpu, memory, gpu = usage(sample["line"])
         await self.inference.ReportReplica(inference_pb2.ReportReplicaRequest(
             replica_id=rid, state=state, address=address, exit_code=exit_code, message=message[:1000],
-            generation=generation, cpu_usage=cpu, memory_usage_gib=memory), timeout=15)
+            generation=generation, cpu_usage=cpu, memory_usage_gib=memory, gpu_percent=gpu), timeout=15)
         self._last[rid] = what
         if usage_of is not None:
             self._usage_at[rid] = now

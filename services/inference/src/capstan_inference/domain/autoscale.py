@@ -6,7 +6,9 @@
   up to 8 days, skipping a rule on its exception dates) sets the count; none: ``default``.
 - ``hpa``: ``min``..``max`` replicas keeping one metric per replica at ``target``: ``qps`` (requests/s),
   ``concurrency`` ((in flight + its share of the calls waiting in the version's queue) / max concurrency,
-  %; over 100 when calls wait), ``cpu`` (% of the requested cores), ``memory`` (% of the requested memory). Within 10% of the target nothing changes; otherwise the count becomes
+  %; over 100 when calls wait), ``cpu`` (% of the requested cores), ``memory`` (% of the requested memory),
+  ``gpu`` (mean utilisation % of the cards the replica holds, as ``nvidia-smi`` reports it; only for a
+  version that asks for cards). Within 10% of the target nothing changes; otherwise the count becomes
   ceil(total / target), bounded; a change waits ``cooldown_s`` after the previous one (a bound violated
   by a new min/max is fixed at once).
 """
@@ -26,7 +28,7 @@ from . import cron
 from .spec import MAX_REPLICAS
 
 MODES = ("manual", "time", "hpa")
-METRICS = ("qps", "concurrency", "cpu", "memory")
+METRICS = ("qps", "concurrency", "cpu", "memory", "gpu")
 MAX_RULES = 32
 TOLERANCE = 0.1
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
@@ -40,7 +42,8 @@ def _int(raw: Any, field: str, lo: int, hi: int) -> int:
     return raw
 
 
-def normalize(raw: Any, *, rate_limit_kind: str) -> dict[str, Any]:
+def normalize(raw: Any, *, rate_limit_kind: str, gpu: float = 0.0) -> dict[str, Any]:
+    """The complete rules of ``raw``; ``rate_limit_kind`` and ``gpu`` (cards) are the version's."""
     if not isinstance(raw, dict):
         raise InvalidArgument("autoscaling must be an object with a mode (manual, time or hpa)", field="autoscaling")
     mode = raw.get("mode")
@@ -77,11 +80,11 @@ def normalize(raw: Any, *, rate_limit_kind: str) -> dict[str, Any]:
         default = _int(raw.get("default", 1), "autoscaling.default", 0, MAX_REPLICAS)
         return {"mode": "time", "rules": out, "timezone": tz, "default": default}
     metric = raw.get("metric")
-    if metric == "gpu":
-        raise InvalidArgument("autoscaling.metric gpu is not measured for service replicas yet; use qps, "
-                              "concurrency, cpu or memory", field="autoscaling.metric")
     if metric not in METRICS:
-        raise InvalidArgument("autoscaling.metric must be qps, concurrency, cpu or memory", field="autoscaling.metric")
+        raise InvalidArgument("autoscaling.metric must be qps, concurrency, cpu, memory or gpu", field="autoscaling.metric")
+    if metric == "gpu" and gpu <= 0:
+        raise InvalidArgument("autoscaling on GPU utilisation needs a version that asks for cards (resources.gpu > 0)",
+                              field="autoscaling.metric")
     if metric == "concurrency" and rate_limit_kind != "concurrency":
         raise InvalidArgument("autoscaling on concurrency utilisation needs the per-replica max concurrency limit "
                               '(rate_limit {"kind": "concurrency", "value": N})', field="autoscaling.metric")
