@@ -116,10 +116,11 @@ def _wait(api: httpx.Client, sid: str, ok: Callable[[dict[str, Any]], bool], wha
 
 
 class Load:
-    """``clients`` threads calling the chat route without pause; each answer's replica and every failure kept."""
+    """``clients`` threads calling the chat route (``pause_s`` between a thread's calls); each answer's
+    replica and every failure kept."""
 
-    def __init__(self, url: str, secret: str, sid: str, clients: int = CLIENTS) -> None:
-        self.url, self.secret, self.sid = url, secret, sid
+    def __init__(self, url: str, secret: str, sid: str, clients: int = CLIENTS, pause_s: float = 0.0) -> None:
+        self.url, self.secret, self.sid, self.pause_s = url, secret, sid, pause_s
         self.by_replica: Counter[str] = Counter()
         self.failed: list[str] = []
         self.lock = threading.Lock()
@@ -141,6 +142,7 @@ class Load:
                 except Exception as exc:  # noqa: BLE001 - each failure is what the test counts
                     with self.lock:
                         self.failed.append(repr(exc))
+                self._stop.wait(self.pause_s)
 
     def check(self) -> None:
         assert not self.failed, self.failed[:5]
@@ -205,14 +207,16 @@ def test_hpa_scales_up_under_real_load_and_back_down_when_it_stops(platform: Pla
     assert load.failed == [], load.failed[:5]
     assert set(load.by_replica) <= serving, (load.by_replica, serving)
 
-    # the load stops but for one caller (one call at a time: 50% of one replica at most, under the
-    # target): after the cooldown the version goes back to min, its retired replicas drained, no call lost
-    with Load(url, secret, sid, clients=1) as trickle:
+    # the load drops to two callers, each in flight half of the time (about half of one replica's limit):
+    # after the cooldown the version goes back to min; the replicas it retires were serving calls (a
+    # caller that finds the first replica busy goes to another), they are drained first and no call is lost
+    with Load(url, secret, sid, clients=2, pause_s=HOLD_MS / 1000) as trickle:
         down = _wait(api, sid, lambda s: s["versions"][0]["replicas"] == 1 and len(s["instances"]) == 1
                      and s["running_replicas"] == 1, "back to one replica once the load stops", check=trickle.check)
         trickle.wait_for(down["instances"][0]["id"], 5)
     scaled_down = time.monotonic()
     assert trickle.failed == [], trickle.failed[:5]
+    assert len(trickle.by_replica) > 1, trickle.by_replica  # calls on replicas that were then retired
     assert down["versions"][0]["autoscaling"]["mode"] == "hpa"
 
     records = api.get(f"/api/v1/services/{sid}/records").json()["items"]
@@ -221,7 +225,8 @@ def test_hpa_scales_up_under_real_load_and_back_down_when_it_stops(platform: Pla
     assert counts and counts[-1] == 1 and MAX in counts, auto
     peak = counts.index(MAX)
     assert all(a < b for a, b in zip([1, *counts[:peak]], counts[:peak + 1], strict=True)), auto  # up, step by step
-    assert all(c == 1 for c in counts[peak + 1:]), auto  # then straight down to min
+    # then down to min (in one step or two: a figure sampled as the load fell may still ask for two)
+    assert all(a >= b for a, b in zip(counts[peak:], counts[peak + 1:], strict=False)), auto
     print(f"\nHPA under load: deploy {deployed - started:.1f}s, scale-up and serving {scaled_up - deployed:.1f}s, "
           f"scale-down {scaled_down - scaled_up:.1f}s; calls per replica {dict(load.by_replica)}, then "
           f"{dict(trickle.by_replica)}; records {auto}")
