@@ -219,6 +219,18 @@ def test_hpa_scales_up_under_real_load_and_back_down_when_it_stops(platform: Pla
     assert len(trickle.by_replica) > 1, trickle.by_replica  # calls on replicas that were then retired
     assert down["versions"][0]["autoscaling"]["mode"] == "hpa"
 
+    # the gateway's monitoring counted the same calls: every one succeeded, none throttled (429) or failed
+    calls = sum(load.by_replica.values()) + sum(trickle.by_replica.values())
+    deadline = time.monotonic() + 30
+    while True:  # each gateway writes its samples every 2 s
+        points = api.get(f"/api/v1/services/{sid}/metrics?minutes=10").json()["points"]
+        seen = {k: sum(p[k] for p in points) for k in ("received", "succeeded", "failed", "throttled")}
+        if seen["received"] >= calls:
+            break
+        assert time.monotonic() < deadline, (seen, calls)
+        time.sleep(0.5)
+    assert seen == {"received": calls, "succeeded": calls, "failed": 0, "throttled": 0}, (seen, calls)
+
     records = api.get(f"/api/v1/services/{sid}/records").json()["items"]
     auto = [x["message"] for x in records if x["by"] == "autoscaler"][::-1]  # oldest first
     counts = [int(m.split("replicas set to ")[1].split()[0]) for m in auto]
