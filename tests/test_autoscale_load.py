@@ -106,7 +106,7 @@ def _wait(api: httpx.Client, sid: str, ok: Callable[[dict[str, Any]], bool], wha
             try:
                 check()
             except AssertionError as exc:
-                raise AssertionError(f"{what}: {exc}\nservice: {svc}\nrecords: "
+                raise AssertionError(f"{what}: {exc}\nservice: {svc}\nevents: "
                                      f"{api.get(f'/api/v1/services/{sid}/events').json()}") from None
         if svc.get("status") == "Failed":
             lines = api.get(f"/api/v1/services/{sid}/logs").json().get("lines", [])
@@ -196,7 +196,7 @@ def test_hpa_scales_up_under_real_load_and_back_down_when_it_stops(platform: Pla
 
     url = f"{platform.api}/{sid}/v1/chat/completions"
     with Load(url, secret, sid) as load:
-        # the first replica is full (LIMIT in flight: 100% against a 50% target): the autoscaler asks for more
+        # the first replica is full and 5 calls wait (7 / LIMIT = 350% against 100%): 4 wanted, MAX set
         up = _wait(api, sid, lambda s: s["versions"][0]["replicas"] == MAX and s["running_replicas"] == MAX,
                    f"{MAX} replicas ready under load", timeout=60, check=load.check)
         serving = {i["id"] for i in up["instances"] if i["state"] == "Ready"}
