@@ -102,6 +102,35 @@ async def test_queue_timeout(settings: GatewaySettings, tmp_path: Path) -> None:
             assert (await long).choices
 
 
+async def test_a_queued_call_goes_to_a_replica_added_while_it_waits(
+    settings: GatewaySettings, tmp_path: Path, admin_token: str
+) -> None:
+    """Scale-up (HPA) adds replicas while calls wait in the version's queue: a waiting call takes a slot of
+    the new replica as soon as the gateway's table has it, not only when a busy replica frees one (a
+    wait that can outlast the queue's timeout: a 429 beside an idle replica)."""
+    version = inference_pb2.RouteVersion(version_id="v1", weight=100, served_model_name="fake-model",
+                                         max_concurrency_per_replica=1, queue_size=5, queue_timeout_ms=4000)
+    with fake_upstream(tmp_path, "slow", tokens_per_second=2) as slow, fake_upstream(tmp_path, "fast") as fast:
+        source = StubRouteSource(route(MS, [("r1", "v1", slow)], auth=False, versions=[version]))
+        async with served_gateway(settings, source) as gw, httpx.AsyncClient(
+                base_url=gw, headers={"Authorization": f"Bearer {admin_token}"}) as admin:
+            client = sdk(gw)
+            busy = asyncio.create_task(client.chat.completions.create(model=MS, messages=MSGS, max_tokens=16))
+            async with asyncio.timeout(10):  # 8 s on the only replica
+                while not (await upstream_stats(slow))["arrivals"]:
+                    await asyncio.sleep(0.02)
+            waiting = asyncio.create_task(client.chat.completions.create(model=MS, messages=MSGS, max_tokens=1))
+            async with asyncio.timeout(10):  # it waits in the queue
+                while f'capstan_serving_queued{{service="{MS}",version="v1"}} 1' not in (
+                        await admin.get("/metrics")).text:
+                    await asyncio.sleep(0.02)
+            source.set(route(MS, [("r1", "v1", slow), ("r2", "v1", fast)], auth=False, versions=[version]))
+            async with asyncio.timeout(3):  # the table is polled every 0.5 s; r1 stays busy for 8 s
+                assert (await waiting).choices
+            assert len((await upstream_stats(fast))["arrivals"]) == 1 and not busy.done()
+            assert (await busy).choices
+
+
 async def test_traffic_split_by_version_weight(settings: GatewaySettings, tmp_path: Path) -> None:
     versions = [inference_pb2.RouteVersion(version_id="a", weight=80, served_model_name="model-a"),
                 inference_pb2.RouteVersion(version_id="b", weight=20, served_model_name="model-b"),

@@ -11,13 +11,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from capstan_gateway.invoke.counters import LocalCounters
-from capstan_gateway.invoke.limits import Budgets, estimate_tokens
+from capstan_gateway.invoke.limits import Budgets, ConcurrencyGate, estimate_tokens
 from capstan_gateway.invoke.metrics import Outcome, ServingMetrics, time_series
-from capstan_gateway.invoke.routes import build_service
+from capstan_gateway.invoke.routes import RouteCache, build_service
 from capstan_gateway.invoke.sse import SseRelay
 from capstan_gateway.invoke.store import merge_load
+from capstan_proto import inference_pb2
 
-from .invoke_support import route
+from .invoke_support import StubRouteSource, route
 
 
 class Clock:
@@ -95,6 +96,94 @@ def test_routing_skips_unready_and_isolated_and_keeps_in_flight() -> None:
     assert again.versions["v1"].replicas[0].in_flight == 3
     assert svc.choose(frozenset({"a"})) is None
     assert svc.key_for("sk-good") is not None and svc.key_for("sk-bad") is None
+
+
+async def _turns(n: int = 10) -> None:
+    """Let the event loop run what is ready (a woken waiter's task ends within a few turns)."""
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def test_the_queue_wakes_its_oldest_waiters_for_freed_slots_and_added_replicas() -> None:
+    gate = ConcurrencyGate()
+    waits = [asyncio.create_task(gate.wait("v1", 3, 5)) for _ in range(3)]
+    await _turns()
+    assert gate.queued("v1") == 3 and not await gate.wait("v1", 3, 5)  # full: refused at once
+    gate.release("v1")
+    await _turns()
+    assert [w.done() for w in waits] == [True, False, False]
+    # woken but every slot taken again: back at the head of the line, even though the queue is full
+    head = asyncio.create_task(gate.wait("v1", 2, 5, again=True))
+    await _turns()
+    gate.wake("v1", 2)  # e.g. a replica with 2 slots added
+    await _turns()
+    assert head.done() and [w.done() for w in waits] == [True, True, False]
+    assert not await gate.wait("v1", 3, 0)  # no time left: refused
+    gate.wake("v1", 5)
+    assert all(await asyncio.gather(*waits, head))
+
+
+async def test_replicas_added_to_the_table_wake_one_waiter_per_new_slot() -> None:
+    version = inference_pb2.RouteVersion(version_id="v1", weight=100, max_concurrency_per_replica=2)
+    source = StubRouteSource(route("ms-x", [("a", "v1", "h:1")], versions=[version]))
+    cache = RouteCache(source)
+    await cache.refresh()
+    waits = [asyncio.create_task(cache.gate.wait("v1", 10, 5)) for _ in range(5)]
+    await _turns()
+    source.set(route("ms-x", [("a", "v1", "h:1"), ("b", "v1", "h:2")], versions=[version]))
+    await cache.refresh()
+    await _turns()
+    assert [w.done() for w in waits] == [True, True, False, False, False]
+    await cache.refresh()  # unchanged: nobody else
+    await _turns()
+    assert cache.gate.queued("v1") == 3
+    for w in waits:
+        w.cancel()
+
+
+class SlowSource(StubRouteSource):
+    """ListRoutes that takes a while (a busy inference service), so callers arrive while it runs."""
+
+    async def list_routes(self, revision: int) -> inference_pb2.ListRoutesResponse:
+        await asyncio.sleep(0.3)
+        return await super().list_routes(revision)
+
+
+async def test_callers_that_miss_while_a_refresh_runs_wait_for_it() -> None:
+    """Right after a deploy, many callers at once name a service whose replica the cache does not have
+    yet: every one waits for the refresh under way (one ListRoutes), none answers 503 from the old table."""
+    source = SlowSource(route("ms-x", []))
+    cache = RouteCache(source, poll_s=3600)
+    await cache.refresh()
+    source.set(route("ms-x", [("a", "v1", "h:1")]))
+    calls_before = source.calls
+    first = asyncio.create_task(cache.get("ms-x"))
+    await _turns()  # its refresh is under way
+    rest = [asyncio.create_task(cache.get("ms-x")) for _ in range(5)]
+    got = await asyncio.gather(first, *rest)
+    assert all(svc is not None and svc.choose() is not None for svc in got)
+    assert source.calls == calls_before + 1
+    # the poll's own refresh is shared the same way
+    source.set(route("ms-y", [("b", "v1", "h:2")]))
+    poll = asyncio.create_task(cache.refresh())
+    await _turns()
+    svc = await cache.get("ms-y")
+    assert svc is not None and svc.choose() is not None
+    await poll
+    assert source.calls == calls_before + 2
+
+
+async def test_published_load_splits_the_versions_queue_over_its_replicas_exactly() -> None:
+    from capstan_gateway.invoke.runtime import InvokeRuntime
+    from capstan_gateway.invoke.store import MemoryStore
+
+    cache = RouteCache(StubRouteSource(route("ms-x", [("a", "v1", "h:1"), ("b", "v1", "h:2"), ("c", "v1", "h:3")])))
+    await cache.refresh()
+    store = MemoryStore()
+    runtime = InvokeRuntime(cache, LocalCounters(), store, "gw1")
+    runtime.metrics.queued[("ms-x", "v1")] = 4
+    await runtime.publish_load()
+    assert sorted(store.load[f"ms-x.{r}"]["queued"] for r in "abc") == [1, 1, 2]  # 4 waiting calls in all
 
 
 def test_metrics_series_sum_gateways() -> None:

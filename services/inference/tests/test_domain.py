@@ -208,6 +208,28 @@ def test_hpa_decisions() -> None:
     assert autoscale.normalize(gpu, rate_limit_kind="none", gpu=0.5)["metric"] == "gpu"
 
 
+def test_concurrency_utilisation_counts_the_calls_waiting_for_a_slot() -> None:
+    """In flight alone stops at the limit: a full replica with calls waiting must read over 100%, or a
+    target near 100% never scales up and a lower one grows at most by its ratio per cooldown."""
+    from capstan_core.clock import FixedClock
+    from capstan_inference.loads import LoadBoard
+
+    clock = FixedClock(1_000_000)
+    board = LoadBoard(None, clock)  # type: ignore[arg-type]  # metric_values reads no bucket
+    cfg = autoscale.normalize({"mode": "hpa", "metric": "concurrency", "target": 100, "min": 1, "max": 5,
+                               "cooldown_s": 0}, rate_limit_kind="concurrency")
+    v = {"id": "v1", "spec": {"rate_limit": {"kind": "concurrency", "value": 2}}}
+    rep = {"version_id": "v1", "state": "Ready", "generation": 1, "reported_generation": 1, "draining_at_ms": 0}
+    g: Any = {"replicas": {"r1": rep}}
+    full = {"r1": {"qps": 8.0, "in_flight": 2.0, "queued": 5.0, "at_ms": 1_000_000.0}}
+    values = board.metric_values(g, v, "concurrency", full)
+    assert values == [350.0]
+    assert autoscale.hpa_replicas(cfg, 1, values, last_change_ms=0, now_ms=clock.now_ms()) == 4
+    idle = {"r1": {"qps": 0.0, "in_flight": 2.0, "queued": 0.0, "at_ms": 1_000_000.0}}
+    assert autoscale.hpa_replicas(cfg, 1, board.metric_values(g, v, "concurrency", idle), last_change_ms=0,
+                                  now_ms=clock.now_ms()) == 1  # full, nobody waiting: at the target
+
+
 # -- the aggregate --------------------------------------------------------------------------------------
 
 

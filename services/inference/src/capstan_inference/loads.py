@@ -2,6 +2,8 @@
 
 - The gateways publish each replica's load about every second into the JetStream KV bucket
   ``capstan_serving_load``, key ``<ms-id>.<replica-id>``, value ``{"qps", "in_flight", "queued", "at_ms"}``.
+  Concurrency utilisation is (in flight + queued) / the per-replica max concurrency: it passes 100% when
+  calls wait for a slot.
 - CPU / memory / GPU % come with the agents' ``ReportReplica`` calls and are kept here, in memory (the latest).
 Figures older than ``STALE_MS`` are ignored (a gateway or agent that stopped publishing).
 """
@@ -80,7 +82,10 @@ class LoadBoard:
                 if f is None or now - f["at_ms"] > STALE_MS:
                     continue
                 limit = spec["rate_limit"]["value"] or 1
-                values.append(f["qps"] if metric == "qps" else 100.0 * f["in_flight"] / limit)
+                # concurrency: the calls the replica has plus its share of those waiting for a slot. In
+                # flight alone stops at the limit (100%), so it could never say how many replicas the
+                # demand needs, and a target near 100% would never scale up.
+                values.append(f["qps"] if metric == "qps" else 100.0 * (f["in_flight"] + f["queued"]) / limit)
             else:
                 s = self._samples.get(rid)
                 if s is None or now - s[3] > STALE_MS:

@@ -27,7 +27,7 @@ from capstan_core import tracing
 from capstan_proto import inference_pb2
 
 from . import oai_errors as err
-from .limits import Budgets, ConcurrencyGate, estimate_tokens
+from .limits import Budgets, estimate_tokens
 from .metrics import Outcome, ServingMetrics
 from .routes import Replica, RouteCache, Service
 from .sse import SseRelay
@@ -79,7 +79,6 @@ class InvokeApp:
     ) -> None:
         self.app = app
         self._cache, self._budgets, self._metrics, self._session = cache, budgets, metrics, session
-        self.gate = ConcurrencyGate()
         self.tracer = tracing.tracer("gateway")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -187,7 +186,7 @@ class InvokeApp:
         key = self._authenticate(svc, headers)
         call.key_id = key.key_id if key else ""
         try:
-            await self._invoke(scope, receive, send, svc, key, call, budgets, metrics, session)
+            await self._invoke(scope, receive, send, cache, svc, key, call, budgets, metrics, session)
         except err.InvokeError as e:
             if not call.recorded:  # refused before the call went out (limits at admission)
                 status = "throttled" if e.status == 429 else "failed"
@@ -263,9 +262,14 @@ class InvokeApp:
         return settles
 
     async def _pick(
-        self, svc: Service, call: Call, exclude: set[str], budgets: Budgets, metrics: ServingMetrics
+        self, cache: RouteCache, svc: Service, call: Call, exclude: set[str], budgets: Budgets,
+        metrics: ServingMetrics,
     ) -> Replica:
-        """A replica under its QPS and concurrency limits, waiting in the version's queue if it allows."""
+        """A replica under its QPS and concurrency limits, waiting in the version's queue if it allows.
+        After a wait the choice is made on the routing table as it is then: replicas added meanwhile (a
+        scale-up) are candidates, and a woken call that finds every slot taken keeps its place in line
+        for what is left of its queue timeout."""
+        deadline = 0.0
         while True:
             replica = svc.choose(frozenset(exclude))
             if replica is None:
@@ -281,15 +285,19 @@ class InvokeApp:
                     replica = min(free, key=lambda r: r.in_flight)
                 else:
                     gauge = (svc.service_id, version.version_id)
+                    again = deadline > 0
+                    if not again:
+                        deadline = time.monotonic() + version.queue_timeout_ms / 1000
                     metrics.queued[gauge] += 1
                     try:
-                        ok = version.queue_size > 0 and await self.gate.wait(
-                            version.version_id, version.queue_size, version.queue_timeout_ms / 1000)
+                        ok = version.queue_size > 0 and await cache.gate.wait(
+                            version.version_id, version.queue_size, deadline - time.monotonic(), again=again)
                     finally:
                         metrics.queued[gauge] -= 1
                     if not ok:
                         raise err.rate_limited(f"Service {svc.service_id} is at its concurrency limit ({limit} per "
                                                "instance); retry later.")
+                    svc = cache.services.get(svc.service_id) or svc
                     continue
             qps = version.max_qps_per_replica
             call.admitted_at = budgets.clock()
@@ -302,7 +310,7 @@ class InvokeApp:
             return replica
 
     async def _invoke(
-        self, scope: Scope, receive: Receive, send: Send, svc: Service, key: inference_pb2.RouteKey | None,
+        self, scope: Scope, receive: Receive, send: Send, cache: RouteCache, svc: Service, key: inference_pb2.RouteKey | None,
         call: Call, budgets: Budgets, metrics: ServingMetrics, session: aiohttp.ClientSession,
     ) -> None:
         await self._admit(svc, key, call, budgets)
@@ -324,7 +332,7 @@ class InvokeApp:
         outcome = Outcome("failed")
         tried: set[str] = set()
         try:
-            await self._attempts(svc, call, budgets, metrics, session, send, relay, tried, outcome)
+            await self._attempts(cache, svc, call, budgets, metrics, session, send, relay, tried, outcome)
         except err.InvokeError as e:
             outcome.status = "throttled" if e.status == 429 else "failed"
             raise
@@ -347,13 +355,13 @@ class InvokeApp:
             call.recorded = True
 
     async def _attempts(
-        self, svc: Service, call: Call, budgets: Budgets, metrics: ServingMetrics, session: aiohttp.ClientSession,
+        self, cache: RouteCache, svc: Service, call: Call, budgets: Budgets, metrics: ServingMetrics, session: aiohttp.ClientSession,
         send: Send, relay: SseRelay, tried: set[str], outcome: Outcome,
     ) -> None:
         last: Exception | None = None
         for _ in range(RETRIES):
             try:
-                replica = await self._pick(svc, call, tried, budgets, metrics)
+                replica = await self._pick(cache, svc, call, tried, budgets, metrics)
             except err.InvokeError:
                 if last is None:
                     raise
@@ -378,7 +386,7 @@ class InvokeApp:
                 replica.in_flight -= 1
                 metrics.in_flight[gauge] -= 1
                 if version.max_concurrency_per_replica > 0:
-                    self.gate.release(version.version_id)
+                    cache.gate.release(version.version_id)
         raise err.bad_gateway(f"the service's instances could not be reached: {last}")
 
     @staticmethod

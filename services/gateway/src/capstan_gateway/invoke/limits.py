@@ -129,7 +129,11 @@ def estimate_tokens(body: dict[str, object], raw_len: int, default_max_tokens: i
 
 
 class ConcurrencyGate:
-    """Requests over a version's per-replica concurrency wait here (bounded, with a timeout)."""
+    """Requests over a version's per-replica concurrency wait here (bounded, with a timeout), oldest first.
+
+    A waiter is woken when a slot of the version frees (``release``) or when the routing table adds
+    replicas to it (``wake``: one waiter per new slot), so calls queued before a scale-up go to the new
+    replicas as soon as the gateway routes to them."""
 
     def __init__(self) -> None:
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
@@ -137,13 +141,20 @@ class ConcurrencyGate:
     def queued(self, version_id: str) -> int:
         return len(self._waiters.get(version_id, ()))
 
-    async def wait(self, version_id: str, queue_size: int, timeout_s: float) -> bool:
-        """Wait for a slot of the version to free; False when the queue is full or the wait timed out."""
+    async def wait(self, version_id: str, queue_size: int, timeout_s: float, *, again: bool = False) -> bool:
+        """Wait for a slot of the version to free; False when the queue is full or the wait timed out.
+        ``again``: a waiter that was woken but found every slot taken keeps its place at the head of the
+        line (it was the oldest) and is not refused for a queue that filled meanwhile."""
         waiters = self._waiters.setdefault(version_id, [])
-        if len(waiters) >= queue_size:
+        if not again and len(waiters) >= queue_size:
+            return False
+        if timeout_s <= 0:
             return False
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        waiters.append(fut)
+        if again:
+            waiters.insert(0, fut)
+        else:
+            waiters.append(fut)
         try:
             await asyncio.wait_for(fut, timeout_s)
             return True
@@ -155,9 +166,14 @@ class ConcurrencyGate:
 
     def release(self, version_id: str) -> None:
         """A slot of the version freed: wake the oldest waiter."""
+        self.wake(version_id, 1)
+
+    def wake(self, version_id: str, slots: int) -> None:
+        """``slots`` slots of the version became free (a slot freed, or replicas were added): wake as many
+        of the oldest waiters."""
         waiters = self._waiters.get(version_id)
-        while waiters:
+        while waiters and slots > 0:
             fut = waiters.pop(0)
             if not fut.done():
                 fut.set_result(None)
-                return
+                slots -= 1

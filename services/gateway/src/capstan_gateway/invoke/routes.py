@@ -3,7 +3,9 @@
 service the cache does not know.
 
 Choice: a version by weight among versions with a ready, non-isolated replica, then that version's
-replica with the fewest requests in flight from this gateway process.
+replica with the fewest requests in flight from this gateway process. Calls over a version's per-replica
+concurrency wait in the cache's ``gate``; replicas the table adds (a scale-up, a replica ready again) wake
+as many of them as they bring slots.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from capstan_proto import inference_pb2
+
+from .limits import ConcurrencyGate
 
 log = logging.getLogger(__name__)
 
@@ -121,14 +125,16 @@ class RouteCache:
         self._task: asyncio.Task[None] | None = None
         self._last_error = ""
         self._last_warned = 0.0
+        self.gate = ConcurrencyGate()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._poll(), name="route-cache")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        tasks = [t for t in (self._task, self._refreshing) if t is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _poll(self) -> None:
         while True:
@@ -145,6 +151,14 @@ class RouteCache:
             await asyncio.sleep(self.poll_s)
 
     async def refresh(self) -> None:
+        """One ListRoutes round; whoever asks while one is under way (the poll, callers that missed)
+        shares it instead of starting another or going on with the table it is replacing."""
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.create_task(self._refresh(), name="route-refresh")
+            self._refreshing.add_done_callback(_retrieved)
+        await asyncio.shield(self._refreshing)
+
+    async def _refresh(self) -> None:
         self._last_refresh = time.monotonic()
         resp = await self.source.list_routes(self.revision)
         if not resp.unchanged:
@@ -152,21 +166,34 @@ class RouteCache:
         self.loaded.set()
 
     def apply(self, resp: inference_pb2.ListRoutesResponse) -> None:
+        before = {r.replica_id for s in self.services.values() for v in s.versions.values() for r in v.replicas}
         self.services = {s.service_id: build_service(s, self.services.get(s.service_id)) for s in resp.services}
         self.revision = resp.revision
+        for svc in self.services.values():  # new replicas' slots go to the calls already waiting for one
+            for v in svc.versions.values():
+                limit = v.route.max_concurrency_per_replica
+                added = sum(1 for r in v.replicas if r.replica_id not in before)
+                if limit > 0 and added:
+                    self.gate.wake(v.route.version_id, added * limit)
 
     async def get(self, service_id: str) -> Service | None:
         """The service, refreshing once (at most every ``miss_refresh_s``) when it is not known, or known
         without a routable replica: a replica that became ready since the last poll is found at once
-        instead of answering 503 to the first caller after a deploy."""
+        instead of answering 503 to the first callers after a deploy. A refresh already under way is
+        waited for, however recent (callers that arrive together all wait for the one ListRoutes)."""
         svc = self.services.get(service_id)
         if svc is not None and svc.routable():
             return svc
-        if time.monotonic() - self._last_refresh >= self.miss_refresh_s or not self.loaded.is_set():
-            if self._refreshing is None or self._refreshing.done():
-                self._refreshing = asyncio.create_task(self.refresh())
+        under_way = self._refreshing is not None and not self._refreshing.done()
+        if under_way or time.monotonic() - self._last_refresh >= self.miss_refresh_s or not self.loaded.is_set():
             try:
-                await asyncio.wait_for(asyncio.shield(self._refreshing), timeout=2.0)
+                await asyncio.wait_for(self.refresh(), timeout=2.0)
             except Exception as e:
                 log.warning("routing table refresh on a miss failed: %s", e)
         return self.services.get(service_id)
+
+
+def _retrieved(task: asyncio.Task[None]) -> None:
+    """Its failure is logged by whoever waited for it; none may have (they timed out)."""
+    if not task.cancelled():
+        task.exception()

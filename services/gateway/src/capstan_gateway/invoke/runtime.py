@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 import uuid
 from typing import Any
@@ -106,8 +105,10 @@ class InvokeRuntime:
         for svc in self.cache.services.values():
             for version in svc.versions.values():
                 queued = self.metrics.queued.get((svc.service_id, version.route.version_id), 0)
-                per_replica_queued = math.ceil(queued / len(version.replicas)) if version.replicas else 0
-                for r in version.replicas:
+                # the version's waiting calls split over its replicas, exactly (the shares add up to it)
+                shares = [queued // len(version.replicas) + (i < queued % len(version.replicas))
+                          for i in range(len(version.replicas))]
+                for r, per_replica_queued in zip(version.replicas, shares, strict=True):
                     before, then = self._last_started.get(r.replica_id, (r.started, now - 1.0))
                     self._last_started[r.replica_id] = (r.started, now)
                     qps = (r.started - before) / max(now - then, 1e-3)

@@ -5,9 +5,10 @@
   same minute), each with optional exception dates (``cron``). The rule that fired last (looking back
   up to 8 days, skipping a rule on its exception dates) sets the count; none: ``default``.
 - ``hpa``: ``min``..``max`` replicas keeping one metric per replica at ``target``: ``qps`` (requests/s),
-  ``concurrency`` (in-flight / max concurrency, %), ``cpu`` (% of the requested cores), ``memory`` (% of
-  the requested memory), ``gpu`` (mean utilisation % of the cards the replica holds, as ``nvidia-smi``
-  reports it; only for a version that asks for cards). Within 10% of the target nothing changes; otherwise the count becomes
+  ``concurrency`` ((in flight + its share of the calls waiting in the version's queue) / max concurrency,
+  %; over 100 when calls wait), ``cpu`` (% of the requested cores), ``memory`` (% of the requested memory),
+  ``gpu`` (mean utilisation % of the cards the replica holds, as ``nvidia-smi`` reports it; only for a
+  version that asks for cards). Within 10% of the target nothing changes; otherwise the count becomes
   ceil(total / target), bounded; a change waits ``cooldown_s`` after the previous one (a bound violated
   by a new min/max is fixed at once).
 """
