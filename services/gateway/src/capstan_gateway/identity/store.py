@@ -199,11 +199,12 @@ class IdentityStore:
         if not tenant:
             raise InvalidArgument("a sub-account or collaborator belongs to a main account")
         self.check_policies(tenant, policies)
+        created_at = now_ms()
         row = {
             "id": account_id, "name": name, "kind": kind, "tenant": tenant, "enabled": True,
             "is_operator": is_operator, "password_hash": cred.hash_password(password) if password else None,
             "session_epoch": 0, "policies": json.dumps(list(policies)), "description": description,
-            "created_by": created_by or account_id, "created_at_ms": now_ms(),
+            "created_by": created_by or account_id, "created_at_ms": created_at,
         }
         with self._write() as c:
             if c.execute(select(accounts.c.id).where(accounts.c.name == name)).first():
@@ -211,7 +212,7 @@ class IdentityStore:
             c.execute(insert(accounts).values(**row))
             self._note(c, facts.ACCOUNT, account_id, facts.AccountCreated(
                 account_id=account_id, name=name, kind=kind, tenant=tenant, policies=list(policies),
-                at_ms=row["created_at_ms"]))
+                at_ms=created_at))
         return self.get_account(account_id)
 
     def get_account(self, account_id: str) -> Account:
