@@ -24,7 +24,7 @@ async def test_create_get_list(api: httpx.AsyncClient) -> None:
     assert rg["id"].startswith("rsg-")
     assert rg["name"] == "gpu-pool" and rg["tags"] == {"team": "nlp"}
     assert rg["policy"]["ResourceRule"]["Preempted"] == 1
-    assert rg["creator"] == "admin" and rg["node_count"] == 0
+    assert rg["creator"] == "admin" and rg["node_count"] == 0 and rg["region"] == "default"
     created = datetime.fromisoformat(rg["created_at"])
     assert created.tzinfo is not None and created.utcoffset() == UTC.utcoffset(None)
     assert abs((datetime.now(UTC) - created).total_seconds()) < 60
@@ -33,6 +33,13 @@ async def test_create_get_list(api: httpx.AsyncClient) -> None:
     assert got.status_code == 200 and got.json() == rg
     listed = (await api.get(RG)).json()
     assert listed == {"items": [rg], "next_page_token": "", "total": 1}
+
+
+async def test_a_region_other_than_the_installs_is_refused(api: httpx.AsyncClient) -> None:
+    r = await api.post(RG, json={"name": "far", "region": "eu-frankfurt"})
+    assert r.status_code == 400 and "its region is 'default'" in r.json()["error"]["message"], r.text
+    assert (await api.get(RG)).json()["total"] == 0
+    assert (await api.post(RG, json={"name": "here", "region": "default"})).status_code == 201
 
 
 async def test_null_policy_gets_the_default(api: httpx.AsyncClient) -> None:

@@ -31,7 +31,7 @@ FORM = {
                  "path": "/opt/ml/input/data/train"},
                 {"kind": "fs", "purpose": "builtin_model", "source": "platform:models/tiny",
                  "path": "/opt/ml/pretrain_model", "readonly": True}],
-    "code": "local:code/v1", "output": "local:runs", "tags": {"team": "nlp"},
+    "code": "local:code/v1", "output": "local:runs", "tags": {"team": "nlp"}, "region": "default",
 }
 
 
@@ -43,7 +43,7 @@ async def test_the_whole_form_round_trips_and_a_queued_task_shows_its_place(api:
     r = await api.post(TASKS, json={**FORM, "resource_group_id": rg_id})
     assert r.status_code == 201, r.text
     task = r.json()
-    for key in ("mode", "roles", "description", "image", "code", "output", "storage"):
+    for key in ("mode", "roles", "description", "image", "code", "output", "storage", "region"):
         want = FORM[key]
         got = task[key]
         if key == "storage":
@@ -59,6 +59,7 @@ async def test_the_whole_form_round_trips_and_a_queued_task_shows_its_place(api:
     assert price.json()["per_hour"] == 8.0  # (2 x 0.5 + 4 x 0.25 + 2) x 2
     form = (await api.get(f"{TASKS}/{task['id']}/copy")).json()
     assert form["roles"] == FORM["roles"] and form["storage"][0]["source"] == "local:data/train"
+    assert form["region"] == "default"
     tagged = await api.patch(f"{TASKS}/{task['id']}", json={"tags": {"team": "cv", "p": "1"}})
     assert tagged.status_code == 200 and tagged.json()["tags"] == {"team": "cv", "p": "1"}
     refused = await api.delete(f"{TASKS}/{task['id']}")
@@ -72,6 +73,7 @@ async def test_the_whole_form_round_trips_and_a_queued_task_shows_its_place(api:
     ({"roles": {"ps": 1}}, "roles need a training mode"),
     ({"mode": "Ray", "roles": {"head": 2, "worker": 1}}, "Ray roles"),
     ({"image": "Not An Image!"}, "image"),
+    ({"region": "ap-guangzhou"}, "not served by this install: its region is 'default'"),
     ({"code": "nowhere:x"}, "not configured"),
     ({"storage": [{"kind": "fs", "source": "platform:a", "path": "/opt/ml/input/x"},
                   {"kind": "fs", "source": "platform:b", "path": "/opt/ml/input/x"}]}, "same path"),

@@ -54,7 +54,7 @@ def test_defaults_are_filled_in() -> None:
     ({"probes": {"liveness": {"kind": "exec", "command": []}}}, "probes.liveness.command"),
     ({"resource_group_id": ""}, "resource_group_id"), ({"served_model_name": "a b"}, "served_model_name"),
     ({"image": "img\n"}, "image"), ({"bogus": 1}, "spec.bogus"), ({"instances": 2}, "instances"),
-    ({"sidecar": "img"}, "sidecar"), ({"sidecar": {"command": ["x"]}}, "sidecar.image"),
+    ({"region": "ap-guangzhou"}, "region"), ({"sidecar": "img"}, "sidecar"), ({"sidecar": {"command": ["x"]}}, "sidecar.image"),
     ({"sidecar": {"image": "builtin"}}, "sidecar.command"), ({"sidecar": {"image": "a", "cmd": []}}, "sidecar.cmd"),
     ({"sidecar": {"image": "a", "command": ["x"], "cpu": 0}}, "sidecar.cpu"),
     ({"sidecar": {"image": "a", "command": ["x"], "memory_gib": 1e9}}, "sidecar.memory_gib"),
@@ -79,7 +79,8 @@ def test_valid_forms() -> None:
     assert spec.check_name("千问-chat_1") and pytest.raises(InvalidArgument, spec.check_name, "-bad")
     side = norm(sidecar={"image": "sha256:" + "a" * 64})["sidecar"]  # an imported image's own entrypoint
     assert side == {"image": "sha256:" + "a" * 64, "command": [], "env": {}, "cpu": 0.25, "memory_gib": 0.25}
-    assert norm()["sidecar"] is None
+    assert norm()["sidecar"] is None and norm()["region"] == "default" == norm(region="default")["region"]
+    assert spec.normalize({**BASE, "region": "ap-guangzhou"}, region="ap-guangzhou")["region"] == "ap-guangzhou"
     with pytest.raises(InvalidArgument, match="standard deployment"):
         spec.normalize({**BASE, "instances": 2, "sidecar": {"image": "a", "command": ["x"]}},
                        deployment_mode="multi-instance")

@@ -22,7 +22,7 @@ from typing import Any
 import grpc
 from sqlalchemy import ColumnElement, func, select
 
-from capstan_core import grpcutil
+from capstan_core import grpcutil, regions
 from capstan_core.clock import Clock, SystemClock
 from capstan_core.command import execute
 from capstan_core.contracts.serving import AGGREGATE
@@ -65,6 +65,7 @@ class InferenceApp:
         self.drain_delay_ms = drain_delay_ms()
         self.loads = LoadBoard(ctx.js, self.clock)
         self._guard = LoopGuard("inference.services", ctx.counters)
+        self.region = regions.install_region()
 
     def steps(self) -> list[Step]:
         return [(self._guard.name, self.reconcile)]
@@ -140,7 +141,7 @@ class InferenceApp:
                                   "path": src.path}}
 
     async def _spec(self, raw: Any, deployment_mode: str, owner: str = "") -> dict[str, Any]:
-        spec = specs.normalize(raw, deployment_mode=deployment_mode)
+        spec = specs.normalize(raw, deployment_mode=deployment_mode, region=self.region)
         await self._check_group(spec["resource_group_id"])
         return await self._resolve_model(spec, owner)
 

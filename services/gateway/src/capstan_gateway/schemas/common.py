@@ -6,8 +6,9 @@ import json
 from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
+from capstan_core import regions
 from capstan_core.errors import InvalidArgument
 from capstan_core.numbers import MAX_TIME_MS
 
@@ -23,6 +24,23 @@ TagKey = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 TagValue = Annotated[str, StringConstraints(max_length=256)]
 Tags = Annotated[dict[TagKey, TagValue], Field(max_length=MAX_TAGS, description="key=value pairs")]
 Id = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+def _this_region(value: str) -> str:
+    try:
+        return regions.check(value, regions.install_region())
+    except InvalidArgument as e:
+        raise ValueError(e.message) from None
+
+
+# A form's region (SPEC §0): empty, or this install's (CAPSTAN_REGION); another is refused.
+FormRegion = Annotated[str, StringConstraints(max_length=64), AfterValidator(_this_region),
+                       Field(description="this install's region (CAPSTAN_REGION, default \"default\"); empty: it")]
+
+
+def region_field() -> Any:
+    """A view's region: every object of an install lives in the install's region."""
+    return Field(default_factory=regions.install_region, description="the region it lives in (this install's)")
 
 
 class RequestModel(BaseModel):

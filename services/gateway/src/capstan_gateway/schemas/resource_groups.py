@@ -9,7 +9,16 @@ from pydantic import BaseModel, Field, StringConstraints
 
 from capstan_proto import scheduler_pb2
 
-from .common import Page, RequestModel, Tags, dump_json_object, from_ms_required, load_json_object
+from .common import (
+    FormRegion,
+    Page,
+    RequestModel,
+    Tags,
+    dump_json_object,
+    from_ms_required,
+    load_json_object,
+    region_field,
+)
 
 ResourceGroupName = Annotated[str, StringConstraints(min_length=1, max_length=60)]
 
@@ -21,6 +30,7 @@ class ResourceGroupCreate(RequestModel):
         default=None, description="scheduling policy (SPEC §7.2); null: the default policy"
     )
     description: Annotated[str, StringConstraints(max_length=500)] = ""
+    region: FormRegion = ""
 
     def to_proto(self, *, idempotency_key: str) -> scheduler_pb2.CreateResourceGroupRequest:
         return scheduler_pb2.CreateResourceGroupRequest(
@@ -66,6 +76,7 @@ class ResourceGroup(BaseModel):
     node_count: int
     tenant: str = Field(description="the main account that owns it")
     shared_with: list[str] = Field(description="other tenants the operator shared it with")
+    region: str = region_field()
 
     @classmethod
     def from_proto(cls, rg: scheduler_pb2.ResourceGroup) -> ResourceGroup:

@@ -12,6 +12,7 @@ from capstan_core.contracts.task_status import TaskStatus
 from capstan_proto import common_pb2, trainer_pb2
 
 from .common import (
+    FormRegion,
     Id,
     Page,
     RequestModel,
@@ -20,6 +21,7 @@ from .common import (
     from_ms,
     from_ms_required,
     load_json_object,
+    region_field,
 )
 
 TaskName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
@@ -121,6 +123,7 @@ class TrainingTaskCreate(RequestModel):
     )
 
     description: Annotated[str, StringConstraints(max_length=500)] = ""
+    region: FormRegion = ""
     image: Annotated[str, StringConstraints(max_length=200)] = Field(
         default="", description="a built-in image's name (GET /api/v1/images) or sha256:<digest> of an imported one; "
         "empty: the default built-in image")
@@ -218,6 +221,7 @@ class TrainingTask(BaseModel):
     max_restarts: int = Field(description="auto-restart budget; 0: off")
     restarts_used: int = Field(description="restarts after a failure, counted against max_restarts")
     network: str = Field(description="isolated, none or host")
+    region: str = region_field()
     created_at: datetime
     started_at: datetime | None
     ended_at: datetime | None
@@ -279,7 +283,7 @@ class TrainingTask(BaseModel):
             "stop_grace_seconds": self.stop_grace_seconds, "max_restarts": self.max_restarts,
             "network": self.network, "description": self.description, "image": self.image, "mode": self.mode,
             "roles": self.roles, "storage": [r.model_dump() for r in self.storage], "code": self.code,
-            "output": self.output,
+            "output": self.output, "region": self.region,
             "resources": {"cpu": self.resources.cpu, "memory_gib": self.resources.memory_gib,
                           "gpu_type": self.resources.gpu_type, "gpu": self.resources.gpu},
         })

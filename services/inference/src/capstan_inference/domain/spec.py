@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from capstan_core import regions
 from capstan_core.contracts.capacity import check_request
 from capstan_core.errors import InvalidArgument
 from capstan_engines.runtimes import build_argv
@@ -65,6 +66,7 @@ DEFAULTS: dict[str, Any] = {
     "resource_group_id": "",
     "description": "",
     "sidecar": None,
+    "region": "",
 }
 FIELDS = tuple(DEFAULTS)
 SIDECAR_FIELDS = ("image", "command", "env", "cpu", "memory_gib")
@@ -276,8 +278,9 @@ def check_rate_limit(raw: Any) -> dict[str, Any]:
     }
 
 
-def normalize(raw: Any, *, deployment_mode: str = "standard") -> dict[str, Any]:
-    """The complete, valid spec for ``raw`` (a version's form); ``InvalidArgument`` names what is wrong."""
+def normalize(raw: Any, *, deployment_mode: str = "standard", region: str = regions.DEFAULT) -> dict[str, Any]:
+    """The complete, valid spec for ``raw`` (a version's form) in an install of ``region``;
+    ``InvalidArgument`` names what is wrong."""
     raw = _obj(raw, "spec", FIELDS)
     s = {**DEFAULTS, **raw}
     out: dict[str, Any] = {}
@@ -338,6 +341,7 @@ def normalize(raw: Any, *, deployment_mode: str = "standard") -> dict[str, Any]:
                               field="resource_group_id")
     out["description"] = check_description(s["description"])
     out["sidecar"] = check_sidecar(s["sidecar"])
+    out["region"] = regions.check(s["region"], region)  # this install's (SPEC §0: one region per install)
     if out["sidecar"] is not None and out["instances"] > 1:
         raise InvalidArgument("a sidecar is for standard deployment (one instance per replica)", field="sidecar")
     return out
