@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -11,6 +12,16 @@ from nats.aio.client import Client
 
 from capstan_core import credentials
 from capstan_core.testing import NatsServer, PostgresServer, make_secrets, postgres_server, start_secure_nats
+
+
+@pytest.fixture(autouse=True)
+def _own_umask() -> Iterator[None]:
+    """Each test starts with the umask the run started with: code run in-process (``capstan up``'s
+    lifecycle) sets 077 for the data dir, which must not make a later test's files unreadable."""
+    before = os.umask(0o022)
+    os.umask(before)
+    yield
+    os.umask(before)
 
 
 @pytest.fixture(scope="session")

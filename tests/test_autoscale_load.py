@@ -15,6 +15,7 @@ after the deploy or the scale-up would be a routing-table miss.
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 import time
@@ -179,6 +180,10 @@ def test_hpa_scales_up_under_real_load_and_back_down_when_it_stops(platform: Pla
     model = platform.data_dir / "storage" / "models" / "upstream"
     model.mkdir(parents=True)
     (model / "serve.py").write_text(UPSTREAM)
+    # readable by the replica's sandbox uid whatever this process's umask (`capstan up` run in-process
+    # by an earlier test leaves 077)
+    os.chmod(model, 0o755)
+    os.chmod(model / "serve.py", 0o644)
     api = platform.client()
     spec = {"runtime": "custom", "command": "exec python3 /data/model/serve.py",
             "model": {"kind": "path", "path": "models/upstream"}, "port": 8601, "replicas": 1,
