@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,3 +159,25 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
     except (FileNotFoundError, IndexError):
         return False
+
+
+def wait_service(api: httpx.Client, sid: str, ok: Callable[[dict[str, Any]], bool], what: str,
+                 timeout: float = 300, check: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Poll online service ``sid`` until ``ok(view)``; a Failed service, a failing ``check`` or the
+    deadline raise with what the service shows (and its last log lines when it failed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        svc = api.get(f"/api/v1/services/{sid}").json()
+        if ok(svc):
+            return svc  # type: ignore[no-any-return]
+        if check is not None:
+            try:
+                check()
+            except AssertionError as exc:
+                raise AssertionError(f"{what}: {exc}\nservice: {svc}\nevents: "
+                                     f"{api.get(f'/api/v1/services/{sid}/events').json()}") from None
+        if svc.get("status") == "Failed":
+            lines = api.get(f"/api/v1/services/{sid}/logs").json().get("lines", [])
+            raise AssertionError(f"{what}: the service failed: {svc}\n" + "\n".join(x["line"] for x in lines[-60:]))
+        assert time.monotonic() < deadline, f"{what}: {svc}"
+        time.sleep(0.25)

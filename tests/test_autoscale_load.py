@@ -20,14 +20,11 @@ import shutil
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from .platform_harness import Platform
+from .platform_harness import Platform, wait_service
 
 pytestmark = [pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed"),
               pytest.mark.timeout(600)]
@@ -85,35 +82,6 @@ HOLD_MS = 250
 MAX = 3
 COOLDOWN_S = 4
 TARGET = 100  # % of the per-replica max concurrency: scale when the replicas are full and calls wait
-
-
-@pytest.fixture
-def platform(tmp_path: Path) -> Iterator[Platform]:
-    p = Platform.up(tmp_path / "data")
-    try:
-        yield p
-    finally:
-        p.down()
-
-
-def _wait(api: httpx.Client, sid: str, ok: Callable[[dict[str, Any]], bool], what: str,
-          timeout: float = 120, check: Callable[[], None] | None = None) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        svc = api.get(f"/api/v1/services/{sid}").json()
-        if ok(svc):
-            return svc
-        if check is not None:
-            try:
-                check()
-            except AssertionError as exc:
-                raise AssertionError(f"{what}: {exc}\nservice: {svc}\nevents: "
-                                     f"{api.get(f'/api/v1/services/{sid}/events').json()}") from None
-        if svc.get("status") == "Failed":
-            lines = api.get(f"/api/v1/services/{sid}/logs").json().get("lines", [])
-            raise AssertionError(f"{what}: the service failed: {svc}\n" + "\n".join(x["line"] for x in lines[-60:]))
-        assert time.monotonic() < deadline, f"{what}: {svc}"
-        time.sleep(0.25)
 
 
 class Load:
@@ -196,14 +164,15 @@ def test_hpa_scales_up_under_real_load_and_back_down_when_it_stops(platform: Pla
     r = api.put(f"/api/v1/services/{sid}/autoscaling", json={"version_id": vid, "autoscaling": {
         "mode": "hpa", "metric": "concurrency", "target": TARGET, "min": 1, "max": MAX, "cooldown_s": COOLDOWN_S}})
     assert r.status_code == 200, r.text
-    first = _wait(api, sid, lambda s: s["running_replicas"] == 1, "the first replica ready")["instances"][0]["id"]
+    first = wait_service(api, sid, lambda s: s["running_replicas"] == 1, "the first replica ready",
+                         timeout=120)["instances"][0]["id"]
     deployed = time.monotonic()
 
     url = f"{platform.api}/{sid}/v1/chat/completions"
     with Load(url, secret, sid) as load:
         # the first replica is full and 5 calls wait (7 / LIMIT = 350% against 100%): 4 wanted, MAX set
-        up = _wait(api, sid, lambda s: s["versions"][0]["replicas"] == MAX and s["running_replicas"] == MAX,
-                   f"{MAX} replicas ready under load", timeout=60, check=load.check)
+        up = wait_service(api, sid, lambda s: s["versions"][0]["replicas"] == MAX and s["running_replicas"] == MAX,
+                          f"{MAX} replicas ready under load", timeout=60, check=load.check)
         serving = {i["id"] for i in up["instances"] if i["state"] == "Ready"}
         assert first in serving and len(serving) == MAX, up["instances"]
         for rid in serving:  # the new replicas serve calls
@@ -216,8 +185,9 @@ def test_hpa_scales_up_under_real_load_and_back_down_when_it_stops(platform: Pla
     # after the cooldown the version goes back to min; the replicas it retires were serving calls (a
     # caller that finds the first replica busy goes to another), they are drained first and no call is lost
     with Load(url, secret, sid, clients=2, pause_s=HOLD_MS / 1000) as trickle:
-        down = _wait(api, sid, lambda s: s["versions"][0]["replicas"] == 1 and len(s["instances"]) == 1
-                     and s["running_replicas"] == 1, "back to one replica once the load stops", check=trickle.check)
+        down = wait_service(api, sid, lambda s: s["versions"][0]["replicas"] == 1 and len(s["instances"]) == 1
+                            and s["running_replicas"] == 1, "back to one replica once the load stops", timeout=120,
+                            check=trickle.check)
         trickle.wait_for(down["instances"][0]["id"], 5)
     scaled_down = time.monotonic()
     assert trickle.failed == [], trickle.failed[:5]

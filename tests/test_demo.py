@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,15 +15,6 @@ from .platform_harness import Platform, cli
 
 pytestmark = [pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed"),
               pytest.mark.timeout(900)]  # real training on a shared 2-core machine
-
-
-@pytest.fixture
-def platform(tmp_path: Path) -> Iterator[Platform]:
-    p = Platform.up(tmp_path / "data")
-    try:
-        yield p
-    finally:
-        p.down()
 
 
 def test_capstan_demo_shows_each_step_and_publishes_a_model_that_answers(platform: Platform, tmp_path: Path) -> None:

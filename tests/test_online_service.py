@@ -10,42 +10,16 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
-import httpx
 import openai
 import pytest
 
 from capstan_finetune import staging, tinygpt
 
-from .platform_harness import Platform
+from .platform_harness import Platform, wait_service
 
 pytestmark = [pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed"),
               pytest.mark.timeout(900)]
-
-
-@pytest.fixture
-def platform(tmp_path: Path) -> Iterator[Platform]:
-    p = Platform.up(tmp_path / "data")
-    try:
-        yield p
-    finally:
-        p.down()
-
-
-def _wait(api: httpx.Client, sid: str, ok: Any, what: str, timeout: float = 300) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        svc = api.get(f"/api/v1/services/{sid}").json()
-        if ok(svc):
-            return svc
-        if svc.get("status") == "Failed":
-            lines = api.get(f"/api/v1/services/{sid}/logs").json().get("lines", [])
-            raise AssertionError(f"{what}: the service failed: {svc}\n" + "\n".join(x["line"] for x in lines[-60:]))
-        assert time.monotonic() < deadline, f"{what}: {svc}"
-        time.sleep(0.25)
 
 
 class Load:
@@ -97,7 +71,7 @@ def test_deploy_call_with_the_sdk_roll_and_isolate_without_dropping_a_request(pl
     assert r.status_code == 201, r.text
     sid, secret = r.json()["id"], r.json()["created_key"]["secret"]
     vid = r.json()["versions"][0]["id"]
-    _wait(api, sid, lambda s: s["running_replicas"] == 2, "two ready replicas")
+    wait_service(api, sid, lambda s: s["running_replicas"] == 2, "two ready replicas")
 
     sdk = openai.OpenAI(base_url=f"{platform.api}/{sid}/v1", api_key=secret, max_retries=0, timeout=60)
     chat = sdk.chat.completions.create(model=sid, max_tokens=8, messages=[{"role": "user", "content": "hello"}])
@@ -127,7 +101,7 @@ def test_deploy_call_with_the_sdk_roll_and_isolate_without_dropping_a_request(pl
         old = {i["id"] for i in api.get(f"/api/v1/services/{sid}").json()["instances"]}
         r = api.patch(f"/api/v1/services/{sid}/versions/{vid}", json={"spec": {"env": {"ROLLED": "1"}}})
         assert r.status_code == 200, r.text
-        rolled = _wait(api, sid, lambda s: s["running_replicas"] == 2 and len(s["instances"]) == 2
+        rolled = wait_service(api, sid, lambda s: s["running_replicas"] == 2 and len(s["instances"]) == 2
                        and all(i["state"] == "Ready" and i["id"] not in old for i in s["instances"]),
                        "two new replicas ready, the old ones gone")
         load.wait_for(5)
