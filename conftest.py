@@ -13,6 +13,10 @@ from nats.aio.client import Client
 from capstan_core import credentials
 from capstan_core.testing import NatsServer, PostgresServer, make_secrets, postgres_server, start_secure_nats
 
+# Instance runners are forked by a warm server per instance root (capstan_agentkit.sandbox.forkserver);
+# a test's root is used for moments, so its server goes soon after, not after the production 10 minutes.
+os.environ.setdefault("CAPSTAN_RUNNER_SERVER_IDLE_S", "15")
+
 
 @pytest.fixture(autouse=True)
 def _own_umask() -> Iterator[None]:

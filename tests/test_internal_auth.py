@@ -138,6 +138,14 @@ async def test_a_node_acts_only_for_itself_and_calls_only_agent_methods(plane: P
     assert await _code(owner_t.ReportInstance(trainer_pb2.ReportInstanceRequest(
         task_id=task.id, instance_index=0, node_id="node-elsewhere", state="Exited", exit_code=0))) == PD
     assert (await owner_t.GetTrainingTask(trainer_pb2.GetTrainingTaskRequest(id=task.id))).id == task.id
+    # the batched read (an agent's step) answers the same: the other node sees nothing of it
+    many = trainer_pb2.GetTrainingTasksRequest(ids=[task.id, "train-00000000"])
+    assert [t.id for t in (await owner_t.GetTrainingTasks(many)).items] == [task.id]
+    assert list((await other_t.GetTrainingTasks(many)).items) == []
+    assert await _code(owner_t.GetTrainingTasks(trainer_pb2.GetTrainingTasksRequest(ids=["../x"]))) == \
+        grpc.StatusCode.INVALID_ARGUMENT
+    assert await _code(owner_t.GetTrainingTasks(trainer_pb2.GetTrainingTasksRequest(ids=[task.id] * 1001))) == \
+        grpc.StatusCode.INVALID_ARGUMENT
     got = await owner_t.ReportInstance(trainer_pb2.ReportInstanceRequest(
         task_id=task.id, instance_index=0, state="Running"))
     assert got.task_status == "Running"

@@ -7,24 +7,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from capstan_agentkit.sandbox import BwrapExecutor, InstanceSpec, last_record
-from capstan_agentkit.sandbox import testing as sandbox_testing
 from capstan_agentkit.sandbox.network import published_rules
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="containment needs root")
-
-
-@pytest.fixture
-def executor(tmp_path: Path) -> Iterator[BwrapExecutor]:
-    cfg = sandbox_testing.fresh()
-    ex = BwrapExecutor(tmp_path / "instances", cfg)
-    yield ex
-    sandbox_testing.stop_all(ex, cfg)
 
 
 def _wait(ex: BwrapExecutor, key: str, state: str, timeout: float = 20) -> None:

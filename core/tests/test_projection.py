@@ -253,3 +253,60 @@ async def test_rebuild_from_zero_gives_identical_rows(database_url: str, nc: Cli
     assert again.position == 0
     await again.catch_up()
     assert table_digest(engine) == before
+
+
+class MineOnly(CounterProjection):
+    subjects = (event_subject("counter", "mine")[:-4],)  # "capstan.evt.counter.": not "capstan.evt.other."
+
+
+async def test_commits_on_subjects_no_projection_reads_are_skipped_undecoded(
+    database_url: str, nc: Client, store: EventStore
+) -> None:
+    """A runner whose projections all name their subjects never decodes the rest: poison there is not its
+    to set aside, its listeners never see them, and its position moves past them in memory while the
+    recorded one stays at the last commit it applied, live or rebuilt alike."""
+    engine = make_engine(database_url)
+    metadata.create_all(engine)
+    js = nc.jetstream()
+    await store.append(event_subject("counter", "a"), [CounterAdded(amount=1)], expected_seq=None)
+    await publish_poison(js, event_subject("other", "x"), poison_messages(("TestCounterAdded", {"amount": 1}), ("TestCounterAdded", {"amount": "lots"}))[0])
+    await store.append(event_subject("other", "y"), [CounterAdded(amount=50)], expected_seq=None)
+    await store.append(event_subject("counter", "a"), [CounterAdded(amount=2)], expected_seq=None)
+    last_mine = await store.last_seq()
+    await store.append(event_subject("other", "z"), [CounterAdded(amount=60)], expected_seq=None)
+    seen: list[str] = []
+    runner = ProjectionRunner("p", js, engine, [MineOnly()], service="test")
+    runner.on_batch(lambda _pos, records: seen.extend(r.subject for r in records))
+    await runner.start()
+    try:
+        assert runner.position == await store.last_seq()
+        live = await store.append(event_subject("other", "w"), [CounterAdded(amount=70)], expected_seq=None)
+        assert await runner.wait_for(live.seq, timeout=5)  # read-your-writes holds for skipped commits too
+        mine = await store.append(event_subject("counter", "b"), [CounterAdded(amount=3)], expected_seq=None)
+        assert await runner.wait_for(mine.seq, timeout=5)
+    finally:
+        await runner.stop()
+    assert _quarantined(engine) == []
+    assert runner.counters.get(QUARANTINED) == 0
+    assert set(seen) <= {event_subject("counter", "a"), event_subject("counter", "b")}
+    with engine.connect() as conn:
+        assert dict(conn.execute(select(counters.c.id, counters.c.value)).all()) == {"a": 3, "b": 3}
+        assert read_position(conn, "p") == mine.seq
+    # a rebuild records the same rows and position (the last commit applied), however the log is batched
+    before = table_digest(engine)
+    metadata.drop_all(engine)
+    metadata.create_all(engine)
+    again = ProjectionRunner("p", js, engine, [MineOnly()], service="test")
+    await again.catch_up()
+    await again.stop()
+    assert table_digest(engine) == before
+    with engine.connect() as conn:
+        assert read_position(conn, "p") == mine.seq
+    assert last_mine < mine.seq
+    # a runner with one projection that reads everything decodes everything (the poison is set aside)
+    metadata.drop_all(engine)
+    metadata.create_all(engine)
+    every = ProjectionRunner("p", js, engine, [MineOnly(), CounterProjection()], service="test")
+    await every.catch_up()
+    await every.stop()
+    assert [kind for _, kind, _ in _quarantined(engine)] == ["undecodable"]

@@ -70,7 +70,13 @@ class Projection:
 
     ``apply`` may raise on an event's data: the runner rolls that commit back and sets it
     aside. It runs in the runner's thread, so it must not touch the event loop.
+
+    ``subjects``: the subject prefixes of the commits it reads (``capstan.evt.model.``), or None for
+    every commit. When every projection of a runner names its own, commits on other subjects are not
+    even decoded: the position moves past them, and their events reach no ``on_batch`` listener.
     """
+
+    subjects: tuple[str, ...] | None = None
 
     def apply(self, conn: Connection, rec: RecordedEvent) -> None:
         raise NotImplementedError
@@ -215,6 +221,10 @@ class ProjectionRunner:
         self._js = js
         self._engine = engine
         self._projections = list(projections)
+        # The subjects any of them reads (None: every one); other commits are skipped undecoded.
+        self._wanted: tuple[str, ...] | None = None
+        if self._projections and all(p.subjects is not None for p in self._projections):
+            self._wanted = tuple(sorted({s for p in self._projections for s in p.subjects or ()}))
         self._stream = stream
         self._filter = filter_subject
         self._batch_max = batch_max
@@ -250,20 +260,26 @@ class ProjectionRunner:
         """Apply a batch in one transaction (runs in the runner's thread); returns the position reached and
         the events applied. Raises only what ``is_transient`` says may pass: nothing is written then."""
         commits: list[_Commit] = []
+        seen = self.position
         for m in msgs:
             seq = _stream_seq(m)
             if seq <= self.position:
                 continue  # duplicate delivery: already applied
+            seen = max(seen, seq)
+            if self._wanted is not None and not m.subject.startswith(self._wanted):
+                continue  # no projection here reads it
             try:
                 commits.append(_Commit(seq, m.subject, _stored_ms(m), decode_commit(seq, m.subject, m.data, m.headers)))
             except PoisonCommit as e:
                 commits.append(_Commit(seq, m.subject, _stored_ms(m), [], e))
         if not commits:
-            return self.position, []
+            # Nothing to write: the recorded position stays at the last commit applied (a restart skips
+            # the rest again), so it is the same however the log was cut into batches (live or rebuilt).
+            return seen, []
         last = commits[-1].seq
         with self._engine.begin() as conn:
             if read_position(conn, self.name) >= last:
-                return last, []  # another runner (a rebuild) got there first
+                return max(last, seen), []  # another runner (a rebuild) got there first
             aside = self._apply_commits(conn, commits)
             record_set_aside(conn, self.name, aside)
             write_position(conn, self.name, last)
@@ -271,19 +287,23 @@ class ProjectionRunner:
             log.error("projection %s set aside commit %d on %s (%s): %s", self.name, a.seq, a.subject, a.kind, a.error)
             self.counters.inc(QUARANTINED, projection=self.name, kind=a.kind)
         skipped = {a.seq for a in aside}
-        return last, [r for c in commits if c.poison is None and c.seq not in skipped for r in c.records]
+        return seen, [r for c in commits if c.poison is None and c.seq not in skipped for r in c.records]
 
     def _apply_commits(self, conn: Connection, commits: list[_Commit]) -> list[SetAside]:
         aside = [SetAside(c.seq, c.subject, c.poison.kind, c.poison.error, c.stored_ms) for c in commits if c.poison]
         good = [c for c in commits if c.poison is None]
-        if not self.live and good:
-            # Catching up: the whole batch at once (apply_many). Should it fail, find the culprit below,
-            # one commit at a time.
+        if good:
+            # The whole batch in one savepoint (catching up: through apply_many; live: commit by commit, for
+            # the spans). Should it fail, find the culprit below, one commit at a time, each in its own.
             try:
                 with conn.begin_nested():
-                    records = [r for c in good for r in c.records]
-                    for p in self._projections:
-                        p.apply_many(conn, records)
+                    if self.live:
+                        for c in good:
+                            self._apply_commit(conn, c)
+                    else:
+                        records = [r for c in good for r in c.records]
+                        for p in self._projections:
+                            p.apply_many(conn, records)
                 return aside
             except Exception as e:
                 if is_transient(e):

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from capstan_agentkit.healthcheck import Check
 
-from . import probe
+from . import forkserver, probe
 from .config import SandboxConfig
 from .containment import Containment
 from .leases import process_start
@@ -44,8 +44,11 @@ from .spec import (
 log = logging.getLogger(__name__)
 InstanceState = Literal["absent", "running", "exited"]
 _RUNNER_SCRIPT = b"capstan-instance-runner"  # the console-script form of the runner
+_FORKSERVER = forkserver.FORKSERVER_MODULE.encode()
 _EXEC_OUTPUT_MAX = 4096
 _LOST_RUNNER_EXIT_WAIT_S = 5.0  # how long a runner found lost may take to finish dying
+# Runners forked by a warm server (:mod:`.forkserver`); "false": a fresh interpreter for each.
+_RUNNER_SERVER = os.environ.get("CAPSTAN_SANDBOX_RUNNER_SERVER", "true").lower() not in ("0", "false", "no")
 
 
 @dataclass(frozen=True)
@@ -134,14 +137,16 @@ class BwrapExecutor(Executor):
             return []
         return Containment(self.config).reap_stale()
 
-    def __init__(self, root: Path, config: SandboxConfig | None = None) -> None:
+    def __init__(self, root: Path, config: SandboxConfig | None = None, *, runner_server: bool = True) -> None:
         # Resolved, because the runner's cmdline (our liveness check) holds it.
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.config = config or SandboxConfig()
         self._lock = threading.RLock()
         # Runners we spawned ourselves, kept only so they get reaped (no zombies).
-        self._children: dict[tuple[str, int], subprocess.Popen[bytes]] = {}
+        self._children: dict[str, subprocess.Popen[bytes]] = {}  # by instance dir name
+        self._keys: dict[str, tuple[str, int]] = {}  # instance dir name -> (task id, index), read once
+        self._runners = forkserver.Client(self.root) if runner_server and _RUNNER_SERVER else None
 
     def instance_dir(self, task_id: str, index: int) -> Path:
         return InstancePaths.under(self.root, task_id, index).dir
@@ -167,19 +172,30 @@ class BwrapExecutor(Executor):
             write_atomic(paths.sandbox, self.config.to_json())
             write_atomic(paths.spec, spec.to_json())
             paths.stop_requested.unlink(missing_ok=True)
-            with open(paths.runner_err, "ab") as err:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", RUNNER_MODULE, str(paths.dir)],
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=err,
-                    cwd=paths.dir,
-                    start_new_session=True,  # out of our session: survives our death
-                )
+            pid = self._spawn(paths)
             # The runner writes this too; writing it here closes the window in
             # which the instance would look "absent" to a concurrent status().
-            write_atomic(paths.runner_pid, str(proc.pid))
-            self._children[(spec.task_id, spec.instance_index)] = proc
+            write_atomic(paths.runner_pid, str(pid))
+
+    def _spawn(self, paths: InstancePaths) -> int:
+        """Start the instance's runner, detached; its pid. Forked by the root's runner server when it can
+        be (cheap), else a fresh ``python -m`` (the same runner)."""
+        if self._runners is not None:
+            try:
+                return self._runners.spawn(paths.dir)
+            except OSError as exc:
+                log.warning("runner server unavailable (%s): starting the runner as a process of its own", exc)
+        with open(paths.runner_err, "ab") as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", RUNNER_MODULE, str(paths.dir)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                cwd=paths.dir,
+                start_new_session=True,  # out of our session: survives our death
+            )
+        self._children[paths.dir.name] = proc
+        return proc.pid
 
     def status(self, task_id: str, index: int) -> InstanceStatus:
         return self._status(InstancePaths.under(self.root, task_id, index))
@@ -204,13 +220,21 @@ class BwrapExecutor(Executor):
 
     def list_instances(self) -> list[tuple[str, int]]:
         found = []
-        for d in sorted(self.root.iterdir()):
-            try:
-                spec = InstanceSpec.from_json((d / "spec.json").read_text())
-            except (OSError, ValueError, KeyError, TypeError):
-                continue  # not an instance dir, or one whose start never got far
-            if d.name == f"{spec.task_id}-{spec.instance_index}":
-                found.append((spec.task_id, spec.instance_index))
+        names = sorted(e.name for e in os.scandir(self.root))
+        for name in names:
+            if (key := self._keys.get(name)) is None:
+                try:
+                    spec = InstanceSpec.from_json((self.root / name / "spec.json").read_text())
+                except (OSError, ValueError, KeyError, TypeError):
+                    continue  # not an instance dir, or one whose start never got far
+                if name != f"{spec.task_id}-{spec.instance_index}":
+                    continue
+                # A directory's spec names the same instance for as long as the directory exists.
+                key = self._keys[name] = (spec.task_id, spec.instance_index)
+            found.append(key)
+        with self._lock:
+            for gone in self._keys.keys() - set(names):
+                self._keys.pop(gone, None)
         return found
 
     def log_path(self, task_id: str, index: int) -> Path:
@@ -223,7 +247,7 @@ class BwrapExecutor(Executor):
                 raise RuntimeError(f"instance {paths.dir.name} is running; stop it first")
             if paths.dir.exists():
                 shutil.rmtree(paths.dir)
-            self._children.pop((task_id, index), None)
+            self._children.pop(paths.dir.name, None)
 
     def exec(self, task_id: str, index: int, argv: list[str], timeout: float) -> ExecResult:
         paths = InstancePaths.under(self.root, task_id, index)
@@ -299,19 +323,28 @@ class BwrapExecutor(Executor):
             for key, proc in list(self._children.items()):
                 if proc.poll() is not None:
                     del self._children[key]
+            if self._runners is not None:
+                self._runners.reap()
 
 
 def _runner_alive(pid: int, instance_dir: Path) -> bool:
-    """Is ``pid`` the runner of ``instance_dir``?  Pids get reused, so check cmdline.
+    """Is ``pid`` the runner of ``instance_dir``?  Pids get reused, so check cmdline: the runner's own
+    form names the directory; one forked by the runner server has the server's and works in the directory.
 
-    A zombie has an empty cmdline and correctly counts as dead.
+    A zombie has an empty cmdline (and no cwd) and correctly counts as dead.
     """
     try:
         args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    is_runner = any(RUNNER_MODULE.encode() == a or a.endswith(_RUNNER_SCRIPT) for a in args)
-    return is_runner and os.fsencode(instance_dir) in args
+    if any(RUNNER_MODULE.encode() == a or a.endswith(_RUNNER_SCRIPT) for a in args):
+        return os.fsencode(instance_dir) in args
+    if _FORKSERVER in args:
+        try:
+            return os.readlink(f"/proc/{pid}/cwd") == str(instance_dir)
+        except OSError:
+            return False
+    return False
 
 
 def _catches_sigterm(pid: int) -> bool:

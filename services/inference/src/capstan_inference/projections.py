@@ -8,6 +8,8 @@ from sqlalchemy import Connection, select, update
 
 from capstan_core.contracts import serving
 from capstan_core.contracts.scheduling import (
+    NODE,
+    WORKLOAD,
     NodeJoined,
     NodeStateChanged,
     WorkloadInstancesLost,
@@ -32,6 +34,10 @@ def _upsert(conn: Connection, table, key: dict, values: dict) -> None:  # type: 
 
 
 class InferenceProjection(Projection):
+    # Service groups; the nodes (inference agents join as nodes); the placements of replicas only: the
+    # workloads of training tasks (most of the log on a busy platform) are never decoded here.
+    subjects = (_SERVICE_PREFIX, event_subject(NODE, "x")[:-1], event_subject(WORKLOAD, "ms-x")[:-1])
+
     def apply(self, conn: Connection, rec: RecordedEvent) -> None:
         e = rec.event
         if rec.subject.startswith(_SERVICE_PREFIX):

@@ -6,14 +6,23 @@ import json
 
 from sqlalchemy import Connection
 
-from capstan_core.contracts.registry import ModelCreated, ModelDeleted, ModelVersionDeleted, ModelVersionPublished
+from capstan_core.contracts.registry import (
+    AGGREGATE,
+    ModelCreated,
+    ModelDeleted,
+    ModelVersionDeleted,
+    ModelVersionPublished,
+)
 from capstan_core.eventstore import RecordedEvent
 from capstan_core.projection import Projection
+from capstan_core.streams import event_subject
 
 from .tables import model_versions, models
 
 
 class RegistryProjection(Projection):
+    subjects = (event_subject(AGGREGATE, "x")[:-1],)  # models only
+
     def apply(self, conn: Connection, rec: RecordedEvent) -> None:
         e = rec.event
         if isinstance(e, ModelCreated):

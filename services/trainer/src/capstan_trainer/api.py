@@ -32,7 +32,7 @@ ACCESS = Access({
                [GATEWAY, ADMIN]),
     # the registry checks a task has Succeeded before publishing its /opt/ml/model
     **methods_of(SERVICE, ["GetTrainingTask"], [GATEWAY, ADMIN, NODE, service_role("registry")]),
-    **methods_of(SERVICE, ["ReportInstance"], [NODE, ADMIN]),
+    **methods_of(SERVICE, ["ReportInstance", "GetTrainingTasks"], [NODE, ADMIN]),
 })
 
 
@@ -143,6 +143,10 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
 
     async def GetTrainingTask(self, req: trainer_pb2.GetTrainingTaskRequest, context: grpc.aio.ServicerContext) -> trainer_pb2.TrainingTask:
         return self._view(await asyncio.to_thread(self.app.get_for_caller, req.id, current_caller()))
+
+    async def GetTrainingTasks(self, req: trainer_pb2.GetTrainingTasksRequest, context: grpc.aio.ServicerContext) -> trainer_pb2.GetTrainingTasksResponse:
+        found = await asyncio.to_thread(self.app.get_many_for_caller, list(req.ids), current_caller())
+        return trainer_pb2.GetTrainingTasksResponse(items=[self._view(d) for d in found])
 
     async def ListTrainingTasks(self, req: trainer_pb2.ListTrainingTasksRequest, context: grpc.aio.ServicerContext) -> trainer_pb2.ListTrainingTasksResponse:
         items, token, total = await asyncio.to_thread(

@@ -55,6 +55,7 @@ from .task_events import TaskEvent, describe
 from .tensorboards import TensorBoards
 
 MAX_BATCH = 1000  # tasks in one batch submission (the gateway's body limit comes first for large ones)
+MAX_READ_MANY = 1000  # task ids in one GetTrainingTasks
 
 
 class TrainerApp:
@@ -68,6 +69,7 @@ class TrainerApp:
         self.groups = GroupCheck(ctx)
         self.outputs = Outputs(self.storage_root)
         self.tensorboards = TensorBoards(self.storage_root, ctx.settings.data_dir / "logs")
+        self._prices: tuple[tuple[Path, tuple[int, int, int] | None], PriceTable] | None = None
 
     def steps(self) -> list[Step]:
         """The trainer's control loops, each a named step of its reconcile loop."""
@@ -99,8 +101,20 @@ class TrainerApp:
         return StorageConfig.load(s.storage_config or s.data_dir / "storage.json", self.storage_root)
 
     def price_table(self) -> PriceTable:
+        """The operator's price table, read again only when its file changes (every task view shows a price)."""
         s = self.ctx.settings
-        return PriceTable.load(s.price_table or s.data_dir / "prices.json")
+        path = s.price_table or s.data_dir / "prices.json"
+        try:
+            st = path.stat()
+            stamp: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            stamp = None
+        cached = self._prices
+        if cached is not None and cached[0] == (path, stamp):
+            return cached[1]
+        table = PriceTable.load(path)
+        self._prices = ((path, stamp), table)
+        return table
 
     def estimate(self, resources: ResourceSpec, instance_count: int) -> Price:
         return price_per_hour(self.price_table(), resources, instance_count)
@@ -360,11 +374,31 @@ class TrainerApp:
             raise NotFound(f"training task {task_id} does not exist")
         return task
 
+    def get_many_for_caller(self, task_ids: list[str], caller: Caller) -> list[dict[str, Any]]:
+        """The tasks of ``task_ids`` the caller may see, in the order asked (an unknown id, or one it may not
+        see, is left out: what ``get_for_caller`` answers NotFound for)."""
+        if len(task_ids) > MAX_READ_MANY:
+            raise InvalidArgument(f"at most {MAX_READ_MANY} ids at once, not {len(task_ids)}", field="ids")
+        for tid in task_ids:
+            self._subject(tid)  # an id that names nothing is refused as such (400)
+        found = self.get_many(list(dict.fromkeys(task_ids)))
+        out = []
+        for tid in dict.fromkeys(task_ids):
+            task = found.get(tid)
+            if task is None:
+                continue
+            if caller.kind == "node" and not any(i["node_id"] == caller.node_id for i in task["instances"]):
+                continue
+            if caller.tenant and task.get("tenant", "") != caller.tenant:
+                continue
+            out.append(task)
+        return out
+
     def list(
         self, *, page_size: int, page_token: str, creator: str, resource_group_id: str, status: str, tenant: str = ""
     ) -> tuple[list[dict[str, Any]], str, int]:
         """Newest first, in keyset pages (the token holds the last task's submit sequence), so a deep page
-        costs what the first does; every filter has an index in that order (migration 0007)."""
+        costs what the first does; every filter and pair of filters has an index in that order (migrations 0007, 0010)."""
         size, after, offset = keyset_bounds(page_size, page_token)
         conds = []
         if tenant:  # a user sees its tenant's tasks only

@@ -48,6 +48,11 @@ training_tasks = Table(
     Index("ix_training_tasks_group_seq", "resource_group_id", "submitted_seq"),
     Index("ix_training_tasks_status_seq", "status", "submitted_seq"),
     Index("ix_training_tasks_placement", "placement"),
+    # two filters at once (migration 0010): "only mine" with a status, a tenant's lists
+    Index("ix_training_tasks_creator_status_seq", "creator", "status", "submitted_seq"),
+    Index("ix_training_tasks_tenant_creator_seq", "tenant", "creator", "submitted_seq"),
+    Index("ix_training_tasks_tenant_status_seq", "tenant", "status", "submitted_seq"),
+    Index("ix_training_tasks_tenant_creator_status_seq", "tenant", "creator", "status", "submitted_seq"),
     # description, image, mode, roles, storage, code, output, source_task_id (JSON; issue #10)
     Column("form", Text, nullable=False, default="{}"),
 )

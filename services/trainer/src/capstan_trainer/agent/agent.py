@@ -36,6 +36,7 @@ DONE_MARK = ".agent-done"
 RECONCILE = "trainer-agent.reconcile"
 SAVED_MARK = ".output-saved"  # the exited instance's output and model are in storage
 EXIT_INPUTS_FAILED = 126  # its storage rows could not be made ready; it never started
+READ_MANY = 500  # task ids per GetTrainingTasks (the trainer takes up to 1,000)
 
 
 class TrainerAgent(NodeAgent):
@@ -64,17 +65,16 @@ class TrainerAgent(NodeAgent):
             (a.workload_id, a.instance_index): [(c.index, c.tenths) for c in a.cards] for a in resp.items
         }
         tasks: dict[str, trainer_pb2.TrainingTask | None] = {}
-        unread: set[str] = set()  # assigned tasks whose state could not be read: their instances are left alone
-
-        async def read(task_id: str) -> None:
-            async with self._guard.aitem(f"task {task_id}"):
-                tasks[task_id] = await self._get_task(task_id)
-                unread.discard(task_id)
-
         ids = sorted({task_id for task_id, _ in assigned})
         tasks.update(dict.fromkeys(ids))
-        unread.update(ids)
-        await asyncio.gather(*(read(task_id) for task_id in ids))  # the reads at once, not one after another
+        # Assigned tasks whose state could not be read: their instances are left alone this step.
+        unread: set[str] = set(ids)
+        for i in range(0, len(ids), READ_MANY):  # one call for every task of the step, not one each
+            chunk = ids[i:i + READ_MANY]
+            async with self._guard.aitem(f"tasks {chunk[0]}..{chunk[-1]}"):
+                got = await self.trainer.GetTrainingTasks(trainer_pb2.GetTrainingTasksRequest(ids=chunk), timeout=10)
+                tasks.update((t.id, t) for t in got.items if t.id in tasks)  # the rest: gone (None)
+                unread.difference_update(chunk)
 
         # One instance that cannot be converged is set aside (counted, logged, retried next step);
         # the others are converged as usual, side by side (each has its own directory and runner).

@@ -1,0 +1,125 @@
+"""Instance runners forked by the warm runner server: the same runner as a fresh interpreter's (its exit
+code, its sandbox, a stop, a kill -9), recognised by its working directory, cheaper; a server that no
+longer matches the agent (code, settings) is replaced; one that cannot be reached is never needed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from capstan_agentkit.sandbox import EXIT_RUNNER_LOST, BwrapExecutor, InstanceSpec, forkserver
+from capstan_agentkit.sandbox import testing as sandbox_testing
+from capstan_agentkit.sandbox.spec import RUNNER_MODULE
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="containment needs root")
+
+
+def _exited(ex: BwrapExecutor, key: str, timeout: float = 30) -> int:
+    deadline = time.monotonic() + timeout
+    while (st := ex.status(key, 0)).state != "exited":
+        assert time.monotonic() < deadline, f"{key} is {st}"
+        time.sleep(0.02)
+    assert st.exit_code is not None
+    return st.exit_code
+
+
+def _cmdline(pid: int) -> list[bytes]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+
+
+def _server_pid(ex: BwrapExecutor) -> int:
+    assert ex._runners is not None and ex._runners._server is not None
+    return ex._runners._server.pid
+
+
+def test_runners_are_forked_by_one_server_and_behave_as_their_own(executor: BwrapExecutor) -> None:
+    executor.start(InstanceSpec(task_id="fs-a", instance_index=0, command="sleep 60", cpu=0.5, memory_gib=0.25))
+    st = executor.status("fs-a", 0)
+    assert st.state == "running" and st.pid is not None
+    runner = st.pid
+    # forked by the server (its command line), in the instance's directory: that is how it is known
+    assert forkserver.FORKSERVER_MODULE.encode() in _cmdline(runner)
+    assert os.readlink(f"/proc/{runner}/cwd") == str(executor.instance_dir("fs-a", 0))
+    server = _server_pid(executor)
+    assert runner != server and os.getsid(runner) == runner  # a session of its own: outlives the agent
+    # a second instance comes from the same server
+    executor.start(InstanceSpec(task_id="fs-b", instance_index=0, command="exit 3", cpu=0.5, memory_gib=0.25))
+    assert _exited(executor, "fs-b") == 3
+    assert _server_pid(executor) == server
+    # a stop is the runner's graceful stop (SIGTERM to the sandbox: sleep dies of it)
+    executor.stop("fs-a", 0)
+    assert _exited(executor, "fs-a") == 143
+    # an agent restarted meanwhile (a new executor) re-adopts and uses the same server
+    again = BwrapExecutor(executor.root, executor.config)
+    again.start(InstanceSpec(task_id="fs-c", instance_index=0, command="true", cpu=0.5, memory_gib=0.25))
+    assert _exited(again, "fs-c") == 0
+    assert again._runners is not None and again._runners._server is None  # it started none of its own
+
+
+def test_a_killed_forked_runner_is_reported_lost(executor: BwrapExecutor) -> None:
+    executor.start(InstanceSpec(task_id="fs-k", instance_index=0, command="sleep 60", cpu=0.5, memory_gib=0.25))
+    pid = executor.status("fs-k", 0).pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    assert _exited(executor, "fs-k") == EXIT_RUNNER_LOST
+    assert sandbox_testing.leftovers(executor.config) == []
+
+
+def test_a_server_that_no_longer_matches_is_replaced(executor: BwrapExecutor, monkeypatch: pytest.MonkeyPatch) -> None:
+    executor.start(InstanceSpec(task_id="fs-1", instance_index=0, command="true", cpu=0.5, memory_gib=0.25))
+    assert _exited(executor, "fs-1") == 0
+    old = _server_pid(executor)
+    # a changed setting (an environment variable the runner reads): runners must not be forked from the old one
+    monkeypatch.setenv("CAPSTAN_SANDBOX_METRICS_S", "7")
+    ex2 = BwrapExecutor(executor.root, executor.config)
+    ex2.start(InstanceSpec(task_id="fs-2", instance_index=0, command="true", cpu=0.5, memory_gib=0.25))
+    assert _exited(ex2, "fs-2") == 0
+    assert _server_pid(ex2) != old
+    deadline = time.monotonic() + 10
+    while executor._runners is not None and executor._runners._server is not None:
+        executor._runners.reap()  # the stale server exits at once
+        assert time.monotonic() < deadline, "the stale server is still running"
+        time.sleep(0.02)
+
+
+def test_the_server_forks_only_for_its_own_instance_dirs(executor: BwrapExecutor, tmp_path: Path) -> None:
+    executor.start(InstanceSpec(task_id="fs-own", instance_index=0, command="true", cpu=0.5, memory_gib=0.25))
+    assert _exited(executor, "fs-own") == 0
+    assert executor._runners is not None
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for target in (elsewhere, executor.root, executor.root / ".." / "elsewhere"):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(str(executor._runners.path))
+            s.sendall(json.dumps({"token": executor._runners._token, "dir": str(target)}).encode() + b"\n")
+            assert "error" in json.loads(s.makefile().readline())
+    assert not (elsewhere / "runner.err").exists()
+    # and a request that is not even JSON changes nothing: the next one is served
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(str(executor._runners.path))
+        s.sendall(b"\xff\xfe not json\n")
+    executor.start(InstanceSpec(task_id="fs-next", instance_index=0, command="true", cpu=0.5, memory_gib=0.25))
+    assert _exited(executor, "fs-next") == 0
+
+
+def test_without_a_server_the_runner_is_an_interpreter_of_its_own(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = sandbox_testing.fresh()
+    ex = BwrapExecutor(tmp_path / "instances", cfg)
+    assert ex._runners is not None
+    monkeypatch.setattr(forkserver, "socket_path", lambda root: Path("/proc/nowhere/x.sock"))
+    ex._runners.path = forkserver.socket_path(ex.root)  # an unusable place: the server cannot start
+    try:
+        ex.start(InstanceSpec(task_id="fs-solo", instance_index=0, command="sleep 60", cpu=0.5, memory_gib=0.25))
+        pid = ex.status("fs-solo", 0).pid
+        assert pid is not None and RUNNER_MODULE.encode() in _cmdline(pid)
+        ex.stop("fs-solo", 0)
+        assert _exited(ex, "fs-solo") == 143
+    finally:
+        sandbox_testing.stop_all(ex, cfg)
