@@ -26,7 +26,7 @@ from . import network
 from .argv import View
 from .cgroups import Cgroups, detect, for_version
 from .config import Limits, SandboxConfig, describe_memory, thread_env
-from .leases import HostState, Lease, State
+from .leases import HostState, Lease, Net, State
 from .spec import InstancePaths, InstanceSpec, write_atomic
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,13 @@ class Containment:
             except BaseException:
                 self._undo(st, lease)
                 raise
+        # What is the instance's alone (names its lease holds) is made outside the host lock, so that
+        # instances starting and ending side by side do not queue behind each other's ip calls.
         try:
+            if addressing is not None:
+                net = st.nets[lease.net or ""]
+                network.create_instance_net(lease.netns or "", lease.veth or "", net.bridge, net.subnet,
+                                            spec.instance_index, spec.ports)
             view = self._prepare_files(spec, paths, lease, addressing)
         except BaseException:
             self.teardown(lease)
@@ -133,11 +139,38 @@ class Containment:
         return Sandbox(spec, paths, lease, cgroups, view, addressing[0] if addressing else None, published)
 
     def teardown(self, lease: Lease) -> None:
-        """Undo :meth:`setup` once the sandbox has exited (anything left in its cgroup is killed)."""
+        """Undo :meth:`setup` once the sandbox has exited (anything left in its cgroup is killed). The slow
+        parts (deleting a namespace, a bridge: ~50 ms of the kernel's each) run outside the host lock, while
+        the lease still holds their names; a runner killed half way leaves a stale lease, reaped as ever."""
+        network.delete_instance_net(lease.netns, lease.veth)
         with self.state.locked() as st:
             current = st.leases.get(lease.id)
-            if current is not None:
-                self._undo(st, current)
+            if current is None:
+                return
+            current.netns = current.veth = None  # deleted above
+            net = self._release(st, current)
+            if net is None:
+                st.leases.pop(current.id, None)
+                return
+            current.draining = [net.subnet, net.number, net.bridge]
+        network.delete_link(net.bridge)
+        with self.state.locked() as st:
+            st.leases.pop(lease.id, None)
+
+    def _release(self, st: State, lease: Lease) -> Net | None:
+        """Under the lock: the lease's cgroup, its task network membership and firewall entries; the
+        network when this was its last member (its bridge is still to be deleted)."""
+        # The cgroup first: should it fail (a process that will not die), the lease stays, and with it
+        # the uid, so no other instance gets the uid a live process still has.
+        if lease.cgroup_name:
+            for_version(lease.cgroup_version, Path(lease.cgroup_root), lease.cgroup_parent).remove(lease.cgroup_name)
+            lease.cgroup_name = ""
+        net = st.leave_net(lease)  # the task's network, when this was its last instance on the host
+        published, lease.published = lease.published, []
+        if published or net is not None:
+            # no longer forwarded (before the address can go to another instance), the bridge out of the rules
+            self._firewall(st)
+        return net
 
     def reap_stale(self) -> list[str]:
         """Undo the leases of runners that died without their teardown; their ids."""
@@ -146,7 +179,8 @@ class Containment:
 
     # -- under the host lock -----------------------------------------------------------------------------
     def _create(self, st: State, lease: Lease, cgroups: Cgroups, spec: InstanceSpec) -> tuple[str, str] | None:
-        """Cgroup, then network; the instance's (address, subnet) when it has a network of its own."""
+        """Cgroup, then the task's network (bridge, firewall, published ports); the instance's (address,
+        subnet) when it has a network of its own (its namespace is made by the caller, outside the lock)."""
         cfg = self.config
         lease.cgroup_version, lease.cgroup_root, lease.cgroup_parent = cgroups.version, str(cgroups.root), cgroups.parent
         lease.cgroup_name = f"{cfg.name_prefix}-{lease.slot}"
@@ -158,25 +192,17 @@ class Containment:
         if created:  # rules for the new bridge are in place before anything is plugged into it
             self._firewall(st)
         lease.netns, lease.veth, lease.index = f"{cfg.name_prefix}-{lease.slot}", f"{cfg.name_prefix}v{lease.slot}", spec.instance_index
-        address = network.create_instance_net(lease.netns, lease.veth, net.bridge, net.subnet, spec.instance_index,
-                                              spec.ports)
+        address = network.instance_address(net.subnet, spec.instance_index)
         if cfg.publish_address and spec.ports:  # reachable from the gateways' hosts too
             st.publish(lease, str(address), list(spec.ports), cfg)
             self._firewall(st)
         return str(address), net.subnet
 
     def _undo(self, st: State, lease: Lease) -> None:
-        # The cgroup first: should it fail (a process that will not die), the lease stays, and with it
-        # the uid, so no other instance gets the uid a live process still has.
-        if lease.cgroup_name:
-            for_version(lease.cgroup_version, Path(lease.cgroup_root), lease.cgroup_parent).remove(lease.cgroup_name)
-        net = st.leave_net(lease)  # the task's network, when this was its last instance on the host
-        published, lease.published = lease.published, []
-        if published and net is None:
-            self._firewall(st)  # no longer forwarded, before the address can go to another instance
-        network.delete_instance_net(lease.netns, lease.veth, net.bridge if net is not None else None)
-        if net is not None:
-            self._firewall(st)
+        """Under the lock, all at once: a setup that failed, or a stale lease (its runner died)."""
+        net = self._release(st, lease)
+        bridge = net.bridge if net is not None else (lease.draining[2] if lease.draining else None)
+        network.delete_instance_net(lease.netns, lease.veth, bridge)
         st.leases.pop(lease.id, None)
 
     def _reap(self, st: State) -> list[str]:

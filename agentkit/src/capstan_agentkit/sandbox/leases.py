@@ -59,6 +59,9 @@ class Lease:
     # served ports reachable from other hosts: [publish address, host port, instance address, instance port]
     published: list[list[Any]] = field(default_factory=list)
     publish_sources: list[str] = field(default_factory=list)
+    # The task network this lease was the last to leave, while its bridge is being deleted (outside the
+    # lock): [subnet, number, bridge], still reserved so no new network takes them meanwhile.
+    draining: list[Any] = field(default_factory=list)
 
     def owner_alive(self) -> bool:
         return process_start(self.pid) == self.start
@@ -157,6 +160,7 @@ class State:
 
     def _free_subnet(self, config: SandboxConfig) -> ipaddress.IPv4Network:
         taken = [ipaddress.IPv4Network(n.subnet) for n in self.nets.values()]
+        taken += [ipaddress.IPv4Network(x.draining[0]) for x in self.leases.values() if x.draining]
         pool = ipaddress.IPv4Network(config.pool)
         for candidate in pool.subnets(new_prefix=config.subnet_prefix):
             if not any(candidate.overlaps(t) for t in taken):
@@ -164,7 +168,7 @@ class State:
         raise RuntimeError(f"no free /{config.subnet_prefix} left in the sandbox pool {config.pool}")
 
     def _free_number(self) -> int:
-        used = {n.number for n in self.nets.values()}
+        used = {n.number for n in self.nets.values()} | {int(x.draining[1]) for x in self.leases.values() if x.draining}
         return next(i for i in range(len(used) + 1) if i not in used)
 
 
