@@ -68,7 +68,7 @@ def test_a_killed_forked_runner_is_reported_lost(executor: BwrapExecutor) -> Non
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
     assert _exited(executor, "fs-k") == EXIT_RUNNER_LOST
-    assert sandbox_testing.leftovers(executor.config) == []
+    assert sandbox_testing.settled_leftovers(executor.config) == []
 
 
 def test_a_server_that_no_longer_matches_is_replaced(executor: BwrapExecutor, monkeypatch: pytest.MonkeyPatch) -> None:

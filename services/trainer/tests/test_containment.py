@@ -405,7 +405,7 @@ def test_a_killed_runner_leaves_nothing_behind(node: Node) -> None:
     restarted = BwrapExecutor(node.ex.root, node.ex.config)
     assert wait_until(lambda: restarted.status("task-1", 0).state == "exited")
     assert lease.id not in HostState(node.ex.config.state_dir).read().leases
-    assert sandbox_testing.leftovers(node.ex.config) == []
+    assert sandbox_testing.settled_leftovers(node.ex.config) == []
 
 
 def test_capstan_down_style_sigterm_and_the_reaper(node: Node) -> None:
@@ -413,7 +413,7 @@ def test_capstan_down_style_sigterm_and_the_reaper(node: Node) -> None:
     node.line_starting(spec, "ready")
     os.kill(node.ex.status("task-1", 0).pid or 0, signal.SIGTERM)  # what `capstan down` sends
     assert node.wait(spec).exit_code == 0
-    assert sandbox_testing.leftovers(node.ex.config) == []
+    assert sandbox_testing.settled_leftovers(node.ex.config) == []
     # SIGKILL (down's last resort): the stand-alone reaper that `capstan down` runs cleans up
     spec = node.start("echo ready; sleep 600", index=1)
     node.line_starting(spec, "ready")
@@ -423,7 +423,7 @@ def test_capstan_down_style_sigterm_and_the_reaper(node: Node) -> None:
     reap = subprocess.run([sys.executable, "-m", "capstan_agentkit.sandbox.containment", "--reap",
                            "--state-dir", str(node.ex.config.state_dir)], capture_output=True, text=True, check=True)
     assert f"cleaned up the sandbox of {node.dir(spec)}" in reap.stdout
-    assert sandbox_testing.leftovers(node.ex.config) == []
+    assert sandbox_testing.settled_leftovers(node.ex.config) == []
 
 
 # -- the deploy check -------------------------------------------------------------------------------------------

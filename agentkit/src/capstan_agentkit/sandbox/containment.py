@@ -26,7 +26,7 @@ from . import network
 from .argv import View
 from .cgroups import Cgroups, detect, for_version
 from .config import Limits, SandboxConfig, describe_memory, thread_env
-from .leases import HostState, Lease, Net, State
+from .leases import HostState, Lease, Net, State, process_start
 from .spec import InstancePaths, InstanceSpec, write_atomic
 
 log = logging.getLogger(__name__)
@@ -139,21 +139,41 @@ class Containment:
         return Sandbox(spec, paths, lease, cgroups, view, addressing[0] if addressing else None, published)
 
     def teardown(self, lease: Lease) -> None:
-        """Undo :meth:`setup` once the sandbox has exited (anything left in its cgroup is killed). The slow
-        parts (deleting a namespace, a bridge: ~50 ms of the kernel's each) run outside the host lock, while
-        the lease still holds their names; a runner killed half way leaves a stale lease, reaped as ever."""
-        network.delete_instance_net(lease.netns, lease.veth)
+        """Undo :meth:`setup` once the sandbox has exited: anything left in its cgroup is killed, its
+        cgroup, task network membership and firewall entries go; then :meth:`release`."""
+        self.end(lease)
+        self.release(lease)
+
+    def end(self, lease: Lease) -> None:
+        """What must be undone before the instance is reported ended: its cgroup (nothing of it runs on),
+        its place in the task's network and the firewall. Its namespace, and the task's bridge when it was
+        the last member, stay held by the lease until :meth:`release`."""
         with self.state.locked() as st:
             current = st.leases.get(lease.id)
             if current is None:
                 return
-            current.netns = current.veth = None  # deleted above
             net = self._release(st, current)
-            if net is None:
-                st.leases.pop(current.id, None)
-                return
-            current.draining = [net.subnet, net.number, net.bridge]
-        network.delete_link(net.bridge)
+            if net is not None:
+                current.draining = [net.subnet, net.number, net.bridge]
+
+    def adopt(self, lease: Lease, pid: int) -> None:
+        """Make ``pid`` the lease's owner (the process that will :meth:`release` it), so the lease is not
+        taken for stale when the runner that set it up exits first."""
+        with self.state.locked() as st:
+            current = st.leases.get(lease.id)
+            start = process_start(pid)
+            if current is not None and start is not None:
+                current.pid, current.start = pid, start
+
+    def release(self, lease: Lease) -> None:
+        """Delete what :meth:`end` left (~50 ms of the kernel's for a namespace or a bridge), outside the
+        host lock while the lease still holds their names, then the lease. A runner killed before this
+        leaves a stale lease, reaped as ever."""
+        with self.state.locked() as st:
+            current = st.leases.get(lease.id)
+        if current is None:
+            return
+        network.delete_instance_net(current.netns, current.veth, current.draining[2] if current.draining else None)
         with self.state.locked() as st:
             st.leases.pop(lease.id, None)
 
@@ -167,9 +187,10 @@ class Containment:
             lease.cgroup_name = ""
         net = st.leave_net(lease)  # the task's network, when this was its last instance on the host
         published, lease.published = lease.published, []
-        if published or net is not None:
-            # no longer forwarded (before the address can go to another instance), the bridge out of the rules
-            self._firewall(st)
+        if published:
+            self._firewall(st)  # no longer forwarded, before the address can go to another instance
+        elif net is not None:
+            self._firewall(st, net, add=False)  # the bridge out of the rules
         return net
 
     def reap_stale(self) -> list[str]:
@@ -190,7 +211,7 @@ class Containment:
         net, created = st.join_net(lease, f"{cfg.network_scope}|{spec.task_id}", cfg)
         network.create_bridge(net.bridge, net.subnet)
         if created:  # rules for the new bridge are in place before anything is plugged into it
-            self._firewall(st)
+            self._firewall(st, net, add=True)
         lease.netns, lease.veth, lease.index = f"{cfg.name_prefix}-{lease.slot}", f"{cfg.name_prefix}v{lease.slot}", spec.instance_index
         address = network.instance_address(net.subnet, spec.instance_index)
         if cfg.publish_address and spec.ports:  # reachable from the gateways' hosts too
@@ -215,7 +236,20 @@ class Containment:
                 log.exception("could not clean up the sandbox of %s", lease.id)
         return reaped
 
-    def _firewall(self, st: State) -> None:
+    def _firewall(self, st: State, changed: Net | None = None, *, add: bool = True) -> None:
+        """The node's table for what ``st`` holds now. ``changed``: the one network just added to
+        ``st.nets`` (``add``) or just taken out of it: only its elements change when no port is published
+        (the table stays, with empty sets, when the last network leaves); else, or should that fail (no
+        table yet, one of another layout), the table is rebuilt whole."""
+        others = [n for n in st.nets.values() if changed is None or n.key != changed.key]
+        if changed is not None and not any(x.published for x in st.leases.values()):
+            kept = {b for n in others for b in n.blocked}
+            try:
+                network.change_firewall_net(self.config.nft_table, changed.bridge, changed.subnet,
+                                            [b for b in changed.blocked if b not in kept], add=add)
+                return
+            except (RuntimeError, ValueError) as exc:
+                log.info("updating the firewall for %s failed (%s): rebuilding it", changed.bridge, exc)
         nets = st.nets.values()
         published = [network.Published(str(p[0]), int(p[1]), str(p[2]), int(p[3]), tuple(x.publish_sources))
                      for x in st.leases.values() for p in x.published]

@@ -163,6 +163,21 @@ def apply_firewall(table: str, bridges: Iterable[str], subnets: Iterable[str], b
     _run(["nft", "-f", "-"], stdin=script)
 
 
+def change_firewall_net(table: str, bridge: str, subnet: str, blocked: Iterable[str], *, add: bool) -> None:
+    """One task network into (or out of) the table's sets, without rebuilding the table: ~3 ms instead of
+    ~20. ``blocked``: the blocked networks no other network of the table has (they come or go with it).
+    The caller rebuilds the table with :func:`apply_firewall` if this fails."""
+    verb = "add" if add else "delete"
+    ipaddress.IPv4Network(subnet)  # checked: names and addresses come from the allocator only
+    nets = [str(ipaddress.IPv4Network(b)) for b in blocked]
+    lines = [f'{verb} element inet {table} bridges {{ "{bridge}" }}',
+             f'{verb} element inet {table} same {{ "{bridge}" . "{bridge}" }}',
+             f"{verb} element inet {table} subnets {{ {subnet} }}"]
+    if nets:
+        lines.append(f"{verb} element inet {table} blocked {{ {', '.join(nets)} }}")
+    _run(["nft", "-f", "-"], stdin="\n".join(lines) + "\n")
+
+
 def published_chains(published: list[Published]) -> tuple[str, str]:
     """The forward rules and the NAT chains for published ports (every value checked here: they come
     from the allocator and the node's config, never from a user)."""

@@ -13,6 +13,7 @@ and ``exit_code``.  Usage::
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import select
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -30,6 +32,7 @@ from .argv import View, build_bwrap_argv, sandbox_path
 from .config import Limits, SandboxConfig, describe_memory, thread_env
 from .containment import Containment, Sandbox
 from .gpustats import gpu_samples
+from .leases import Lease
 from .spec import (
     EXIT_RUNNER_ERROR,
     EXIT_SANDBOX_UNAVAILABLE,
@@ -45,6 +48,7 @@ from .spec import (
 _POLL_SECONDS = 0.1
 _MAX_LINE_BYTES = 64 * 1024  # a newline-less stream (progress bars) still gets logged
 _PUMP_JOIN_SECONDS = 5.0
+_HANDOVER_S = 10.0  # how long the runner waits for the child that releases its lease to take it over
 # How often a contained instance's cgroup is sampled (CPU, memory): a "metrics" record in its log.
 METRICS_SECONDS = float(os.environ.get("CAPSTAN_SANDBOX_METRICS_S", "5"))
 
@@ -170,8 +174,10 @@ def _exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-def run(paths: InstancePaths, log: LogWriter, stop: threading.Event) -> int:
-    """Run the sandbox to completion and return the instance's exit code."""
+def run(paths: InstancePaths, log: LogWriter, stop: threading.Event,
+        after: list[Callable[[], None]] | None = None) -> int:
+    """Run the sandbox to completion and return the instance's exit code. ``after`` gets what is left to
+    undo once the exit code is recorded (the instance's namespace: slow, and nothing of it runs any more)."""
     spec = InstanceSpec.from_json(paths.spec.read_text())
     config = _config(paths)
     bwrap = shutil.which("bwrap")
@@ -208,9 +214,36 @@ def run(paths: InstancePaths, log: LogWriter, stop: threading.Event) -> int:
         return code
     finally:
         try:
-            containment.teardown(sandbox.lease)
+            containment.end(sandbox.lease)
         except Exception as exc:  # noqa: BLE001 - the lease stays; it is reaped once this runner is gone
             log.platform(f"sandbox cleanup failed (retried later): {exc}")
+        else:
+            if after is None:
+                containment.release(sandbox.lease)
+            else:
+                after.append(functools.partial(_release_detached, containment, sandbox.lease))
+
+
+def _release_detached(containment: Containment, lease: Lease) -> None:
+    """Release the lease in a child that takes it over, so the runner exits at once: its exit is what
+    tells the agent the instance has ended (the namespace and bridge deletions take ~50 ms each)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            os.close(r)
+            containment.adopt(lease, os.getpid())
+            os.close(w)  # taken over: the runner may go
+            containment.release(lease)
+        except BaseException:  # noqa: BLE001 - the lease stays; it is reaped once this process is gone
+            traceback.print_exc()
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(w)
+    select.select([r], [], [], _HANDOVER_S)  # readable (EOF) once the child owns the lease, or died
+    os.close(r)
 
 
 def _enter_plan(spec: InstanceSpec, view: View, uid: int, cgroup_procs: list[str]) -> dict[str, object]:
@@ -370,14 +403,20 @@ def main(argv: list[str] | None = None) -> int:
     write_atomic(paths.runner_pid, str(os.getpid()))
     log = LogWriter(paths.log)
     error: Exception | None = None
+    after: list[Callable[[], None]] = []
     try:
-        code = run(paths, log, stop)
+        code = run(paths, log, stop, after)
     except Exception as exc:  # noqa: BLE001 - any failure must still end in an exit_code
         error, code = exc, EXIT_RUNNER_ERROR
         log.platform(f"instance runner failed: {exc!r}")
     log.platform(f"exit code {code}")
-    # Last of all: once exit_code exists the instance is final, log included.
+    # Once exit_code exists the instance is final, log included: what is left goes to runner.err only.
     write_atomic(paths.exit_code, str(code))
+    for fn in after:
+        try:
+            fn()
+        except Exception:  # noqa: BLE001 - the lease stays; it is reaped once this runner is gone
+            traceback.print_exc()
     if error is not None:
         raise error  # the traceback lands in runner.err for whoever debugs it
     return 0

@@ -120,6 +120,16 @@ def http_get(url: str, host: OtherHost | None = None) -> str:
     return subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout.strip()
 
 
+def settled_leftovers(cfg: SandboxConfig = CONFIG, timeout: float = 10) -> list[str]:
+    """:func:`leftovers` once the runners that have recorded their exit have also released what they
+    held (a namespace, a bridge: deleted just after the exit code is written), or what is still there
+    after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while (found := leftovers(cfg)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found
+
+
 def stop_all(executor: Any, cfg: SandboxConfig, timeout: float = 15) -> None:
     """After a test: stop every instance of ``executor``, wait until none runs, and check that nothing
     of ``cfg``'s prefix is left on the host."""
@@ -128,4 +138,4 @@ def stop_all(executor: Any, cfg: SandboxConfig, timeout: float = 15) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and any(executor.status(*k).state == "running" for k in executor.list_instances()):
         time.sleep(0.1)
-    assert leftovers(cfg) == []
+    assert settled_leftovers(cfg) == []
