@@ -55,7 +55,7 @@ def spy(pids: dict[int, tuple[str, int]], out_dir: Path) -> list[tuple[str, subp
         if name is None or name in ("nats-server", "bench_platform"):
             continue
         out = out_dir / (name.replace(" ", "-") + ".txt")
-        spies.append((name, subprocess.Popen([shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--format", "raw", "--rate", "200",
+        spies.append((name, subprocess.Popen([shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--format", "raw", "--rate", "50",
                                               "--output", str(out), "--nonblocking"],
                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
     return spies

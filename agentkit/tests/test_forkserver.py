@@ -4,16 +4,18 @@ longer matches the agent (code, settings) is replaced; one that cannot be reache
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from capstan_agentkit.sandbox import EXIT_RUNNER_LOST, BwrapExecutor, InstanceSpec, forkserver
+from capstan_agentkit.sandbox import EXIT_RUNNER_LOST, BwrapExecutor, InstanceSpec, forkserver, launch
 from capstan_agentkit.sandbox import testing as sandbox_testing
 from capstan_agentkit.sandbox.spec import RUNNER_MODULE
 
@@ -123,3 +125,16 @@ def test_without_a_server_the_runner_is_an_interpreter_of_its_own(tmp_path: Path
         assert _exited(ex, "fs-solo") == 143
     finally:
         sandbox_testing.stop_all(ex, cfg)
+
+
+def test_the_launch_steps_run_in_bubblewraps_child_and_a_failure_is_recorded(tmp_path: Path) -> None:
+    """The runner does the launcher's steps as bubblewrap's preexec_fn: one that fails ends the child with
+    125 (nothing is exec'd) and says why in the plan's error file, as the launcher process would."""
+    error = tmp_path / "launch.err"
+    plan = {"cgroup_procs": [str(tmp_path / "no-such-cgroup" / "cgroup.procs")], "stage": str(tmp_path), "binds": [],
+            "masks": [], "netns": None, "uid": 2_000_000, "gid": 2_000_000, "error_file": str(error)}
+    marker = tmp_path / "exec-happened"
+    proc = subprocess.run(["touch", str(marker)], preexec_fn=functools.partial(launch.in_child, plan))  # noqa: PLW1509
+    assert proc.returncode == launch.EXIT_LAUNCH_FAILED
+    assert not marker.exists()
+    assert "No such file or directory" in error.read_text()

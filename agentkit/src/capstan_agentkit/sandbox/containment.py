@@ -68,7 +68,13 @@ class Sandbox:
     def launcher_argv(self, bwrap_argv: list[str]) -> list[str]:
         """The argv that starts the sandbox: the launcher, then (exec'd by it) ``bwrap_argv``.
         Call it after the bwrap argv was built with :attr:`view` (that is when sources are staged)."""
-        plan = {
+        write_atomic(self.paths.launch_plan, json.dumps(self.launch_plan()))
+        # -I -S: the launcher needs the standard library only, and nothing from the environment.
+        return [sys.executable, "-I", "-S", str(LAUNCHER), str(self.paths.launch_plan), "--", *bwrap_argv]
+
+    def launch_plan(self) -> dict[str, object]:
+        """What the launcher does before bubblewrap (:func:`.launch.prepare`); after the bwrap argv was built."""
+        return {
             "cgroup_procs": [str(p) for p in self.cgroups.procs_files(self.lease.cgroup_name)],
             "stage": self.view.stage,
             "binds": [[src, name] for src, name in self.view.binds.items()],
@@ -78,9 +84,6 @@ class Sandbox:
             "gid": self.lease.uid,
             "error_file": str(self.paths.launch_error),
         }
-        write_atomic(self.paths.launch_plan, json.dumps(plan))
-        # -I -S: the launcher needs the standard library only, and nothing from the environment.
-        return [sys.executable, "-I", "-S", str(LAUNCHER), str(self.paths.launch_plan), "--", *bwrap_argv]
 
     def oom_kills(self) -> int:
         return self.cgroups.oom_kills(self.lease.cgroup_name)

@@ -1,7 +1,9 @@
 """The sandbox launcher: the last root step between the runner and bubblewrap.
 
-Run by the runner as ``python -I -S launch.py <plan.json> -- <bwrap argv...>`` (a plain script with
-standard-library imports only, so it starts fast and imports nothing from the platform). In order:
+Run as ``python -I -S launch.py <plan.json> -- <bwrap argv...>`` (a plain script with standard-library
+imports only, so it starts fast and imports nothing from the platform: the deploy check's form), or, by
+the instance runner, as the ``preexec_fn`` of the bubblewrap it starts (:func:`in_child`: the same steps
+in the forked child, without an interpreter's start). In order:
 
 1. moves itself into the instance's cgroup(s), so bwrap and everything the user runs start inside
    the limits (there is no moment at which user code runs outside them);
@@ -46,6 +48,27 @@ def _mount(source: str, target: str, fstype: str | None, flags: int, data: str |
 
 
 def launch(plan: dict[str, object], argv: list[str]) -> None:
+    prepare(plan)
+    os.execv(argv[0], argv)  # noqa: S606 - an argv list built by the runner; no shell involved
+
+
+def in_child(plan: dict[str, object]) -> None:
+    """The same steps as a ``preexec_fn``: in the child the runner forks for bubblewrap, between fork and
+    exec (the runner has no other thread then), sparing an interpreter's start. A failure is recorded in
+    the plan's ``error_file`` and ends the child with 125, as the launcher's would."""
+    try:
+        prepare(plan)
+    except BaseException as exc:  # noqa: BLE001 - whatever failed, the runner must learn what
+        try:
+            with open(str(plan["error_file"]), "w") as f:
+                f.write(f"{exc}\n")
+        finally:
+            os._exit(EXIT_LAUNCH_FAILED)
+
+
+def prepare(plan: dict[str, object]) -> None:
+    """Steps 1-4 above: this process in the cgroups, its own mount namespace with the staged binds, in the
+    instance's network namespace, as the instance's uid."""
     for procs in plan["cgroup_procs"]:  # type: ignore[attr-defined]
         fd = os.open(str(procs), os.O_WRONLY | os.O_CLOEXEC)
         try:
@@ -78,7 +101,6 @@ def launch(plan: dict[str, object], argv: list[str]) -> None:
     os.setresuid(uid, uid, uid)
     if os.geteuid() == 0 or os.getuid() == 0:  # never hand a root process to bubblewrap
         raise RuntimeError("could not drop root")
-    os.execv(argv[0], argv)  # noqa: S606 - an argv list built by the runner; no shell involved
 
 
 def main() -> int:

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from . import launch
 from .argv import View, build_bwrap_argv, sandbox_path
 from .config import Limits, SandboxConfig, describe_memory, thread_env
 from .containment import Containment, Sandbox
@@ -200,7 +201,9 @@ def run(paths: InstancePaths, log: LogWriter, stop: threading.Event,
         _record_reason(paths, log, f"sandbox could not be set up: {exc}")
         return EXIT_SANDBOX_UNAVAILABLE
     try:
-        argv = sandbox.launcher_argv(build_bwrap_argv(bwrap, spec, paths, sandbox.view))
+        argv = build_bwrap_argv(bwrap, spec, paths, sandbox.view)
+        # The launcher's steps run in bubblewrap's own forked child (no interpreter to start for them).
+        prepare = functools.partial(launch.in_child, sandbox.launch_plan())
         limits = Limits.of(spec.cpu, spec.memory_gib, config)
         memory = describe_memory(spec.memory_gib) if spec.memory_gib else "no limit"
         cpu = f"{spec.cpu:g}" if spec.cpu else "no limit"
@@ -208,7 +211,7 @@ def run(paths: InstancePaths, log: LogWriter, stop: threading.Event,
                      f"pids {limits.pids_max}, network {spec.network}" + (f" {sandbox.address}" if sandbox.address else ""))
         plan = _enter_plan(spec, sandbox.view, sandbox.uid,
                            [str(p) for p in sandbox.cgroups.procs_files(sandbox.lease.cgroup_name)])
-        code = _supervise(argv, spec, paths, log, stop, sandbox, plan, sandbox.address)
+        code = _supervise(argv, spec, paths, log, stop, sandbox, plan, sandbox.address, prepare)
         if (reason := sandbox.exit_reason()) is not None:
             _record_reason(paths, log, reason)
         return code
@@ -308,6 +311,7 @@ def _record_reason(paths: InstancePaths, log: LogWriter, reason: str) -> None:
 def _supervise(
     argv: list[str], spec: InstanceSpec, paths: InstancePaths, log: LogWriter, stop: threading.Event,
     sandbox: Sandbox | None, enter_plan: dict[str, object], address: str | None = None,
+    prepare: Callable[[], None] | None = None,
 ) -> int:
     if stop.is_set() or paths.stop_requested.exists():  # the setup took a moment: look again
         log.platform("stop requested before the instance started")
@@ -321,6 +325,7 @@ def _supervise(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,  # own process group, so stop can find the whole tree
+            preexec_fn=prepare,  # noqa: PLW1509 - the runner has no other thread yet (the pumps start below)
         )
     except OSError as exc:  # e.g. bwrap removed or not executable since which()
         log.platform(f"cannot start bwrap ({exc}); refusing to run the instance unsandboxed")
