@@ -6,8 +6,9 @@ event type at a newer version, an oversized message, a valid-looking event with 
 (a task whose ``resources`` is null, as the security review found), and two models with one name (the
 registry's read model refuses the second: an ``apply`` that raises). Then every service is still serving,
 everything appended after the poison is applied and visible, each service's quarantine names each poison
-message with its sequence and error, its counter counts them, a rebuild from zero writes the same rows,
-and the gateway's admin route shows it all.
+message on a subject it reads with its sequence and error (the registry and the inference service decode
+only their own subjects, so the poison goes on a model's and a service group's subject too), its counter
+counts them, a rebuild from zero writes the same rows, and the gateway's admin route shows it all.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from sqlalchemy import MetaData, select
 from capstan_core.db import make_engine, quarantine_table, table_digest
 from capstan_core.eventstore import EventStore
 from capstan_core.metrics import QUARANTINED
-from capstan_core.projection import rebuild
+from capstan_core.projection import reads, rebuild
 from capstan_core.service import Service
 from capstan_core.settings import ServiceSettings
 from capstan_core.streams import event_subject
@@ -112,11 +113,16 @@ async def test_poison_stops_no_service_and_every_service_sets_it_aside(platform:
     rg = await s.CreateResourceGroup(scheduler_pb2.CreateResourceGroupRequest(name="before-poison"))
     js = p.store._js  # noqa: SLF001 - the admin connection's JetStream
 
-    # the poison, each kind once; plain text goes on the live group's own subject
-    poison: list[tuple[Poison, int]] = []
+    # the poison, each kind on a model's subject and on a service group's (so each service reads every
+    # kind: the registry and the inference service decode only the subjects they project); plain text
+    # also on the live group's own subject
+    poison: list[tuple[Poison, int, str]] = []
     for i, item in enumerate(platform_poison()):
-        subject = event_subject("rsg", rg.id) if item.name == "plain text" else f"capstan.evt.train.poison-{i}"
-        poison.append((item, await publish_poison(js, subject, item)))
+        subjects = [event_subject("model", f"poison-{i}"), event_subject("service", f"ms-poison{i}")]
+        if item.name == "plain text":
+            subjects.insert(0, event_subject("rsg", rg.id))
+        for subject in subjects:
+            poison.append((item, await publish_poison(js, subject, item), subject))
     # two models with one name: the registry's read model refuses the second (its apply raises)
     for model_id in ("model-a", "model-b"):
         r = await p.store.append(event_subject("model", model_id), [ModelCreated(
@@ -146,18 +152,25 @@ async def test_poison_stops_no_service_and_every_service_sets_it_aside(platform:
     agents = await inference_pb2_grpc.InferenceStub(p.channels["inference"]).ListAgents(inference_pb2.ListAgentsRequest())
     assert [a.name for a in agents.items] == ["inf-1"]
 
-    # each service's quarantine: every poison message, with its sequence, kind and error
-    expected = [(seq, item.kind) for item, seq in poison]
+    # each service's quarantine: every poison message on a subject it reads, with its sequence, kind and
+    # error (the trainer and the scheduler read every subject; a message no projection of a service reads
+    # is never decoded there, so it cannot stop that service either)
+    wanted_by: dict[str, list[tuple[int, str]]] = {}
     for name in DEFINITIONS:
         rows = await _quarantine(p, name)
-        wanted = expected + ([(duplicate_seq, "apply_failed")] if name == "registry" else [])
+        projections = DEFINITIONS[name].projections()
+        wanted = [(seq, item.kind) for item, seq, subject in poison if reads(projections, subject)]
+        wanted += [(duplicate_seq, "apply_failed")] if name == "registry" else []
+        wanted_by[name] = wanted
+        assert len(wanted) >= len(platform_poison()), name  # every kind, at least once
         assert [(r.seq, r.kind) for r in rows] == wanted, name
         assert all(r.error and r.projection == name and r.stored_at_ms > 0 for r in rows)
         by_kind = {r.kind: r for r in rows}
         assert by_kind["invalid"].error == (
             "event 0 (TrainingTaskSubmitted): resources: Input should be a valid dictionary or instance of ResourceSpec")
         assert "ResourceGroupCreated v99 is newer than this service reads (v1)" in by_kind["newer_version"].error
-        assert rows[0].subject == event_subject("rsg", rg.id) and rows[0].error.startswith("not JSON")
+        assert rows[0].subject == poison[0][2] or not reads(projections, poison[0][2])
+        assert rows[0].error.startswith("not JSON")
         counters = await p.admin(name).GetCounters(admin_pb2.GetCountersRequest())
         quarantined = sum(c.value for c in counters.counters if c.name == QUARANTINED)
         assert quarantined == len(wanted), name
@@ -186,11 +199,11 @@ async def test_poison_stops_no_service_and_every_service_sets_it_aside(platform:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as gw:
             report = (await gw.get("/api/v1/admin/quarantine")).json()
     assert [(s["service"], s["reachable"], s["quarantined"]) for s in report["services"]] == [
-        ("scheduler", True, 5), ("trainer", True, 5), ("registry", True, 6), ("inference", True, 5)]
+        ("scheduler", True, 11), ("trainer", True, 11), ("registry", True, 6), ("inference", True, 5)]
     assert {(i["service"], i["seq"]) for i in report["items"]} == {
-        (name, seq) for name in DEFINITIONS for seq, _ in expected} | {("registry", duplicate_seq)}
+        (name, seq) for name, wanted in wanted_by.items() for seq, _ in wanted}
     assert {(c["service"], c["labels"]["kind"], c["value"]) for c in report["counters"] if c["name"] == QUARANTINED} \
-        >= {("registry", "apply_failed", 1), ("trainer", "invalid", 1), ("inference", "oversized", 1)}
+        >= {("registry", "apply_failed", 1), ("trainer", "invalid", 2), ("inference", "oversized", 1)}
 
 
 _QUARANTINE = quarantine_table(MetaData())

@@ -36,12 +36,20 @@ async def _admin(url: str, secrets: Path) -> nats.aio.client.Client:
     return await nats.connect(url, user=admin.user, password=admin.password, inbox_prefix=admin.inbox_prefix)
 
 
-async def _publish_poison(url: str, secrets: Path) -> list[tuple[int, str]]:
+# Each kind of poison on a model's subject and on a service group's: the trainer and the scheduler read
+# both, the registry only the first, the inference service only the second.
+POISON_SUBJECTS = ("capstan.evt.model.poison-{i}", "capstan.evt.service.ms-poison{i}")
+READS = {"scheduler": POISON_SUBJECTS, "trainer": POISON_SUBJECTS, "registry": POISON_SUBJECTS[:1],
+         "inference": POISON_SUBJECTS[1:]}
+
+
+async def _publish_poison(url: str, secrets: Path) -> list[tuple[int, str, str]]:
+    """(sequence, kind, subject pattern) of each message published."""
     nc = await _admin(url, secrets)
     try:
         js = nc.jetstream()
-        return [(await publish_poison(js, f"capstan.evt.train.poison-{i}", p), p.kind)
-                for i, p in enumerate(platform_poison())]
+        return [(await publish_poison(js, pattern.format(i=i), p), p.kind, pattern)
+                for i, p in enumerate(platform_poison()) for pattern in POISON_SUBJECTS]
     finally:
         await nc.close()
 
@@ -54,15 +62,15 @@ async def _max_msg_size(url: str, secrets: Path) -> int:
         await nc.close()
 
 
-def _quarantine(p: Platform, want: int, timeout: float = 60) -> dict[str, Any]:
-    """The admin report once every service lists ``want`` messages."""
+def _quarantine(p: Platform, want: dict[str, int], timeout: float = 60) -> dict[str, Any]:
+    """The admin report once every service lists as many messages as ``want`` says."""
     deadline = time.monotonic() + timeout
     while True:
         with p.client() as c:
             r = c.get("/api/v1/admin/quarantine")
         assert r.status_code == 200, r.text
         report: dict[str, Any] = r.json()
-        if [(s["service"], s["quarantined"]) for s in report["services"]] == [(s, want) for s in SERVICES]:
+        if [(s["service"], s["quarantined"]) for s in report["services"]] == [(s, want[s]) for s in SERVICES]:
             return report
         assert time.monotonic() < deadline, report["services"]
         time.sleep(0.2)
@@ -80,12 +88,14 @@ def test_poison_stops_nothing_and_the_platform_restarts(tmp_path: Path) -> None:
         task = p.submit("echo still-running", name="after-poison")
         assert p.wait_status(task["id"], ("Succeeded", "Failed", "Stopped"))["status"] == "Succeeded"
 
-        report = _quarantine(p, len(poison))
+        expected = {s: [(seq, kind) for seq, kind, pattern in poison if pattern in READS[s]] for s in SERVICES}
+        report = _quarantine(p, {s: len(e) for s, e in expected.items()})
         for service in SERVICES:
-            assert [(i["seq"], i["kind"]) for i in report["items"] if i["service"] == service] == poison
+            assert [(i["seq"], i["kind"]) for i in report["items"] if i["service"] == service] == expected[service]
         counted = {(c["service"], c["labels"]["kind"]): c["value"] for c in report["counters"]
                    if c["name"] == "quarantined_commits"}
-        assert counted[("scheduler", "undecodable")] == 2 and counted[("inference", "oversized")] == 1
+        assert counted[("scheduler", "undecodable")] == 4 and counted[("inference", "oversized")] == 1
+        assert counted[("registry", "undecodable")] == 2
 
         listed = json.loads(cli("--json", "events", "quarantine", data_dir=data).stdout)
         assert [(i["service"], i["seq"]) for i in listed["items"]] == [(i["service"], i["seq"]) for i in report["items"]]
@@ -94,7 +104,7 @@ def test_poison_stops_nothing_and_the_platform_restarts(tmp_path: Path) -> None:
 
         p.down()
         p = Platform.up(data)  # starts: nothing in the log stops a service at start either
-        assert [(i["service"], i["seq"], i["kind"]) for i in _quarantine(p, len(poison))["items"]] == [
+        assert [(i["service"], i["seq"], i["kind"]) for i in _quarantine(p, {s: len(e) for s, e in expected.items()})["items"]] == [
             (i["service"], i["seq"], i["kind"]) for i in report["items"]]
         assert asyncio.run(_max_msg_size(p.nats_url, p.data_dir / "secrets")) == MAX_COMMIT_BYTES
         again = p.submit("echo after-restart", name="after-restart")

@@ -86,6 +86,19 @@ class Projection:
             self.apply(conn, rec)
 
 
+def wanted_subjects(projections: Sequence[Projection]) -> tuple[str, ...] | None:
+    """The subject prefixes any of these projections reads; None: every subject."""
+    if not projections or any(p.subjects is None for p in projections):
+        return None
+    return tuple(sorted({s for p in projections for s in p.subjects or ()}))
+
+
+def reads(projections: Sequence[Projection], subject: str) -> bool:
+    """Whether a runner of these projections decodes (and so may set aside) a commit on ``subject``."""
+    wanted = wanted_subjects(projections)
+    return wanted is None or subject.startswith(wanted)
+
+
 _tables = MetaData()
 _tracking = tracking_table(_tables)
 _quarantine = quarantine_table(_tables)
@@ -221,10 +234,7 @@ class ProjectionRunner:
         self._js = js
         self._engine = engine
         self._projections = list(projections)
-        # The subjects any of them reads (None: every one); other commits are skipped undecoded.
-        self._wanted: tuple[str, ...] | None = None
-        if self._projections and all(p.subjects is not None for p in self._projections):
-            self._wanted = tuple(sorted({s for p in self._projections for s in p.subjects or ()}))
+        self._wanted = wanted_subjects(self._projections)  # other commits are skipped undecoded
         self._stream = stream
         self._filter = filter_subject
         self._batch_max = batch_max
