@@ -206,7 +206,7 @@ class Scheduler:
             ).mappings()]
         if only is not None:
             only = only | {w["resource_group_id"] for w in rows if w["status"] == "submitted"}
-        plans, work = self.app.plans_and_rows(only)
+        plans, work = self.app.plans_and_rows(only, work_of_empty_groups=False)
         planned = {w["id"]: w for w in work}
         self.changes.learn([*rows, *work])
         return View(rows, groups, plans, planned)
