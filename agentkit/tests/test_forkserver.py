@@ -102,10 +102,13 @@ def test_the_server_forks_only_for_its_own_instance_dirs(executor: BwrapExecutor
             s.sendall(json.dumps({"token": executor._runners._token, "dir": str(target)}).encode() + b"\n")
             assert "error" in json.loads(s.makefile().readline())
     assert not (elsewhere / "runner.err").exists()
-    # and a request that is not even JSON changes nothing: the next one is served
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.connect(str(executor._runners.path))
-        s.sendall(b"\xff\xfe not json\n")
+    # and a request that is not even JSON, or JSON of another shape, changes nothing: the next one is served
+    for junk in (b"\xff\xfe not json\n", b"[1, 2]\n", b'{"dir": 5}\n', b"null\n"):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(str(executor._runners.path))
+            s.sendall(junk)
+            s.makefile("rb").readline()  # answered or closed: either way served
+    assert executor._runners._server is not None and executor._runners._server.poll() is None  # still serving
     executor.start(InstanceSpec(task_id="fs-next", instance_index=0, command="true", cpu=0.5, memory_gib=0.25))
     assert _exited(executor, "fs-next") == 0
 

@@ -7,6 +7,7 @@ import asyncio
 import shutil
 from typing import Any
 
+import grpc
 import pytest
 
 from capstan_proto import common_pb2, scheduler_pb2, trainer_pb2
@@ -108,3 +109,16 @@ async def test_the_agent_deploys_after_its_checks_including_the_sandbox(slice_: 
     assert deploy.trigger == "deploy" and deploy.ok
     assert {c.name: c.ok for c in deploy.checks} == {"disk": True, "memory": True, "gpus": True, "sandbox": True}
     assert slice_.agent.membership.state == "Running"
+
+
+async def test_a_batch_read_the_trainer_refuses_falls_back_to_one_read_per_task(slice_: Slice) -> None:
+    """One id the trainer refuses fails the agent's batched read whole; the agent then reads its tasks one
+    by one, so the others still run (here every batch is refused: the task runs all the same)."""
+    async def refuse(*_args: Any, **_kw: Any) -> None:
+        raise grpc.aio.AioRpcError(grpc.StatusCode.INVALID_ARGUMENT, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                   "ids[3]: 'x y' is not a valid id")
+
+    slice_.agent.trainer.GetTrainingTasks = refuse  # type: ignore[method-assign]
+    task = await slice_.submit("echo fine")
+    done = await slice_.wait_status(task.id, ("Succeeded", "Failed"))
+    assert done.status == "Succeeded"

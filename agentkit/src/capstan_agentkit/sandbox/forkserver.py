@@ -152,6 +152,10 @@ def serve(root: Path, path: Path, own_token: str) -> int:
                 if _peer_uid(conn) != os.geteuid():
                     continue
                 request = json.loads(_recv_line(conn))
+                if not isinstance(request, dict) or not isinstance(request.get("token"), str) \
+                        or not isinstance(request.get("dir"), str):
+                    conn.sendall(b'{"error": "a request is a JSON object with the strings token and dir"}\n')
+                    continue
                 if request.get("token") != own_token:
                     conn.sendall(b'{"error": "stale"}\n')
                     path.unlink(missing_ok=True)

@@ -69,12 +69,26 @@ class TrainerAgent(NodeAgent):
         tasks.update(dict.fromkeys(ids))
         # Assigned tasks whose state could not be read: their instances are left alone this step.
         unread: set[str] = set(ids)
+        refused: list[str] = []  # in a chunk the trainer refused whole: read one by one, so one bad id stops no other
         for i in range(0, len(ids), READ_MANY):  # one call for every task of the step, not one each
             chunk = ids[i:i + READ_MANY]
             async with self._guard.aitem(f"tasks {chunk[0]}..{chunk[-1]}"):
-                got = await self.trainer.GetTrainingTasks(trainer_pb2.GetTrainingTasksRequest(ids=chunk), timeout=10)
+                try:
+                    got = await self.trainer.GetTrainingTasks(trainer_pb2.GetTrainingTasksRequest(ids=chunk), timeout=10)
+                except grpc.aio.AioRpcError as e:
+                    if e.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                        raise
+                    refused += chunk
+                    continue
                 tasks.update((t.id, t) for t in got.items if t.id in tasks)  # the rest: gone (None)
                 unread.difference_update(chunk)
+
+        async def read(task_id: str) -> None:
+            async with self._guard.aitem(f"task {task_id}"):
+                tasks[task_id] = await self._get_task(task_id)
+                unread.discard(task_id)
+
+        await asyncio.gather(*(read(task_id) for task_id in refused))
 
         # One instance that cannot be converged is set aside (counted, logged, retried next step);
         # the others are converged as usual, side by side (each has its own directory and runner).
