@@ -141,3 +141,11 @@ def test_the_launch_steps_run_in_bubblewraps_child_and_a_failure_is_recorded(tmp
     assert proc.returncode == launch.EXIT_LAUNCH_FAILED
     assert not marker.exists()
     assert "No such file or directory" in error.read_text()
+
+
+@pytest.mark.parametrize("value", ["abc", "nan", "inf", "-5", "0"])
+def test_an_idle_time_that_is_no_positive_number_is_the_default(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CAPSTAN_RUNNER_SERVER_IDLE_S", value)
+    assert forkserver._idle_exit_s() == 600.0
+    monkeypatch.setenv("CAPSTAN_RUNNER_SERVER_IDLE_S", "15")
+    assert forkserver._idle_exit_s() == 15.0

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import signal
 import socket
@@ -35,7 +36,18 @@ import traceback
 from pathlib import Path
 
 FORKSERVER_MODULE = "capstan_agentkit.sandbox.forkserver"
-IDLE_EXIT_S = float(os.environ.get("CAPSTAN_RUNNER_SERVER_IDLE_S", "600"))
+
+
+def _idle_exit_s(default: float = 600.0) -> float:
+    """``CAPSTAN_RUNNER_SERVER_IDLE_S``: seconds; anything but a finite positive number means the default."""
+    try:
+        value = float(os.environ.get("CAPSTAN_RUNNER_SERVER_IDLE_S", default))
+    except ValueError:
+        return default
+    return value if math.isfinite(value) and value > 0 else default
+
+
+IDLE_EXIT_S = _idle_exit_s()
 _CHECK_S = 2.0
 _MAX_REQUEST = 8192
 _IGNORED_ENV = ("PYTEST_CURRENT_TEST",)  # changes between a test's phases, changes nothing for a runner
