@@ -68,6 +68,12 @@ def test_a_killed_forked_runner_is_reported_lost(executor: BwrapExecutor) -> Non
     executor.start(InstanceSpec(task_id="fs-k", instance_index=0, command="sleep 60", cpu=0.5, memory_gib=0.25))
     pid = executor.status("fs-k", 0).pid
     assert pid is not None
+    # killed once its sandbox runs (a kill in the middle of the set-up is another case: what the lock's
+    # block had made before its state was saved is not recorded anywhere yet)
+    deadline = time.monotonic() + 20
+    while executor.address("fs-k", 0) is None:
+        assert time.monotonic() < deadline, executor.status("fs-k", 0)
+        time.sleep(0.02)
     os.kill(pid, signal.SIGKILL)
     assert _exited(executor, "fs-k") == EXIT_RUNNER_LOST
     assert sandbox_testing.settled_leftovers(executor.config) == []
