@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from capstan_agentkit.sandbox import EXIT_RUNNER_LOST, BwrapExecutor, InstanceSpec, forkserver, launch
+from capstan_agentkit.sandbox import EXIT_RUNNER_LOST, BwrapExecutor, InstanceSpec, config, forkserver, launch
 from capstan_agentkit.sandbox import testing as sandbox_testing
 from capstan_agentkit.sandbox.spec import RUNNER_MODULE
 
@@ -155,3 +156,39 @@ def test_an_idle_time_that_is_no_positive_number_is_the_default(value: str, monk
     assert forkserver._idle_exit_s() == 600.0
     monkeypatch.setenv("CAPSTAN_RUNNER_SERVER_IDLE_S", "15")
     assert forkserver._idle_exit_s() == 15.0
+
+
+def test_the_platform_umask_leaves_the_sandbox_state_reachable(tmp_path: Path) -> None:
+    """The platform runs with umask 077; the sandbox's state dir (its staging mount point) and the
+    directories made for it must still be 0755, or bubblewrap, as the instance's uid, cannot reach the
+    stage and no instance starts (it happened on a fresh host with ``capstan up``)."""
+    top = Path("/run") / f"capstan-test-{sandbox_testing.PREFIX}-{os.getpid()}"
+    state = top / "a" / "sandbox"
+    cfg = sandbox_testing.fresh(state_dir=state, uid_base=2_060_000, uid_count=1_000)
+    ex = BwrapExecutor(tmp_path / "instances", cfg, runner_server=False)
+    old = os.umask(0o077)
+    try:
+        ex.start(InstanceSpec(task_id="um-a", instance_index=0, command="cat /etc/hostname", cpu=0.5,
+                              memory_gib=0.25, network="none"))
+        assert _exited(ex, "um-a") == 0, ex.log_path("um-a", 0).read_text()
+        for d in (top, top / "a", state, state / "stage"):
+            assert (d.stat().st_mode & 0o777) == 0o755, d
+    finally:
+        os.umask(old)
+        sandbox_testing.stop_all(ex, cfg)
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def test_an_earlier_runs_private_run_dir_is_made_reachable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The platform's own /run/capstan left 0700 by an earlier start is repaired; any other existing
+    directory above the state dir is left as it is."""
+    other = tmp_path / "other"
+    run_root = other / "capstan"
+    run_root.mkdir(parents=True, mode=0o700)
+    os.chmod(other, 0o711)
+    os.chmod(run_root, 0o700)
+    monkeypatch.setattr(config, "RUN_ROOT", run_root)
+    config.reachable_dir(run_root / "sandbox" / "stage")
+    assert (run_root.stat().st_mode & 0o777) == 0o755
+    assert (other.stat().st_mode & 0o777) == 0o711
+    assert ((run_root / "sandbox").stat().st_mode & 0o777) == 0o755

@@ -11,19 +11,42 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
+import os
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
 NetworkMode = Literal["isolated", "host", "none"]
-DEFAULT_STATE_DIR = Path("/run/capstan/sandbox")
+RUN_ROOT = Path("/run/capstan")  # the platform's own volatile directories on a host
+DEFAULT_STATE_DIR = RUN_ROOT / "sandbox"
 _PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,3}$")  # interface names are at most 15 bytes
 _CGROUP_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # Thread-count variables read by OpenMP, BLAS libraries and friends: without them a library sizes its
 # pool by the host's cores and a 1-CPU quota spends its time switching between 64 threads.
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
               "VECLIB_MAXIMUM_THREADS", "RAYON_NUM_THREADS")
+
+
+def reachable_dir(path: Path) -> Path:
+    """``path`` as a directory every uid may traverse (0755), whatever the process's umask (the platform
+    runs with 077): the sandbox's staging mount point lives under it and bubblewrap, running as the
+    instance's uid, must reach it. Directories it creates are 0755; of those that exist, ``path`` itself
+    and the platform's own ``/run/capstan`` are made 0755 (an earlier start under umask 077 left them
+    0700); any other existing ancestor is left as it is."""
+    path = Path(path)
+    for d in (*reversed(path.parents), path):
+        if d == Path(d.anchor):
+            continue
+        try:
+            os.mkdir(d, 0o755)
+            created = True
+        except FileExistsError:
+            created = False
+        ours = created or d == path or d == RUN_ROOT or RUN_ROOT in d.parents
+        if ours and d.is_dir() and not d.is_symlink() and (os.stat(d).st_mode & 0o7777) != 0o755:
+            os.chmod(d, 0o755)  # noqa: S103 -- traversable by instance uids, on purpose (see above)
+    return path
 
 
 @dataclass(frozen=True)

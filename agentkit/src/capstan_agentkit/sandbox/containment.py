@@ -25,7 +25,7 @@ from ..safefs import chown_tree
 from . import network
 from .argv import View
 from .cgroups import Cgroups, detect, for_version
-from .config import Limits, SandboxConfig, describe_memory, thread_env
+from .config import Limits, SandboxConfig, describe_memory, reachable_dir, thread_env
 from .leases import HostState, Lease, Net, State, process_start
 from .spec import InstancePaths, InstanceSpec, write_atomic
 
@@ -293,7 +293,7 @@ class Containment:
         if subnet:  # every peer's address, in index order (computed, not discovered)
             env["CAPSTAN_PEER_IPS"] = ",".join(str(network.instance_address(subnet, i)) for i in range(spec.instance_count))
         stage = self.config.state_dir / "stage"
-        stage.mkdir(mode=0o755, exist_ok=True)
+        reachable_dir(stage)
         return StagedView(contained=True, network=spec.network, hostname=f"instance-{spec.instance_index}", env=env,
                           etc_files=etc_files, private_paths=self.config.private_paths, stage=str(stage))
 

@@ -35,6 +35,8 @@ import time
 import traceback
 from pathlib import Path
 
+from .config import RUN_ROOT, reachable_dir
+
 FORKSERVER_MODULE = "capstan_agentkit.sandbox.forkserver"
 
 
@@ -78,7 +80,7 @@ def token() -> str:
 
 def socket_path(root: Path) -> Path:
     """Where the server of instance root ``root`` listens (short: unix socket paths are limited)."""
-    base = Path("/run/capstan/runners") if os.geteuid() == 0 else Path(tempfile.gettempdir()) / f"capstan-runners-{os.geteuid()}"
+    base = RUN_ROOT / "runners" if os.geteuid() == 0 else Path(tempfile.gettempdir()) / f"capstan-runners-{os.geteuid()}"
     return base / (hashlib.sha256(str(root).encode()).hexdigest()[:20] + ".sock")
 
 
@@ -234,6 +236,8 @@ class Client:
 
     def _start(self) -> None:
         self.reap()
+        if self.path.parent.parent == RUN_ROOT:  # 0755 (the sandbox's state dir is under it too), runners 0700
+            reachable_dir(RUN_ROOT)
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.path.parent, 0o700)
         assert self._token is not None

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .config import SandboxConfig
+from .config import SandboxConfig, reachable_dir
 
 _STATE_FILE = "state.json"
 _LOCK_FILE = "lock"
@@ -196,7 +196,7 @@ class HostState:
         """Exclusive access to the document; what the block changed is saved when it ends (also when
         it raises: what was already done on the host must stay recorded so it can be undone)."""
         # 0755: the sandbox's staging mount point lives here and must be reachable by instance uids.
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+        reachable_dir(self.dir)
         fd = os.open(self.dir / _LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
