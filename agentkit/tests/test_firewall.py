@@ -6,10 +6,15 @@ import os
 import secrets
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from capstan_agentkit.sandbox import network
+from capstan_agentkit.sandbox import InstanceSpec, network
+from capstan_agentkit.sandbox import testing as sandbox_testing
+from capstan_agentkit.sandbox.containment import Containment
+from capstan_agentkit.sandbox.leases import HostState
+from capstan_agentkit.sandbox.spec import InstancePaths
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("nft") is None, reason="needs root and nftables")
 
@@ -38,3 +43,41 @@ def test_adding_and_removing_one_network_gives_the_table_a_rebuild_gives() -> No
             network.change_firewall_net(table, *nets[2], [], add=False)
     finally:
         network.apply_firewall(table, [], [], [])
+
+
+def test_a_task_network_keeps_its_rules_until_its_bridge_is_gone(tmp_path: Path) -> None:
+    """When the last instance of a task's network ends, its bridge is deleted after the exit (release);
+    the bridge's firewall rules go with it, never before (no moment with an unfiltered bridge), and a
+    lease whose runner died meanwhile is reaped with its rules."""
+    cfg = sandbox_testing.fresh(nft_table=f"capstan_t{secrets.token_hex(3)}")
+    containment = Containment(cfg)
+    bridges = "set bridges"
+
+    def listed() -> str:
+        return subprocess.run(["nft", "list", "set", "inet", cfg.nft_table, "bridges"], capture_output=True,
+                              text=True).stdout
+
+    try:
+        for reap in (False, True):
+            paths = InstancePaths.under(tmp_path / "instances", f"fw-{int(reap)}", 0)
+            for d in (paths.code, paths.input_config, paths.output, paths.summary, paths.model):
+                d.mkdir(parents=True)  # what the executor makes before the runner sets the sandbox up
+            spec = InstanceSpec(task_id=f"fw-{int(reap)}", instance_index=0, command="true", cpu=0.5, memory_gib=0.25)
+            sandbox = containment.setup(spec, paths, os.getpid())
+            net = HostState(cfg.state_dir).read().nets[sandbox.lease.net or ""]
+            assert f'"{net.bridge}"' in listed()
+            containment.end(sandbox.lease)
+            lease = HostState(cfg.state_dir).read().leases[sandbox.lease.id]
+            assert lease.draining[2] == net.bridge and Path(f"/sys/class/net/{net.bridge}").exists()
+            assert f'"{net.bridge}"' in listed() and bridges in listed()  # still filtered: the bridge is there
+            if reap:  # its runner died before releasing: the stale lease is undone, rules and all
+                with HostState(cfg.state_dir).locked() as st:
+                    st.leases[lease.id].pid, st.leases[lease.id].start = 1, -1
+                assert containment.reap_stale() == [lease.id]
+            else:
+                containment.release(sandbox.lease)
+            assert not Path(f"/sys/class/net/{net.bridge}").exists()
+            assert f'"{net.bridge}"' not in listed()
+        assert sandbox_testing.settled_leftovers(cfg) == []
+    finally:
+        network.apply_firewall(cfg.nft_table, [], [], [])

@@ -15,6 +15,7 @@ import os
 import signal
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 
 from .config import Limits
@@ -140,7 +141,8 @@ class CgroupsV1(Cgroups):
                 _write(mem / "memory.swappiness", 0)
         if limits.cpu_quota_us:
             _write(cpu / "cpu.cfs_period_us", limits.cpu_period_us)
-            _write(cpu / "cpu.cfs_quota_us", limits.cpu_quota_us)
+            _limit_cpu(cpu / "cpu.cfs_burst_us", min(limits.cpu_burst_us, limits.cpu_quota_us),
+                       lambda: _write(cpu / "cpu.cfs_quota_us", limits.cpu_quota_us))
         if limits.pids_max:
             _write(pids / "pids.max", limits.pids_max)
 
@@ -184,7 +186,8 @@ class CgroupsV2(Cgroups):
             _write_optional(d / "memory.swap.max", 0)  # no swap beyond the limit
             _write_optional(d / "memory.oom.group", 1)  # an OOM kill ends the whole instance
         if limits.cpu_quota_us:
-            _write(d / "cpu.max", f"{limits.cpu_quota_us} {limits.cpu_period_us}")
+            _limit_cpu(d / "cpu.max.burst", min(limits.cpu_burst_us, limits.cpu_quota_us),
+                       lambda: _write(d / "cpu.max", f"{limits.cpu_quota_us} {limits.cpu_period_us}"))
         if limits.pids_max:
             _write(d / "pids.max", limits.pids_max)
 
@@ -230,6 +233,17 @@ def _write(path: Path, value: object) -> None:
         os.write(fd, str(value).encode())
     finally:
         os.close(fd)
+
+
+def _limit_cpu(burst_file: Path, burst_us: int, write_quota: Callable[[], None]) -> None:
+    """The quota, then the burst (at most the quota: kernels refuse more), then the quota again: each write
+    fills the cgroup's run time up to quota + burst, so a new instance starts with its burst saved up. The
+    burst is best effort (kernels before 5.14 have none); the quota never fails because of it."""
+    write_quota()
+    if burst_us:
+        with contextlib.suppress(OSError):
+            _write(burst_file, burst_us)
+            write_quota()
 
 
 def _write_optional(path: Path, value: object) -> None:

@@ -149,15 +149,15 @@ class Containment:
 
     def end(self, lease: Lease) -> None:
         """What must be undone before the instance is reported ended: its cgroup (nothing of it runs on),
-        its place in the task's network and the firewall. Its namespace, and the task's bridge when it was
-        the last member, stay held by the lease until :meth:`release`."""
+        its place in the task's network, its published ports. Its namespace, and the task's bridge when it
+        was the last member (with the bridge's firewall rules), stay held by the lease until :meth:`release`."""
         with self.state.locked() as st:
             current = st.leases.get(lease.id)
             if current is None:
                 return
             net = self._release(st, current)
             if net is not None:
-                current.draining = [net.subnet, net.number, net.bridge]
+                current.draining = [net.subnet, net.number, net.bridge, list(net.blocked)]
 
     def adopt(self, lease: Lease, pid: int) -> None:
         """Make ``pid`` the lease's owner (the process that will :meth:`release` it), so the lease is not
@@ -178,6 +178,9 @@ class Containment:
             return
         network.delete_instance_net(current.netns, current.veth, current.draining[2] if current.draining else None)
         with self.state.locked() as st:
+            current = st.leases.get(lease.id)
+            if current is not None and (gone := current.draining_net()) is not None:
+                self._firewall(st, gone, add=False)  # the bridge is gone: its rules go
             st.leases.pop(lease.id, None)
 
     def _release(self, st: State, lease: Lease) -> Net | None:
@@ -192,8 +195,8 @@ class Containment:
         published, lease.published = lease.published, []
         if published:
             self._firewall(st)  # no longer forwarded, before the address can go to another instance
-        elif net is not None:
-            self._firewall(st, net, add=False)  # the bridge out of the rules
+        # A network left empty keeps its rules until its bridge is deleted (never an unfiltered bridge):
+        # the caller removes both (release, or _undo).
         return net
 
     def reap_stale(self) -> list[str]:
@@ -224,9 +227,11 @@ class Containment:
 
     def _undo(self, st: State, lease: Lease) -> None:
         """Under the lock, all at once: a setup that failed, or a stale lease (its runner died)."""
-        net = self._release(st, lease)
-        bridge = net.bridge if net is not None else (lease.draining[2] if lease.draining else None)
-        network.delete_instance_net(lease.netns, lease.veth, bridge)
+        net = self._release(st, lease) or lease.draining_net()
+        network.delete_instance_net(lease.netns, lease.veth, net.bridge if net is not None else None)
+        if net is not None:
+            lease.draining = []
+            self._firewall(st, net, add=False)
         st.leases.pop(lease.id, None)
 
     def _reap(self, st: State) -> list[str]:
@@ -244,16 +249,16 @@ class Containment:
         ``st.nets`` (``add``) or just taken out of it: only its elements change when no port is published
         (the table stays, with empty sets, when the last network leaves); else, or should that fail (no
         table yet, one of another layout), the table is rebuilt whole."""
-        others = [n for n in st.nets.values() if changed is None or n.key != changed.key]
+        gone = changed is not None and not add
+        nets = [n for n in st.firewalled() if not (gone and changed is not None and n.bridge == changed.bridge)]
         if changed is not None and not any(x.published for x in st.leases.values()):
-            kept = {b for n in others for b in n.blocked}
+            kept = {b for n in nets if n.bridge != changed.bridge for b in n.blocked}
             try:
                 network.change_firewall_net(self.config.nft_table, changed.bridge, changed.subnet,
                                             [b for b in changed.blocked if b not in kept], add=add)
                 return
             except (RuntimeError, ValueError) as exc:
                 log.info("updating the firewall for %s failed (%s): rebuilding it", changed.bridge, exc)
-        nets = st.nets.values()
         published = [network.Published(str(p[0]), int(p[1]), str(p[2]), int(p[3]), tuple(x.publish_sources))
                      for x in st.leases.values() for p in x.published]
         network.apply_firewall(self.config.nft_table, [n.bridge for n in nets], [n.subnet for n in nets],

@@ -25,6 +25,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -131,6 +132,10 @@ def _child(listener: socket.socket, conn: socket.socket, instance_dir: str) -> N
 
 def serve(root: Path, path: Path, own_token: str) -> int:
     from . import runner  # noqa: F401 - imported once here, so that every fork has it
+    from .argv import bwrap_supports
+
+    if bwrap := shutil.which("bwrap"):  # asked once here (cached), not by a `bwrap --help` in every runner
+        bwrap_supports(bwrap, "--disable-userns")
 
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     path.unlink(missing_ok=True)  # a dead server's; a live one notices its socket is gone and exits

@@ -60,8 +60,18 @@ class Lease:
     published: list[list[Any]] = field(default_factory=list)
     publish_sources: list[str] = field(default_factory=list)
     # The task network this lease was the last to leave, while its bridge is being deleted (outside the
-    # lock): [subnet, number, bridge], still reserved so no new network takes them meanwhile.
+    # lock): [subnet, number, bridge, blocked], still reserved so no new network takes them meanwhile,
+    # and still in the firewall (its rules go once the bridge is gone, never before).
     draining: list[Any] = field(default_factory=list)
+
+    def draining_net(self) -> Net | None:
+        """The network of :attr:`draining`, as the firewall knows it (None: nothing draining)."""
+        if not self.draining:
+            return None
+        subnet, number, bridge = self.draining[:3]
+        blocked = list(self.draining[3]) if len(self.draining) > 3 else []  # older documents: 3 fields
+        return Net(key=f"draining|{self.id}", subnet=str(subnet), number=int(number), bridge=str(bridge),
+                   blocked=[str(b) for b in blocked])
 
     def owner_alive(self) -> bool:
         return process_start(self.pid) == self.start
@@ -125,6 +135,10 @@ class State:
             net.members.append(lease.id)
         lease.net = key
         return net, created
+
+    def firewalled(self) -> list[Net]:
+        """Every network the firewall holds: the live ones, and those whose bridge is still being deleted."""
+        return [*self.nets.values(), *(n for x in self.leases.values() if (n := x.draining_net()) is not None)]
 
     def leave_net(self, lease: Lease) -> Net | None:
         """Take ``lease`` out of its network; the network if that was its last member (tear it down)."""

@@ -9,6 +9,7 @@ and can never be mistaken for another's.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import string
 import subprocess
@@ -58,6 +59,10 @@ def leftovers(cfg: SandboxConfig = CONFIG) -> list[str]:
         parent = cfg.cgroup_root / sub / cfg.cgroup_parent
         if parent.is_dir():
             found.append(f"cgroup {parent}")
+    listed = subprocess.run(["nft", "list", "set", "inet", cfg.nft_table, "bridges"], capture_output=True,
+                            text=True, timeout=30)
+    if listed.returncode == 0:  # no table: nothing in it
+        found += [f"firewall {b}" for b in re.findall(rf'"({re.escape(cfg.name_prefix)}b\d+)"', listed.stdout)]
     return found
 
 
