@@ -154,6 +154,7 @@ class Watch:
         self.js = js
         self.commits: list[tuple[float, str, str, list[dict[str, Any]]]] = []  # (time, kind, id, events)
         self.changed = asyncio.Event()
+        self.seen: set[tuple[str, str]] = set()  # (aggregate id, event type)
         self._sub: Any = None
 
     async def start(self) -> None:
@@ -169,6 +170,7 @@ class Watch:
         t = msg.metadata.timestamp.timestamp()
         body = json.loads(msg.data)
         self.commits.append((t, kind, agg, body["events"]))
+        self.seen.update((agg, e["type"]) for e in body["events"])
         self.changed.set()
 
     async def stop(self) -> None:
@@ -247,7 +249,7 @@ async def timed(fn: Callable[[], Awaitable[httpx.Response]], expect: int) -> tup
     return dt, r
 
 
-async def submissions(p: Platform, report: Report, n: int, clients: int, batch: int) -> None:
+async def submissions(p: Platform, watch: Watch, report: Report, n: int, clients: int, batch: int) -> None:
     async with p.client() as c:
         r = await c.post("/resource-groups", json={"name": f"bench-queue-{uuid.uuid4().hex[:6]}"})
         r.raise_for_status()
@@ -256,6 +258,7 @@ async def submissions(p: Platform, report: Report, n: int, clients: int, batch: 
         keys = [f"{run}-{i}" for i in range(n)]
         latencies: list[float] = []
         ids: dict[str, str] = {}
+        batch_ids: list[str] = []
         queue = list(enumerate(keys))
 
         async def client() -> None:
@@ -290,10 +293,16 @@ async def submissions(p: Platform, report: Report, n: int, clients: int, batch: 
             items = [task_body(f"sweep-{i}", rg, hyperparameters={"lr": i / 1000}) for i in range(batch)]
             dt, resp = await timed(lambda: c.post("/training-tasks/batch", json={"items": items},
                                                   headers={"Idempotency-Key": f"{run}-batch"}), 201)
-            created = len(resp.json()["items"])
+            batch_ids = [item["id"] for item in resp.json()["items"]]
+            created = len(batch_ids)
             report.add(f"batch submit of {batch} (one request)", dt * 1000, "ms")
             report.add("  batch submit rate", created / dt, "tasks/s")
         await c.delete(f"/resource-groups/{rg}")  # the queued tasks end (the group is gone)
+        # The next measures are on an idle platform: wait until every task of the group has ended, and the
+        # log has been quiet for a second (the scheduler's releases of the last ones come after the ends).
+        every = [*ids.values(), *batch_ids]
+        await watch.until(lambda: all((t, "TrainingTaskEnded") in watch.seen for t in every), 300)
+        await watch.until(lambda: time.time() - (watch.commits[-1][0] if watch.commits else 0) > 1, 60)
 
 
 # -- 2. starts and ends ----------------------------------------------------------------------------------
@@ -455,7 +464,7 @@ async def run(args: argparse.Namespace, p: Platform, report: Report) -> None:
         await raw_append_rate(js, report)
         if "1" not in skip:
             section("1. submissions")
-            await submissions(p, report, args.submits, args.clients, args.batch)
+            await submissions(p, watch, report, args.submits, args.clients, args.batch)
         if "2" not in skip:
             section("2. starts and ends (idle pool, one trainer agent)")
             await starts(p, watch, report, args.starts)
