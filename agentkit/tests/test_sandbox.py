@@ -30,13 +30,16 @@ from capstan_agentkit.sandbox import (
     Executor,
     InstanceSpec,
     InstanceStatus,
+    network,
     read_log,
 )
 from capstan_agentkit.sandbox import testing as sandbox_testing
 from capstan_agentkit.sandbox.cgroups import CgroupsV1, CgroupsV2, detect
 from capstan_agentkit.sandbox.config import Limits, SandboxConfig, thread_env
+from capstan_agentkit.sandbox.containment import Containment
 from capstan_agentkit.sandbox.leases import HostState
 from capstan_agentkit.sandbox.network import gateway, hosts_file, instance_address
+from capstan_agentkit.sandbox.spec import InstancePaths
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
 
@@ -454,6 +457,33 @@ def test_a_new_instance_starts_with_its_cpu_burst(burst_us: int) -> None:
         if throttled or not periods:
             break
     assert (throttled == 0) if burst_us else (throttled > 0), stat
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="containment needs root")
+def test_a_runner_killed_while_it_sets_the_sandbox_up_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed (no cleanup runs) after its cgroup was made and before its bridge: the lease was recorded
+    before anything was made, so the reaper finds it (its owner is dead) and undoes what exists."""
+    cfg = sandbox_testing.fresh()
+    containment = Containment(cfg)
+    paths = InstancePaths.under(tmp_path / "instances", "kill-mid", 0)
+    for d in (paths.code, paths.input_config, paths.output, paths.summary, paths.model):
+        d.mkdir(parents=True)
+    spec = InstanceSpec(task_id="kill-mid", instance_index=0, command="true", cpu=0.5, memory_gib=0.25,
+                        network="isolated")
+    monkeypatch.setattr(network, "create_bridge", lambda *_a, **_k: os._exit(9))  # the kill, as seen from here
+    pid = os.fork()
+    if pid == 0:
+        try:
+            containment.setup(spec, paths, os.getpid())
+        finally:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 9
+    assert any(x.startswith("cgroup") for x in sandbox_testing.leftovers(cfg))  # made, then killed
+    assert len(containment.reap_stale()) == 1
+    assert sandbox_testing.settled_leftovers(cfg) == []
 
 
 def test_cgroup_detection_prefers_v2_and_says_what_is_missing(tmp_path: Path) -> None:

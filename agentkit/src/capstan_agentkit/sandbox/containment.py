@@ -211,14 +211,19 @@ class Containment:
         cfg = self.config
         lease.cgroup_version, lease.cgroup_root, lease.cgroup_parent = cgroups.version, str(cgroups.root), cgroups.parent
         lease.cgroup_name = f"{cfg.name_prefix}-{lease.slot}"
+        net, created = None, False
+        if spec.network == "isolated":
+            net, created = st.join_net(lease, f"{cfg.network_scope}|{spec.task_id}", cfg)
+            lease.netns, lease.veth, lease.index = f"{cfg.name_prefix}-{lease.slot}", f"{cfg.name_prefix}v{lease.slot}", spec.instance_index
+        # Every name is recorded before anything is made: a runner killed from here on (SIGKILL: no cleanup
+        # runs) leaves a lease whose dead owner gets it reaped, with whatever part of it exists.
+        self.state.checkpoint(st)
         cgroups.create(lease.cgroup_name, Limits.of(spec.cpu, spec.memory_gib, cfg))
-        if spec.network != "isolated":
+        if net is None:
             return None
-        net, created = st.join_net(lease, f"{cfg.network_scope}|{spec.task_id}", cfg)
         network.create_bridge(net.bridge, net.subnet)
         if created:  # rules for the new bridge are in place before anything is plugged into it
             self._firewall(st, net, add=True)
-        lease.netns, lease.veth, lease.index = f"{cfg.name_prefix}-{lease.slot}", f"{cfg.name_prefix}v{lease.slot}", spec.instance_index
         address = network.instance_address(net.subnet, spec.instance_index)
         if cfg.publish_address and spec.ports:  # reachable from the gateways' hosts too
             st.publish(lease, str(address), list(spec.ports), cfg)

@@ -224,6 +224,12 @@ class HostState:
         finally:
             os.close(fd)  # releases the lock
 
+    def checkpoint(self, state: State) -> None:
+        """Save the document now, inside :meth:`locked`: what the caller creates on the host next (a cgroup,
+        a bridge) is then recorded before it exists, so a process killed midway leaves a lease the reaper
+        undoes, never something no lease names."""
+        self._save(state)
+
     def read(self) -> State:
         """A snapshot, for looking only."""
         with self.locked() as state:
