@@ -207,13 +207,18 @@ class ExecutorContract:
 
     def test_stop_right_after_start_is_recorded_as_a_stop(self, executor: Executor) -> None:
         # The runner may not have installed its SIGTERM handler yet: the stop must still be recorded
-        # (as a stop before the start), never as a runner lost without an exit code.
+        # (as a stop before the start), never as a runner lost without an exit code. A runner fast enough
+        # to have started the sandbox already (a forked one can be) stops it as any running instance.
         spec = self.spec("echo should-not-run; sleep 30")
         executor.start(spec)
         executor.stop("task-1", 0)
         assert wait_until(lambda: executor.status("task-1", 0).state == "exited", timeout=10)
-        assert executor.status("task-1", 0).exit_code == EXIT_STOPPED_BEFORE_START
-        assert "should-not-run" not in self.lines(executor, spec)
+        assert executor.status("task-1", 0).exit_code == EXIT_STOPPED_BEFORE_START  # 143 either way
+        said = self.lines(executor, spec, "platform")
+        if "stop requested before the instance started" in said:
+            assert "should-not-run" not in self.lines(executor, spec)
+        else:
+            assert any(line.startswith("stop requested: SIGTERM") for line in said), said
 
     def test_stop_is_a_no_op_unless_running(self, executor: Executor) -> None:
         executor.stop("nothing", 0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import signal
 import time
@@ -97,6 +98,14 @@ class Cgroups(ABC):
     def _parent_dirs(self) -> list[Path]: ...
 
 
+@functools.lru_cache(maxsize=8)
+def _v1_controllers(root: Path) -> tuple[str, ...]:
+    """Looked at once per process (the mounts do not change under a running node)."""
+    acct, cpu = root / "cpuacct", root / "cpu"
+    separate = acct.is_dir() and cpu.is_dir() and acct.resolve() != cpu.resolve()
+    return (*_V1_CONTROLLERS, "cpuacct") if separate else _V1_CONTROLLERS
+
+
 class CgroupsV1(Cgroups):
     """One hierarchy per controller: ``<root>/{memory,cpu,pids}/<parent>/<name>``."""
 
@@ -111,9 +120,7 @@ class CgroupsV1(Cgroups):
 
     def _controllers(self) -> tuple[str, ...]:
         """memory, cpu and pids; cpuacct too when it is a hierarchy of its own (it counts CPU time)."""
-        acct, cpu = self.root / "cpuacct", self.root / "cpu"
-        separate = acct.is_dir() and cpu.is_dir() and acct.resolve() != cpu.resolve()
-        return (*_V1_CONTROLLERS, "cpuacct") if separate else _V1_CONTROLLERS
+        return _v1_controllers(self.root)
 
     def dirs(self, name: str) -> list[Path]:
         return [self.root / c / self.parent / name for c in self._controllers()]

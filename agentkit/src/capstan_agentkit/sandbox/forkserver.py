@@ -21,6 +21,7 @@ form: the fork server only makes starts cheaper, it is never needed for one. Usa
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import math
@@ -136,6 +137,10 @@ def serve(root: Path, path: Path, own_token: str) -> int:
 
     if bwrap := shutil.which("bwrap"):  # asked once here (cached), not by a `bwrap --help` in every runner
         bwrap_supports(bwrap, "--disable-userns")
+    # What is imported now is never collected: a forked runner's collector then leaves these objects'
+    # pages alone instead of writing to (and so copying) every one of them.
+    gc.collect()
+    gc.freeze()
 
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     path.unlink(missing_ok=True)  # a dead server's; a live one notices its socket is gone and exits

@@ -17,7 +17,7 @@ import os
 import pwd
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -101,8 +101,9 @@ class State:
         self.nets = {k: Net(**_known(Net, v)) for k, v in (data.get("nets") or {}).items()}
 
     def to_json(self) -> str:
-        return json.dumps({"leases": {k: asdict(v) for k, v in self.leases.items()},
-                           "nets": {k: asdict(v) for k, v in self.nets.items()}}, sort_keys=True, indent=1)
+        # vars, not asdict (a deep copy of every lease): the document is written on every change
+        return json.dumps({"leases": {k: vars(v) for k, v in self.leases.items()},
+                           "nets": {k: vars(v) for k, v in self.nets.items()}}, sort_keys=True, indent=1)
 
     def new_lease(self, lease_id: str, pid: int, config: SandboxConfig) -> Lease:
         """A lease with a fresh slot and a uid no other lease, and no local account, uses."""
@@ -204,23 +205,35 @@ class HostState:
 
     def __init__(self, state_dir: Path) -> None:
         self.dir = Path(state_dir)
+        self._reachable = False
+        self._saved: dict[int, str] = {}  # id(state) -> the text last saved or loaded for it, inside locked()
+
+    def _open_lock(self) -> int:
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        if not self._reachable:
+            # 0755: the sandbox's staging mount point lives here and must be reachable by instance uids.
+            reachable_dir(self.dir)
+            self._reachable = True
+        try:
+            return os.open(self.dir / _LOCK_FILE, flags, 0o600)
+        except FileNotFoundError:  # removed since (a test's state dir): made again
+            reachable_dir(self.dir)
+            return os.open(self.dir / _LOCK_FILE, flags, 0o600)
 
     @contextmanager
     def locked(self) -> Iterator[State]:
         """Exclusive access to the document; what the block changed is saved when it ends (also when
         it raises: what was already done on the host must stay recorded so it can be undone)."""
-        # 0755: the sandbox's staging mount point lives here and must be reachable by instance uids.
-        reachable_dir(self.dir)
-        fd = os.open(self.dir / _LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fd = self._open_lock()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            state = self._load()
-            before = state.to_json()
+            state, text = self._load()
+            self._saved[id(state)] = text
             try:
                 yield state
             finally:
-                if state.to_json() != before:
-                    self._save(state)
+                if (after := state.to_json()) != self._saved.pop(id(state)):
+                    self._save(after)
         finally:
             os.close(fd)  # releases the lock
 
@@ -228,24 +241,29 @@ class HostState:
         """Save the document now, inside :meth:`locked`: what the caller creates on the host next (a cgroup,
         a bridge) is then recorded before it exists, so a process killed midway leaves a lease the reaper
         undoes, never something no lease names."""
-        self._save(state)
+        text = state.to_json()
+        if text != self._saved.get(id(state)):
+            self._save(text)
+            self._saved[id(state)] = text
 
     def read(self) -> State:
         """A snapshot, for looking only."""
         with self.locked() as state:
             return state
 
-    def _load(self) -> State:
+    def _load(self) -> tuple[State, str]:
+        """The document and its text as stored (unchanged, it is not written again)."""
         try:
-            return State(json.loads((self.dir / _STATE_FILE).read_text()))
+            text = (self.dir / _STATE_FILE).read_text()
         except FileNotFoundError:
-            return State({})
+            return State({}), ""
+        return State(json.loads(text)), text
 
-    def _save(self, state: State) -> None:
+    def _save(self, text: str) -> None:
         tmp = self.dir / f".{_STATE_FILE}.{os.getpid()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "w") as f:
-            f.write(state.to_json())
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.dir / _STATE_FILE)
