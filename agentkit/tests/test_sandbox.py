@@ -491,6 +491,18 @@ def test_a_runner_killed_while_it_sets_the_sandbox_up_leaves_nothing_behind(
     assert sandbox_testing.settled_leftovers(cfg) == []
 
 
+def test_the_cpu_burst_is_the_operators_to_set(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from capstan_agentkit.settings import NodeAgentSettings
+
+    monkeypatch.setenv("CAPSTAN_DATA_DIR", str(tmp_path))
+    assert NodeAgentSettings().sandbox_config().cpu_burst_us == 100_000
+    monkeypatch.setenv("CAPSTAN_SANDBOX_CPU_BURST_US", "0")
+    assert NodeAgentSettings().sandbox_config().cpu_burst_us == 0
+    monkeypatch.setenv("CAPSTAN_SANDBOX_CPU_BURST_US", "-5")
+    with pytest.raises(ValueError, match="cpu burst"):
+        NodeAgentSettings().sandbox_config()
+
+
 def test_cgroup_detection_prefers_v2_and_says_what_is_missing(tmp_path: Path) -> None:
     assert isinstance(detect(_fake_cgroup2(tmp_path / "v2"), "p"), CgroupsV2)
     v1 = tmp_path / "v1"

@@ -50,6 +50,9 @@ class NodeAgentSettings(NodeAuthSettings):
     sandbox_blocked_nets: str = "169.254.0.0/16"  # comma-separated; never reachable from an instance
     sandbox_pids_per_cpu: int = 256
     sandbox_min_pids: int = 64
+    # CPU time (µs) an instance may use above its quota in one period when saved up, at most the quota;
+    # a new instance starts with it (its sandbox's start is not throttled). 0: none.
+    sandbox_cpu_burst_us: int = 100_000
     # Served ports (online services) reachable from the gateways' hosts: the node's address they reach it
     # at, the sources allowed (comma-separated CIDRs: the gateways), and the node's port range for them.
     sandbox_publish_address: str = ""
@@ -65,6 +68,7 @@ class NodeAgentSettings(NodeAuthSettings):
             name_prefix=self.sandbox_name_prefix,
             blocked_nets=tuple(n.strip() for n in self.sandbox_blocked_nets.split(",") if n.strip()),
             pids_per_cpu=self.sandbox_pids_per_cpu, min_pids=self.sandbox_min_pids,
+            cpu_burst_us=self.sandbox_cpu_burst_us,
             network_scope=str(data_dir),  # agents of one platform (one data dir) share task networks
             private_paths=tuple(str(p.resolve()) for p in (data_dir, self.storage_root, self.agent_dir)),
             publish_address=self.sandbox_publish_address.strip(),
