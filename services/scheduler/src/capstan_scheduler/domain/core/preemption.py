@@ -18,6 +18,7 @@ are indexed once per cycle (``VictimIndex``) by resource group in preference ord
 
 from __future__ import annotations
 
+import heapq
 from bisect import bisect_left
 from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -94,6 +95,59 @@ class VictimIndex:
         self.most_anywhere = max(self.node_most.values(), default=0)
         self._excluded: Container[str] | None = None
         self._starts: dict[str, int] = {}
+        self._on_node: dict[str, dict[str, list[int]]] = {}
+        # the first-gain heaps (``first_gains``), valid for one pool and one excluded set
+        self._gains_of: tuple[FreeState, Container[str]] | None = None
+        self._log: list[str] = []
+        self._read = 0
+        self._stamp: dict[str, int] = {}
+        self._heaps: dict[tuple[object, ...], tuple[_Shape, list[tuple[int, str, int]]]] = {}
+
+    def on_node(self, rg: str) -> dict[str, list[int]]:
+        """Per node, the positions in ``rg``'s order of the victims holding some of it (ascending)."""
+        got = self._on_node.get(rg)
+        if got is None:
+            got = self._on_node[rg] = {}
+            for pos, r in enumerate(self.by_rg.get(rg, ())):
+                for node_id in dict.fromkeys(a.node_id for a in r.assignment):
+                    got.setdefault(node_id, []).append(pos)
+        return got
+
+    def first_gains(self, shape: _Shape, base: FreeState, excluded: Container[str]) -> list[tuple[int, str, int]]:
+        """A heap of (position, node id, stamp): for each node of ``shape``'s group that can ever take one
+        more instance of it, the first position in the group's order at which releasing the victims holding
+        some of that node (not excluded) lets it. Kept across the calls of a cycle: the nodes ``base`` logs as
+        changed since the last call get a new entry (and a new stamp: an entry whose stamp is not its node's is
+        stale). A position may be too small (a victim excluded since, without its node changing), never too
+        large: nodes only gain room through a logged change. Valid while ``excluded`` only grows."""
+        if self._gains_of is None or self._gains_of[0] is not base or self._gains_of[1] is not excluded:
+            self._gains_of = (base, excluded)
+            self._log = base.watch()
+            self._read = len(self._log)
+            self._stamp, self._heaps = {}, {}
+        elif self._read < len(self._log):
+            dirty = set(self._log[self._read:])
+            self._read = len(self._log)
+            for node_id in dirty:
+                self._stamp[node_id] = stamp = self._stamp.get(node_id, 0) + 1
+                n = base.nodes[node_id]
+                for other, heap in self._heaps.values():
+                    if n.rg == other.rg and (first := other.first_gain(self, n, excluded)) is not None:
+                        heapq.heappush(heap, (first, node_id, stamp))
+        key = shape.key()
+        got = self._heaps.get(key)
+        if got is None:
+            heap = []
+            for n in base.in_group(shape.rg):
+                first = shape.first_gain(self, n, excluded)
+                if first is not None:
+                    heap.append((first, n.id, self._stamp.get(n.id, 0)))
+            heapq.heapify(heap)
+            got = self._heaps[key] = (shape, heap)
+        return got[1]
+
+    def stamp(self, node_id: str) -> int:
+        return self._stamp.get(node_id, 0)
 
     def parts(self, r: Running) -> tuple[Part, ...]:
         """``r``'s share of every node it holds, one entry per instance."""
@@ -148,16 +202,89 @@ class VictimIndex:
         return p
 
 
+_UNBOUNDED = 1 << 62
+
+
+class _Shape:
+    """One instance of a request on the nodes of its group, minus ``skip``: how many a node can take, and how
+    that grows as the group's victims holding some of it leave (in the group's order)."""
+
+    __slots__ = ("rg", "cpu", "mem", "t", "k", "need", "skip")
+
+    def __init__(self, item: Item, skip: Container[str]) -> None:
+        req = item.request
+        self.rg, self.skip = item.resource_group, skip
+        self.cpu, self.mem, self.t = cpu_milli(req.cpu), mem_mib(req.memory_gib), req.gpu_type
+        self.k, self.need = req.whole_cards, (req.gpu_tenths if req.fractional else 0)
+
+    def key(self) -> tuple[object, ...]:
+        skip = self.skip if isinstance(self.skip, (frozenset, tuple)) else frozenset(self.skip)  # type: ignore[call-overload]
+        return (self.rg, self.cpu, self.mem, self.t, self.k, self.need, skip)
+
+    def cap(self, n: FreeNode, count: int) -> int:
+        """Instances node ``n`` can take now (0 when it is not usable), at most ``count``."""
+        if not n.schedulable or n.id in self.skip:
+            return 0
+        c = count
+        if self.k:
+            c = min(c, n.whole.get(self.t, 0) // self.k)
+        elif self.need:
+            if self.t not in n.shareable:
+                return 0
+            c = min(c, sum(f // self.need for f in n.free.get(self.t, ())))
+        if self.cpu:
+            c = min(c, n.cpu // self.cpu)
+        if self.mem:
+            c = min(c, n.mem // self.mem)
+        return max(0, c)
+
+    def steps(self, index: VictimIndex, n: FreeNode, excluded: Container[str], end: int, count: int, held: int,
+              first_only: bool = False) -> list[tuple[int, int]]:
+        """(position, instances gained) each time ``n``, taking ``held`` now, can take more as the victims
+        holding some of it (positions below ``end``, not excluded) leave in order; at most ``count`` in all.
+        ``n`` is left as it was."""
+        out: list[tuple[int, int]] = []
+        if held >= count or not n.schedulable or n.id in self.skip:
+            return out
+        rs, keys = index.by_rg[self.rg], index.keys[self.rg]
+        moved: list[tuple[int, int, tuple[tuple[int, int], ...]]] = []
+        try:
+            for p in index.on_node(self.rg).get(n.id, ()):
+                if p >= end:
+                    break
+                if keys[p][1] in excluded:
+                    continue
+                for node_id, cpu, mem, cards in index.parts(rs[p]):
+                    if node_id == n.id:
+                        n.shift(cpu, mem, cards, +1)
+                        moved.append((cpu, mem, cards))
+                c = self.cap(n, count)
+                if c > held:
+                    out.append((p, c - held))
+                    held = c
+                    if first_only or c >= count:
+                        break
+        finally:
+            for cpu, mem, cards in moved:
+                n.shift(cpu, mem, cards, -1)
+        return out
+
+    def first_gain(self, index: VictimIndex, n: FreeNode, excluded: Container[str]) -> int | None:
+        if n.rg != self.rg or n.id not in index.on_node(self.rg):
+            return None
+        got = self.steps(index, n, excluded, _UNBOUNDED, _UNBOUNDED, self.cap(n, _UNBOUNDED), first_only=True)
+        return got[0][0] if got else None
+
+
 class _Room:
     """How many instances of ``item`` each node of ``base`` can take, re-counted only where victims leave.
     ``place_gang`` succeeds exactly when these counts add up to ``item.instance_count``."""
 
     def __init__(self, base: FreeState, item: Item, skip: Container[str], index: VictimIndex) -> None:
-        req = item.request
+        self.shape = shape = _Shape(item, skip)
         self.base, self.rg, self.skip, self.index = base, item.resource_group, skip, index
         self.count = item.instance_count
-        self.cpu, self.mem, self.t = cpu_milli(req.cpu), mem_mib(req.memory_gib), req.gpu_type
-        self.k, self.need = req.whole_cards, (req.gpu_tenths if req.fractional else 0)
+        self.cpu, self.mem, self.t, self.k, self.need = shape.cpu, shape.mem, shape.t, shape.k, shape.need
         self.cap0: dict[str, int] = {}
         # nothing fits on ``base`` (checked first), so a single instance has no room anywhere yet
         self.total0 = 0 if self.count == 1 else sum(self.base_cap(n) for n in self._able(base.in_group(self.rg)))
@@ -172,20 +299,7 @@ class _Room:
 
     def cap(self, n: FreeNode) -> int:
         """Instances node ``n`` can take now (0 when it is not usable), at most ``count``."""
-        if not n.schedulable or n.id in self.skip:
-            return 0
-        c = self.count
-        if self.k:
-            c = min(c, n.whole.get(self.t, 0) // self.k)
-        elif self.need:
-            if self.t not in n.shareable:
-                return 0
-            c = min(c, sum(f // self.need for f in n.free.get(self.t, ())))
-        if self.cpu:
-            c = min(c, n.cpu // self.cpu)
-        if self.mem:
-            c = min(c, n.mem // self.mem)
-        return max(0, c)
+        return self.shape.cap(n, self.count)
 
     def base_cap(self, n: FreeNode) -> int:
         """What ``n`` takes on ``base`` (0 everywhere for a single instance: nothing fits on ``base``)."""
@@ -206,7 +320,7 @@ class _Room:
             if n is not None:
                 if sign > 0:
                     self.base_cap(n)  # counted before anything left it
-                n.apply(cpu, mem, cards, sign)
+                n.shift(cpu, mem, cards, sign)  # every move is undone before the search returns
                 touched.add(node_id)
         return touched
 
@@ -343,6 +457,55 @@ def _first_single_whole(room: _Room, item: Item, excluded: Container[str]) -> Ru
     return None
 
 
+def _in_order(room: _Room, item: Item, excluded: Container[str]) -> list[Running] | None:
+    """Adding the eligible victims in order until the gang fits stops at the first position P where the
+    instances the nodes gain add up to what is missing; each node's gains depend only on the victims holding
+    some of it (``_Shape.steps``), and only the nodes whose first gain comes by P can gain by P, so they are
+    taken from the index's first-gain heap in order, not by walking every candidate. Returns, in order, the
+    victims up to P that hold some of a node gaining by P (the others, which the drop pass would remove
+    without changing any node's count, left out), or None when even every eligible victim is not enough."""
+    index, base, shape = room.index, room.base, room.shape
+    heap = index.first_gains(shape, base, excluded)
+    end = index.end(item)
+    deficit = room.count - room.total0
+    events: list[tuple[int, int, str]] = []
+    popped: list[tuple[int, str, int]] = []
+    stop: int | None = None
+    try:
+        while heap:
+            first, node_id, stamp = heap[0]
+            if stamp != index.stamp(node_id):
+                heapq.heappop(heap)  # stale: the node's current entry is in the heap too (if it can gain)
+                continue
+            if first >= end or (stop is not None and first > stop):
+                break
+            heapq.heappop(heap)
+            n = base.nodes[node_id]
+            now = shape.first_gain(index, n, excluded)  # the position may be stale-small: put it right
+            if now is not None:
+                popped.append((now, node_id, stamp))
+            got = shape.steps(index, n, excluded, end, room.count, room.base_cap(n))
+            if got:
+                events.extend((p, g, node_id) for p, g in got)
+                events.sort()
+                total, stop = 0, None
+                for p, g, _ in events:
+                    total += g
+                    if total >= deficit:
+                        stop = p
+                        break
+    finally:
+        for entry in popped:
+            heapq.heappush(heap, entry)
+    if stop is None:
+        return None
+    rg = room.rg
+    keys, on_node = index.keys[rg], index.on_node(rg)
+    gaining = {node_id for p, _, node_id in events if p <= stop}
+    walked = sorted({p for node_id in gaining for p in on_node[node_id] if p <= stop and keys[p][1] not in excluded})
+    return [index.by_rg[rg][p] for p in walked]
+
+
 def _search(
     room: _Room, cands: Callable[[], Iterator[tuple[Running, int]]], item: Item, excluded: Container[str]
 ) -> list[Running] | None:
@@ -360,21 +523,21 @@ def _search(
             if room.fits(pair):
                 return list(pair)
     # add victims in order until the gang fits (none fits: even all of them are not enough), keeping them released
+    walked = _in_order(room, item, excluded)
+    if walked is None:
+        return None
     caps: dict[str, int] = {}
     total = room.total0
     chosen: list[Running] = []
     try:
-        for r, _ in cands():
+        for r in walked:
             chosen.append(r)
             for i in room.move(r, +1):
                 n = room.base.nodes[i]
                 new = room.cap(n)
                 total += new - caps.get(i, room.cap0[i])
                 caps[i] = new
-            if total >= room.count:
-                break
-        else:
-            return None
+        assert total >= room.count
         # drop, last added first, every victim the gang can do without
         kept = [True] * len(chosen)
         for pos in range(len(chosen) - 1, -1, -1):

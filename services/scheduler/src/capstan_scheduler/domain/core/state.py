@@ -56,19 +56,32 @@ class FreeNode:
 
     def apply(self, cpu: int, mem: int, cards: Iterable[tuple[int, int]], sign: int) -> None:
         """Take (sign=-1) or give back (sign=+1) one instance's resources."""
+        owner = self.owner
+        if owner is None:
+            self.shift(cpu, mem, cards, sign)
+            self.ver += 1
+            return
+        cards = tuple(cards)
+        where = self.where
+        types = list(dict.fromkeys(where[idx][0] for idx, _ in cards if idx in where))
+        for t in types:
+            owner.unindex(self, t)  # out of the index before the change, back in after it
+        self.shift(cpu, mem, cards, sign)
+        self.ver += 1
+        for t in types:
+            owner.index_node(self, t)
+        owner.changed(self)
+
+    def shift(self, cpu: int, mem: int, cards: Iterable[tuple[int, int]], sign: int) -> None:
+        """``apply`` without telling the owner's index: only for a change that is undone (the same call with
+        the other sign) before anything reads the index again (the victim search's trial releases)."""
         self.cpu += sign * cpu
         self.mem += sign * mem
-        self.ver += 1
-        owner = self.owner
-        touched: list[str] = []
         for idx, tenths in cards:
             loc = self.where.get(idx)
             if loc is None:
                 continue
             t, pos = loc
-            if owner is not None and t not in touched:
-                owner.unindex(self, t)  # out of the index before the first change, back in after the last
-                touched.append(t)
             free = self.free[t]
             before = free[pos]
             free[pos] = before + sign * tenths
@@ -76,10 +89,6 @@ class FreeNode:
                 self.whole[t] -= 1
             if free[pos] == TENTHS_PER_CARD:
                 self.whole[t] += 1
-        if owner is not None:
-            for t in touched:
-                owner.index_node(self, t)
-            owner.cpu_changed(self)
 
     def room(self, card_type: str) -> int:
         """Free tenths on this node's roomiest card of ``card_type`` (0 when none)."""
@@ -147,6 +156,7 @@ class FreeState:
         self.room_index: dict[tuple[str, str], dict[int, list[str]]] = {}
         self.partial_index: dict[tuple[str, str], set[str]] = {}
         self._cpu_heaps: dict[str, list[tuple[int, int, str, int]]] = {}
+        self.log: list[str] | None = None  # ids of the nodes changed since ``watch`` (with repeats)
         if indexed:
             self.index_all()
 
@@ -179,10 +189,20 @@ class FreeState:
             heapq.heappush(heap, entry)
         return found, len(held) <= HEAP_SKIP_MAX
 
-    def cpu_changed(self, n: FreeNode) -> None:
+    def changed(self, n: FreeNode) -> None:
+        """Node ``n`` changed (through ``FreeNode.apply``)."""
         heap = self._cpu_heaps.get(n.rg)
         if heap is not None:
             heapq.heappush(heap, (-n.cpu, -n.mem, n.id, n.ver))
+        if self.log is not None:
+            self.log.append(n.id)
+
+    def watch(self) -> list[str]:
+        """From now on, every node changed through ``FreeNode.apply`` is appended to the list returned (the
+        same list on later calls): what keeps a cache over this state (the victim search's) current."""
+        if self.log is None:
+            self.log = []
+        return self.log
 
     def index_all(self) -> None:
         for n in self.nodes.values():
