@@ -38,7 +38,16 @@ def _best(nodes: list[FreeNode], score: dict[str, int]) -> tuple[int, str]:
     return best
 
 
-def _need(item: Item, free: FreeState, snapshot: Snapshot) -> str:
+def _largest(snapshot: Snapshot, rg: str, t: str, memo: dict[object, Any]) -> int:
+    """The most cards of type ``t`` on one node of ``rg``."""
+    key = ("largest", rg, t)
+    got = memo.get(key)
+    if got is None:
+        got = memo[key] = max((n.card_count(t) for n in snapshot.nodes if n.resource_group == rg), default=0)
+    return int(got)
+
+
+def _need(item: Item, free: FreeState, snapshot: Snapshot, memo: dict[object, Any]) -> str:
     req, rg, t = item.request, item.resource_group, item.request.gpu_type
     nodes = [n for n in free.in_group(rg) if n.schedulable]
     gang = f"{item.instance_count} instances, all at once, each " if item.instance_count > 1 else ""
@@ -57,7 +66,7 @@ def _need(item: Item, free: FreeState, snapshot: Snapshot) -> str:
         text = f"{gang}needs {_frac(req.gpu_tenths)} of a shareable {t} card; {most}"
         return text + ("; CPU or memory falls short there" if room >= req.gpu_tenths else "")
     k = req.whole_cards
-    biggest = max((n.card_count(t) for n in snapshot.nodes if n.resource_group == rg), default=0)
+    biggest = _largest(snapshot, rg, t, memo)
     if biggest < k:
         return f"{gang}needs {k} x {t} on one node; no node in the group has that many (largest has {biggest})"
     block, node = _best(nodes, {n.id: n.whole.get(t, 0) for n in nodes})
@@ -108,11 +117,14 @@ def reason(item: Item, why: Why, free: FreeState, snapshot: Snapshot, memo: dict
     memo = {} if memo is None else memo
     key = (item.resource_group, item.request, item.instance_count, item.priority, why.preemption)
     if key not in memo:
+        need_key = ("need", item.resource_group, item.request, item.instance_count)  # the same at every priority
+        if need_key not in memo:
+            memo[need_key] = _need(item, free, snapshot, memo)
         running = memo.get("running by lane")
         if running is None:
             running = memo["running by lane"] = _running_by_lane(snapshot)
-        memo[key] = _need(item, free, snapshot) + _preemption_words(item, why, running)
-    return memo[key]
+        memo[key] = memo[need_key] + _preemption_words(item, why, running)
+    return str(memo[key])
 
 
 def lane_summaries(snapshot: Snapshot, free: FreeState) -> tuple[LaneSummary, ...]:

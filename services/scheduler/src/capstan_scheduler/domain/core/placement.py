@@ -39,7 +39,9 @@ def _place_whole(nodes: Sequence[FreeNode], req: Request, count: int, skip: Cont
     if count == 1 and isinstance(nodes, Group):
         # one instance: the best key below is (fewest whole cards left, node id), which the index's
         # buckets (by whole free cards, ids sorted) give in order
-        one = nodes.first_whole(t, k, lambda n: n.schedulable and n.id not in skip and _copies(n, cpu, mem, t, k, 1) > 0)
+        # the index's buckets hold only nodes with k whole cards free: one copy fits where CPU and memory do
+        one = nodes.first_whole(t, k, lambda n: (not cpu or n.cpu >= cpu) and (not mem or n.mem >= mem)
+                                and n.schedulable and n.id not in skip)
         if one is None:
             return None
         free, index = one.free[t], one.index[t]
@@ -88,7 +90,8 @@ def _best_whole_indexed(
     copies; c goes down from ``remaining``, so when c is tried no node takes more than c."""
     for c in range(remaining, 0, -1):
         def takes(n: FreeNode, c: int = c) -> bool:
-            return n.schedulable and n.id not in skip and _copies(n, cpu, mem, t, k, remaining) >= c
+            return ((not cpu or n.cpu >= c * cpu) and (not mem or n.mem >= c * mem) and n.schedulable
+                    and n.id not in skip and _copies(n, cpu, mem, t, k, remaining) >= c)
 
         found = group.first_whole(t, c * k, takes)
         if found is not None:

@@ -102,6 +102,8 @@ class VictimIndex:
         self._read = 0
         self._stamp: dict[str, int] = {}
         self._heaps: dict[tuple[object, ...], tuple[_Shape, list[tuple[int, str, int]]]] = {}
+        # (request, count) -> (log position, instances each node could take there, their sum) when none fit
+        self._no_fit: dict[tuple[object, ...], tuple[int, int, dict[str, int]]] = {}
 
     def on_node(self, rg: str) -> dict[str, list[int]]:
         """Per node, the positions in ``rg``'s order of the victims holding some of it (ascending)."""
@@ -120,12 +122,7 @@ class VictimIndex:
         changed since the last call get a new entry (and a new stamp: an entry whose stamp is not its node's is
         stale). A position may be too small (a victim excluded since, without its node changing), never too
         large: nodes only gain room through a logged change. Valid while ``excluded`` only grows."""
-        if self._gains_of is None or self._gains_of[0] is not base or self._gains_of[1] is not excluded:
-            self._gains_of = (base, excluded)
-            self._log = base.watch()
-            self._read = len(self._log)
-            self._stamp, self._heaps = {}, {}
-        elif self._read < len(self._log):
+        if not self._track(base, excluded) and self._read < len(self._log):
             dirty = set(self._log[self._read:])
             self._read = len(self._log)
             for node_id in dirty:
@@ -145,6 +142,47 @@ class VictimIndex:
             heapq.heapify(heap)
             got = self._heaps[key] = (shape, heap)
         return got[1]
+
+    def _track(self, base: FreeState, excluded: Container[str]) -> bool:
+        """Start following ``base``'s changes when it (or ``excluded``) is not the one followed; whether it started."""
+        if self._gains_of is not None and self._gains_of[0] is base and self._gains_of[1] is excluded:
+            return False
+        self._gains_of = (base, excluded)
+        self._log = base.watch()
+        self._read = len(self._log)
+        self._stamp, self._heaps, self._no_fit = {}, {}, {}
+        return True
+
+    def direct_fit(self, base: FreeState, item: Item, skip: Container[str], excluded: Container[str]) -> Assignment | None:
+        """``_fits(base, item, (), skip)``, remembering, when nothing fits, how many instances each node could
+        take (they add up to less than the gang): later, only the nodes ``base`` logged as changed since are
+        counted again, and placement is tried only when the count reaches the gang's size (it cannot succeed
+        below it: no node takes more instances than it has room for)."""
+        self._track(base, excluded)
+        shape, count = _Shape(item, skip), item.instance_count
+        key = (*shape.key(), count)
+        memo = self._no_fit.pop(key, None)
+        if memo is not None:
+            since, total, caps = memo
+            for node_id in set(self._log[since:]):
+                n = base.nodes[node_id]
+                if n.rg != shape.rg:
+                    continue
+                c, was = shape.cap(n, count), caps.get(node_id, 0)
+                if c != was:
+                    total += c - was
+                    if c:
+                        caps[node_id] = c
+                    else:
+                        del caps[node_id]
+            if total < count:
+                self._no_fit[key] = (len(self._log), total, caps)
+                return None
+        fit = _fits(base, item, (), skip)
+        if fit is None:
+            caps = {n.id: c for n in shape.able(base.in_group(shape.rg)) if (c := shape.cap(n, count))}
+            self._no_fit[key] = (len(self._log), sum(caps.values()), caps)
+        return fit
 
     def stamp(self, node_id: str) -> int:
         return self._stamp.get(node_id, 0)
@@ -221,6 +259,14 @@ class _Shape:
         skip = self.skip if isinstance(self.skip, (frozenset, tuple)) else frozenset(self.skip)  # type: ignore[call-overload]
         return (self.rg, self.cpu, self.mem, self.t, self.k, self.need, skip)
 
+    def able(self, group: Group) -> Sequence[FreeNode]:
+        """The nodes whose cards could hold an instance at all (every other node takes 0)."""
+        if self.k:
+            return group.with_whole(self.t, self.k)
+        if self.need:
+            return group.with_room(self.t, self.need)
+        return group
+
     def cap(self, n: FreeNode, count: int) -> int:
         """Instances node ``n`` can take now (0 when it is not usable), at most ``count``."""
         if not n.schedulable or n.id in self.skip:
@@ -287,15 +333,7 @@ class _Room:
         self.cpu, self.mem, self.t, self.k, self.need = shape.cpu, shape.mem, shape.t, shape.k, shape.need
         self.cap0: dict[str, int] = {}
         # nothing fits on ``base`` (checked first), so a single instance has no room anywhere yet
-        self.total0 = 0 if self.count == 1 else sum(self.base_cap(n) for n in self._able(base.in_group(self.rg)))
-
-    def _able(self, group: Group) -> Sequence[FreeNode]:
-        """The nodes whose cards could hold an instance at all (every other node takes 0)."""
-        if self.k:
-            return group.with_whole(self.t, self.k)
-        if self.need:
-            return group.with_room(self.t, self.need)
-        return group
+        self.total0 = 0 if self.count == 1 else sum(self.base_cap(n) for n in shape.able(base.in_group(self.rg)))
 
     def cap(self, n: FreeNode) -> int:
         """Instances node ``n`` can take now (0 when it is not usable), at most ``count``."""
@@ -381,7 +419,10 @@ def find_victims(
     ``Plan.victims`` is empty when the pending evictions alone make room. ``index``: ``VictimIndex(running)``,
     built once and reused while ``running`` is unchanged; calls sharing an index and the same ``excluded``
     object may only add to it in between (the cycle's set of chosen victims)."""
-    fit = _fits(base, item, (), skip)
+    if index is not None:
+        fit = index.direct_fit(base, item, skip, excluded)
+    else:
+        fit = _fits(base, item, (), skip)
     if fit is not None:
         return Plan((), fit)
     if index is None:
