@@ -48,7 +48,7 @@ from .domain.aggregates import (
 from .node_auth import NodeAuth, node_id_for
 from .queue_view import QueueReport, explain
 from .settings import SchedulerSettings
-from .snapshot import GroupPlan, build_plans
+from .snapshot import GroupPlan, Reuse, build_plans
 from .tables import allocations, node_health_checks, nodes, resource_groups, workloads
 
 
@@ -407,7 +407,7 @@ class SchedulerApp:
         return self.plans_and_rows(only)[0]
 
     def plans_and_rows(
-        self, only: set[str] | None = None, *, work_of_empty_groups: bool = True
+        self, only: set[str] | None = None, *, work_of_empty_groups: bool = True, reuse: Reuse | None = None
     ) -> tuple[dict[str, GroupPlan], list[Any]]:
         """The groups' plans and the workload rows they were built from (queued, placed, evicting).
         ``work_of_empty_groups=False`` (a cycle): a group without nodes gets a plan without its workloads,
@@ -428,7 +428,7 @@ class SchedulerApp:
                 w_q = w_q.where(workloads.c.resource_group_id.in_(sorted({n["resource_group_id"] for n in node_rows})))
             work = conn.execute(w_q.order_by(workloads.c.submitted_seq)).mappings().all()
             allocs = conn.execute(a_q).mappings().all()
-        return build_plans(groups, node_rows, work, allocs, self.shareable), list(work)
+        return build_plans(groups, node_rows, work, allocs, self.shareable, reuse), list(work)
 
     def queue(self, rg_id: str, running_too: bool = False) -> tuple[QueueReport, dict[str, Any]]:
         """The explainable queue of one group, and the workload rows it names (``running_too``: also those

@@ -57,7 +57,7 @@ from .app import SchedulerApp
 from .changes import FULL_EVERY_S, Changes, union
 from .domain.core import FreeState, Node, Request, place_gang
 from .isolation import schedule_isolating
-from .snapshot import GroupPlan, error_text, request_of
+from .snapshot import GroupPlan, Reuse, error_text, request_of
 from .tables import resource_groups, workloads
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,7 @@ class Scheduler:
         self.changes = Changes()
         app.ctx.runner.on_batch(self.changes.on_batch)
         self._full_at = 0.0
+        self._reuse = Reuse()  # objects built from rows, for the next read (only in the scheduler's thread)
         # Its own thread: a long cycle never waits behind slow queries, nor they behind it.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scheduler-cycle")
 
@@ -206,7 +207,7 @@ class Scheduler:
             ).mappings()]
         if only is not None:
             only = only | {w["resource_group_id"] for w in rows if w["status"] == "submitted"}
-        plans, work = self.app.plans_and_rows(only, work_of_empty_groups=False)
+        plans, work = self.app.plans_and_rows(only, work_of_empty_groups=False, reuse=self._reuse)
         planned = {w["id"]: w for w in work}
         self.changes.learn([*rows, *work])
         return View(rows, groups, plans, planned)
