@@ -407,11 +407,13 @@ class SchedulerApp:
         return self.plans_and_rows(only)[0]
 
     def plans_and_rows(
-        self, only: set[str] | None = None, *, work_of_empty_groups: bool = True, reuse: Reuse | None = None
+        self, only: set[str] | None = None, *, work_of_empty_groups: bool = True, reuse: Reuse | None = None,
+        with_work: bool = True,
     ) -> tuple[dict[str, GroupPlan], list[Any]]:
         """The groups' plans and the workload rows they were built from (queued, placed, evicting).
         ``work_of_empty_groups=False`` (a cycle): a group without nodes gets a plan without its workloads,
-        which nothing could place or preempt anyway, instead of reading its whole queue every cycle."""
+        which nothing could place or preempt anyway, instead of reading its whole queue every cycle.
+        ``with_work=False``: the groups and their nodes only (what admission looks at), no workloads."""
         g_q, n_q = select(resource_groups), select(nodes).where(nodes.c.state != "Released")
         w_q = select(workloads).where(workloads.c.status.in_(("queued", "placed", "evicting")), workloads.c.ended.is_(False))
         a_q = select(allocations)
@@ -426,8 +428,8 @@ class SchedulerApp:
             node_rows = conn.execute(n_q.order_by(nodes.c.id)).mappings().all()
             if not work_of_empty_groups:
                 w_q = w_q.where(workloads.c.resource_group_id.in_(sorted({n["resource_group_id"] for n in node_rows})))
-            work = conn.execute(w_q.order_by(workloads.c.submitted_seq)).mappings().all()
-            allocs = conn.execute(a_q).mappings().all()
+            work = conn.execute(w_q.order_by(workloads.c.submitted_seq)).mappings().all() if with_work else []
+            allocs = conn.execute(a_q).mappings().all() if with_work else []
         return build_plans(groups, node_rows, work, allocs, self.shareable, reuse), list(work)
 
     def queue(self, rg_id: str, running_too: bool = False) -> tuple[QueueReport, dict[str, Any]]:

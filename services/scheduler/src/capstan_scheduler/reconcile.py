@@ -105,7 +105,8 @@ class Scheduler:
         self.changes = Changes()
         app.ctx.runner.on_batch(self.changes.on_batch)
         self._full_at = 0.0
-        self._reuse = Reuse()  # objects built from rows, for the next read (only in the scheduler's thread)
+        # objects built from rows, for the next read (only in the scheduler's thread): a full one, and phase 1-2's
+        self._reuse, self._reuse_nodes = Reuse(), Reuse()
         # Its own thread: a long cycle never waits behind slow queries, nor they behind it.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scheduler-cycle")
 
@@ -143,11 +144,11 @@ class Scheduler:
             self._full_at = time.monotonic() + FULL_EVERY_S
         only = self.changes.take()
         try:
-            view = await self._in_thread(self.read, only)
+            view = await self._in_thread(self.read, only, False)
             if await self._append_all(await self._in_thread(self.admit_and_release, view, now)):
                 # what was just admitted or freed is placed in this cycle
                 only = union(only, self.changes.take())
-                view = await self._in_thread(self.read, only)
+            view = await self._in_thread(self.read, only)
             placed = await self._in_thread(self.place, view, now)
             # placements and rejections leave the group decided; preemption requests do not (the victims
             # leaving change what the queue behind the preemptor can do), so their group is decided again
@@ -190,10 +191,12 @@ class Scheduler:
             raise Unavailable("scheduler read models did not catch up with its own appends")
         return bool(appended)
 
-    def read(self, only: set[str] | None = None) -> View:
+    def read(self, only: set[str] | None = None, place: bool = True) -> View:
         """What a cycle decides on, read in one go (in the scheduler's thread). Phases 1-2 look at every
         workload that needs admission, release or requeue; phases 3-4 at the groups in ``only`` (None:
-        all), plus the groups of the workloads being admitted (their admission reads their group's plan)."""
+        all), plus the groups of the workloads being admitted (their admission reads their group's plan).
+        ``place=False`` (phases 1-2 only): the plans hold the groups' nodes, not their work (a cycle that
+        admits or frees anything reads again after appending: the work is read once either way)."""
         active = ("queued", "placed", "evicting")
         with self.ctx.engine.connect() as conn:
             groups = {r["id"] for r in conn.execute(select(resource_groups.c.id)).mappings()}
@@ -207,6 +210,11 @@ class Scheduler:
             ).mappings()]
         if only is not None:
             only = only | {w["resource_group_id"] for w in rows if w["status"] == "submitted"}
+        if not place:
+            plans, _ = self.app.plans_and_rows({w["resource_group_id"] for w in rows if w["status"] == "submitted"},
+                                               reuse=self._reuse_nodes, with_work=False)
+            self.changes.learn(rows)
+            return View(rows, groups, plans)
         plans, work = self.app.plans_and_rows(only, work_of_empty_groups=False, reuse=self._reuse)
         planned = {w["id"]: w for w in work}
         self.changes.learn([*rows, *work])

@@ -116,7 +116,8 @@ class _Cycle:
             self.unpreemptable.add(pkey)
             self.why[item.id] = Why("no_fit", preemption="no_victims")
             return
-        self.unpreemptable.clear()
+        if plan.victims:  # room freed: what found no victims may now; a plan without victims only takes room
+            self.unpreemptable.clear()
         for v in plan.victims:
             self.victims.add(v.item.id)
             self.preemptions.append(Preemption(v.item.id, item.id))
