@@ -17,30 +17,31 @@ from .snapshot import GroupPlan, error_text
 MAX_SET_ASIDE = 8
 
 
-def _decide(plan: GroupPlan, pending: list[Item], now: int) -> Decisions:
+def _decide(plan: GroupPlan, pending: list[Item], now: int, explained: bool) -> Decisions:
     snapshot = Snapshot(nodes=plan.snapshot.nodes, running=plan.snapshot.running, pending=tuple(pending))
-    return schedule(snapshot, plan.mode, preemption_on(plan.policy), now)
+    return schedule(snapshot, plan.mode, preemption_on(plan.policy), now, explained)
 
 
-def _error_of(plan: GroupPlan, pending: list[Item], now: int) -> BaseException | None:
+def _error_of(plan: GroupPlan, pending: list[Item], now: int, explained: bool) -> BaseException | None:
     try:
-        _decide(plan, pending, now)
+        _decide(plan, pending, now, explained)
     except Exception as e:
         return e
     return None
 
 
-def schedule_isolating(plan: GroupPlan, now: int) -> tuple[Decisions, dict[str, str]]:
+def schedule_isolating(plan: GroupPlan, now: int, explained: bool = True) -> tuple[Decisions, dict[str, str]]:
     """The core's decisions for one group, and the pending items set aside because the core raises on
     them (id -> error). Raises when the core fails without any pending item (on the group's nodes or
-    running work), or on more than ``MAX_SET_ASIDE`` items."""
+    running work), or on more than ``MAX_SET_ASIDE`` items. ``explained=False`` (the cycle, which appends
+    placements and preemptions only): no reasons for the items left queued."""
     pending = sorted(plan.snapshot.pending, key=lambda i: i.order_key)
     set_aside: dict[str, str] = {}
     while True:
         try:
-            decisions = _decide(plan, pending, now)
+            decisions = _decide(plan, pending, now, explained)
         except Exception:
-            if len(set_aside) >= MAX_SET_ASIDE or _error_of(plan, [], now) is not None:
+            if len(set_aside) >= MAX_SET_ASIDE or _error_of(plan, [], now, explained) is not None:
                 raise
         else:
             return decisions, set_aside
@@ -49,12 +50,12 @@ def schedule_isolating(plan: GroupPlan, now: int) -> tuple[Decisions, dict[str, 
         error: BaseException | None = None
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            e = _error_of(plan, pending[:mid], now)
+            e = _error_of(plan, pending[:mid], now, explained)
             if e is None:
                 lo = mid
             else:
                 hi, error = mid, e
-        error = error or _error_of(plan, pending[:hi], now)
+        error = error or _error_of(plan, pending[:hi], now, explained)
         if error is None:  # not reproducible on a prefix: the failure is not one item's
             raise RuntimeError(f"the scheduling core fails on resource group {plan.resource_group}")
         culprit = pending.pop(hi - 1)

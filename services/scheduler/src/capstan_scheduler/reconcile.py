@@ -271,7 +271,7 @@ class Scheduler:
             self.guard.item_failed(f"resource group {rg}", plan.error)
         else:
             try:
-                decisions, set_aside = schedule_isolating(plan, now)
+                decisions, set_aside = schedule_isolating(plan, now, explained=False)
                 unusable.update(set_aside)
             except Exception as e:
                 self.guard.item_failed(f"resource group {rg}", e)

@@ -92,3 +92,17 @@ def test_explain_says_services_are_never_preempted():
     assert d.preemptions == ()
     assert d.queued["p"].reason == "needs 4 x A100 on one node; no free A100 card; " \
                                    "the lower-priority work here is services, which are never preempted"
+
+
+def test_a_cycle_without_reasons_decides_the_same() -> None:
+    """The service's cycle appends placements and preemptions only and skips the reasons
+    (``explained=False``): the decisions are those of the explained cycle."""
+    from capstan_scheduler.domain import core
+    from capstan_scheduler.sim import full_pool
+
+    snap = full_pool.build(core, 60, 150)
+    for mode in (0, 1, 2):
+        full = schedule(snap, mode, True, now=0)
+        bare = schedule(snap, mode, True, now=0, explained=False)
+        assert full.preemptions and (full.placements, full.preemptions) == (bare.placements, bare.preemptions)
+        assert full.queued and not bare.queued and not bare.lanes

@@ -151,8 +151,9 @@ def _no_cyclic_gc() -> Iterator[None]:
             gc.enable()
 
 
-def schedule(snapshot: Snapshot, policy_mode: int, preemption_on: bool, now: int) -> Decisions:
-    """Decide one cycle: which pending items start where, which running tasks to evict, why the rest wait."""
+def schedule(snapshot: Snapshot, policy_mode: int, preemption_on: bool, now: int, explained: bool = True) -> Decisions:
+    """Decide one cycle: which pending items start where, which running tasks to evict, why the rest wait
+    (``explained=False``: not why; ``Decisions.queued`` and ``lanes`` are left empty, the rest is the same)."""
     if policy_mode not in (STRICT_FIFO, BACKFILL_WITHIN_PRIORITY, BACKFILL_ACROSS):
         raise ValueError("policy_mode must be 0, 1 or 2")
     ids = [i.id for i in snapshot.pending]
@@ -162,7 +163,7 @@ def schedule(snapshot: Snapshot, policy_mode: int, preemption_on: bool, now: int
         cycle = _Cycle(snapshot, policy_mode, bool(preemption_on), FreeState.build(snapshot.nodes, snapshot.running))
         for item in sorted(snapshot.pending, key=lambda i: i.order_key):
             cycle.admit(item)
-        queued, lanes = explain(snapshot, cycle.real, cycle.why)
+        queued, lanes = explain(snapshot, cycle.real, cycle.why) if explained else ({}, ())
     return Decisions(
         at=now, placements=cycle.placements, preemptions=tuple(cycle.preemptions), queued=queued, lanes=lanes
     )
