@@ -18,9 +18,9 @@ async def test_only_changed_groups_are_decided_and_a_full_cycle_adds_nothing(
     decided: list[str] = []
     real = reconcile.schedule_isolating
 
-    def counting(plan: Any, now: int) -> Any:
+    def counting(plan: Any, now: int, **kw: Any) -> Any:
         decided.append(plan.resource_group)
-        return real(plan, now)
+        return real(plan, now, **kw)
 
     monkeypatch.setattr(reconcile, "schedule_isolating", counting)
     a, _ = await env.group("a")
