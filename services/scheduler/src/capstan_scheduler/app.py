@@ -29,6 +29,7 @@ from capstan_core.paging import next_token, page_bounds
 from capstan_core.service import ServiceContext
 from capstan_core.streams import event_subject
 
+from .active_work import ActiveWork
 from .domain.aggregates import (
     HEALTH_ABNORMAL_PREFIX,
     HISTORY_STATES,
@@ -408,12 +409,13 @@ class SchedulerApp:
 
     def plans_and_rows(
         self, only: set[str] | None = None, *, work_of_empty_groups: bool = True, reuse: Reuse | None = None,
-        with_work: bool = True,
+        with_work: bool = True, active: ActiveWork | None = None, fresh: bool = False,
     ) -> tuple[dict[str, GroupPlan], list[Any]]:
         """The groups' plans and the workload rows they were built from (queued, placed, evicting).
         ``work_of_empty_groups=False`` (a cycle): a group without nodes gets a plan without its workloads,
         which nothing could place or preempt anyway, instead of reading its whole queue every cycle.
-        ``with_work=False``: the groups and their nodes only (what admission looks at), no workloads."""
+        ``with_work=False``: the groups and their nodes only (what admission looks at), no workloads.
+        ``active`` (the cycle's): the workloads come from it, brought up to date first (from scratch: ``fresh``)."""
         g_q, n_q = select(resource_groups), select(nodes).where(nodes.c.state != "Released")
         w_q = select(workloads).where(workloads.c.status.in_(("queued", "placed", "evicting")), workloads.c.ended.is_(False))
         a_q = select(allocations)
@@ -426,10 +428,17 @@ class SchedulerApp:
         with self.ctx.engine.connect() as conn:
             groups = conn.execute(g_q).mappings().all()
             node_rows = conn.execute(n_q.order_by(nodes.c.id)).mappings().all()
+            with_nodes = {n["resource_group_id"] for n in node_rows}
             if not work_of_empty_groups:
-                w_q = w_q.where(workloads.c.resource_group_id.in_(sorted({n["resource_group_id"] for n in node_rows})))
-            work = conn.execute(w_q.order_by(workloads.c.submitted_seq)).mappings().all() if with_work else []
-            allocs = conn.execute(a_q).mappings().all() if with_work else []
+                w_q = w_q.where(workloads.c.resource_group_id.in_(sorted(with_nodes)))
+            work: list[Any] = []
+            allocs: list[Any] = []
+            if with_work and active is not None:
+                active.refresh(conn, reset=fresh)
+                work, allocs = active.of(g["id"] for g in groups if work_of_empty_groups or g["id"] in with_nodes)
+            elif with_work:
+                work = list(conn.execute(w_q.order_by(workloads.c.submitted_seq)).mappings().all())
+                allocs = list(conn.execute(a_q).mappings().all())
         return build_plans(groups, node_rows, work, allocs, self.shareable, reuse), list(work)
 
     def queue(self, rg_id: str, running_too: bool = False) -> tuple[QueueReport, dict[str, Any]]:

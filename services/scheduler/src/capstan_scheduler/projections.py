@@ -109,7 +109,7 @@ class SchedulerProjection(Projection):
     def _submitted(conn: Connection, rec: RecordedEvent, workload_id: str, kind: str, **values: object) -> None:
         _upsert(
             conn, workloads, {"id": workload_id},
-            dict(kind=kind, status="submitted", submitted_seq=rec.seq, ended=False, subject_seq=0,
+            dict(kind=kind, status="submitted", submitted_seq=rec.seq, changed_seq=rec.seq, ended=False, subject_seq=0,
                  trace_parent=rec.headers.get("traceparent", ""), reason="", started_at_ms=0, requeue=False, **values),
         )
 
@@ -125,43 +125,43 @@ class SchedulerProjection(Projection):
 
     @_apply.register
     def _(self, e: WorkloadWithdrawn, conn: Connection, rec: RecordedEvent) -> None:
-        conn.execute(update(workloads).where(workloads.c.id == e.workload_id).values(ended=True))
+        conn.execute(update(workloads).where(workloads.c.id == e.workload_id).values(changed_seq=rec.seq, ended=True))
 
     @_apply.register
     def _(self, e: TrainingTaskRequeued, conn: Connection, rec: RecordedEvent) -> None:
-        conn.execute(update(workloads).where(workloads.c.id == e.task_id).values(requeue=True))
+        conn.execute(update(workloads).where(workloads.c.id == e.task_id).values(changed_seq=rec.seq, requeue=True))
 
     @_apply.register
     def _(self, e: WorkloadPreemptionRequested, conn: Connection, rec: RecordedEvent) -> None:
-        conn.execute(update(workloads).where(workloads.c.id == e.workload_id).values(status="evicting", subject_seq=rec.seq))
+        conn.execute(update(workloads).where(workloads.c.id == e.workload_id).values(changed_seq=rec.seq, status="evicting", subject_seq=rec.seq))
 
     @_apply.register
     def _(self, e: WorkloadInstancesLost, conn: Connection, rec: RecordedEvent) -> None:
-        conn.execute(update(workloads).where(workloads.c.id == e.workload_id).values(status="evicting", subject_seq=rec.seq))
+        conn.execute(update(workloads).where(workloads.c.id == e.workload_id).values(changed_seq=rec.seq, status="evicting", subject_seq=rec.seq))
 
     @_apply.register
     def _(self, e: WorkloadRequeued, conn: Connection, rec: RecordedEvent) -> None:
         conn.execute(
             update(workloads).where(workloads.c.id == e.workload_id)
-            .values(status="queued", subject_seq=rec.seq, requeue=False, started_at_ms=0)
+            .values(changed_seq=rec.seq, status="queued", subject_seq=rec.seq, requeue=False, started_at_ms=0)
         )
         conn.execute(delete(allocations).where(allocations.c.workload_id == e.workload_id))
 
     @_apply.register
     def _(self, e: WorkloadQueued, conn: Connection, rec: RecordedEvent) -> None:
-        conn.execute(update(workloads).where(workloads.c.id == e.workload_id).values(status="queued", subject_seq=rec.seq))
+        conn.execute(update(workloads).where(workloads.c.id == e.workload_id).values(changed_seq=rec.seq, status="queued", subject_seq=rec.seq))
 
     @_apply.register
     def _(self, e: WorkloadRejected, conn: Connection, rec: RecordedEvent) -> None:
         conn.execute(
-            update(workloads).where(workloads.c.id == e.workload_id).values(status="rejected", reason=e.reason, subject_seq=rec.seq)
+            update(workloads).where(workloads.c.id == e.workload_id).values(changed_seq=rec.seq, status="rejected", reason=e.reason, subject_seq=rec.seq)
         )
 
     @_apply.register
     def _(self, e: WorkloadPlaced, conn: Connection, rec: RecordedEvent) -> None:
         conn.execute(
             update(workloads).where(workloads.c.id == e.workload_id)
-            .values(status="placed", subject_seq=rec.seq, started_at_ms=e.at_ms)
+            .values(changed_seq=rec.seq, status="placed", subject_seq=rec.seq, started_at_ms=e.at_ms)
         )
         r = e.resources
         for p in e.placements:
@@ -173,5 +173,5 @@ class SchedulerProjection(Projection):
 
     @_apply.register
     def _(self, e: WorkloadReleased, conn: Connection, rec: RecordedEvent) -> None:
-        conn.execute(update(workloads).where(workloads.c.id == e.workload_id).values(status="released", subject_seq=rec.seq))
+        conn.execute(update(workloads).where(workloads.c.id == e.workload_id).values(changed_seq=rec.seq, status="released", subject_seq=rec.seq))
         conn.execute(delete(allocations).where(allocations.c.workload_id == e.workload_id))

@@ -53,6 +53,7 @@ from capstan_core.loops import LoopGuard, Step, is_infrastructure, run_steps
 from capstan_core.service import ServiceContext
 from capstan_core.streams import event_subject
 
+from .active_work import ActiveWork
 from .app import SchedulerApp
 from .changes import FULL_EVERY_S, Changes, union
 from .domain.core import FreeState, Node, Request, place_gang
@@ -107,6 +108,8 @@ class Scheduler:
         self._full_at = 0.0
         # objects built from rows, for the next read (only in the scheduler's thread): a full one, and phase 1-2's
         self._reuse, self._reuse_nodes = Reuse(), Reuse()
+        # the active workloads, read again only where they changed; from scratch with every full cycle
+        self._active, self._fresh = ActiveWork(), True
         # Its own thread: a long cycle never waits behind slow queries, nor they behind it.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scheduler-cycle")
 
@@ -141,6 +144,7 @@ class Scheduler:
         now = self.app.clock.now_ms()
         if full or time.monotonic() >= self._full_at:
             self.changes.mark(None)
+            self._fresh = True
             self._full_at = time.monotonic() + FULL_EVERY_S
         only = self.changes.take()
         try:
@@ -160,6 +164,7 @@ class Scheduler:
                 self.changes.forget_expected()
         except BaseException:
             self.changes.mark(None)  # whatever this cycle did not finish, the next one decides from scratch
+            self._fresh = True
             raise
 
     async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
@@ -215,7 +220,9 @@ class Scheduler:
                                                reuse=self._reuse_nodes, with_work=False)
             self.changes.learn(rows)
             return View(rows, groups, plans)
-        plans, work = self.app.plans_and_rows(only, work_of_empty_groups=False, reuse=self._reuse)
+        fresh, self._fresh = self._fresh, False
+        plans, work = self.app.plans_and_rows(only, work_of_empty_groups=False, reuse=self._reuse, active=self._active,
+                                              fresh=fresh)
         planned = {w["id"]: w for w in work}
         self.changes.learn([*rows, *work])
         return View(rows, groups, plans, planned)

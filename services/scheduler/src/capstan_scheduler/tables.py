@@ -66,6 +66,9 @@ workloads = Table(
     Column("capability", String(40), nullable=False, default=""),  # what a node must be able to run ("": any)
     # #8 (migration 0009): the owning main account ("": not recorded); others see it in a queue anonymously
     Column("tenant", String(40), nullable=False, default=""),
+    # migration 0010: the stream position of the last event that changed the row (0: written before it), so
+    # the scheduler's cycle reads only the rows changed since its last read (``active_work.py``)
+    Column("changed_seq", BigInteger, nullable=False, default=0, server_default="0", index=True),
 )
 
 allocations = Table(
