@@ -174,24 +174,40 @@ class Scheduler:
         """Append in order, then wait until the read models hold it (read-your-writes). Whether any landed.
         A group with a decision that did not land is decided again next cycle.
 
-        Appends are pipelined, ``APPEND_WINDOW`` at a time: each is written to the connection in the
-        decisions' order before any acknowledgement is awaited (every intent is on a subject of its own),
-        so the log holds them in that order, and a cycle with thousands of decisions does not wait for
-        thousands of round trips one after another."""
+        Appends are pipelined, up to ``APPEND_WINDOW`` in flight (a new one as soon as one is acknowledged):
+        each is written to the connection in the decisions' order before any acknowledgement is awaited
+        (every intent is on a subject of its own), so the log holds them in that order, and a cycle with
+        thousands of decisions does not wait for thousands of round trips one after another. One that fails
+        (the log is unavailable) stops the rest from starting."""
         appended: list[int] = []
+        room = asyncio.Semaphore(APPEND_WINDOW)
+        failed = False
 
         async def one(intent: Intent) -> None:
+            nonlocal failed
             r = None
-            async with self.guard.aitem(f"workload {intent.workload['id']}"):
-                r = await self._append(intent)
-                if r is not None:
-                    appended.append(r.seq)
+            try:
+                async with self.guard.aitem(f"workload {intent.workload['id']}"):
+                    r = await self._append(intent)
+                    if r is not None:
+                        appended.append(r.seq)
+            except BaseException:
+                failed = True
+                raise
+            finally:
+                room.release()
             if r is None:
                 self.changes.mark({intent.workload["resource_group_id"]})
 
-        for i in range(0, len(intents), APPEND_WINDOW):
+        started: list[asyncio.Future[None]] = []
+        for intent in intents:
+            await room.acquire()  # returns at once while fewer than APPEND_WINDOW are in flight
+            if failed:
+                room.release()
+                break
             # tasks start in creation order and each writes its message before its first wait
-            await asyncio.gather(*[asyncio.ensure_future(one(intent)) for intent in intents[i:i + APPEND_WINDOW]])
+            started.append(asyncio.ensure_future(one(intent)))
+        await asyncio.gather(*started)
         if appended and not await self.ctx.runner.wait_for(max(appended), timeout=30):
             raise Unavailable("scheduler read models did not catch up with its own appends")
         return bool(appended)
