@@ -111,7 +111,7 @@ class _Cycle:
         if self.index is None:
             self.index = VictimIndex(self.snapshot.running)
         plan = None if pkey in self.unpreemptable else find_victims(
-            future, item, self.snapshot.running, self.victims, skip=unable, index=self.index)
+            future, item, self.snapshot.running, self.victims, skip=unable, index=self.index, take=True)
         if plan is None:
             self.unpreemptable.add(pkey)
             self.why[item.id] = Why("no_fit", preemption="no_victims")
@@ -122,7 +122,8 @@ class _Cycle:
             self.victims.add(v.item.id)
             self.preemptions.append(Preemption(v.item.id, item.id))
             future.release(v)
-        future.apply(item.request, plan.assignment, -1)
+        if plan.victims:  # without victims, find_victims left its assignment taken
+            future.apply(item.request, plan.assignment, -1)
         self.reserved.update(a.node_id for a in plan.assignment)
         self.why[item.id] = Why("waiting_victims", victims=tuple(v.item.id for v in plan.victims))
 

@@ -153,7 +153,8 @@ class VictimIndex:
         self._stamp, self._heaps, self._no_fit = {}, {}, {}
         return True
 
-    def direct_fit(self, base: FreeState, item: Item, skip: Container[str], excluded: Container[str]) -> Assignment | None:
+    def direct_fit(self, base: FreeState, item: Item, skip: Container[str], excluded: Container[str],
+                   keep: bool = False) -> Assignment | None:
         """``_fits(base, item, (), skip)``, remembering, when nothing fits, how many instances each node could
         take (they add up to less than the gang): later, only the nodes ``base`` logged as changed since are
         counted again, and placement is tried only when the count reaches the gang's size (it cannot succeed
@@ -178,7 +179,7 @@ class VictimIndex:
             if total < count:
                 self._no_fit[key] = (len(self._log), total, caps)
                 return None
-        fit = _fits(base, item, (), skip)
+        fit = _fits(base, item, (), skip, keep)
         if fit is None:
             caps = {n.id: c for n in shape.able(base.in_group(shape.rg)) if (c := shape.cap(n, count))}
             self._no_fit[key] = (len(self._log), sum(caps.values()), caps)
@@ -390,9 +391,11 @@ class _Room:
         return self.total0 + self.gain(victims) >= self.count
 
 
-def _fits(base: FreeState, item: Item, evict: Sequence[Running], skip: Container[str]) -> Assignment | None:
-    """Where ``item`` would go once ``evict`` left ``base``; ``base`` is released, tried and restored in place.
-    Nothing fits on ``base`` itself, so a single instance can only land on a node the evictions touch."""
+def _fits(base: FreeState, item: Item, evict: Sequence[Running], skip: Container[str],
+          keep: bool = False) -> Assignment | None:
+    """Where ``item`` would go once ``evict`` left ``base``; ``base`` is released, tried and restored in place
+    (``keep``, without evictions only: what it found stays taken). Nothing fits on ``base`` itself, so a single
+    instance can only land on a node the evictions touch."""
     for r in evict:
         base.release(r)
     try:
@@ -402,7 +405,7 @@ def _fits(base: FreeState, item: Item, evict: Sequence[Running], skip: Container
         else:
             nodes = base.in_group(item.resource_group)
         fit = place_gang(nodes, item.request, item.instance_count, skip)
-        if fit is not None:
+        if fit is not None and not (keep and not evict):
             base.apply(item.request, fit, +1)
         return fit
     finally:
@@ -412,17 +415,18 @@ def _fits(base: FreeState, item: Item, evict: Sequence[Running], skip: Container
 
 def find_victims(
     base: FreeState, item: Item, running: Sequence[Running], excluded: Container[str], skip: Container[str] = (),
-    index: VictimIndex | None = None,
+    index: VictimIndex | None = None, take: bool = False,
 ) -> Plan | None:
     """The minimal victim set that lets ``item`` fit on ``base`` (the pool as it will be once work already
     being evicted has left), or None when evicting every eligible victim would still not make room.
-    ``Plan.victims`` is empty when the pending evictions alone make room. ``index``: ``VictimIndex(running)``,
+    ``Plan.victims`` is empty when the pending evictions alone make room (``take``: its assignment is then
+    left taken on ``base``; else ``base`` is left as it was). ``index``: ``VictimIndex(running)``,
     built once and reused while ``running`` is unchanged; calls sharing an index and the same ``excluded``
     object may only add to it in between (the cycle's set of chosen victims)."""
     if index is not None:
-        fit = index.direct_fit(base, item, skip, excluded)
+        fit = index.direct_fit(base, item, skip, excluded, take)
     else:
-        fit = _fits(base, item, (), skip)
+        fit = _fits(base, item, (), skip, take)
     if fit is not None:
         return Plan((), fit)
     if index is None:
