@@ -49,8 +49,11 @@ def test_a_task_network_keeps_its_rules_until_its_bridge_is_gone(tmp_path: Path)
     """When the last instance of a task's network ends, its bridge is deleted after the exit (release);
     the bridge's firewall rules go with it, never before (no moment with an unfiltered bridge), and a
     lease whose runner died meanwhile is reaped with its rules."""
-    cfg = sandbox_testing.fresh(nft_table=f"capstan_t{secrets.token_hex(3)}")
-    containment = Containment(cfg)
+    table = f"capstan_t{secrets.token_hex(3)}"
+    cfg = sandbox_testing.fresh(nft_table=table)
+    # with a published port, the instance's end rebuilds the whole table: the emptied network is in it still
+    published = sandbox_testing.fresh(nft_table=table, publish_address="10.252.0.1", publish_sources=("10.252.0.2/32",),
+                                      publish_ports=(30000, 30002))
     bridges = "set bridges"
 
     def listed() -> str:
@@ -58,11 +61,14 @@ def test_a_task_network_keeps_its_rules_until_its_bridge_is_gone(tmp_path: Path)
                               text=True).stdout
 
     try:
-        for reap in (False, True):
-            paths = InstancePaths.under(tmp_path / "instances", f"fw-{int(reap)}", 0)
+        for reap, publish in ((False, False), (True, False), (False, True)):
+            containment = Containment(published if publish else cfg)
+            name = f"fw-{int(reap)}{int(publish)}"
+            paths = InstancePaths.under(tmp_path / "instances", name, 0)
             for d in (paths.code, paths.input_config, paths.output, paths.summary, paths.model):
                 d.mkdir(parents=True)  # what the executor makes before the runner sets the sandbox up
-            spec = InstanceSpec(task_id=f"fw-{int(reap)}", instance_index=0, command="true", cpu=0.5, memory_gib=0.25)
+            spec = InstanceSpec(task_id=name, instance_index=0, command="true", cpu=0.5, memory_gib=0.25,
+                                ports=(8080,) if publish else ())
             sandbox = containment.setup(spec, paths, os.getpid())
             net = HostState(cfg.state_dir).read().nets[sandbox.lease.net or ""]
             assert f'"{net.bridge}"' in listed()
@@ -78,6 +84,6 @@ def test_a_task_network_keeps_its_rules_until_its_bridge_is_gone(tmp_path: Path)
                 containment.release(sandbox.lease)
             assert not Path(f"/sys/class/net/{net.bridge}").exists()
             assert f'"{net.bridge}"' not in listed()
-        assert sandbox_testing.settled_leftovers(cfg) == []
+        assert sandbox_testing.settled_leftovers(cfg) == [] and sandbox_testing.settled_leftovers(published) == []
     finally:
         network.apply_firewall(cfg.nft_table, [], [], [])

@@ -155,9 +155,7 @@ class Containment:
             current = st.leases.get(lease.id)
             if current is None:
                 return
-            net = self._release(st, current)
-            if net is not None:
-                current.draining = [net.subnet, net.number, net.bridge, list(net.blocked)]
+            self._release(st, current)
 
     def adopt(self, lease: Lease, pid: int) -> None:
         """Make ``pid`` the lease's owner (the process that will :meth:`release` it), so the lease is not
@@ -192,6 +190,8 @@ class Containment:
             for_version(lease.cgroup_version, Path(lease.cgroup_root), lease.cgroup_parent).remove(lease.cgroup_name)
             lease.cgroup_name = ""
         net = st.leave_net(lease)  # the task's network, when this was its last instance on the host
+        if net is not None:  # its rules stay (any rebuild below keeps them) until its bridge is deleted
+            lease.draining = [net.subnet, net.number, net.bridge, list(net.blocked)]
         published, lease.published = lease.published, []
         if published:
             self._firewall(st)  # no longer forwarded, before the address can go to another instance

@@ -93,7 +93,8 @@ def process_start(pid: int) -> int | None:
 class State:
     """The document: change it only inside :meth:`HostState.locked`."""
 
-    def __init__(self, data: dict[str, Any]) -> None:
+    def __init__(self, data: dict[str, Any], stored: str = "") -> None:
+        self.stored = stored  # the document's text as last read or written (unchanged: not written again)
         # Every agent of the host shares this document, whatever its version (an upgrade, two checkouts'
         # tests): fields a newer version added are left out here, never a reason to fail (an older agent
         # that saves the document drops them, e.g. a newer lease's published ports, until it is upgraded).
@@ -206,7 +207,6 @@ class HostState:
     def __init__(self, state_dir: Path) -> None:
         self.dir = Path(state_dir)
         self._reachable = False
-        self._saved: dict[int, str] = {}  # id(state) -> the text last saved or loaded for it, inside locked()
 
     def _open_lock(self) -> int:
         flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -227,13 +227,11 @@ class HostState:
         fd = self._open_lock()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            state, text = self._load()
-            self._saved[id(state)] = text
+            state = self._load()
             try:
                 yield state
             finally:
-                if (after := state.to_json()) != self._saved.pop(id(state)):
-                    self._save(after)
+                self.checkpoint(state)
         finally:
             os.close(fd)  # releases the lock
 
@@ -242,22 +240,21 @@ class HostState:
         a bridge) is then recorded before it exists, so a process killed midway leaves a lease the reaper
         undoes, never something no lease names."""
         text = state.to_json()
-        if text != self._saved.get(id(state)):
+        if text != state.stored:
             self._save(text)
-            self._saved[id(state)] = text
+            state.stored = text
 
     def read(self) -> State:
         """A snapshot, for looking only."""
         with self.locked() as state:
             return state
 
-    def _load(self) -> tuple[State, str]:
-        """The document and its text as stored (unchanged, it is not written again)."""
+    def _load(self) -> State:
         try:
             text = (self.dir / _STATE_FILE).read_text()
         except FileNotFoundError:
-            return State({}), ""
-        return State(json.loads(text)), text
+            return State({})
+        return State(json.loads(text), text)
 
     def _save(self, text: str) -> None:
         tmp = self.dir / f".{_STATE_FILE}.{os.getpid()}.tmp"
