@@ -69,3 +69,29 @@ def test_a_fresh_card_goes_to_the_fullest_node_even_past_a_partly_used_one() -> 
     via_index = place_gang(state.in_group("rg"), half, 1)
     walked = place_gang(list(plain.in_group("rg")), half, 1)
     assert via_index == walked and via_index is not None and via_index[0].node_id == "b"
+
+
+def test_cpu_only_work_skips_nodes_whose_cpu_is_free_but_memory_is_not() -> None:
+    """Nodes with the most free CPU but too little memory (CPU-only work beside memory-bound tasks) are
+    never what a CPU-only request gets; through the per-memory-size heaps (more sizes than the heaps kept
+    too) placement picks what the walk picks, placement after placement."""
+    import random
+
+    from capstan_scheduler.domain.core import InstanceAssignment, Item, Node, Request, Running
+    from capstan_scheduler.domain.core.state import MEM_HEAPS
+
+    rng = random.Random(4)
+    nodes = tuple(Node(f"n{i:03d}", "rg", 64, 512) for i in range(120))
+    running = tuple(Running(Item(f"r{i:03d}", "training", "rg", 5, i, Request(rng.choice((0, 8, 16)), rng.choice((500, 480, 256, 0)))),
+                            (InstanceAssignment(n.id, ()),), 0) for i, n in enumerate(nodes))
+    state = FreeState.build(nodes, running)
+    plain = _fresh(state)
+    sizes = [8, 16, 32, 64, 1, 2, 4, 12, 24, 48, 96][: MEM_HEAPS + 3]
+    for step in range(300):
+        req = Request(rng.choice((1, 2, 4, 8)), rng.choice(sizes))
+        count = rng.choice((1, 1, 2))
+        via_index = place_gang(state.in_group("rg"), req, count)
+        assert via_index == place_gang(list(plain.in_group("rg")), req, count), step
+        if via_index is not None and step % 3 == 0:  # some work leaves again
+            state.apply(req, via_index, +1)
+            plain.apply(req, via_index, +1)

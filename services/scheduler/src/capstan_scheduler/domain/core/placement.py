@@ -160,7 +160,8 @@ def _place_cpu(nodes: Sequence[FreeNode], req: Request, count: int, skip: Contai
         best: FreeNode | None = None
         decided = False
         if isinstance(nodes, Group):
-            best, decided = nodes.most_cpu(cpu, lambda n: n.schedulable and n.id not in skip and n.fits_cpu_mem(cpu, mem))
+            best, decided = nodes.most_cpu(cpu, lambda n: n.schedulable and n.id not in skip and n.fits_cpu_mem(cpu, mem),
+                                           max(mem, 0))
         if not decided:
             for n in nodes:
                 if not n.schedulable or n.id in skip or not n.fits_cpu_mem(cpu, mem):

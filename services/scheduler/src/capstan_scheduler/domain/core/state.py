@@ -97,6 +97,7 @@ class FreeNode:
 
 _NO_IDS: set[str] = set()
 HEAP_SKIP_MAX = 32  # refused nodes the CPU heap looks past before the caller walks every node
+MEM_HEAPS = 8  # CPU heaps per group for as many memory sizes asked (beyond them, the heap of every node)
 
 
 class Group(list[FreeNode]):
@@ -135,10 +136,11 @@ class Group(list[FreeNode]):
                     return n
         return None
 
-    def most_cpu(self, cpu: int, ok: Callable[[FreeNode], bool]) -> tuple[FreeNode | None, bool]:
+    def most_cpu(self, cpu: int, ok: Callable[[FreeNode], bool], mem: int = 0) -> tuple[FreeNode | None, bool]:
         """The accepted node with the most free CPU (then memory, then lowest id) that has ``cpu`` free,
-        and whether the heap decided it (see ``FreeState.most_cpu``)."""
-        return self.state.most_cpu(self.rg, cpu, ok)
+        and whether the heap decided it (see ``FreeState.most_cpu``); ``mem``: ``ok`` accepts no node with
+        less free memory."""
+        return self.state.most_cpu(self.rg, cpu, ok, mem)
 
     def max_whole(self, card_type: str) -> int:
         buckets = self.state.whole_index.get((self.rg, card_type))
@@ -155,20 +157,29 @@ class FreeState:
         self.whole_index: dict[tuple[str, str], dict[int, list[str]]] = {}
         self.room_index: dict[tuple[str, str], dict[int, list[str]]] = {}
         self.partial_index: dict[tuple[str, str], set[str]] = {}
-        self._cpu_heaps: dict[str, list[tuple[int, int, str, int]]] = {}
+        # (group, least free memory) -> heap of the nodes that had that much when their entry was pushed
+        self._cpu_heaps: dict[tuple[str, int], list[tuple[int, int, str, int]]] = {}
         self.log: list[str] | None = None  # ids of the nodes changed since ``watch`` (with repeats)
         if indexed:
             self.index_all()
 
-    def most_cpu(self, rg: str, cpu: int, ok: Callable[[FreeNode], bool]) -> tuple[FreeNode | None, bool]:
+    def most_cpu(self, rg: str, cpu: int, ok: Callable[[FreeNode], bool], mem: int = 0) -> tuple[FreeNode | None, bool]:
         """A heap of (-free CPU, -free memory, id, version): every change of a node pushes its current entry
         (once the heap exists), and an entry whose version is not the node's is dropped when it surfaces.
         Returns (node or None, decided); not decided when more than ``HEAP_SKIP_MAX`` nodes near the top
-        were refused (many reserved nodes): the caller then walks every node."""
-        heap = self._cpu_heaps.get(rg)
+        were refused (many reserved nodes): the caller then walks every node. With ``mem`` (up to
+        ``MEM_HEAPS`` values per group), the heap holds only nodes with that much memory free, so nodes whose
+        CPU is free but memory is not (CPU-only work beside a card-bound task) never crowd its top."""
+        key = (rg, mem)
+        heap = self._cpu_heaps.get(key)
         if heap is None:
-            heap = self._cpu_heaps[rg] = [(-n.cpu, -n.mem, n.id, n.ver) for n in self.nodes.values() if n.rg == rg]
-            heapq.heapify(heap)
+            if mem and sum(1 for g, _ in self._cpu_heaps if g == rg) >= MEM_HEAPS:
+                key, mem = (rg, 0), 0
+                heap = self._cpu_heaps.get(key)
+            if heap is None:
+                heap = self._cpu_heaps[key] = [(-n.cpu, -n.mem, n.id, n.ver) for n in self.nodes.values()
+                                               if n.rg == rg and n.mem >= mem]
+                heapq.heapify(heap)
         held = []
         found = None
         while heap:
@@ -191,9 +202,9 @@ class FreeState:
 
     def changed(self, n: FreeNode) -> None:
         """Node ``n`` changed (through ``FreeNode.apply``)."""
-        heap = self._cpu_heaps.get(n.rg)
-        if heap is not None:
-            heapq.heappush(heap, (-n.cpu, -n.mem, n.id, n.ver))
+        for (rg, mem), heap in self._cpu_heaps.items():
+            if rg == n.rg and n.mem >= mem:
+                heapq.heappush(heap, (-n.cpu, -n.mem, n.id, n.ver))
         if self.log is not None:
             self.log.append(n.id)
 
