@@ -46,3 +46,22 @@ def test_only_changed_rows_are_read_and_the_copy_matches_the_table(tmp_path: Pat
     with engine.connect() as conn:
         assert active.refresh(conn) == 0 and [w["id"] for w in active.of(["rg-b"])[0]] == ["w3"]
         assert active.refresh(conn, reset=True) == 5 and active.of(["rg-b"]) == ([], [])
+
+
+def test_objects_built_from_unchanged_rows_are_reused_and_forgotten_once_unread() -> None:
+    from capstan_scheduler.snapshot import Reuse
+
+    reuse = Reuse()
+    made: list[str] = []
+
+    def build(key: str) -> object:
+        reuse.done()
+        return reuse.get("item", "w1", key, lambda: made.append(key) or object())
+
+    first = build("row v1")
+    assert build("row v1") is first and made == ["row v1"]  # the same row: the same object, not made again
+    second = build("row v2")
+    assert second is not first and made == ["row v1", "row v2"]  # the row changed: made again
+    for _ in range(Reuse.KEEP_BUILDS * 2):
+        reuse.done()  # builds that do not meet it (other groups, or phases 1-2 with nothing to admit)
+    assert build("row v2") is not second and made[-1] == "row v2"  # forgotten after that many builds

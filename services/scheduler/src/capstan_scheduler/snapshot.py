@@ -102,24 +102,29 @@ def _running(w: Mapping[str, Any], item: Item, allocs: list[Any]) -> Running:
 
 class Reuse:
     """What earlier builds made from rows, for a build that meets the same row again (by value: every column,
-    and the group's policy text for an item). Objects not met in a build are forgotten after it, so it holds
-    about one build's worth. A cycle at 50,000 queued items rebuilt them all from rows that mostly had not
-    changed."""
+    and the group's policy text for an item). An object no build met in the last ``KEEP_BUILDS`` is
+    forgotten, so it holds about what the recent builds read (a cycle reads only its changed groups, and
+    phases 1-2 only the groups they admit into). A cycle at 50,000 queued items rebuilt them all from rows
+    that mostly had not changed."""
+
+    KEEP_BUILDS = 8
 
     def __init__(self) -> None:
-        self._old: dict[tuple[str, str], tuple[object, Any]] = {}
-        self._new: dict[tuple[str, str], tuple[object, Any]] = {}
+        self._made: dict[tuple[str, str], tuple[object, Any, int]] = {}  # -> (key, object, build last met)
+        self._build = 0
 
     def get(self, kind: str, id_: str, key: object, make: Callable[[], T]) -> T:
-        got = self._new.get((kind, id_)) or self._old.get((kind, id_))
-        if got is None or got[0] != key:
-            got = (key, make())
-        self._new[(kind, id_)] = got
-        return got[1]  # type: ignore[no-any-return]
+        got = self._made.get((kind, id_))
+        obj = got[1] if got is not None and got[0] == key else make()
+        self._made[(kind, id_)] = (key, obj, self._build)
+        return obj  # type: ignore[no-any-return]
 
     def done(self) -> None:
-        """The end of a build: what it did not meet is dropped at the end of the next one."""
-        self._old, self._new = self._new, {}
+        """The end of a build: forget what the last ``KEEP_BUILDS`` builds did not meet."""
+        self._build += 1
+        oldest = self._build - self.KEEP_BUILDS
+        if self._build % self.KEEP_BUILDS == 0:
+            self._made = {k: v for k, v in self._made.items() if v[2] >= oldest}
 
 
 def _row_key(row: Any) -> tuple[Any, ...]:
